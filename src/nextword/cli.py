@@ -1,0 +1,119 @@
+"""`nextword <command>`: one thin layer over the library.
+
+Each command lives in its own module, which provides `configure(parser)` to declare its arguments and
+`run(args) -> int` to do the work. Only the chosen command's module is imported, so `nextword --help` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from nextword import __version__
+from nextword.config import RunConfig, apply_overrides, load, model_preset
+from nextword.errors import NextwordError
+
+# name: (module, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("nextword.data.prepare", "sources → tokenizer → token shards, with a stats report"),
+    "train": ("nextword.train", "pretrain a model; resumes from the run directory if a checkpoint is there"),
+    "sample": ("nextword.generate", "generate text from a trained run"),
+    "eval": ("nextword.evaluate", "loss, perplexity and bits per byte on held-out text"),
+    "trace": ("nextword.trace", "walk one training step with its real numbers"),
+    "plan": ("nextword.plan", "FLOPs, memory, GPU-hours and cost of a run, from first principles"),
+    "export": ("nextword.export", "write a Hugging Face transformers model directory"),
+    "report": ("nextword.report", "plots and a page for a run"),
+}
+
+EPILOG = """\
+Start here:
+  nextword train                  prepare the embedded corpus (Python's standard library) and train on it
+  nextword sample runs/default    generate text from what it learned
+  nextword trace runs/default     walk one training step with its real numbers
+
+Run `nextword COMMAND --help` for a command's options."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_overview())
+        return 0
+    if argv[0] == "--version":
+        print(f"nextword {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"nextword: unknown command {name!r}; commands are: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, summary = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"nextword {name}", description=(module.__doc__ or summary).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.configure(parser)
+    args, unknown = parser.parse_known_args(rest)
+    args.overrides = _parse_overrides(parser, unknown)
+    try:
+        return int(module.run(args) or 0)
+    except NextwordError as e:
+        print(f"nextword {name}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nnextword {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _overview() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [f"nextword {__version__}: pretrain decoder-only language models by next-token prediction.", "",
+             "usage: nextword COMMAND [options]", "", "commands:"]
+    lines += [f"  {n.ljust(width)}  {summary}" for n, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines + ["", EPILOG])
+
+
+def _parse_overrides(parser: argparse.ArgumentParser, unknown: list[str]) -> dict[str, str]:
+    """Turn `--train.lr 3e-4` and `--train.lr=3e-4` into {"train.lr": "3e-4"}; anything else is an error."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(unknown):
+        token = unknown[i]
+        if not token.startswith("--") or "." not in token.split("=")[0]:
+            parser.error(f"unrecognized argument {token!r} (config fields are set as --SECTION.FIELD VALUE)")
+        if "=" in token:
+            key, value = token[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(unknown):
+                parser.error(f"{token} needs a value")
+            key, value = token[2:], unknown[i + 1]
+            i += 2
+        overrides[key] = value
+    return overrides
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every config-driven command shares."""
+    group = parser.add_argument_group("config")
+    group.add_argument("--config", metavar="FILE", help="a TOML run config ([model], [data], [train], [eval])")
+    group.add_argument("--preset", metavar="NAME", help="a model shape by name: tiny, small, gpt2-124m, "
+                       "gpt2-350m, llama-150m, llama-1b")
+    group.add_argument("--source", action="append", metavar="PATH", dest="sources",
+                       help="a folder, .txt, .jsonl[.gz|.zst] or .parquet file to read (repeatable); "
+                            "default: the embedded corpus, Python's standard library")
+    parser.epilog = ((parser.epilog or "") + "\nAny config field can be set as --SECTION.FIELD VALUE, "
+                     "e.g. --train.lr 3e-4 --model.n_layers 6.").strip()
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """Config file (or `base`), then the preset, then named options, then --SECTION.FIELD overrides."""
+    cfg = load(args.config) if getattr(args, "config", None) else (base or RunConfig())
+    if getattr(args, "preset", None):
+        cfg.model = model_preset(args.preset)
+    if getattr(args, "sources", None):
+        cfg.data.sources = list(args.sources)
+    apply_overrides(cfg, getattr(args, "overrides", {}) or {})
+    return cfg.validate()

@@ -1,0 +1,378 @@
+"""The run config: four typed sections, loaded from TOML, overridden from the command line, checked once.
+
+A run directory keeps its resolved config as `config.toml`, so a run can be repeated from that file alone.
+Every error names the field and says what would work, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from nextword.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class ModelConfig:
+    """The network's shape. `arch` picks the block: "gpt2" (learned positions, LayerNorm, GELU MLP, biases)
+    or "llama" (RoPE, RMSNorm, SwiGLU MLP, no biases, grouped-query attention)."""
+
+    arch: str = "gpt2"
+    n_layers: int = 4
+    d_model: int = 256
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0: as many as n_heads (plain multi-head attention)
+    d_ff: int = 0  # 0: 4·d_model for GELU, ≈8/3·d_model rounded up to 64 for SwiGLU
+    context: int = 256
+    vocab_size: int = 0  # 0: the tokenizer's vocabulary size
+    tie_embeddings: bool = True
+    qk_norm: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.arch == "llama":
+            return 64 * -(-int(8 * self.d_model / 3) // 64)
+        return 4 * self.d_model
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes token shards."""
+
+    sources: list[str] = field(default_factory=list)  # empty: the embedded default corpus (Python's stdlib)
+    data_dir: str = ""  # "": a folder in the cache named by a hash of the sources and these settings
+    vocab_size: int = 8192
+    tokenizer: str = ""  # a tokenizer.json to use as it is; "": train one on the corpus
+    tokenizer_train_bytes: int = 20_000_000  # train the tokenizer on at most this much text
+    val_fraction: float = 0.02
+    workers: int = 0  # 0: every core this process may use
+    extensions: list[str] = field(
+        default_factory=lambda: [".txt", ".md", ".rst", ".py", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs"]
+    )
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: how long, how fast, in what precision, and where the run lives."""
+
+    run_dir: str = "runs/default"
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: str = "auto"  # auto | on | off
+    threads: int = 0  # 0: every core this process may use
+    micro_batch: int = 16  # sequences per forward/backward
+    batch_tokens: int = 0  # global batch in tokens; 0: one micro-batch (no accumulation)
+    # How long: exactly one of these governs (a time budget, a token count, a step count).
+    budget: str = ""  # e.g. "10m", "90s", "2h"
+    tokens: str = ""  # e.g. "20M", "1.5B"
+    steps: int = 0
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    schedule: str = "wsd"  # wsd | cosine | constant
+    warmup_frac: float = 0.05
+    decay_frac: float = 0.2  # WSD: the last fraction of steps, where the rate anneals to its minimum
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    log_every: int = 10
+    ckpt_every: int = 0  # steps between checkpoints; 0: only at the end and on interrupt
+    keep_last: int = 2
+
+
+@dataclass
+class EvalConfig:
+    """Held-out loss and samples during training."""
+
+    every: int = 0  # steps between evaluations; 0: about five in a run
+    batches: int = 20
+    prompts: list[str] = field(default_factory=lambda: ["def ", "import ", "The "])
+    sample_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int = 50
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "RunConfig":
+        validate(self)
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return to_toml(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml(), encoding="utf-8")
+
+
+# Model shapes by name. Published shapes keep their published vocabulary, which nextword pads a smaller
+# tokenizer up to; the CPU-sized ones take the tokenizer's.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(arch="gpt2", n_layers=2, d_model=64, n_heads=2, context=64),
+    "small": dict(arch="gpt2", n_layers=4, d_model=256, n_heads=4, context=256),
+    "gpt2-124m": dict(arch="gpt2", n_layers=12, d_model=768, n_heads=12, context=1024, vocab_size=50257),
+    "gpt2-350m": dict(arch="gpt2", n_layers=24, d_model=1024, n_heads=16, context=1024, vocab_size=50257),
+    "llama-150m": dict(
+        arch="llama", n_layers=12, d_model=768, n_heads=12, n_kv_heads=4, d_ff=2048, context=2048,
+        vocab_size=32000, tie_embeddings=True, rope_theta=500000.0,
+    ),
+    "llama-1b": dict(
+        arch="llama", n_layers=16, d_model=2048, n_heads=32, n_kv_heads=8, d_ff=8192, context=2048,
+        vocab_size=128256, tie_embeddings=True, rope_theta=500000.0,
+    ),
+}
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def model_preset(name: str) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of: {', '.join(MODEL_PRESETS)}")
+    return ModelConfig(**MODEL_PRESETS[name])
+
+
+def from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a RunConfig from nested dicts (as TOML gives them); unknown sections or keys are errors."""
+    cfg = RunConfig()
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{section}]; sections are {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table of key = value lines")
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            set_field(target, section, key, value, where)
+    return cfg
+
+
+def load(path: str | Path) -> RunConfig:
+    """Read a TOML config file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e}); fix the file or start from `nextword train --dump-config`") from None
+    return from_dict(raw, where=str(path))
+
+
+def set_field(target: Any, section: str, key: str, value: Any, where: str = "config") -> None:
+    """Set one field, converting strings from the command line to the field's type."""
+    hints = get_type_hints(type(target))
+    if key not in hints:
+        names = ", ".join(f.name for f in fields(target))
+        raise ConfigError(f"{where}: unknown field {section}.{key}; [{section}] has: {names}")
+    setattr(target, key, coerce(value, hints[key], f"{section}.{key}", where))
+
+
+def coerce(value: Any, kind: Any, name: str, where: str) -> Any:
+    origin = get_origin(kind)
+    try:
+        if origin is list:
+            (item,) = get_args(kind)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v] if value else []
+            if not isinstance(value, list):
+                raise TypeError
+            return [coerce(v, item, name, where) for v in value]
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            raise TypeError
+        if kind is int:
+            if isinstance(value, bool):
+                raise TypeError
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                return int(float(value)) if float(value).is_integer() else int(value)
+            if isinstance(value, int):
+                return value
+            raise TypeError
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    type_name = getattr(kind, "__name__", str(kind))
+    raise ConfigError(f"{where}: {name} = {value!r} is not a valid {type_name}")
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
+    """Apply `{"train.lr": "3e-4"}`-style overrides (from `--train.lr 3e-4`)."""
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"--{dotted}: overrides look like --SECTION.FIELD VALUE, with SECTION one of {', '.join(SECTIONS)}")
+        set_field(getattr(cfg, section), section, key, value, where="command line")
+    return cfg
+
+
+CHOICES = {
+    "model.arch": ("gpt2", "llama"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.compile": ("auto", "on", "off"),
+    "train.schedule": ("wsd", "cosine", "constant"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject a config that cannot work, naming the field and a value that would."""
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{dotted} = {value!r} is not one of: {', '.join(allowed)}")
+    m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
+    positive = {
+        "model.n_layers": m.n_layers, "model.d_model": m.d_model, "model.n_heads": m.n_heads,
+        "model.context": m.context, "train.micro_batch": t.micro_batch, "train.lr": t.lr,
+        "data.vocab_size": d.vocab_size, "train.log_every": t.log_every, "eval.batches": e.batches,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} = {value} must be greater than 0")
+    for name, value in {"model.n_kv_heads": m.n_kv_heads, "model.d_ff": m.d_ff, "model.vocab_size": m.vocab_size,
+                        "train.steps": t.steps, "train.batch_tokens": t.batch_tokens, "train.threads": t.threads,
+                        "train.ckpt_every": t.ckpt_every, "eval.every": e.every, "data.workers": d.workers}.items():
+        if value < 0:
+            raise ConfigError(f"{name} = {value} must be 0 (automatic) or more")
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model = {m.d_model} must be divisible by model.n_heads = {m.n_heads}")
+    if m.n_heads % m.kv_heads:
+        raise ConfigError(f"model.n_heads = {m.n_heads} must be divisible by model.n_kv_heads = {m.kv_heads}")
+    if m.arch == "llama" and m.head_dim % 2:
+        raise ConfigError(f"model.d_model / model.n_heads = {m.head_dim} must be even for rotary positions")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")
+    if d.vocab_size < 257:
+        raise ConfigError(f"data.vocab_size = {d.vocab_size} must be at least 257 (256 bytes + end of text)")
+    if d.vocab_size > 2**32:
+        raise ConfigError(f"data.vocab_size = {d.vocab_size} does not fit the uint32 shard format; use at most 2**32")
+    if m.vocab_size and m.vocab_size < d.vocab_size and not d.tokenizer:
+        raise ConfigError(
+            f"model.vocab_size = {m.vocab_size} is smaller than data.vocab_size = {d.vocab_size}; "
+            "set model.vocab_size = 0 to take the tokenizer's"
+        )
+    if not 0.0 < d.val_fraction < 0.5:
+        raise ConfigError(f"data.val_fraction = {d.val_fraction} must be in (0, 0.5)")
+    governing = [name for name, v in (("budget", t.budget), ("tokens", t.tokens), ("steps", t.steps)) if v]
+    if len(governing) > 1:
+        raise ConfigError(f"train.{' and train.'.join(governing)} are all set; exactly one of budget, tokens, steps governs")
+    if t.budget:
+        parse_duration(t.budget, "train.budget")
+    if t.tokens:
+        parse_count(t.tokens, "train.tokens")
+    if t.batch_tokens and t.batch_tokens % (t.micro_batch * m.context):
+        raise ConfigError(
+            f"train.batch_tokens = {t.batch_tokens} must be a multiple of train.micro_batch × model.context "
+            f"= {t.micro_batch * m.context}"
+        )
+    if not 0.0 <= t.warmup_frac < 1.0 or not 0.0 <= t.decay_frac <= 1.0 or t.warmup_frac + t.decay_frac > 1.0:
+        raise ConfigError("train.warmup_frac and train.decay_frac must be in [0, 1] and add up to at most 1")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio = {t.min_lr_ratio} must be in [0, 1]")
+    if t.keep_last < 1:
+        raise ConfigError(f"train.keep_last = {t.keep_last} must be at least 1")
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def parse_duration(text: str, name: str = "budget") -> float:
+    """'90s', '10m', '1.5h', '2d' → seconds."""
+    text = text.strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+    number = text[:-1] if text[-1:] in _DURATION_UNITS else text
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise ConfigError(f"{name} = {text!r} is not a duration; write e.g. 90s, 10m or 2h") from None
+    if seconds <= 0:
+        raise ConfigError(f"{name} = {text!r} must be longer than zero")
+    return seconds
+
+
+def parse_count(text: str | int | float, name: str = "tokens") -> int:
+    """'20M', '1.5B', '15e12', 300000 → an integer count."""
+    raw = str(text).strip().lower().replace("_", "")
+    unit = raw[-1:] if raw[-1:].isalpha() and raw[-1:] in _COUNT_UNITS else ""
+    try:
+        count = int(float(raw[: len(raw) - len(unit)]) * _COUNT_UNITS[unit])
+    except ValueError:
+        raise ConfigError(f"{name} = {text!r} is not a count; write e.g. 300000, 20M or 1.5B") from None
+    if count <= 0:
+        raise ConfigError(f"{name} = {text!r} must be more than zero")
+    return count
+
+
+def to_toml(sections: dict[str, dict[str, Any]]) -> str:
+    """Write flat sections of str, int, float, bool and lists of those as TOML."""
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return f'"{escaped}"'
