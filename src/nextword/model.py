@@ -1,0 +1,286 @@
+"""The decoder-only transformer: one model, two families, chosen by `ModelConfig.arch`.
+
+    "gpt2"   learned absolute positions, LayerNorm (with bias), GELU MLP, biases on every linear layer
+    "llama"  rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases, grouped-query attention, optional QK-norm
+
+Both are pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)); logits = head(norm(x)).
+
+State-dict keys (stable; the Hugging Face exporter maps them one to one):
+
+    tok_emb.weight                          [vocab, d]      token embeddings (also the output head when tied)
+    pos_emb.weight                          [context, d]    gpt2 only
+    blocks.{i}.attn_norm.weight / .bias                     .bias gpt2 only
+    blocks.{i}.attn.q.weight / .bias        [heads·hd, d]   .bias gpt2 only (likewise k, v, o)
+    blocks.{i}.attn.k.weight / .bias        [kv_heads·hd, d]
+    blocks.{i}.attn.v.weight / .bias        [kv_heads·hd, d]
+    blocks.{i}.attn.o.weight / .bias        [d, heads·hd]
+    blocks.{i}.attn.q_norm.weight           [hd]            qk_norm only (RMSNorm over each head)
+    blocks.{i}.attn.k_norm.weight           [hd]            qk_norm only
+    blocks.{i}.mlp_norm.weight / .bias
+    blocks.{i}.mlp.fc.weight / .bias        [ffn, d]        gpt2: proj(gelu(fc(x)))
+    blocks.{i}.mlp.proj.weight / .bias      [d, ffn]
+    blocks.{i}.mlp.gate.weight              [ffn, d]        llama: down(silu(gate(x)) · up(x))
+    blocks.{i}.mlp.up.weight                [ffn, d]
+    blocks.{i}.mlp.down.weight              [d, ffn]
+    norm.weight / .bias                                     final norm; .bias gpt2 only
+    lm_head.weight                          [vocab, d]      only when tie_embeddings is false; never a bias
+
+q, k and v are separate projections (not one fused qkv), so grouped-query attention and the export stay simple.
+RoPE uses the "rotate half" layout (the first and second halves of each head are the pairs), the same layout as
+Hugging Face's Llama, so q and k weights need no permutation on export.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nextword.config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, preallocated to `max_len` positions.
+
+    k[i] and v[i] have shape [batch, kv_heads, max_len, head_dim]; the first `length` positions are filled.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        if not 0 < max_len <= cfg.context:
+            raise ValueError(f"a KV cache holds 1 to context = {cfg.context} positions, not {max_len}")
+        shape = (batch_size, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.max_len = max_len
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each head's pairs (x[j], x[j + hd/2]) by position-dependent angles. x: [B, H, T, hd]."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[Tensor, Tensor]:
+    """cos and sin of every position's angles, [context, head_dim], in the rotate-half layout."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+    angles = torch.outer(torch.arange(cfg.context, dtype=torch.float64), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.arch == "llama":
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=True)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        bias = cfg.arch == "gpt2"
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=bias)
+        self.k = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=bias)
+        self.v = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=bias)
+        self.o = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=bias)
+        self.o.is_residual_output = True
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+            self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+
+        start = 0
+        if cache is not None:
+            start = cache.length
+            cache.k[layer][:, :, start:start + T] = k
+            cache.v[layer][:, :, start:start + T] = v
+            k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
+
+        if self.kv_heads != self.n_heads:
+            # Repeating the shared kv heads works on every torch >= 2.4 and every SDPA backend.
+            k = k.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
+
+        dropout = self.dropout if self.training else 0.0
+        if start == 0:
+            # No cache, or a prefill into an empty one: plain causal attention.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif T == 1:
+            # One new token after the cache: it may see every key so far.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:
+            # Several new tokens after a filled cache: query j sits at position start + j.
+            allowed = torch.arange(start + T, device=x.device) <= torch.arange(start, start + T, device=x.device)[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.o(y)
+
+
+class MLP(nn.Module):
+    """gpt2: proj(gelu(fc(x))). GPT-2 used the tanh approximation of GELU."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.ffn_dim)
+        self.proj = nn.Linear(cfg.ffn_dim, cfg.d_model)
+        self.proj.is_residual_output = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class SwiGLU(nn.Module):
+    """llama: down(silu(gate(x)) · up(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
+        self.down.is_residual_output = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = make_norm(cfg, cfg.d_model)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg, cfg.d_model)
+        self.mlp = SwiGLU(cfg) if cfg.arch == "llama" else MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building the model")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.arch == "gpt2":
+            self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
+        else:
+            cos, sin = rope_tables(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = make_norm(cfg, cfg.d_model)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.cfg.init_std
+        if isinstance(module, nn.Linear):
+            # Each block adds two outputs to the residual stream; scaling them keeps its variance flat with depth.
+            if getattr(module, "is_residual_output", False):
+                std = std / math.sqrt(2 * self.cfg.n_layers)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *,
+                cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
+        """idx: [B, T] token ids. Returns logits [B, T, V] and, given targets [B, T], the mean cross-entropy
+        (computed in fp32 even under bf16 autocast). With a cache, idx holds only the new tokens, which sit at
+        positions cache.length ...; their keys and values are appended to the cache."""
+        T = idx.shape[1]
+        start = 0 if cache is None else cache.length
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"{T} new tokens do not fit a KV cache holding {start} of {cache.max_len} positions")
+        x = self.tok_emb(idx)
+        rope = None
+        if self.cfg.arch == "gpt2":
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.dropout(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, cache, layer)
+        x = self.norm(x)
+        head = self.tok_emb.weight if self.cfg.tie_embeddings else self.lm_head.weight
+        logits = F.linear(x, head)
+        if cache is not None:
+            cache.length = start + T
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for this model, on its device and in its dtype."""
+        weight = self.tok_emb.weight
+        return KVCache(self.cfg, batch_size, max_len or self.cfg.context, device=weight.device, dtype=weight.dtype)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The lookup tables: token and (gpt2) position embeddings."""
+        tables = [self.tok_emb.weight]
+        if self.cfg.arch == "gpt2":
+            tables.append(self.pos_emb.weight)
+        return tables
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Unique parameters (a tied embedding counts once). non_embedding leaves out the token and position
+        embeddings, and the output head when it is untied."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= sum(p.numel() for p in self.embedding_parameters())
+            if not self.cfg.tie_embeddings:
+                total -= self.lm_head.weight.numel()
+        return total
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6·N_matmul + 12·L·T·d.
+
+        N_matmul counts the weights that take part in matrix multiplies: every linear layer in the blocks and the
+        output head (V·d, whether or not it is tied), but not the embedding lookups, norms or biases. Each such
+        weight costs 2 FLOPs per token forward and 4 backward, hence 6·N. Attention adds Q·Kᵀ and A·V: 2·T·d
+        each per layer forward, ×3 with backward, hence 12·L·T·d with T = context (the whole T×T score matrix
+        is counted, as in the PaLM paper's appendix B and nanoGPT's estimate_mfu).
+        """
+        cfg = self.cfg
+        n_matmul = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
+        n_matmul += cfg.vocab_size * cfg.d_model
+        return 6 * n_matmul + 12 * cfg.n_layers * cfg.context * cfg.d_model
+
+    def optimizer_groups(self, weight_decay: float, decay_embeddings: bool) -> list[dict]:
+        """Two AdamW parameter groups: weight matrices decay; norms, biases and (unless decay_embeddings)
+        embeddings do not. Every parameter appears exactly once."""
+        embeddings = {id(p) for p in self.embedding_parameters()}
+        decay, no_decay = [], []
+        for p in self.parameters():
+            is_matrix = p.dim() >= 2 and (decay_embeddings or id(p) not in embeddings)
+            (decay if is_matrix else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

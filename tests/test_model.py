@@ -1,0 +1,168 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nextword.config import ModelConfig
+from nextword.model import GPT
+
+VOCAB = 97
+
+
+def tiny(arch: str, **overrides) -> ModelConfig:
+    shape = dict(arch=arch, n_layers=2, d_model=32, n_heads=4, context=24, vocab_size=VOCAB)
+    return ModelConfig(**(shape | overrides))
+
+
+CONFIGS = {
+    "gpt2": tiny("gpt2"),
+    "gpt2-untied": tiny("gpt2", tie_embeddings=False),
+    "llama": tiny("llama"),
+    "llama-gqa-qknorm": tiny("llama", n_kv_heads=2, qk_norm=True, tie_embeddings=False),
+    "llama-mqa": tiny("llama", n_kv_heads=1),
+}
+
+
+def build(cfg: ModelConfig, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_changing_a_later_token_leaves_earlier_logits_unchanged(name):
+    model = build(CONFIGS[name])
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
+    changed = idx.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % VOCAB
+    with torch.no_grad():
+        before, _ = model(idx)
+        after, _ = model(changed)
+    assert before.shape == (2, 16, VOCAB)
+    torch.testing.assert_close(before[:, :9], after[:, :9], rtol=0, atol=0)
+    assert not torch.allclose(before[:, 9:], after[:, 9:])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_loss_at_initialisation_is_close_to_ln_vocab(arch):
+    model = build(tiny(arch, vocab_size=512))
+    idx = torch.randint(0, 512, (4, 24), generator=torch.Generator().manual_seed(2))
+    targets = torch.randint(0, 512, (4, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(512)) / math.log(512) < 0.05
+    expected = F.cross_entropy(logits.double().view(-1, 512), targets.view(-1))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_tiny_model_overfits_one_batch(arch):
+    model = build(tiny(arch)).train()
+    data = torch.randint(0, VOCAB, (4, 17), generator=torch.Generator().manual_seed(4))
+    x, y = data[:, :-1], data[:, 1:]
+    optimizer = torch.optim.AdamW(model.optimizer_groups(0.0, False), lr=1e-2)
+    for _ in range(300):
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.1:
+            break
+    assert loss.item() < 0.1
+
+
+def test_num_params_matches_a_hand_count_gpt2():
+    V, d, C, L, ff = VOCAB, 32, 24, 2, 128
+    per_block = (
+        2 * (2 * d)  # two LayerNorms, weight and bias
+        + 4 * (d * d + d)  # q, k, v, o with biases
+        + (d * ff + ff) + (ff * d + d)  # fc and proj with biases
+    )
+    embeddings = V * d + C * d
+    total = embeddings + L * per_block + 2 * d  # + final LayerNorm
+    tied = build(CONFIGS["gpt2"])
+    assert tied.num_params() == total
+    assert tied.num_params(non_embedding=True) == total - embeddings
+    untied = build(CONFIGS["gpt2-untied"])
+    assert untied.num_params() == total + V * d
+    assert untied.num_params(non_embedding=True) == total - embeddings
+    assert "lm_head.weight" not in tied.state_dict()
+    assert untied.state_dict()["lm_head.weight"].shape == (V, d)
+
+
+def test_num_params_matches_a_hand_count_llama_gqa():
+    cfg = CONFIGS["llama-gqa-qknorm"]
+    V, d, L, hd, kv, ff = VOCAB, 32, 2, 8, 2, cfg.ffn_dim
+    assert ff == 128  # 8/3 · 32 = 85, rounded up to a multiple of 64
+    per_block = 2 * d + (d * d) * 2 + 2 * (d * kv * hd) + 2 * hd + 3 * d * ff
+    total = V * d + L * per_block + d + V * d  # + final RMSNorm + untied head
+    model = build(cfg)
+    assert model.num_params() == total
+    assert model.num_params(non_embedding=True) == total - 2 * V * d
+
+
+def test_flops_per_token_counts_matmul_weights_and_attention():
+    cfg = CONFIGS["gpt2"]
+    model = build(cfg)
+    d, ff = cfg.d_model, cfg.ffn_dim
+    matmul = cfg.n_layers * (4 * d * d + 2 * d * ff) + cfg.vocab_size * d
+    assert model.flops_per_token() == 6 * matmul + 12 * cfg.n_layers * cfg.context * d
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("decay_embeddings", [False, True])
+def test_optimizer_groups_hold_every_parameter_once(name, decay_embeddings):
+    model = build(CONFIGS[name])
+    decay, no_decay = model.optimizer_groups(0.1, decay_embeddings)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    grouped = [id(p) for p in decay["params"]] + [id(p) for p in no_decay["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert not any(n.endswith(".bias") or "norm" in n for n in decayed)
+    assert ("tok_emb.weight" in decayed) == decay_embeddings
+    assert "blocks.0.attn.q.weight" in decayed
+
+
+def test_state_dict_keys_are_plain():
+    gpt2 = set(build(CONFIGS["gpt2"]).state_dict())
+    assert {"tok_emb.weight", "pos_emb.weight", "blocks.1.attn.q.bias", "blocks.0.mlp.fc.weight",
+            "blocks.0.attn_norm.bias", "norm.weight"} <= gpt2
+    llama = set(build(CONFIGS["llama-gqa-qknorm"]).state_dict())
+    assert {"blocks.0.attn.k_norm.weight", "blocks.0.mlp.gate.weight", "blocks.0.mlp.down.weight",
+            "lm_head.weight"} <= llama
+    assert not any(k.endswith(".bias") or "rope" in k for k in llama)
+
+
+def test_residual_projections_start_smaller():
+    model = build(tiny("gpt2", n_layers=8, d_model=64, n_heads=4))
+    assert model.blocks[0].attn.q.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert model.blocks[0].attn.o.weight.std().item() == pytest.approx(0.02 / 4, rel=0.1)
+    assert model.blocks[0].mlp.fc.bias.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cached_forward_token_by_token_equals_uncached(name):
+    model = build(CONFIGS[name])
+    idx = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(batch_size=2)
+        prefill, _ = model(idx[:, :6], cache=cache)
+        steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(6, 17)]
+        chunk, _ = model(idx[:, 17:], cache=cache)  # several new tokens after a filled cache
+    cached = torch.cat([prefill, *steps, chunk], dim=1)
+    assert cache.length == 20
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+
+
+def test_cache_overflow_is_refused():
+    model = build(CONFIGS["llama"])
+    cache = model.new_cache(batch_size=1, max_len=4)
+    with pytest.raises(ValueError, match="do not fit"):
+        model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+
+
+def test_missing_vocab_size_is_refused():
+    with pytest.raises(ValueError, match="vocab_size"):
+        GPT(ModelConfig())
