@@ -1,0 +1,422 @@
+"""Readers that turn sources into documents: text and code folders, JSONL, parquet, WARC/WET, and the default corpus.
+
+Every reader yields `Document`s in a deterministic order and never drops input silently: whatever it cannot use
+(a binary file, a line that is not JSON, a truncated archive) is counted in a `SkipLog` with the file and the
+reason, so the prepare summary can say what was left out and why.
+
+The default corpus is the Python standard library of the running interpreter: its code, comments and docstrings,
+plus the English prose of the `pydoc` help topics. Every machine with Python has it, and it is the same text on
+every machine with the same Python version.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import json
+import os
+import re
+import sys
+import sysconfig
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from nextword.errors import DataError
+
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a text file larger than this is skipped: it is likely a dump, not prose or code
+BINARY_SNIFF_BYTES = 8192  # a NUL byte this early marks a file as binary
+READ_CHUNK_BYTES = 1 << 20
+PARQUET_BATCH_ROWS = 1024
+MAX_SKIP_EXAMPLES = 20
+NAMES_PER_REASON = 3  # file names shown per reason in the summary line
+
+# Bump when a reader changes what it yields, so prepared data made by the old readers is not reused.
+READER_VERSION = 1
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+WEB_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".warc.wet.gz")
+PARQUET_SUFFIX = ".parquet"
+DEFAULT_CORPUS_NAME = "stdlib"
+
+# Folders of the standard library that are not library code: installed packages, bytecode, and test suites.
+STDLIB_EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__", "idle_test"}
+PYDOC_TOPICS = Path("pydoc_data") / "topics.py"
+
+
+@dataclass
+class Document:
+    """One unit of text with where it came from."""
+
+    id: str  # stable and unique, e.g. "stdlib:json/decoder.py", "docs/a.jsonl:17"
+    text: str
+    source: str  # "stdlib", "pydoc", "file", "jsonl", "parquet", "warc", "wet"
+    meta: dict[str, Any] = field(default_factory=dict)  # provenance: path, line or row, url where known
+
+
+def _reason_category(reason: str) -> str:
+    """The reason without its specifics, so that "line 3: not JSON" and "line 9: not JSON" count together."""
+    category = re.sub(r"^(line|row) \d+: ", "", reason)
+    category = re.sub(r" after (line|row) \d+", "", category)
+    return category.split(" (")[0]
+
+
+class SkipLog:
+    """Counts what the readers dropped, by reason, and keeps the first few examples with their files."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_reason: Counter[str] = Counter()
+        self.examples: list[tuple[str, str]] = []
+        self._names: dict[str, list[str]] = {}
+
+    def skip(self, path: str | Path, reason: str) -> None:
+        category = _reason_category(reason)
+        self.total += 1
+        self.by_reason[category] += 1
+        if len(self.examples) < MAX_SKIP_EXAMPLES:
+            self.examples.append((str(path), reason))
+        names = self._names.setdefault(category, [])
+        name = "/".join(Path(path).parts[-2:]) if len(Path(path).parts) > 2 else str(path)
+        if len(names) < NAMES_PER_REASON and name not in names:
+            names.append(name)
+
+    def summary_lines(self) -> list[str]:
+        """e.g. ["skipped 3 files or records: 2 not valid UTF-8 (a.txt, b.txt), 1 empty (c.txt)"]; [] if none."""
+        if not self.total:
+            return []
+        parts = []
+        for category, count in self.by_reason.most_common():
+            names = self._names[category]
+            more = ", …" if count > len(names) else ""
+            parts.append(f"{count} {category} ({', '.join(names)}{more})")
+        return [f"skipped {self.total} files or records: " + ", ".join(parts)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "by_reason": dict(self.by_reason),
+            "examples": [{"path": path, "reason": reason} for path, reason in self.examples],
+        }
+
+
+# --- the default corpus: Python's standard library -------------------------------------------------------
+
+
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _is_stdlib_code_dir(name: str) -> bool:
+    return name not in STDLIB_EXCLUDED_DIRS and not name.startswith("test")
+
+
+def _stdlib_files(root: Path) -> list[Path]:
+    """The standard library's own .py files, sorted by relative path, without tests and the pydoc topics table."""
+    files = []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = [name for name in dirnames if _is_stdlib_code_dir(name)]
+        files.extend(Path(folder, name) for name in filenames if name.endswith(".py"))
+    topics = root / PYDOC_TOPICS
+    return sorted((path for path in files if path != topics), key=lambda path: path.relative_to(root).as_posix())
+
+
+def _pydoc_topics(root: Path) -> dict[str, str]:
+    """The `topics` dict of pydoc_data/topics.py, read as data with `ast`, never imported or executed."""
+    path = root / PYDOC_TOPICS
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "topics" for t in node.targets):
+            topics = ast.literal_eval(node.value)
+            return {str(name): text for name, text in topics.items() if isinstance(text, str)}
+    return {}
+
+
+def default_corpus(skips: SkipLog | None = None) -> Iterator[Document]:
+    """The standard library's code, then one document per pydoc help topic."""
+    skips = skips if skips is not None else SkipLog()
+    root = _stdlib_root()
+    for path in _stdlib_files(root):
+        text = _read_text_file(path, skips)
+        if text is not None:
+            relative = path.relative_to(root).as_posix()
+            yield Document(id=f"stdlib:{relative}", text=text, source="stdlib", meta={"path": str(path)})
+    topics_path = root / PYDOC_TOPICS
+    topics = _pydoc_topics(root)
+    if not topics:
+        skips.skip(topics_path, "no pydoc topics found")
+    for name in sorted(topics):
+        text = topics[name]
+        if text.strip():
+            yield Document(id=f"pydoc:{name}", text=text, source="pydoc", meta={"path": str(topics_path)})
+
+
+# --- plain text and code files ---------------------------------------------------------------------------
+
+
+def _read_text_file(path: Path, skips: SkipLog) -> str | None:
+    """The file's text, or None after counting why it cannot be used."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            skips.skip(path, f"too large ({size / 2**20:.1f} MiB, cap {MAX_FILE_BYTES // 2**20} MiB)")
+            return None
+        data = path.read_bytes()
+    except OSError as error:
+        skips.skip(path, f"unreadable ({error.strerror or error})")
+        return None
+    if b"\0" in data[:BINARY_SNIFF_BYTES]:
+        skips.skip(path, "binary (NUL byte in the first 8 KB)")
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        skips.skip(path, f"not valid UTF-8 (byte {error.start})")
+        return None
+    if not text.strip():
+        skips.skip(path, "empty")
+        return None
+    return text
+
+
+# --- JSONL, plain or compressed --------------------------------------------------------------------------
+
+
+def _zstd_chunks(path: Path) -> Iterator[bytes]:
+    """Decompressed bytes of a .zst file, frame after frame.
+
+    zstandard's stream reader ends quietly at a truncated frame, so this checks that the last frame was
+    complete and raises EOFError if it was not.
+    """
+    decompressor = zstandard.ZstdDecompressor()
+    frame = decompressor.decompressobj()
+    frame_has_input = False
+    with open(path, "rb") as file:
+        while chunk := file.read(READ_CHUNK_BYTES):
+            while chunk:
+                frame_has_input = True
+                yield frame.decompress(chunk)
+                if not frame.eof:
+                    break
+                chunk = frame.unused_data
+                frame = decompressor.decompressobj()
+                frame_has_input = False
+    if frame_has_input:
+        raise EOFError("zstd stream ends inside a frame")
+
+
+def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+    if pending:
+        yield pending
+
+
+def _raw_lines(path: Path) -> tuple[str, Iterator[bytes]]:
+    """(what the file is, for messages; its lines as bytes)."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return "gzip", gzip.open(path, "rb")
+    if name.endswith(".zst"):
+        return "zstd", _split_lines(_zstd_chunks(path))
+    return "file", open(path, "rb")
+
+
+def _read_jsonl(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
+    """One document per line with a string `text` (FineWeb and Dolma records); other fields go in meta."""
+    kind, lines = _raw_lines(path)
+    line_number = 0
+    try:
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, OSError, zlib.error, zstandard.ZstdError):
+                skips.skip(path, f"corrupt {kind} after line {line_number}")
+                return
+            line_number += 1
+            if not raw.strip():
+                continue  # a blank line holds no record
+            document = _jsonl_document(raw, line_number, path, display, skips)
+            if document is not None:
+                yield document
+    finally:
+        if hasattr(lines, "close"):
+            lines.close()
+
+
+def _jsonl_document(raw: bytes, line_number: int, path: Path, display: str, skips: SkipLog) -> Document | None:
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        skips.skip(path, f"line {line_number}: not valid UTF-8")
+        return None
+    except json.JSONDecodeError:
+        skips.skip(path, f"line {line_number}: not JSON")
+        return None
+    return _record_document(record, "jsonl", "line", line_number, path, display, skips)
+
+
+def _record_document(
+    record: Any, source: str, unit: str, number: int, path: Path, display: str, skips: SkipLog
+) -> Document | None:
+    """A document from one JSONL line or parquet row, or None after counting why not."""
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        skips.skip(path, f"{unit} {number}: no string text field")
+        return None
+    text = record.pop("text")
+    if not text.strip():
+        skips.skip(path, f"{unit} {number}: empty text")
+        return None
+    record_id = record.pop("id", None)
+    document_id = str(record_id) if record_id is not None else f"{display}:{number}"
+    meta = {**record, "path": str(path), unit: number}
+    return Document(id=document_id, text=text, source=source, meta=meta)
+
+
+# --- parquet ---------------------------------------------------------------------------------------------
+
+
+def _read_parquet(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
+    """One document per row, streamed a batch at a time so memory stays bounded."""
+    import pyarrow.parquet as pq  # imported here: pyarrow takes a while to load and most runs read no parquet
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several kinds (ArrowInvalid, OSError) for a damaged file
+        skips.skip(path, f"unreadable parquet ({error})")
+        return
+    columns = parquet.schema_arrow.names
+    if "text" not in columns:
+        skips.skip(path, f"no text column (has: {', '.join(columns)})")
+        return
+    row_number = 0
+    batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as error:
+            skips.skip(path, f"unreadable parquet after row {row_number} ({error})")
+            return
+        for record in batch.to_pylist():
+            row_number += 1
+            document = _record_document(record, "parquet", "row", row_number, path, display, skips)
+            if document is not None:
+                yield document
+
+
+# --- routing ---------------------------------------------------------------------------------------------
+
+
+def _read_file(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
+    """Route one file to its reader by the end of its name; anything else is read as text."""
+    name = path.name.lower()
+    if name.endswith(WEB_SUFFIXES):
+        from nextword.data.web import read_web  # imported here: the web readers pull in HTML extraction
+
+        yield from read_web(path, skips)
+    elif name.endswith(JSONL_SUFFIXES):
+        if _is_empty(path, skips):
+            return
+        yield from _read_jsonl(path, display, skips)
+    elif name.endswith(PARQUET_SUFFIX):
+        yield from _read_parquet(path, display, skips)
+    else:
+        text = _read_text_file(path, skips)
+        if text is not None:
+            yield Document(id=display, text=text, source="file", meta={"path": str(path)})
+
+
+def _is_empty(path: Path, skips: SkipLog) -> bool:
+    if path.stat().st_size == 0:
+        skips.skip(path, "empty")
+        return True
+    return False
+
+
+def _matches(name: str, extensions: list[str]) -> bool:
+    lowered = name.lower()
+    return any(lowered.endswith(extension.lower()) for extension in extensions)
+
+
+def _folder_files(root: Path, extensions: list[str]) -> list[Path]:
+    """Files under `root` whose names end with one of `extensions`, sorted by relative path.
+
+    Hidden folders (.git, .venv) and bytecode caches are not walked: they hold tooling, not the user's text.
+    """
+    files = []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = [name for name in dirnames if not name.startswith(".") and name != "__pycache__"]
+        files.extend(Path(folder, name) for name in filenames if _matches(name, extensions))
+    return sorted(files, key=lambda path: path.relative_to(root).as_posix())
+
+
+def _existing_path(source: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"{source}: no such file or folder; pass a folder, .txt, .jsonl[.gz|.zst], .parquet or WARC/WET file"
+        )
+    return path
+
+
+def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> Iterator[Document]:
+    """Documents from each source in order: "stdlib" (also what [] means) is the default corpus; a folder is
+    read recursively for files ending with one of `extensions`; a single file is read whatever its extension.
+
+    Raises DataError for a source that does not exist, before reading anything.
+    """
+    if not sources:
+        yield from default_corpus(skips)
+        return
+    paths = [None if source == DEFAULT_CORPUS_NAME else _existing_path(source) for source in sources]
+    for path in paths:
+        if path is None:
+            yield from default_corpus(skips)
+        elif path.is_dir():
+            for file in _folder_files(path, extensions):
+                yield from _read_file(file, file.relative_to(path).as_posix(), skips)
+        else:
+            yield from _read_file(path, path.name, skips)
+
+
+# --- fingerprint -----------------------------------------------------------------------------------------
+
+
+def sources_fingerprint(sources: list[str], extensions: list[str]) -> str:
+    """A hex digest of what the inputs are, from names and file stats only (no file is read), so prepared data
+    can be reused while the inputs stay the same and redone when one changes."""
+    digest = hashlib.sha256()
+
+    def add(*parts: object) -> None:
+        digest.update(("\t".join(str(part) for part in parts) + "\n").encode())
+
+    add("readers", READER_VERSION, "max_file_bytes", MAX_FILE_BYTES)
+    add("extensions", *sorted(extension.lower() for extension in extensions))
+    for source in sources or [DEFAULT_CORPUS_NAME]:
+        if source == DEFAULT_CORPUS_NAME:
+            root = _stdlib_root()
+            files = _stdlib_files(root)
+            files.append(root / PYDOC_TOPICS)
+            add("stdlib", sys.version, root, len(files), sum(path.stat().st_size for path in files if path.exists()))
+            continue
+        path = _existing_path(source).resolve()
+        for file in _folder_files(path, extensions) if path.is_dir() else [path]:
+            stat = file.stat()
+            add(file, stat.st_size, stat.st_mtime_ns)
+    return digest.hexdigest()

@@ -1,0 +1,271 @@
+"""The source readers: the default corpus, folders, JSONL (plain, gzip, zstd), parquet, skips and fingerprints."""
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from nextword.data.sources import (
+    DEFAULT_CORPUS_NAME,
+    SkipLog,
+    default_corpus,
+    read_sources,
+    sources_fingerprint,
+)
+from nextword.errors import DataError
+
+EXTENSIONS = [".txt", ".md", ".py"]
+
+
+def read(sources: list, extensions: list = EXTENSIONS) -> tuple[list, SkipLog]:
+    skips = SkipLog()
+    return list(read_sources([str(source) for source in sources], extensions, skips)), skips
+
+
+def jsonl_bytes(records: list) -> bytes:
+    return b"".join(json.dumps(record).encode() + b"\n" for record in records)
+
+
+# --- the default corpus ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stdlib_docs() -> list:
+    return list(default_corpus())
+
+
+def test_default_corpus_is_large_and_deterministic(stdlib_docs):
+    assert len(stdlib_docs) > 300
+    again = list(default_corpus())
+    assert [(d.id, d.text) for d in again] == [(d.id, d.text) for d in stdlib_docs]
+    ids = [d.id for d in stdlib_docs]
+    assert len(set(ids)) == len(ids)
+    code_ids = [d.id for d in stdlib_docs if d.source == "stdlib"]
+    assert code_ids == sorted(code_ids)
+    assert "stdlib:json/decoder.py" in ids
+
+
+def test_default_corpus_includes_pydoc_topics_as_prose(stdlib_docs):
+    topics = {d.id: d for d in stdlib_docs if d.source == "pydoc"}
+    assert len(topics) > 20
+    assert "pydoc:assert" in topics
+    assert "assert" in topics["pydoc:assert"].text
+    # the topics table is data for the pydoc documents, not a code document of its own
+    assert "stdlib:pydoc_data/topics.py" not in {d.id for d in stdlib_docs}
+
+
+def test_default_corpus_excludes_tests_and_installed_packages(stdlib_docs):
+    for doc in stdlib_docs:
+        parts = doc.id.removeprefix("stdlib:").split("/")[:-1]
+        assert not any(part.startswith("test") or part == "idle_test" for part in parts), doc.id
+        assert "site-packages" not in parts and "__pycache__" not in parts, doc.id
+
+
+def test_empty_sources_and_stdlib_name_mean_the_default_corpus(stdlib_docs):
+    first_ids = [d.id for d in stdlib_docs[:5]]
+    assert [d.id for d in read([])[0][:5]] == first_ids
+    assert [d.id for d in read([DEFAULT_CORPUS_NAME])[0][:5]] == first_ids
+
+
+# --- files and folders -----------------------------------------------------------------------------------
+
+
+def test_folder_reads_by_extension_and_counts_bad_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("alpha text\n")
+    (tmp_path / "sub" / "b.py").write_text("print('beta')\n")
+    (tmp_path / "c.csv").write_text("not,picked\n")
+    (tmp_path / "bin.txt").write_bytes(b"head\x00\x01\x02tail")
+    (tmp_path / "latin.txt").write_bytes("café".encode("latin-1"))
+    (tmp_path / "empty.md").write_text("")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "x.txt").write_text("tooling, not text")
+
+    docs, skips = read([tmp_path])
+
+    assert [d.id for d in docs] == ["a.txt", "sub/b.py"]
+    assert docs[0].text == "alpha text\n" and docs[0].source == "file"
+    assert docs[1].meta["path"] == str(tmp_path / "sub" / "b.py")
+    assert skips.total == 3
+    assert skips.by_reason == {"binary": 1, "not valid UTF-8": 1, "empty": 1}
+    skipped_files = {Path(path).name: reason for path, reason in skips.examples}
+    assert set(skipped_files) == {"bin.txt", "latin.txt", "empty.md"}
+    (line,) = skips.summary_lines()
+    assert line.startswith("skipped 3 files or records: ")
+    assert "1 not valid UTF-8" in line and "latin.txt" in line and "empty.md" in line
+    assert json.loads(json.dumps(skips.to_dict()))["total"] == 3
+
+
+def test_single_file_is_read_whatever_its_extension(tmp_path):
+    path = tmp_path / "notes.log"
+    path.write_text("a log line\n")
+    docs, skips = read([path], extensions=[".txt"])
+    assert [(d.id, d.text) for d in docs] == [("notes.log", "a log line\n")]
+    assert skips.total == 0
+
+
+def test_file_over_the_size_cap_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr("nextword.data.sources.MAX_FILE_BYTES", 10)
+    (tmp_path / "big.txt").write_text("x" * 11)
+    (tmp_path / "small.txt").write_text("x" * 10)
+    docs, skips = read([tmp_path])
+    assert [d.id for d in docs] == ["small.txt"]
+    assert skips.by_reason == {"too large": 1}
+    assert "MiB" in skips.examples[0][1]
+
+
+def test_missing_path_raises_data_error_naming_it(tmp_path):
+    missing = tmp_path / "nowhere.txt"
+    with pytest.raises(DataError, match="nowhere.txt: no such file or folder"):
+        read([missing])
+    with pytest.raises(DataError, match="nowhere.txt"):
+        sources_fingerprint([str(missing)], EXTENSIONS)
+
+
+# --- JSONL -----------------------------------------------------------------------------------------------
+
+JSONL_RECORDS = [
+    {"text": "first document", "url": "https://example.com/1"},
+    {"id": "doc-two", "text": "second document", "dump": "CC-MAIN-2024-10"},
+    {"url": "https://example.com/no-text"},
+    {"text": "   "},
+    {"text": 42},
+]
+
+
+def jsonl_payload() -> bytes:
+    good_and_bad = jsonl_bytes(JSONL_RECORDS[:2]) + b"{this is not json\n\n" + jsonl_bytes(JSONL_RECORDS[2:])
+    return good_and_bad + jsonl_bytes([{"text": "last document"}])
+
+
+@pytest.mark.parametrize(
+    ("name", "compress"),
+    [
+        ("data.jsonl", lambda data: data),
+        ("data.jsonl.gz", gzip.compress),
+        ("data.jsonl.zst", lambda data: zstandard.ZstdCompressor().compress(data)),
+    ],
+)
+def test_jsonl_reads_records_and_counts_bad_lines(tmp_path, name, compress):
+    path = tmp_path / name
+    path.write_bytes(compress(jsonl_payload()))
+
+    docs, skips = read([path])
+
+    assert [d.text for d in docs] == ["first document", "second document", "last document"]
+    assert [d.id for d in docs] == [f"{name}:1", "doc-two", f"{name}:8"]
+    assert docs[0].source == "jsonl"
+    assert docs[0].meta["url"] == "https://example.com/1" and docs[0].meta["line"] == 1
+    assert docs[1].meta["dump"] == "CC-MAIN-2024-10" and "text" not in docs[1].meta
+    assert skips.by_reason == {"not JSON": 1, "no string text field": 2, "empty text": 1}
+    assert (str(path), "line 3: not JSON") in skips.examples
+
+
+def test_jsonl_in_a_folder_is_picked_by_its_extension(tmp_path):
+    (tmp_path / "part.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes([{"text": "from a shard"}])))
+    docs, _ = read([tmp_path], extensions=[".jsonl.gz"])
+    assert [(d.id, d.text) for d in docs] == [("part.jsonl.gz:1", "from a shard")]
+
+
+def many_records(count: int) -> bytes:
+    return jsonl_bytes([{"text": f"document number {i} " + "padding " * 30} for i in range(count)])
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress", "kind"),
+    [(".gz", gzip.compress, "gzip"), (".zst", lambda data: zstandard.ZstdCompressor().compress(data), "zstd")],
+)
+def test_truncated_archive_keeps_earlier_lines_and_counts_one_skip(tmp_path, suffix, compress, kind):
+    compressed = compress(many_records(3000))
+    path = tmp_path / f"cut.jsonl{suffix}"
+    path.write_bytes(compressed[: len(compressed) // 2])
+
+    docs, skips = read([path])
+
+    assert 100 < len(docs) < 3000
+    assert [d.text.split()[2] for d in docs] == [str(i) for i in range(len(docs))]
+    assert skips.total == 1
+    assert skips.examples[0][1].startswith(f"corrupt {kind} after line ")
+
+
+def test_zstd_with_several_frames_reads_them_all(tmp_path):
+    compressor = zstandard.ZstdCompressor()
+    frames = compressor.compress(jsonl_bytes([{"text": "one"}])) + compressor.compress(jsonl_bytes([{"text": "two"}]))
+    path = tmp_path / "frames.jsonl.zst"
+    path.write_bytes(frames)
+    docs, skips = read([path])
+    assert [d.text for d in docs] == ["one", "two"] and skips.total == 0
+
+
+# --- parquet ---------------------------------------------------------------------------------------------
+
+
+def test_parquet_with_text_column(tmp_path):
+    path = tmp_path / "rows.parquet"
+    table = pa.table({"text": ["row one", "", None, "row four"], "url": ["u1", "u2", "u3", "u4"]})
+    pq.write_table(table, path)
+
+    docs, skips = read([path])
+
+    assert [(d.id, d.text, d.meta["url"]) for d in docs] == [
+        ("rows.parquet:1", "row one", "u1"),
+        ("rows.parquet:4", "row four", "u4"),
+    ]
+    assert docs[0].source == "parquet" and docs[0].meta["row"] == 1
+    assert skips.by_reason == {"empty text": 1, "no string text field": 1}
+
+
+def test_parquet_without_text_column_names_its_columns(tmp_path):
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"content": ["x"], "lang": ["en"]}), path)
+    docs, skips = read([path])
+    assert docs == []
+    assert skips.examples == [(str(path), "no text column (has: content, lang)")]
+
+
+def test_unreadable_parquet_is_skipped_with_the_reason(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 definitely not a parquet file")
+    docs, skips = read([path])
+    assert docs == []
+    assert skips.by_reason == {"unreadable parquet": 1}
+
+
+# --- fingerprint -----------------------------------------------------------------------------------------
+
+
+def test_fingerprint_changes_when_a_file_changes(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("version one")
+    before = sources_fingerprint([str(tmp_path)], EXTENSIONS)
+    assert sources_fingerprint([str(tmp_path)], EXTENSIONS) == before
+
+    path.write_text("version two, longer")
+    changed = sources_fingerprint([str(tmp_path)], EXTENSIONS)
+    assert changed != before
+
+    (tmp_path / "b.txt").write_text("a new file")
+    assert sources_fingerprint([str(tmp_path)], EXTENSIONS) != changed
+
+
+def test_fingerprint_sees_a_same_size_edit_through_mtime(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("aaaa")
+    before = sources_fingerprint([str(path)], EXTENSIONS)
+    path.write_text("bbbb")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert sources_fingerprint([str(path)], EXTENSIONS) != before
+
+
+def test_default_corpus_fingerprint_is_stable_and_differs_from_paths(tmp_path):
+    (tmp_path / "a.txt").write_text("text")
+    default = sources_fingerprint([], EXTENSIONS)
+    assert default == sources_fingerprint([DEFAULT_CORPUS_NAME], EXTENSIONS)
+    assert default != sources_fingerprint([str(tmp_path)], EXTENSIONS)
+    assert len(default) == 64
