@@ -269,3 +269,25 @@ def test_default_corpus_fingerprint_is_stable_and_differs_from_paths(tmp_path):
     assert default == sources_fingerprint([DEFAULT_CORPUS_NAME], EXTENSIONS)
     assert default != sources_fingerprint([str(tmp_path)], EXTENSIONS)
     assert len(default) == 64
+
+
+# --- web archives ----------------------------------------------------------------------------------------
+
+
+def test_web_archives_go_to_the_web_reader(tmp_path):
+    web = pytest.importorskip("nextword.data.web", reason="the WARC/WET reader is not in this tree yet")
+    text = "A page of plain English text about rivers and the towns along them. " * 5
+    body = text.encode()
+    record = (
+        b"WARC/1.0\r\nWARC-Type: conversion\r\nWARC-Target-URI: http://example.com/rivers\r\n"
+        b"WARC-Date: 2024-01-01T00:00:00Z\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-000000000001>\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body + b"\r\n\r\n"
+    )
+    path = tmp_path / "crawl.warc.wet.gz"
+    path.write_bytes(gzip.compress(record))
+
+    routed, _ = read([path])
+    direct = list(web.read_web(path, SkipLog()))
+
+    assert routed and [d.id for d in routed] == [d.id for d in direct]
+    assert all(d.source != "file" for d in routed)

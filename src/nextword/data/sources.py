@@ -236,7 +236,11 @@ def _raw_lines(path: Path) -> tuple[str, Iterator[bytes]]:
 
 def _read_jsonl(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
     """One document per line with a string `text` (FineWeb and Dolma records); other fields go in meta."""
-    kind, lines = _raw_lines(path)
+    try:
+        kind, lines = _raw_lines(path)
+    except OSError as error:
+        skips.skip(path, f"unreadable ({error.strerror or error})")
+        return
     line_number = 0
     try:
         while True:
