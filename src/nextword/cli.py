@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from typing import Sequence
 
 from nextword import __version__
 from nextword.config import RunConfig, apply_overrides, load, model_preset
 from nextword.errors import NextwordError
 
+PROCESS_START = time.monotonic()  # a time budget counts the whole command, imports included
+
 # name: (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("nextword.data.prepare", "sources → tokenizer → token shards, with a stats report"),
+    "data": ("nextword.data.commands", "web-scale data: fetch Common Crawl, clean and deduplicate a corpus"),
     "train": ("nextword.train", "pretrain a model; resumes from the run directory if a checkpoint is there"),
     "sample": ("nextword.generate", "generate text from a trained run"),
     "eval": ("nextword.evaluate", "loss, perplexity and bits per byte on held-out text"),

@@ -1,0 +1,178 @@
+"""What this machine is and what it is good at, found out at run time, never assumed.
+
+Two CPUs of the same family can differ by 100× in bf16 matrix speed (native AVX-512 BF16 versus emulation on
+AVX2), so the precision, thread count and compile choice are decided here from probes and measurements, and
+the measurements are cached per machine so a second run does not pay for them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from nextword.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Machine:
+    device: torch.device
+    name: str  # the CPU model or GPU name
+    capability: str  # torch.backends.cpu.get_cpu_capability(), or the CUDA compute capability
+    threads: int
+    bf16_native: bool
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "name": self.name, "capability": self.capability,
+                "threads": self.threads, "bf16_native": self.bf16_native, "torch": torch.__version__}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container or taskset may allow fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_bf16_native() -> bool:
+    """True where the CPU does bf16 matrix math in hardware (AVX-512 BF16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def detect(device: str = "auto", threads: int = 0, bf16_probe: Callable[[], bool] = cpu_bf16_native) -> Machine:
+    """Pick the device and thread count. `bf16_probe` is injectable so both CPU paths can be tested anywhere."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device = {device!r}, but this machine has no CUDA GPU; use auto or cpu")
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        return Machine(dev, torch.cuda.get_device_name(index), f"sm_{major}{minor}", usable_cores(),
+                       torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        raise ConfigError(f"train.device = {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    n = threads or usable_cores()
+    torch.set_num_threads(n)
+    return Machine(dev, cpu_model(), torch.backends.cpu.get_cpu_capability(), n, bf16_probe())
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NEXTWORD_CACHE", Path.home() / ".cache" / "nextword"))
+
+
+def _machine_key(machine: Machine) -> str:
+    return f"{machine.name}|{machine.capability}|{machine.threads}|torch {torch.__version__}"
+
+
+def cached(machine: Machine, key: str, compute: Callable[[], float | str]) -> float | str:
+    """A per-machine measurement, computed once and kept in the cache folder."""
+    path = cache_dir() / "machine.json"
+    full_key = hashlib.sha256(f"{_machine_key(machine)}|{key}".encode()).hexdigest()[:16]
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if full_key not in table:
+        table[full_key] = compute()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(table, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only cache only costs a re-measurement next time
+    return table[full_key]
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
+    """Dense square-matmul rate in FLOP/s: the ceiling that MFU is measured against."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    _sync(device)
+    a @ b
+    _sync(device)
+    reps, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        if reps % 4 == 0:
+            _sync(device)
+            if time.perf_counter() - start > seconds:
+                break
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def peak_flops(machine: Machine) -> float:
+    """The fastest dense matmul rate this device reaches in any precision it supports natively."""
+    precisions = ["fp32", "bf16"] if (machine.bf16_native or machine.is_cuda) else ["fp32"]
+    rates = [float(cached(machine, f"matmul {p}", lambda p=p: matmul_flops(machine.device, DTYPES[p])))
+             for p in precisions]
+    return max(rates)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resolve_precision(requested: str, machine: Machine,
+                      time_step: Callable[[str], float] | None = None, shape_key: str = "") -> tuple[str, str]:
+    """Choose the training precision and say why.
+
+    `time_step(precision)` runs a few real training steps of the actual model and returns seconds per step; it is
+    only called where the choice is in doubt (a CPU with native bf16), and its verdict is cached per shape.
+    """
+    if requested != "auto":
+        if requested in ("bf16", "fp16") and not machine.is_cuda and not machine.bf16_native:
+            warnings.warn(f"train.precision = {requested} on a CPU without native bf16/fp16 ({machine.capability}): "
+                          "matrix math is emulated and may run 10–100× slower than fp32", stacklevel=2)
+        return requested, "set in the config"
+    if machine.is_cuda:
+        if machine.bf16_native:
+            return "bf16", f"{machine.name} supports bf16"
+        return "fp16", f"{machine.name} has no bf16; fp16 with loss scaling"
+    if not machine.bf16_native:
+        return "fp32", (f"this CPU ({machine.capability}) has no native bf16: bf16 would be emulated, "
+                        "about 100× slower per matmul")
+    if time_step is None:
+        return "bf16", f"this CPU ({machine.capability}) has native bf16"
+
+    def race() -> str:
+        times = {p: time_step(p) for p in ("fp32", "bf16")}
+        best = min(times, key=times.get)
+        return f"{best}|" + ",".join(f"{p}={t * 1e3:.0f}ms" for p, t in times.items())
+
+    verdict = str(cached(machine, f"precision race {shape_key}", race))
+    best, _, timings = verdict.partition("|")
+    return best, f"native bf16 on this CPU ({machine.capability}); timed steps of this model: {timings}"
