@@ -291,3 +291,15 @@ def test_web_archives_go_to_the_web_reader(tmp_path):
 
     assert routed and [d.id for d in routed] == [d.id for d in direct]
     assert all(d.source != "file" for d in routed)
+
+
+def test_skip_summary_names_each_file_once_and_marks_more():
+    skips = SkipLog()
+    for line in (3, 9):
+        skips.skip("data/a.jsonl", f"line {line}: not JSON")
+    for name in ("b.txt", "c.txt", "d.txt", "e.txt"):
+        skips.skip(f"docs/{name}", "empty")
+    (line,) = skips.summary_lines()
+    assert line == (
+        "skipped 6 files or records: 4 empty (docs/b.txt, docs/c.txt, docs/d.txt, …), 2 not JSON (data/a.jsonl)"
+    )

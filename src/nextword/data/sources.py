@@ -74,7 +74,8 @@ class SkipLog:
         self.total = 0
         self.by_reason: Counter[str] = Counter()
         self.examples: list[tuple[str, str]] = []
-        self._names: dict[str, list[str]] = {}
+        self._names: dict[str, list[str]] = {}  # the first few files per reason, for the summary line
+        self._more_names: set[str] = set()  # reasons that were seen in more files than the summary shows
 
     def skip(self, path: str | Path, reason: str) -> None:
         category = _reason_category(reason)
@@ -84,8 +85,11 @@ class SkipLog:
             self.examples.append((str(path), reason))
         names = self._names.setdefault(category, [])
         name = "/".join(Path(path).parts[-2:]) if len(Path(path).parts) > 2 else str(path)
-        if len(names) < NAMES_PER_REASON and name not in names:
-            names.append(name)
+        if name not in names:
+            if len(names) < NAMES_PER_REASON:
+                names.append(name)
+            else:
+                self._more_names.add(category)
 
     def summary_lines(self) -> list[str]:
         """e.g. ["skipped 3 files or records: 2 not valid UTF-8 (a.txt, b.txt), 1 empty (c.txt)"]; [] if none."""
@@ -94,7 +98,7 @@ class SkipLog:
         parts = []
         for category, count in self.by_reason.most_common():
             names = self._names[category]
-            more = ", …" if count > len(names) else ""
+            more = ", …" if category in self._more_names else ""
             parts.append(f"{count} {category} ({', '.join(names)}{more})")
         return [f"skipped {self.total} files or records: " + ", ".join(parts)]
 
