@@ -1,0 +1,233 @@
+"""Readers for web archives: WARC (the crawl's raw HTTP responses) and WET (the crawl's plain-text conversions).
+
+- WARC `response` records: HTTP payload → HTML → main text (extract.py). Only successful HTML responses count.
+- WET `conversion` records: already text, as Common Crawl serves them (CRLF line ends become LF).
+- Every other record (warcinfo, request, metadata, WAT's JSON, revisit, ...) is counted and ignored.
+
+Files may be gzip-per-record (as the crawl serves them, `.warc.gz`) or plain. Records are parsed by FastWARC.
+Damage is counted in the SkipLog and reading goes on where the format allows: a truncated or corrupt gzip
+member is skipped up to the next member, a record whose Content-Length is wrong is dropped and reading resumes at
+the next `WARC/1.x` header line, an undecodable payload is dropped.
+
+Each document's id is "PATH:OFFSET", the record's byte offset in the file (the compressed offset for gzip files,
+which is what Common Crawl's index uses), so a record can be found again.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from fastwarc.warc import ArchiveIterator
+
+from nextword.data.extract import extract_text
+from nextword.data.sources import Document, SkipLog
+
+WEB_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
+GZIP_MAGIC = b"\x1f\x8b\x08"
+WARC_HEADER = re.compile(rb"(?:^|\n)WARC/1\.[01]\r?\n")
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+READ_CHUNK = 1 << 20
+
+
+def is_web_file(path: str | Path) -> bool:
+    return str(path).lower().endswith(WEB_SUFFIXES)
+
+
+@dataclass
+class _RawRecord:
+    """One parsed record with its payload already read, so it can be judged before being turned into text."""
+
+    offset: int
+    type: str
+    headers: dict[str, str]
+    http_status: int | None
+    http_content_type: str
+    payload: bytes
+
+
+def read_web(path: Path, skips: SkipLog, extractor: str = "resiliparse") -> Iterator[Document]:
+    """Documents from one WARC or WET file (plain or gzip-per-record); everything dropped is counted in `skips`."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        skips.skip(path, "empty file")
+        return
+    for record in _records(path, skips):
+        doc = _to_document(path, record, skips, extractor)
+        if doc is not None:
+            yield doc
+
+
+def _to_document(path: Path, record: _RawRecord, skips: SkipLog, extractor: str) -> Document | None:
+    if record.type == "conversion":
+        text = _decode(path, record.payload, "utf-8", skips)
+        if text is None:
+            return None
+        text = text.replace("\r\n", "\n").strip()
+        source = "wet"
+    elif record.type == "response":
+        if record.http_status != 200:
+            skips.skip(path, f"HTTP status {record.http_status} (only 200 responses are read)")
+            return None
+        if not record.http_content_type.startswith(HTML_TYPES):
+            skips.skip(path, "response is not HTML")
+            return None
+        html = _decode(path, record.payload, _charset(record.http_content_type), skips)
+        if html is None:
+            return None
+        text = extract_text(html, extractor)
+        source = "warc"
+    else:
+        skips.skip(path, f"{record.type} record ignored")
+        return None
+    if not text:
+        skips.skip(path, f"{record.type} record has no text")
+        return None
+    meta = {"path": str(path), "offset": record.offset, "url": record.headers.get("WARC-Target-URI", ""),
+            "date": record.headers.get("WARC-Date", "")}
+    if "WARC-Identified-Content-Language" in record.headers:
+        meta["crawl_language"] = record.headers["WARC-Identified-Content-Language"]
+    return Document(id=f"{path}:{record.offset}", text=text, source=source, meta=meta)
+
+
+def _charset(content_type: str) -> str:
+    match = re.search(r"charset=[\"']?([\w.:-]+)", content_type, re.IGNORECASE)
+    return match.group(1).lower() if match else "utf-8"
+
+
+def _decode(path: Path, payload: bytes, charset: str, skips: SkipLog) -> str | None:
+    try:
+        return payload.decode(charset)
+    except LookupError:
+        skips.skip(path, f"unknown charset {charset!r}")
+    except UnicodeDecodeError:
+        skips.skip(path, f"payload is not valid {charset}")
+    return None
+
+
+# ---- records, with recovery from damage ------------------------------------------------------------------
+
+
+def _records(path: Path, skips: SkipLog) -> Iterator[_RawRecord]:
+    with open(path, "rb") as f:
+        gzipped = f.read(3) == GZIP_MAGIC
+    if gzipped:
+        for member_offset, member in _gzip_members(path, skips):
+            yield from _parse_block(path, member, skips, base_offset=member_offset, fixed_offset=True)
+    else:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield from _parse_block(path, data, skips, base_offset=0, fixed_offset=False)
+
+
+def _gzip_members(path: Path, skips: SkipLog) -> Iterator[tuple[int, bytes]]:
+    """(compressed offset, decompressed bytes) of each gzip member; a damaged member is counted and skipped."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        start = 0
+        while start < len(data):
+            inflater = zlib.decompressobj(wbits=31)
+            parts: list[bytes] = []
+            pos = start
+            try:
+                while not inflater.eof and pos < len(data):
+                    chunk = data[pos:pos + READ_CHUNK]
+                    parts.append(inflater.decompress(chunk))
+                    pos += len(chunk)
+            except zlib.error:
+                skips.skip(path, "corrupt gzip member skipped")
+                start = _next_gzip_member(data, start + 1)
+                continue
+            if not inflater.eof:
+                skips.skip(path, "truncated gzip member at end of file")
+                return
+            yield start, b"".join(parts)
+            start = pos - len(inflater.unused_data)
+
+
+def _next_gzip_member(data: mmap.mmap, after: int) -> int:
+    found = data.find(GZIP_MAGIC, after)
+    return len(data) if found < 0 else found
+
+
+def _parse_block(path: Path, data, skips: SkipLog, *, base_offset: int, fixed_offset: bool) -> Iterator[_RawRecord]:
+    """Records in one buffer (a gzip member, or a whole plain file), resuming after a record with a bad length.
+
+    A record is only passed on once the next header (or a clean end) confirms where it ended: FastWARC trusts
+    Content-Length, so a wrong length shows up as a bad header right after the record it belongs to.
+    """
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    start = 0
+    while start < len(data):
+        stream.seek(start)
+        pending: _RawRecord | None = None
+        last_start = start
+        try:
+            for record in ArchiveIterator(stream, parse_http=False):
+                if pending is not None:
+                    yield pending
+                last_start = start + record.stream_pos
+                pending = _read_record(record, base_offset if fixed_offset else base_offset + last_start)
+                if pending is None:
+                    skips.skip(path, "record shorter than its Content-Length (truncated)")
+        except OSError:
+            skips.skip(path, "record with a bad length or header dropped")
+            match = WARC_HEADER.search(data, last_start + 1)
+            start = len(data) if match is None else match.start() + (data[match.start():match.start() + 1] == b"\n")
+            continue
+        if pending is not None:
+            yield pending
+        return
+
+
+def _read_record(record, offset: int) -> _RawRecord | None:
+    """The record with its payload, or None when the block ends before its declared Content-Length."""
+    headers = {k: v for k, v in record.headers}
+    body = record.reader.read()
+    declared = headers.get("Content-Length", "")
+    if not declared.isdigit() or len(body) < int(declared):
+        return None
+    record_type = headers.get("WARC-Type", "unknown")
+    if record_type != "response":
+        return _RawRecord(offset, record_type, headers, None, "", body)
+    status, content_type, payload = _split_http(body)
+    return _RawRecord(offset, record_type, headers, status, content_type, payload)
+
+
+def _split_http(body: bytes) -> tuple[int | None, str, bytes]:
+    """(status, content type, payload) of a raw HTTP response; chunked transfer encoding undone."""
+    head, sep, payload = body.partition(b"\r\n\r\n")
+    if not sep:
+        return None, "", b""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        payload = _dechunk(payload)
+    if fields.get("content-encoding", "identity").lower() not in ("identity", ""):
+        return status, "compressed:" + fields["content-encoding"], payload
+    return status, fields.get("content-type", "").lower(), payload
+
+
+def _dechunk(payload: bytes) -> bytes:
+    """The body of a chunked HTTP response (RFC 9112 §7.1); a malformed chunk ends it."""
+    out, pos = [], 0
+    while True:
+        line_end = payload.find(b"\r\n", pos)
+        size_text = payload[pos:line_end].split(b";")[0].strip() if line_end >= 0 else b""
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            break
+        if size == 0:
+            break
+        out.append(payload[line_end + 2:line_end + 2 + size])
+        pos = line_end + 2 + size + 2
+    return b"".join(out)

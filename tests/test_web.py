@@ -1,0 +1,159 @@
+"""WARC/WET readers: real Common Crawl records, files written with warcio, and damaged files."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastwarc")
+pytest.importorskip("resiliparse")
+warcio = pytest.importorskip("warcio")
+from warcio.statusandheaders import StatusAndHeaders  # noqa: E402
+from warcio.warcwriter import WARCWriter  # noqa: E402
+
+from nextword.data.sources import SkipLog, read_sources  # noqa: E402
+from nextword.data.web import read_web  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "commoncrawl"
+
+
+def page(title: str, body: str) -> str:
+    return (f"<html><head><title>{title}</title><script>var tracking = 1;</script></head><body>"
+            f"<nav><a href='/'>Home</a> <a href='/about'>About</a></nav>"
+            f"<article><h1>{title}</h1><p>{body}</p></article>"
+            f"<footer>Copyright 2024. All rights reserved.</footer></body></html>")
+
+
+def write_warc(path: Path, pages: list[tuple[str, bytes, str]], gz: bool = True) -> list[int]:
+    """Write `response` records (url, payload, content type) behind a warcinfo record; return record offsets."""
+    offsets = []
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=gz)
+        writer.write_record(writer.create_warcinfo_record(path.name, {"software": "test"}))
+        for url, payload, content_type in pages:
+            offsets.append(f.tell())
+            http = StatusAndHeaders("200 OK", [("Content-Type", content_type)], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(payload),
+                                                          http_headers=http))
+    return offsets
+
+
+def write_wet(path: Path, texts: list[tuple[str, bytes]], gz: bool = True) -> list[int]:
+    offsets = []
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=gz)
+        for url, text in texts:
+            offsets.append(f.tell())
+            writer.write_record(writer.create_warc_record(
+                url, "conversion", payload=io.BytesIO(text), warc_content_type="text/plain",
+                warc_headers_dict={"WARC-Identified-Content-Language": "eng"}))
+    return offsets
+
+
+def html(i: int) -> tuple[str, bytes, str]:
+    body = f"Article number {i} explains how the river floods every spring and what farmers do about it."
+    return f"http://example.test/{i}", page(f"Story {i}", body).encode(), "text/html; charset=utf-8"
+
+
+def test_real_common_crawl_records_are_read():
+    if not FIXTURES.is_dir():
+        pytest.skip("no Common Crawl fixtures beside the repository")
+    skips = SkipLog()
+    warc = list(read_web(FIXTURES / "whirlwind.warc.gz", skips))
+    wet = list(read_web(FIXTURES / "whirlwind.warc.wet.gz", skips))
+    wat = list(read_web(FIXTURES / "whirlwind.warc.wat.gz", skips))
+    assert [d.meta["url"] for d in warc] == ["https://an.wikipedia.org/wiki/Escopete"]
+    assert warc[0].source == "warc" and "Escopete" in warc[0].text and "<" not in warc[0].text
+    assert wet[0].source == "wet" and wet[0].meta["crawl_language"] == "spa"
+    assert "\r" not in wet[0].text and "Escopete" in wet[0].text
+    assert wat == []
+    reasons = skips.to_dict()["by_reason"]
+    assert reasons["request record ignored"] == 1 and reasons["metadata record ignored"] == 2
+    assert reasons["warcinfo record ignored"] == 3
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_warc_responses_become_main_text_with_provenance(tmp_path, gz):
+    path = tmp_path / ("a.warc.gz" if gz else "a.warc")
+    pages = [html(0), html(1), ("http://example.test/logo.png", b"\x89PNG....", "image/png")]
+    offsets = write_warc(path, pages, gz=gz)
+    skips = SkipLog()
+    docs = list(read_web(path, skips))
+    assert [d.meta["url"] for d in docs] == ["http://example.test/0", "http://example.test/1"]
+    assert [d.id for d in docs] == [f"{path}:{offsets[0]}", f"{path}:{offsets[1]}"]
+    assert "river floods" in docs[0].text and "tracking" not in docs[0].text and "Home" not in docs[0].text
+    assert skips.to_dict()["by_reason"] == {"warcinfo record ignored": 1, "response is not HTML": 1}
+
+
+def test_wet_conversion_records_and_routing_through_read_sources(tmp_path):
+    path = tmp_path / "b.warc.wet.gz"
+    write_wet(path, [("http://x.test/a", b"First line.\r\nSecond line."), ("http://x.test/b", b"Other text.")])
+    docs = list(read_sources([str(path)], [], SkipLog()))
+    assert [d.text for d in docs] == ["First line.\nSecond line.", "Other text."]
+    assert docs[0].source == "wet" and docs[0].meta["crawl_language"] == "eng"
+
+
+def test_non_utf8_payload_is_counted_and_the_rest_read(tmp_path):
+    path = tmp_path / "c.wet.gz"
+    write_wet(path, [("http://x.test/1", "café".encode("latin-1")), ("http://x.test/2", b"fine text")])
+    skips = SkipLog()
+    assert [d.text for d in read_web(path, skips)] == ["fine text"]
+    assert skips.to_dict()["by_reason"] == {"payload is not valid utf-8": 1}
+
+
+def test_declared_charset_is_used_for_html(tmp_path):
+    path = tmp_path / "d.warc.gz"
+    latin = page("Café", "Un café au lait, s'il vous plaît, avec une tartine.").encode("latin-1")
+    write_warc(path, [("http://x.test/fr", latin, "text/html; charset=ISO-8859-1")])
+    [doc] = read_web(path, SkipLog())
+    assert "café au lait" in doc.text
+
+
+def test_empty_file_is_counted(tmp_path):
+    path = tmp_path / "empty.warc.gz"
+    path.write_bytes(b"")
+    skips = SkipLog()
+    assert list(read_web(path, skips)) == []
+    assert skips.total == 1
+
+
+def test_truncated_gzip_member_is_skipped_and_later_members_read(tmp_path):
+    path = tmp_path / "e.warc.gz"
+    offsets = write_warc(path, [html(0), html(1), html(2)])
+    data = path.read_bytes()
+    damaged = data[:offsets[1] + 60] + data[offsets[2]:]  # the middle record loses most of its member
+    path.write_bytes(damaged)
+    skips = SkipLog()
+    urls = [d.meta["url"] for d in read_web(path, skips)]
+    assert urls == ["http://example.test/0", "http://example.test/2"]
+    assert skips.to_dict()["by_reason"]["corrupt gzip member skipped"] == 1
+
+
+def test_truncated_file_end_is_counted(tmp_path):
+    path = tmp_path / "f.warc.gz"
+    offsets = write_warc(path, [html(0), html(1)])
+    path.write_bytes(path.read_bytes()[:offsets[1] + 100])
+    skips = SkipLog()
+    assert [d.meta["url"] for d in read_web(path, skips)] == ["http://example.test/0"]
+    assert "truncated gzip member at end of file" in skips.to_dict()["by_reason"]
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("delta", [+40, -25])
+def test_record_with_bad_length_is_dropped_and_reading_resumes(tmp_path, gz, delta):
+    path = tmp_path / ("g.warc.gz" if gz else "g.warc")
+    offsets = write_warc(path, [html(0), html(1), html(2)], gz=gz)
+    data = path.read_bytes()
+    start, end = offsets[1], offsets[2]
+    record = gzip.decompress(data[start:end]) if gz else data[start:end]
+    record = re.sub(rb"Content-Length: (\d+)", lambda m: b"Content-Length: %d" % (int(m.group(1)) + delta),
+                    record, count=1)
+    path.write_bytes(data[:start] + (gzip.compress(record) if gz else record) + data[end:])
+    skips = SkipLog()
+    urls = [d.meta["url"] for d in read_web(path, skips)]
+    assert urls == ["http://example.test/0", "http://example.test/2"]
+    assert skips.total - 1 >= 1  # the warcinfo record, plus the damaged one
