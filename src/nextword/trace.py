@@ -1,0 +1,405 @@
+"""Walk one real training step of a real model on a piece of text, with every number shown.
+
+Pretraining is this, repeated: the model sees a prefix of the text and predicts a probability for every
+possible next token; the loss is the negative log of the probability it gave to the token that actually came
+next (cross-entropy); the gradient says how to change each weight to raise that probability; the optimizer
+moves the weights a very small step that way. `nextword trace` does one such step and shows:
+
+  1. how the text becomes tokens;
+  2. at each position: the prefix, the top predictions, the actual next token, its probability p, −ln p;
+  3. the mean of those losses: the training loss of this one-sequence batch;
+  4. one optimizer step (SGD: every weight moves by exactly −lr × its gradient), and how small it is;
+  5. the same predictions after the step: p before → after.
+
+Without RUN it uses a freshly initialised model, which gives every token about the same probability 1/V, so
+its loss is about ln V. With RUN it uses that run's newest checkpoint and tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from nextword.config import ModelConfig, TrainConfig
+from nextword.errors import ConfigError, DataError
+from nextword.model import GPT
+
+DEFAULT_TEXT = "The function returns a new list of the keys in the dictionary."
+DEFAULT_SGD_LR = 0.01
+
+
+@dataclass
+class TokenInfo:
+    id: int
+    text: str
+
+
+@dataclass
+class Candidate:
+    id: int
+    text: str
+    p: float
+
+
+@dataclass
+class PositionTrace:
+    """Predicting the token at `index + 1` from the tokens 0..index."""
+
+    index: int
+    prefix: str
+    target: TokenInfo
+    p_before: float
+    loss_before: float
+    p_after: float
+    loss_after: float
+    top_k: list[Candidate]
+
+
+@dataclass
+class TraceResult:
+    vocab_size: int
+    lr: float
+    optimizer: str
+    tokens: list[TokenInfo]
+    positions: list[PositionTrace]
+    loss_before: float  # mean of positions[*].loss_before, in nats: the batch's training loss
+    loss_after: float
+    grad_norm: float  # ‖∇θ‖ over all parameters
+    update_ratio: float  # ‖Δθ‖ / ‖θ‖ over all parameters
+    focus: int | None = None  # the one position to show, if chosen
+
+    def to_dict(self) -> dict:
+        """The JSON other tools read (the fields of issue #4, nothing else)."""
+        record = asdict(self)
+        del record["focus"]
+        return record
+
+    @property
+    def shown_positions(self) -> list[PositionTrace]:
+        return self.positions if self.focus is None else [self.positions[self.focus]]
+
+    @property
+    def improved(self) -> int:
+        return sum(p.loss_after < p.loss_before for p in self.positions)
+
+
+def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = "sgd", top_k: int = 5,
+               position: int | None = None, train: TrainConfig | None = None) -> TraceResult:
+    """Take one real optimizer step of `model` on `text` (one sequence: x = tokens[:-1], y = tokens[1:]) and
+    record every number of it. The model is changed: it is the model after the step.
+
+    The model runs in fp32 with dropout off, so the numbers are exact and repeatable. "sgd" updates every weight
+    by exactly −lr·grad (no momentum, clipping or weight decay). "adamw" takes the training loop's step: AdamW
+    with the parameter groups, betas, eps and weight decay of `train` (default: TrainConfig()), after clipping
+    the gradient norm to train.grad_clip.
+    """
+    if optimizer not in ("sgd", "adamw"):
+        raise ConfigError(f"--optimizer {optimizer!r}: choose sgd or adamw")
+    if lr <= 0 or top_k < 1:
+        raise ConfigError(f"--lr {lr} must be above 0 and --top-k {top_k} at least 1")
+    ids = tokenizer.encode(text)[: model.cfg.context + 1]  # one training window at most
+    if len(ids) < 2:
+        raise DataError(f"the text {text!r} is {len(ids)} token(s); a training step needs at least 2 "
+                        "(a prefix and a next token); give a longer --text")
+    focus = _check_position(position, len(ids) - 1)
+
+    model.float().eval()
+    device = model.tok_emb.weight.device
+    x = torch.tensor([ids[:-1]], device=device)
+    y = torch.tensor([ids[1:]], device=device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+
+    model.zero_grad(set_to_none=True)
+    logits, loss = model(x, y)
+    loss.backward()
+    grad_norm = _norm(p.grad for p in params if p.grad is not None)
+    _optimizer_step(model, params, optimizer, lr, train or TrainConfig())
+    update_ratio = _norm(p.detach() - b for p, b in zip(params, before)) / _norm(before)
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        logits_after, _ = model(x)
+
+    log_p_before = torch.log_softmax(logits[0].detach().double(), dim=-1)
+    log_p_after = torch.log_softmax(logits_after[0].double(), dim=-1)
+    positions = [
+        _position(t, ids, tokenizer, log_p_before[t], log_p_after[t], top_k) for t in range(len(ids) - 1)
+    ]
+    return TraceResult(
+        vocab_size=model.cfg.vocab_size, lr=lr, optimizer=optimizer,
+        tokens=[TokenInfo(i, tokenizer.token_text(i)) for i in ids], positions=positions,
+        loss_before=sum(p.loss_before for p in positions) / len(positions),
+        loss_after=sum(p.loss_after for p in positions) / len(positions),
+        grad_norm=grad_norm, update_ratio=update_ratio, focus=focus,
+    )
+
+
+def _check_position(position: int | None, count: int) -> int | None:
+    if position is None:
+        return None
+    if not -count <= position < count:
+        raise ConfigError(f"--position {position}: this text has positions 0 to {count - 1}")
+    return position % count
+
+
+def _optimizer_step(model: GPT, params: list[torch.nn.Parameter], name: str, lr: float, train: TrainConfig) -> None:
+    if name == "sgd":
+        torch.optim.SGD(params, lr=lr).step()
+        return
+    groups = model.optimizer_groups(train.weight_decay, train.decay_embeddings)
+    adamw = torch.optim.AdamW(groups, lr=lr, betas=(train.beta1, train.beta2), eps=train.eps)
+    if train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+    adamw.step()
+
+
+def _norm(tensors) -> float:
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
+
+
+def _position(t: int, ids: list[int], tokenizer, log_p_before: torch.Tensor, log_p_after: torch.Tensor,
+              top_k: int) -> PositionTrace:
+    target = ids[t + 1]
+    top = torch.topk(log_p_before, min(top_k, log_p_before.shape[0]))
+    return PositionTrace(
+        index=t,
+        prefix=tokenizer.decode(ids[: t + 1]),
+        target=TokenInfo(target, tokenizer.token_text(target)),
+        p_before=math.exp(log_p_before[target]), loss_before=-float(log_p_before[target]),
+        p_after=math.exp(log_p_after[target]), loss_after=-float(log_p_after[target]),
+        top_k=[Candidate(int(i), tokenizer.token_text(int(i)), math.exp(lp))
+               for lp, i in zip(top.values.tolist(), top.indices.tolist())],
+    )
+
+
+# ---- Rendering: terminal, HTML ----------------------------------------------------------------------------------
+
+def explain_loss(result: TraceResult) -> list[str]:
+    """What the mean loss means, and why an untrained model's loss is about ln V."""
+    ln_v = math.log(result.vocab_size)
+    lines = [f"A model that gives all V = {result.vocab_size:,} tokens the same probability 1/V has loss "
+             f"−ln(1/V) = ln V = {ln_v:.4f} nats."]
+    if abs(result.loss_before - ln_v) < 0.05 * ln_v:
+        lines.append(f"This loss ({result.loss_before:.4f}) is within 5% of ln V: the model is untrained (or nearly). "
+                     "Its weights are small random numbers, so its logits are all close to 0 and softmax turns them "
+                     "into almost equal probabilities, p ≈ 1/V = {:.2e} for every token, whichever came next."
+                     .format(1 / result.vocab_size))
+    else:
+        lines.append(f"This loss ({result.loss_before:.4f}) is {ln_v - result.loss_before:+.4f} nats below ln V: the "
+                     f"model gives the actual next tokens e^{{−loss}} = {math.exp(-result.loss_before):.2e} on "
+                     f"average (geometric mean), {math.exp(ln_v - result.loss_before):,.1f}× the uniform 1/V.")
+    return lines
+
+
+class Style:
+    """ANSI colour when writing to a terminal that wants it (https://no-color.org), else plain text."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.enabled else text
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+    def good(self, text: str) -> str:
+        return self._wrap("32", text)
+
+    def bad(self, text: str) -> str:
+        return self._wrap("31", text)
+
+
+def shown(text: str, width: int = 0) -> str:
+    """A token or prefix as a Python string literal (so spaces and newlines are visible), cut from the left."""
+    literal = repr(text)
+    if width and len(literal) > width:
+        literal = "…" + literal[-(width - 1):]
+    return literal
+
+
+def render_text(result: TraceResult, style: Style | None = None) -> str:
+    s = style or Style(False)
+    r = result
+    bits = lambda nats: nats / math.log(2)  # noqa: E731
+    out = [s.bold(f"One training step on {len(r.tokens)} tokens, {r.optimizer.upper()} with lr = {r.lr:g}"), ""]
+
+    out.append(s.bold(f"1. The text as tokens ({len(r.tokens)} tokens from a vocabulary of {r.vocab_size:,})"))
+    out.append(f"   {'#':>4}  {'id':>7}  token")
+    out += [f"   {i:>4}  {tok.id:>7}  {shown(tok.text)}" for i, tok in enumerate(r.tokens)]
+    out.append("")
+
+    out.append(s.bold("2. At each position the model sees a prefix and predicts the next token"))
+    out.append(f"   {'pos':>4}  {'prefix (what the model sees)':<32}  {'actual next':<14}  {'p':>9}  "
+               f"{'−ln p':>7}  {'bits':>6}  top {len(r.positions[0].top_k)} predictions")
+    for pos in r.shown_positions:
+        top = ", ".join(f"{shown(c.text)} {c.p:.3g}" for c in pos.top_k)
+        out.append(f"   {pos.index:>4}  {shown(pos.prefix, 32):<32}  {shown(pos.target.text, 14):<14}  "
+                   f"{pos.p_before:>9.3g}  {pos.loss_before:>7.4f}  {bits(pos.loss_before):>6.2f}  {top}")
+    out.append("   loss = −ln p in nats (natural log); bits = −log₂ p = nats / ln 2")
+    out.append("")
+
+    out.append(s.bold(f"3. The loss of this batch: the mean over {len(r.positions)} positions = "
+                      f"{r.loss_before:.4f} nats ({bits(r.loss_before):.4f} bits)"))
+    out.append("   This is F.cross_entropy(logits, targets), the number the training loop computes and logs.")
+    out += [f"   {line}" for line in explain_loss(r)]
+    out.append("")
+
+    rule = "θ ← θ − lr·∇θ, exactly" if r.optimizer == "sgd" else "AdamW, as the training loop takes it"
+    out.append(s.bold(f"4. One optimizer step: {rule}"))
+    out.append(f"   gradient norm ‖∇θ‖ = {r.grad_norm:.4g}")
+    out.append(f"   update size ‖Δθ‖/‖θ‖ = {r.update_ratio:.3g}: the weights moved by {100 * r.update_ratio:.3g}% "
+               "of their size")
+    out.append("")
+
+    out.append(s.bold("5. The same prediction after the step"))
+    out.append(f"   {'pos':>4}  {'actual next':<14}  {'p before → after':<23}  loss before → after")
+    for pos in r.shown_positions:
+        change = s.good if pos.loss_after < pos.loss_before else s.bad
+        out.append(f"   {pos.index:>4}  {shown(pos.target.text, 14):<14}  "
+                   + change(f"{pos.p_before:<10.4g} → {pos.p_after:<10.4g}  {pos.loss_before:.4f} → "
+                            f"{pos.loss_after:.4f}"))
+    delta = r.loss_after - r.loss_before
+    summary = (f"   mean loss {r.loss_before:.4f} → {r.loss_after:.4f} ({delta:+.4f} nats); "
+               f"{r.improved} of {len(r.positions)} positions improved")
+    out.append((s.good if delta < 0 else s.bad)(summary))
+    return "\n".join(out)
+
+
+PAGE_CSS = """
+body { font: 15px/1.5 system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
+.text { font: 16px/2.2 ui-monospace, monospace; white-space: pre-wrap; border: 1px solid #ddd; padding: .5em; }
+.tok { border-radius: 3px; padding: 2px 0; border-right: 1px solid #fff; }
+table { border-collapse: collapse; font-size: 14px; } td, th { padding: 2px 8px; text-align: left; }
+th { border-bottom: 1px solid #999; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code { white-space: pre; } .better { color: #080; } .worse { color: #b00; } .note { color: #555; }
+"""
+
+
+def _loss_colour(loss: float, scale: float) -> str:
+    """White at loss 0, deep red at `scale` nats and above."""
+    level = min(max(loss / scale, 0.0), 1.0)
+    return f"hsl(0, 85%, {100 - 45 * level:.0f}%)"
+
+
+def _coloured_text(result: TraceResult, when: str, scale: float) -> str:
+    spans = [f'<span class="tok" style="background:#eee" title="first token: nothing to predict it from">'
+             f"{html.escape(result.tokens[0].text)}</span>"]
+    for pos in result.positions:
+        p, loss = (pos.p_before, pos.loss_before) if when == "before" else (pos.p_after, pos.loss_after)
+        spans.append(f'<span class="tok" style="background:{_loss_colour(loss, scale)}" '
+                     f'title="p = {p:.4g}, loss = {loss:.4f} nats">{html.escape(pos.target.text)}</span>')
+    return f'<div class="text">{"".join(spans)}</div>'
+
+
+def render_html(result: TraceResult) -> str:
+    """One self-contained page: the text coloured by per-token loss before and after, and the tables."""
+    r = result
+    scale = max(math.log(r.vocab_size), 1e-9)
+    esc = html.escape
+    token_rows = "".join(f'<tr><td class="num">{i}</td><td class="num">{t.id}</td><td><code>{esc(shown(t.text))}'
+                         "</code></td></tr>" for i, t in enumerate(r.tokens))
+    position_rows = []
+    for pos in r.shown_positions:
+        top = ", ".join(f"<code>{esc(shown(c.text))}</code> {c.p:.3g}" for c in pos.top_k)
+        verdict = "better" if pos.loss_after < pos.loss_before else "worse"
+        position_rows.append(
+            f'<tr><td class="num">{pos.index}</td><td><code>{esc(shown(pos.prefix, 40))}</code></td>'
+            f"<td><code>{esc(shown(pos.target.text))}</code></td><td>{top}</td>"
+            f'<td class="num">{pos.p_before:.4g}</td><td class="num">{pos.loss_before:.4f}</td>'
+            f'<td class="num {verdict}">{pos.p_after:.4g}</td><td class="num {verdict}">{pos.loss_after:.4f}</td></tr>')
+    rule = "θ ← θ − lr·∇θ, exactly" if r.optimizer == "sgd" else "AdamW, as the training loop takes it"
+    explanation = "".join(f"<p>{esc(line)}</p>" for line in explain_loss(r))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>nextword trace</title><style>{PAGE_CSS}</style></head>
+<body>
+<h1>One training step on {len(r.tokens)} tokens ({r.optimizer.upper()}, lr = {r.lr:g})</h1>
+<p class="note">Each token is coloured by its loss −ln p (white: 0; deep red: ln V = {scale:.2f} nats or more).
+Hover over a token for its numbers.</p>
+<h2>Before the step: mean loss {r.loss_before:.4f} nats</h2>
+{_coloured_text(r, "before", scale)}
+<h2>After the step: mean loss {r.loss_after:.4f} nats ({r.improved} of {len(r.positions)} positions improved)</h2>
+{_coloured_text(r, "after", scale)}
+<h2>What the loss means</h2>
+<p>The mean of the per-position losses is F.cross_entropy(logits, targets), the training loss of this batch.</p>
+{explanation}
+<h2>The step: {esc(rule)}</h2>
+<p>Gradient norm ‖∇θ‖ = {r.grad_norm:.4g}; update size ‖Δθ‖/‖θ‖ = {r.update_ratio:.3g}.</p>
+<h2>Each position</h2>
+<table><tr><th>pos</th><th>prefix</th><th>actual next</th><th>top predictions (before)</th><th>p before</th>
+<th>loss before</th><th>p after</th><th>loss after</th></tr>
+{"".join(position_rows)}</table>
+<h2>The tokens</h2>
+<table><tr><th>#</th><th>id</th><th>token</th></tr>{token_rows}</table>
+</body></html>
+"""
+
+
+# ---- The command ------------------------------------------------------------------------------------------------
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN", nargs="?", help="a run directory (default: a freshly initialised "
+                        "model with the default tokenizer)")
+    text = parser.add_mutually_exclusive_group()
+    text.add_argument("--text", help=f"the text to train on (default: {DEFAULT_TEXT!r})")
+    text.add_argument("--file", metavar="FILE", help="read the text from a UTF-8 file")
+    parser.add_argument("--lr", type=float, help=f"learning rate (default: {DEFAULT_SGD_LR} for sgd, the run's "
+                        "train.lr for adamw)")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd (default): the update "
+                        "is exactly −lr·gradient; adamw: the training loop's optimizer")
+    parser.add_argument("--top-k", type=int, default=5, help="predictions to show per position (default 5)")
+    parser.add_argument("--position", type=int, help="show only this position (the mean is still over all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the freshly initialised model (default 0)")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
+    parser.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page")
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer, train = _load_model(args.run_dir, args.seed)
+    text = _read_text(args)
+    lr = args.lr if args.lr is not None else (DEFAULT_SGD_LR if args.optimizer == "sgd" else train.lr)
+    result = trace_step(model, tokenizer, text, lr=lr, optimizer=args.optimizer, top_k=args.top_k,
+                        position=args.position, train=train)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=1))
+    else:
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        print(render_text(result, Style(colour)))
+    if args.html:
+        Path(args.html).write_text(render_html(result), encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if args.file is None:
+        return DEFAULT_TEXT if args.text is None else args.text
+    try:
+        return Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{args.file}: cannot read it as UTF-8 text ({e}); pass a text file or use --text") from None
+
+
+def _load_model(run_dir: str | None, seed: int):
+    """The run's model, tokenizer and training settings; without a run, a fresh default model."""
+    if run_dir is not None:
+        from nextword.checkpoint import load_for_inference
+
+        model, tokenizer, cfg = load_for_inference(run_dir, "cpu")
+        return model, tokenizer, cfg.train
+    from nextword.config import DataConfig
+    from nextword.data.prepare import prepare
+
+    tokenizer = prepare(DataConfig()).tokenizer
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size))
+    return model, tokenizer, TrainConfig()

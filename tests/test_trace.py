@@ -1,0 +1,234 @@
+import copy
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nextword.config import ModelConfig, RunConfig, TrainConfig
+from nextword.data.tokenizer import Tokenizer
+from nextword.errors import ConfigError, DataError
+from nextword.model import GPT
+from nextword.trace import Style, render_html, render_text, trace_step
+
+TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps."
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    corpus = ("The quick brown fox jumps over the lazy dog.\n" * 30 + "def sleep(dog):\n    return dog.sleeps()\n" * 30
+              + "A dog and a fox are animals; the fox is quick and the dog is lazy.\n" * 30)
+    return Tokenizer.train([corpus], vocab_size=320)
+
+
+def tiny_model(tokenizer: Tokenizer, arch: str = "gpt2", seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(arch=arch, n_layers=2, d_model=32, n_heads=4, context=32,
+                           vocab_size=tokenizer.vocab_size, n_kv_heads=2 if arch == "llama" else 0))
+
+
+def batch(tokenizer: Tokenizer, text: str = TEXT) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = tokenizer.encode(text)
+    return torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_every_number_before_the_step_recomputes_in_float64(tokenizer, arch):
+    model = tiny_model(tokenizer, arch)
+    original = copy.deepcopy(model).eval()
+    result = trace_step(model, tokenizer, TEXT, lr=1e-3, top_k=4)
+    x, y = batch(tokenizer)
+    with torch.no_grad():
+        logits, training_loss = original(x, y)
+    probs = torch.softmax(logits[0].double(), dim=-1)
+
+    assert [t.id for t in result.tokens] == tokenizer.encode(TEXT)
+    assert len(result.positions) == x.shape[1]
+    for t, pos in enumerate(result.positions):
+        target = int(y[0, t])
+        assert pos.index == t and pos.target.id == target
+        assert pos.prefix == tokenizer.decode(x[0, : t + 1].tolist())
+        assert pos.p_before == pytest.approx(probs[t, target].item(), rel=1e-9)
+        assert pos.loss_before == pytest.approx(-math.log(pos.p_before), rel=1e-9)
+        top = torch.topk(probs[t], 4)
+        assert [c.id for c in pos.top_k] == top.indices.tolist()
+        assert [c.p for c in pos.top_k] == pytest.approx(top.values.tolist(), rel=1e-9)
+    mean = sum(p.loss_before for p in result.positions) / len(result.positions)
+    assert result.loss_before == pytest.approx(mean, rel=1e-12)
+    assert result.loss_before == pytest.approx(F.cross_entropy(logits[0].double(), y[0]).item(), rel=1e-9)
+    assert result.loss_before == pytest.approx(training_loss.item(), rel=1e-5)  # the loss the training loop logs
+
+
+def test_an_sgd_step_moves_every_parameter_by_minus_lr_times_its_gradient(tokenizer):
+    lr = 0.01
+    model = tiny_model(tokenizer, "llama")
+    reference = copy.deepcopy(model).eval()
+    x, y = batch(tokenizer)
+    _, loss = reference(x, y)
+    loss.backward()
+    result = trace_step(model, tokenizer, TEXT, lr=lr)
+
+    after = dict(model.named_parameters())
+    for name, theta in reference.named_parameters():
+        expected = theta.detach() - lr * theta.grad
+        torch.testing.assert_close(after[name].detach(), expected, rtol=1e-6, atol=1e-9, msg=name)
+    grads = [p.grad.double() for p in reference.parameters()]
+    thetas = [p.detach().double() for p in reference.parameters()]
+    grad_norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+    assert result.grad_norm == pytest.approx(grad_norm, rel=1e-9)
+    weight_norm = math.sqrt(sum(float(t.pow(2).sum()) for t in thetas))
+    assert result.update_ratio == pytest.approx(lr * grad_norm / weight_norm, rel=1e-4)
+
+    with torch.no_grad():
+        logits_after, _ = model(x)
+    probs_after = torch.softmax(logits_after[0].double(), dim=-1)
+    for t, pos in enumerate(result.positions):
+        assert pos.p_after == pytest.approx(probs_after[t, int(y[0, t])].item(), rel=1e-9)
+        assert pos.loss_after == pytest.approx(-math.log(pos.p_after), rel=1e-9)
+    assert result.loss_after == pytest.approx(F.cross_entropy(logits_after[0].double(), y[0]).item(), rel=1e-9)
+
+
+def test_an_adamw_step_is_the_training_loops_step(tokenizer):
+    train = TrainConfig(lr=1e-3, weight_decay=0.1, grad_clip=1.0)
+    model = tiny_model(tokenizer)
+    reference = copy.deepcopy(model).eval()
+    x, y = batch(tokenizer)
+    _, loss = reference(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), train.grad_clip)
+    torch.optim.AdamW(reference.optimizer_groups(train.weight_decay, train.decay_embeddings), lr=train.lr,
+                      betas=(train.beta1, train.beta2), eps=train.eps).step()
+    result = trace_step(model, tokenizer, TEXT, lr=train.lr, optimizer="adamw", train=train)
+
+    assert result.optimizer == "adamw"
+    after = dict(model.named_parameters())
+    for name, theta in reference.named_parameters():
+        torch.testing.assert_close(after[name].detach(), theta.detach(), rtol=1e-6, atol=1e-9, msg=name)
+    assert result.loss_after < result.loss_before
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_small_step_lowers_the_loss(tokenizer, optimizer):
+    result = trace_step(tiny_model(tokenizer, seed=3), tokenizer, TEXT, lr=1e-3, optimizer=optimizer)
+    assert result.loss_after < result.loss_before
+    assert result.improved > len(result.positions) // 2
+    assert 0 < result.update_ratio < 0.05  # "very slightly"
+
+
+def test_an_untrained_model_scores_about_ln_v_and_the_text_says_why(tokenizer):
+    result = trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=1e-3)
+    ln_v = math.log(tokenizer.vocab_size)
+    assert abs(result.loss_before - ln_v) / ln_v < 0.05
+    text = render_text(result)
+    assert f"ln V = {ln_v:.4f}" in text
+    assert "untrained" in text and "p ≈ 1/V" in text
+    for heading in ("1. The text as tokens", "2. At each position", "3. The loss of this batch",
+                    "4. One optimizer step", "5. The same prediction after the step"):
+        assert heading in text
+    assert f"{result.improved} of {len(result.positions)} positions improved" in text
+
+
+def test_a_trained_model_is_not_called_untrained(tokenizer):
+    model = tiny_model(tokenizer)
+    for _ in range(30):
+        result = trace_step(model, tokenizer, TEXT, lr=0.5)
+    assert result.loss_before < 0.7 * math.log(tokenizer.vocab_size)
+    assert "untrained" not in render_text(result)
+
+
+def test_json_has_exactly_the_issue_fields(tokenizer):
+    result = trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=1e-3, top_k=3)
+    record = json.loads(json.dumps(result.to_dict()))
+    assert set(record) == {"vocab_size", "lr", "optimizer", "tokens", "positions", "loss_before", "loss_after",
+                           "grad_norm", "update_ratio"}
+    assert set(record["tokens"][0]) == {"id", "text"}
+    assert set(record["positions"][0]) == {"index", "prefix", "target", "p_before", "loss_before", "p_after",
+                                           "loss_after", "top_k"}
+    assert set(record["positions"][0]["top_k"][0]) == {"id", "text", "p"}
+    assert len(record["positions"][0]["top_k"]) == 3
+    mean = sum(p["loss_before"] for p in record["positions"]) / len(record["positions"])
+    assert record["loss_before"] == pytest.approx(mean)
+    assert "".join(t["text"] for t in record["tokens"]) == TEXT
+
+
+def test_one_position_can_be_chosen(tokenizer):
+    result = trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=1e-3, position=-1)
+    last = result.positions[-1]
+    assert result.shown_positions == [last]
+    starts = [line.strip().split(" ")[0] for line in render_text(result).splitlines()]
+    assert starts.count(str(last.index)) == 3  # its token, its prediction, and its prediction after the step
+    assert starts.count("0") == 1  # position 0 only in the token list
+    with pytest.raises(ConfigError, match="--position 99"):
+        trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=1e-3, position=99)
+
+
+def test_bad_input_gets_a_clear_error(tokenizer):
+    with pytest.raises(DataError, match="at least 2"):
+        trace_step(tiny_model(tokenizer), tokenizer, "T", lr=1e-3)
+    with pytest.raises(ConfigError, match="sgd or adamw"):
+        trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=1e-3, optimizer="adam")
+
+
+def test_colour_only_when_asked(tokenizer):
+    result = trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=1e-3)
+    assert "\x1b[" in render_text(result, Style(True))
+    assert "\x1b[" not in render_text(result, Style(False))
+
+
+def test_html_page_is_self_contained_and_shows_the_tokens(tokenizer):
+    result = trace_step(tiny_model(tokenizer), tokenizer, TEXT + " <b>&", lr=1e-3)
+    page = render_html(result)
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "src=" not in page and "href=" not in page and "<script" not in page and "<link" not in page
+    assert page.count(">quick<") + page.count("> quick<") >= 2  # the text coloured before and after
+    assert "&lt;" in page and "<b>" not in page  # the text is escaped, never markup
+    assert page.count('class="tok"') == 2 * len(result.tokens)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no headless browser (/usr/bin/chromium)")
+def test_html_page_renders_in_a_headless_browser(tmp_path, tokenizer):
+    import matplotlib.image
+
+    page = tmp_path / "trace.html"
+    page.write_text(render_html(trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=1e-3)), encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    subprocess.run([shutil.which("chromium") or "/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    f"--screenshot={shot}", "--window-size=1000,800", page.as_uri()], check=True, timeout=60,
+                   capture_output=True)
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.std() > 0.01  # something is drawn, not a blank page
+
+
+def test_trace_command_on_a_run(tmp_path, tokenizer, capsys):
+    checkpoint = pytest.importorskip("nextword.checkpoint")
+    from nextword import cli
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = RunConfig()
+    cfg.model = tiny_model(tokenizer).cfg
+    model = tiny_model(tokenizer)
+    cfg.save(run_dir / "config.toml")
+    tokenizer.save(run_dir / "tokenizer.json")
+    checkpoint.save_checkpoint(run_dir, 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, cfg,
+                               tokenizer.hash, keep_last=1)
+
+    page = tmp_path / "trace.html"
+    assert cli.main(["trace", str(run_dir), "--text", TEXT, "--json", "--html", str(page)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    expected = trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=0.01)
+    assert record["loss_before"] == pytest.approx(expected.loss_before, rel=1e-9)
+    assert record["loss_after"] == pytest.approx(expected.loss_after, rel=1e-9)
+    assert record["optimizer"] == "sgd" and record["lr"] == 0.01
+    assert "quick" in page.read_text(encoding="utf-8")
+
+    (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
+    assert cli.main(["trace", str(run_dir), "--file", str(tmp_path / "text.txt"), "--position", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "5. The same prediction after the step" in out and "\x1b[" not in out
+    assert cli.main(["trace", str(run_dir), "--file", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
