@@ -1,0 +1,790 @@
+"""What a pretraining run costs, worked out from first principles before it starts.
+
+Give a model (a preset, --params, or its dimensions; dense, or a mixture of experts), a token count and the
+hardware, and this prints: parameters; training FLOPs (6·N·D plus attention, each term shown); GPU-hours, days
+and cost; memory per GPU under DDP and FSDP, with and without activation checkpointing; the Chinchilla-optimal
+split of the same compute and the loss the Hoffmann et al. (2022) fit predicts. Published runs are presets
+(--run llama3.1-405b): their estimate is shown beside the published GPU-hours, with the MFU those hours imply.
+--from-run RUN uses the speed measured in a real nextword run. --json prints all of it as JSON.
+
+examples:
+  nextword plan --preset gpt2-124m --tokens 10B --gpu a100 --gpus 8
+  nextword plan --params 1e9 --arch llama --tokens 20B --gpu h100
+  nextword plan --run llama3.1-405b
+  nextword plan --from-run runs/default --tokens 1B --gpu h100
+  nextword plan --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nextword.config import (
+    DataConfig, ModelConfig, RunConfig, apply_overrides, load, model_preset, parse_count,
+)
+from nextword.errors import ConfigError, DataError
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hardware
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    peak_flops: float  # dense bf16 matrix FLOP/s, no structured sparsity
+    memory_gib: float
+    price_per_hour: float  # USD per GPU-hour: a rough on-demand rental figure, an assumption (override: --price)
+    source: str
+
+
+GPUS: dict[str, Gpu] = {
+    "h100": Gpu("NVIDIA H100 SXM 80GB", 989.4e12, 80, 2.50,
+                "NVIDIA H100 datasheet: BF16 Tensor Core 1,979 TFLOP/s with 2:4 sparsity, half that dense"),
+    "h100-pcie": Gpu("NVIDIA H100 PCIe 80GB", 756e12, 80, 2.00,
+                     "NVIDIA H100 datasheet: BF16 Tensor Core 1,513 TFLOP/s with sparsity, half that dense"),
+    "h200": Gpu("NVIDIA H200 SXM 141GB", 989.4e12, 141, 3.50,
+                "NVIDIA H200 datasheet: same GH100 tensor cores as H100 SXM (1,979 sparse), more HBM3e"),
+    "b200": Gpu("NVIDIA B200 (HGX) 180GB", 2250e12, 180, 6.00,
+                "NVIDIA HGX B200 spec: FP16/BF16 Tensor Core 4.5 PFLOP/s per GPU with sparsity, 2.25 dense"),
+    "a100": Gpu("NVIDIA A100 SXM 80GB", 312e12, 80, 1.50,
+                "NVIDIA A100 datasheet: BF16 Tensor Core 312 TFLOP/s dense (624 with sparsity)"),
+    "a100-40gb": Gpu("NVIDIA A100 40GB", 312e12, 40, 1.20,
+                     "NVIDIA A100 datasheet: BF16 Tensor Core 312 TFLOP/s dense (624 with sparsity)"),
+    "l4": Gpu("NVIDIA L4 24GB", 121e12, 24, 0.80,
+              "NVIDIA L4 datasheet: BF16 Tensor Core 242 TFLOP/s with sparsity, half that dense"),
+    "a10": Gpu("NVIDIA A10 24GB", 125e12, 24, 1.00,
+               "NVIDIA A10 datasheet: BF16 Tensor Core 125 TFLOP/s dense (250 with sparsity); AWS's A10G is slower"),
+    "rtx4090": Gpu("NVIDIA GeForce RTX 4090 24GB", 165.2e12, 24, 0.60,
+                   "NVIDIA Ada whitepaper: BF16 with FP32 accumulate 165.2 TFLOP/s dense (330.3 with sparsity)"),
+    "mi300x": Gpu("AMD Instinct MI300X 192GB", 1307.4e12, 192, 3.00,
+                  "AMD MI300X datasheet: BF16 1,307.4 TFLOP/s dense (2,614.9 with sparsity)"),
+}
+
+DEFAULT_MFU = 0.40  # a well-run large job on H100s: Llama 3 405B reported 38–43% (Llama 3 paper, table 4)
+USABLE_MEMORY = 0.90  # the rest goes to the CUDA context, allocator slack and communication buffers
+
+
+def this_machine() -> Gpu:
+    """This computer's CPU as the 'GPU': its fastest measured dense matmul rate and its RAM."""
+    import os
+
+    from nextword import machine
+
+    found = machine.detect("cpu")
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return Gpu(f"this machine ({found.name}, {found.threads} threads)", machine.peak_flops(found), ram, 0.0,
+               "measured: the fastest of fp32/native-bf16 1024³ matmuls on this CPU")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models: mixture of experts and published runs
+
+
+@dataclass(frozen=True)
+class Moe:
+    """Each block's MLP becomes `experts` MLPs of d_ff each; a router sends every token to `active` of them,
+    and `shared` experts see every token. Plan-only: nextword's trainer is dense."""
+
+    experts: int
+    active: int
+    shared: int = 0
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    model: dict[str, Any]
+    tokens: float
+    gpu: str
+    mfu: float  # the MFU this planner assumes for the run (stated, with its reason in `note`)
+    source: str
+    note: str
+    gpus: int = 1
+    gpu_hours: float | None = None  # as published
+    moe: Moe | None = None
+
+
+RUNS: dict[str, PublishedRun] = {
+    "gpt2-124m-llmc": PublishedRun(
+        model=dict(arch="gpt2", n_layers=12, d_model=768, n_heads=12, context=1024, vocab_size=50257),
+        tokens=10e9, gpu="a100", gpus=8, gpu_hours=8 * 1.5, mfu=0.50,
+        source="Karpathy, llm.c discussion #481 (May 2024): GPT-2 124M on 10B FineWeb tokens, 8×A100 80GB SXM, "
+               "about 90 minutes, about $20",
+        note="the 1.5 h wall clock is approximate; 50% is a typical llm.c A100 figure",
+    ),
+    "chinchilla-70b": PublishedRun(
+        # Chinchilla uses Transformer-XL relative positions: one more d×d projection per layer than GPT-2. Folding
+        # it into the MLP width (d_ff = 4.5·d) keeps the parameter count at the paper's 70B.
+        model=dict(arch="gpt2", n_layers=80, d_model=8192, n_heads=64, d_ff=36864, context=2048, vocab_size=32000,
+                   tie_embeddings=False),
+        tokens=1.4e12, gpu="h100", gpus=1024, mfu=DEFAULT_MFU,
+        source="Hoffmann et al. 2022, 'Training Compute-Optimal Large Language Models', table 4: 80 layers, "
+               "d_model 8192, 64 heads, 1.4T tokens (trained on TPUv3/v4; no GPU-hours published)",
+        note="shown on H100s at the default MFU, for scale",
+    ),
+    "llama3.1-8b": PublishedRun(
+        model=dict(arch="llama", n_layers=32, d_model=4096, n_heads=32, n_kv_heads=8, d_ff=14336, context=8192,
+                   vocab_size=128256, tie_embeddings=False, rope_theta=500000.0),
+        tokens=15e12, gpu="h100", gpus=16384, gpu_hours=1.46e6, mfu=0.20,
+        source="Meta Llama 3.1 model card: 15T+ tokens, 1.46M H100-80GB GPU-hours; shape from the Llama 3 paper",
+        note="Meta publishes no MFU for 8B; 20% is an assumption: a small model spread over a large cluster spends "
+             "much of each step communicating, and the card's hours include restarts and long-context training",
+    ),
+    "llama3.1-70b": PublishedRun(
+        model=dict(arch="llama", n_layers=80, d_model=8192, n_heads=64, n_kv_heads=8, d_ff=28672, context=8192,
+                   vocab_size=128256, tie_embeddings=False, rope_theta=500000.0),
+        tokens=15e12, gpu="h100", gpus=16384, gpu_hours=7.0e6, mfu=0.30,
+        source="Meta Llama 3.1 model card: 15T+ tokens, 7.0M H100-80GB GPU-hours; shape from the Llama 3 paper",
+        note="Meta publishes no MFU for 70B; 30% is an assumption between the 8B's and the 405B's",
+    ),
+    "llama3.1-405b": PublishedRun(
+        model=dict(arch="llama", n_layers=126, d_model=16384, n_heads=128, n_kv_heads=8, d_ff=53248, context=8192,
+                   vocab_size=128256, tie_embeddings=False, rope_theta=500000.0),
+        tokens=15.6e12, gpu="h100", gpus=16384, gpu_hours=30.84e6, mfu=0.40,
+        source="Meta Llama 3.1 model card: 30.84M H100-80GB GPU-hours; Llama 3 paper: 15.6T tokens, "
+               "3.8e25 FLOPs, 16,384 H100s at 38-43% BF16 MFU (table 4)",
+        note="40%: the middle of the MFU the Llama 3 paper reports for this run",
+    ),
+    "llama4-scout": PublishedRun(
+        model=dict(arch="llama", n_layers=48, d_model=5120, n_heads=40, n_kv_heads=8, d_ff=8192, context=8192,
+                   vocab_size=202048, tie_embeddings=False, rope_theta=500000.0),
+        moe=Moe(experts=16, active=1, shared=1),
+        tokens=40e12, gpu="h100", gpus=16384, gpu_hours=5.0e6, mfu=DEFAULT_MFU,
+        source="Meta Llama 4 model card: 17B active / 109B total, 16 experts, ~40T tokens, 5.0M H100-80GB "
+               "GPU-hours (FP8 training); shape from the released config (every layer MoE, 1 routed + 1 shared)",
+        note="trained in FP8, so the MFU implied against the BF16 peak can exceed what BF16 could reach",
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclass
+class Params:
+    total: int  # every parameter, a tied embedding counted once
+    embedding: int  # token (and gpt2 position) lookup tables
+    head: int  # an untied output head (0 when tied)
+    non_embedding: int  # total − embedding − head, as GPT.num_params(non_embedding=True)
+    active: int  # used for each token: total less the experts a token does not visit (= total when dense)
+    matmul: int  # weights in a matrix multiply per token: block linears (active experts), router, V·d head
+
+
+def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
+    """Parameter counts of nextword's GPT (see model.py for the layer list), from the shape alone."""
+    d, f, V = cfg.d_model, cfg.ffn_dim, cfg.vocab_size
+    gpt2 = cfg.arch == "gpt2"
+    q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    norm = 2 * d if gpt2 else d  # LayerNorm has a bias, RMSNorm does not
+
+    attn_weights = d * q_out + 2 * d * kv_out + q_out * d
+    attn_other = (q_out + 2 * kv_out + d if gpt2 else 0) + (2 * cfg.head_dim if cfg.qk_norm else 0)
+    mlp_weights = (2 if gpt2 else 3) * d * f
+    mlp_biases = f + d if gpt2 else 0
+
+    experts, active, router = 1, 1, 0
+    if moe:
+        experts, active, router = moe.experts + moe.shared, moe.active + moe.shared, d * moe.experts
+    per_layer = attn_weights + attn_other + experts * (mlp_weights + mlp_biases) + router + 2 * norm
+    embedding = V * d + (cfg.context * d if gpt2 else 0)
+    head = 0 if cfg.tie_embeddings else V * d
+    total = cfg.n_layers * per_layer + norm + embedding + head
+    inactive = cfg.n_layers * (experts - active) * (mlp_weights + mlp_biases)
+    matmul = cfg.n_layers * (attn_weights + active * mlp_weights + router) + V * d
+    return Params(total=total, embedding=embedding, head=head, non_embedding=total - embedding - head,
+                  active=total - inactive, matmul=matmul)
+
+
+def shape_for_params(target: float, arch: str, vocab_size: int, context: int) -> ModelConfig:
+    """A conventional shape with about `target` parameters: head size 64 up to d_model 2048, then 128; depth
+    d/64 up to 32 layers, held at 32 until d/L reaches 128 (Llama 3 8B's 4096/32), then d/128 (405B: 16384/126).
+    A rule of thumb for planning, stated so the numbers can be checked."""
+    best, best_error = None, math.inf
+    for d_model in range(128, 65537, 64):
+        head_dim = 64 if d_model <= 2048 else 128
+        if d_model % head_dim:
+            continue
+        n_layers = d_model // 64 if d_model <= 2048 else max(32, d_model // 128)
+        n_heads = d_model // head_dim
+        kv = 8 if arch == "llama" and n_heads > 8 and n_heads % 8 == 0 else 0
+        cfg = ModelConfig(arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=kv,
+                          context=context, vocab_size=vocab_size, tie_embeddings=d_model < 4096)
+        error = abs(math.log(count_params(cfg).total / target))
+        if error < best_error:
+            best, best_error = cfg, error
+    assert best is not None
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOPs and time
+
+
+@dataclass
+class Flops:
+    dense_per_token: float  # 6·N_matmul: 2 FLOPs per weight forward, 4 backward
+    attention_per_token: float  # 12·L·T·d: Q·Kᵀ and A·V over the full T×T scores, forward and backward
+    per_token: float
+    dense_total: float
+    attention_total: float
+    total: float
+    six_n_d: float  # the familiar 6·N·D with N = active parameters, for comparison
+
+
+def count_flops(cfg: ModelConfig, params: Params, tokens: float) -> Flops:
+    dense = 6.0 * params.matmul
+    attention = 12.0 * cfg.n_layers * cfg.context * cfg.n_heads * cfg.head_dim
+    return Flops(dense_per_token=dense, attention_per_token=attention, per_token=dense + attention,
+                 dense_total=dense * tokens, attention_total=attention * tokens, total=(dense + attention) * tokens,
+                 six_n_d=6.0 * params.active * tokens)
+
+
+@dataclass
+class Compute:
+    gpu: str
+    peak_flops: float
+    gpus: int
+    mfu: float
+    price_per_hour: float
+    gpu_hours: float
+    days: float
+    cost: float
+    tokens_per_s: float  # the whole cluster
+
+
+def compute_time(total_flops: float, per_token: float, gpu: Gpu, gpus: int, mfu: float, price: float) -> Compute:
+    gpu_hours = total_flops / (gpu.peak_flops * mfu) / 3600
+    return Compute(gpu=gpu.name, peak_flops=gpu.peak_flops, gpus=gpus, mfu=mfu, price_per_hour=price,
+                   gpu_hours=gpu_hours, days=gpu_hours / gpus / 24, cost=gpu_hours * price,
+                   tokens_per_s=gpus * gpu.peak_flops * mfu / per_token)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory
+
+
+@dataclass(frozen=True)
+class Precision:
+    weights: int  # bytes per parameter
+    grads: int
+    optimizer: int  # AdamW: the two moments, plus an fp32 master copy when the weights are 16-bit
+    activations: int  # bytes per stored activation element
+    meaning: str
+
+
+PRECISIONS = {
+    "bf16": Precision(2, 2, 12, 2, "bf16 weights and gradients; fp32 master weights and AdamW moments "
+                                   "(mixed precision as in Megatron and ZeRO): 16 bytes per parameter"),
+    "amp": Precision(4, 4, 8, 2, "fp32 weights, gradients and AdamW moments; bf16 activations under "
+                                 "torch.autocast (nextword on a GPU): 16 bytes per parameter"),
+    "fp32": Precision(4, 4, 8, 4, "everything in fp32 (nextword on a CPU without native bf16)"),
+}
+
+
+def layer_activation_bytes(cfg: ModelConfig, moe: Moe | None, micro_batch: int, act_bytes: int,
+                           flash: bool) -> float:
+    """Bytes one block keeps for its backward pass, for micro_batch sequences of cfg.context tokens.
+
+    The per-layer accounting of Korthikanti et al. 2022 ('Reducing Activation Recomputation in Large Transformer
+    Models', section 4.1), generalised to grouped-query attention, SwiGLU and any MLP width. With h = d_model,
+    f = d_ff, a = heads, s = context, b = micro-batch, and 16-bit activations, it stores:
+      norms 2·2sbh; attention: its input 2sbh, Q 2sbh, K and V 2·2sb·kv_dim, the output fed to W_o 2sbh;
+      MLP: its input 2sbh plus GELU: 2sbf in, 2sbf out | SwiGLU: gate, silu(gate), up, product, 4·2sbf;
+      llama's rotary positions: q and k before rotation and rotated halves, 2·2sb·(h + kv_dim);
+      without flash attention, the softmax output 2as²b (+ as²b mask and 2as²b dropout output with dropout);
+      with flash attention only the fp32 log-sum-exp, 4asb; with dropout, 1-byte masks on both residual branches.
+    For GPT-2's shape with dropout this is the paper's sbh·(34 + 5·a·s/h) exactly."""
+    h, f, a, s, b = cfg.d_model, cfg.ffn_dim, cfg.n_heads, cfg.context, micro_batch
+    tokens = s * b
+    dropout = cfg.dropout > 0
+    routed = (moe.active + moe.shared) if moe else 1
+    kv = cfg.kv_heads * cfg.head_dim
+    if cfg.arch == "gpt2":
+        mlp, rope = h + 2 * f, 0
+    else:
+        # SwiGLU keeps gate(x), silu(gate(x)), up(x) and their product; RoPE keeps q and k before rotation and
+        # their rotate_half copies.
+        mlp, rope = h + 4 * f, 2 * (h + kv)
+    elements = tokens * (2 * h + 3 * h + 2 * kv + rope + routed * mlp)
+    if flash:
+        scores = 4.0 * a * s * b
+    else:
+        scores = act_bytes * a * s * s * b * (2 if dropout else 1) + (a * s * s * b if dropout else 0)
+    masks = 2 * tokens * h if dropout else 0
+    return act_bytes * elements + scores + masks
+
+
+def output_activation_bytes(cfg: ModelConfig, micro_batch: int, act_bytes: int) -> float:
+    """Outside the blocks: the embedding output and final-norm input (h each), the logits (V), and the fp32
+    log-probabilities the cross-entropy keeps (4 bytes × V)."""
+    tokens = cfg.context * micro_batch
+    return tokens * (act_bytes * (2 * cfg.d_model + cfg.vocab_size) + 4 * cfg.vocab_size)
+
+
+@dataclass
+class MemoryRow:
+    strategy: str
+    weights: float  # bytes per GPU
+    grads: float
+    optimizer: float
+    activations: float
+    buffers: float  # FSDP: the gathered weights and gradients of two layers (the current one and the prefetch)
+    total: float
+    fits: bool
+    min_gpus: int | None  # the fewest GPUs of this memory size that fit; None: no number does (activations alone)
+
+
+@dataclass
+class Memory:
+    precision: str
+    precision_meaning: str
+    micro_batch: int
+    flash_attention: bool
+    gpu_memory_gib: float
+    usable_fraction: float
+    rows: list[MemoryRow]
+
+
+def memory_plan(cfg: ModelConfig, params: Params, moe: Moe | None, precision: str, micro_batch: int,
+                gpus: int, gpu_memory_gib: float, flash: bool) -> Memory:
+    p = PRECISIONS[precision]
+    states = {"weights": p.weights * params.total, "grads": p.grads * params.total,
+              "optimizer": p.optimizer * params.total}
+    per_layer = layer_activation_bytes(cfg, moe, micro_batch, p.activations, flash)
+    output = output_activation_bytes(cfg, micro_batch, p.activations)
+    full = cfg.n_layers * per_layer + output
+    # Checkpointing keeps each block's input and recomputes one block at a time in the backward pass.
+    checkpointed = cfg.n_layers * p.activations * cfg.context * micro_batch * cfg.d_model + per_layer + output
+    layer_params = (params.total - params.embedding - params.head) / cfg.n_layers
+    gathered = 2 * layer_params * (p.weights + p.grads)
+    usable = USABLE_MEMORY * gpu_memory_gib * 2**30
+
+    rows = []
+    for strategy, sharded, activations in (("DDP", False, full), ("DDP + checkpointing", False, checkpointed),
+                                           ("FSDP / ZeRO-3", True, full),
+                                           ("FSDP + checkpointing", True, checkpointed)):
+        shards = gpus if sharded else 1
+        buffers = gathered if sharded else 0.0
+        parts = {k: v / shards for k, v in states.items()}
+        total = sum(parts.values()) + activations + buffers
+        room = usable - activations - buffers
+        if not sharded:
+            min_gpus = 1 if sum(states.values()) <= room else None
+        else:
+            min_gpus = max(1, math.ceil(sum(states.values()) / room)) if room > 0 else None
+        rows.append(MemoryRow(strategy=strategy, activations=activations, buffers=buffers, total=total,
+                              fits=total <= usable, min_gpus=min_gpus, **parts))
+    return Memory(precision=precision, precision_meaning=p.meaning, micro_batch=micro_batch, flash_attention=flash,
+                  gpu_memory_gib=gpu_memory_gib, usable_fraction=USABLE_MEMORY, rows=rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chinchilla
+
+# Hoffmann et al. 2022, 'Training Compute-Optimal Large Language Models', eq. 10 (approach 3). Fitted on
+# MassiveText with their tokenizer, so its losses compare with each other, not with nextword's on other data.
+CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+TOKENS_PER_PARAM = 20  # the paper's compute-optimal ratio, roughly constant across budgets
+
+
+def chinchilla_loss(n_params: float, tokens: float) -> float:
+    c = CHINCHILLA
+    return c["E"] + c["A"] / n_params ** c["alpha"] + c["B"] / tokens ** c["beta"]
+
+
+@dataclass
+class Chinchilla:
+    compute: float  # C = 6·N·D with N = active parameters
+    optimal_params: float  # N with D = 20·N and 6·N·D = C
+    optimal_tokens: float
+    tokens_per_param: float  # this plan's D / N
+    loss: float  # the fit's prediction for this plan's N and D
+    optimal_loss: float
+    constants: dict[str, float]
+
+
+def chinchilla_view(params: Params, tokens: float) -> Chinchilla:
+    compute = 6.0 * params.active * tokens
+    n_opt = math.sqrt(compute / (6 * TOKENS_PER_PARAM))
+    return Chinchilla(compute=compute, optimal_params=n_opt, optimal_tokens=TOKENS_PER_PARAM * n_opt,
+                      tokens_per_param=tokens / params.active, loss=chinchilla_loss(params.active, tokens),
+                      optimal_loss=chinchilla_loss(n_opt, TOKENS_PER_PARAM * n_opt), constants=dict(CHINCHILLA))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Published figures and measured runs
+
+
+@dataclass
+class Published:
+    name: str
+    source: str
+    note: str
+    stated_mfu: float
+    gpu_hours: float | None
+    estimate_gpu_hours: float  # at the stated MFU
+    implied_mfu: float | None  # the MFU at which this planner's FLOPs take exactly the published GPU-hours
+    ratio: float | None  # estimate / published
+
+
+def compare_published(name: str, run: PublishedRun, total_flops: float, peak_flops: float) -> Published:
+    estimate = total_flops / (peak_flops * run.mfu) / 3600
+    implied = ratio = None
+    if run.gpu_hours:
+        implied = implied_mfu(total_flops, run.gpu_hours, peak_flops)
+        ratio = estimate / run.gpu_hours
+    return Published(name=name, source=run.source, note=run.note, stated_mfu=run.mfu, gpu_hours=run.gpu_hours,
+                     estimate_gpu_hours=estimate, implied_mfu=implied, ratio=ratio)
+
+
+def implied_mfu(total_flops: float, gpu_hours: float, peak_flops: float) -> float:
+    return total_flops / (gpu_hours * 3600 * peak_flops)
+
+
+@dataclass
+class Measured:
+    run_dir: str
+    device: str
+    tokens_per_s: float  # median over the logged steps after the first
+    mfu: float
+    peak_flops: float
+    flops_per_s: float  # tokens_per_s × the run's FLOPs per token: what this machine sustained
+    here_seconds: float  # the planned FLOPs at that rate, on this machine
+    cluster: Compute  # the planned FLOPs on the chosen GPUs at the run's MFU
+
+
+def read_run_log(run_dir: Path) -> tuple[dict, list[dict]]:
+    """The run line and the train lines of a run's log.jsonl."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; --from-run takes a run directory that `nextword train` wrote")
+    run, steps = None, []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{path}:{number}: not a JSON line; the log is damaged") from None
+        if record.get("kind") == "run":
+            run = record
+        elif record.get("kind") == "train" and record.get("tokens_per_s"):
+            steps.append(record)
+    if run is None or not run.get("flops_per_token") or not run.get("peak_flops"):
+        raise DataError(f"{path}: no 'run' line with flops_per_token and peak_flops; was it written by nextword train?")
+    if not steps:
+        raise DataError(f"{path}: no 'train' lines with tokens_per_s yet; let the run log a few steps first")
+    return run, steps
+
+
+def measure_from_run(run_dir: Path, total_flops: float, per_token: float, gpu: Gpu, gpus: int,
+                     price: float) -> Measured:
+    run, steps = read_run_log(run_dir)
+    # The first logged interval includes compilation and warm-up, so it is left out when there are others.
+    steady = steps[1:] or steps
+    tokens_per_s = statistics.median(s["tokens_per_s"] for s in steady)
+    flops_per_s = tokens_per_s * run["flops_per_token"]
+    mfus = [s["mfu"] for s in steady if s.get("mfu")]
+    mfu = statistics.median(mfus) if mfus else flops_per_s / run["peak_flops"]
+    return Measured(run_dir=str(run_dir), device=str(run.get("device", "?")), tokens_per_s=tokens_per_s, mfu=mfu,
+                    peak_flops=run["peak_flops"], flops_per_s=flops_per_s, here_seconds=total_flops / flops_per_s,
+                    cluster=compute_time(total_flops, per_token, gpu, gpus, mfu, price))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class Plan:
+    model: dict[str, Any]
+    moe: dict[str, int] | None
+    tokens: float
+    params: Params
+    flops: Flops
+    compute: Compute
+    gpu_source: str
+    memory: Memory
+    chinchilla: Chinchilla
+    published: Published | None = None
+    measured: Measured | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def plan_run(cfg: ModelConfig, tokens: float, *, gpu: Gpu | str = "h100", gpus: int = 1, mfu: float = DEFAULT_MFU,
+             price: float | None = None, moe: Moe | None = None, precision: str = "bf16", micro_batch: int = 1,
+             flash: bool = True, run_name: str | None = None, from_run: str | Path | None = None) -> Plan:
+    """Everything `nextword plan` prints, for a model shape with its vocabulary set."""
+    gpu = gpu_spec(gpu)
+    check_model(cfg, moe)
+    if tokens <= 0 or gpus < 1 or not 0 < mfu <= 1 or micro_batch < 1:
+        raise ConfigError("tokens, --gpus and --micro-batch must be positive and --mfu in (0, 1]")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    price = gpu.price_per_hour if price is None else price
+    params = count_params(cfg, moe)
+    flops = count_flops(cfg, params, tokens)
+    plan = Plan(model=dataclasses.asdict(cfg), moe=dataclasses.asdict(moe) if moe else None, tokens=tokens,
+                params=params, flops=flops, gpu_source=gpu.source,
+                compute=compute_time(flops.total, flops.per_token, gpu, gpus, mfu, price),
+                memory=memory_plan(cfg, params, moe, precision, micro_batch, gpus, gpu.memory_gib, flash),
+                chinchilla=chinchilla_view(params, tokens))
+    if run_name:
+        plan.published = compare_published(run_name, RUNS[run_name], flops.total, gpu.peak_flops)
+    if from_run:
+        plan.measured = measure_from_run(Path(from_run), flops.total, flops.per_token, gpu, gpus, price)
+    if moe:
+        plan.notes.append("MoE is plan-only: nextword trains dense models. FLOPs use the active parameters, "
+                          "memory the total; the Chinchilla fit was made on dense models and is applied to active N.")
+    return plan
+
+
+def gpu_spec(gpu: Gpu | str) -> Gpu:
+    if isinstance(gpu, Gpu):
+        return gpu
+    if gpu == "here":
+        return this_machine()
+    if gpu not in GPUS:
+        raise ConfigError(f"--gpu {gpu!r} is not in the table; choose one of: here, {', '.join(GPUS)} "
+                          "(or give --peak-flops and --memory-gb)")
+    return GPUS[gpu]
+
+
+def check_model(cfg: ModelConfig, moe: Moe | None) -> None:
+    for name in ("n_layers", "d_model", "n_heads", "context", "vocab_size"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"model.{name} = {getattr(cfg, name)} must be greater than 0")
+    if cfg.arch not in ("gpt2", "llama"):
+        raise ConfigError(f"model.arch = {cfg.arch!r} is not one of: gpt2, llama")
+    if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.kv_heads:
+        raise ConfigError(f"d_model = {cfg.d_model}, heads = {cfg.n_heads}, kv_heads = {cfg.kv_heads}: d_model must "
+                          "be divisible by heads and heads by kv_heads")
+    if moe and not (1 <= moe.active <= moe.experts and moe.shared >= 0):
+        raise ConfigError(f"--active-experts {moe.active} must be between 1 and --experts {moe.experts}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model (one of --run, --preset, --config, --from-run, --params, or dimensions)")
+    model.add_argument("--run", metavar="NAME", choices=RUNS, help=f"a published run: {', '.join(RUNS)}")
+    model.add_argument("--preset", metavar="NAME", help="a nextword model preset: tiny, small, gpt2-124m, ...")
+    model.add_argument("--config", metavar="FILE", help="the [model] section of a TOML run config")
+    model.add_argument("--params", metavar="N", help="pick a conventional shape with about N parameters (1e9, 7B)")
+    model.add_argument("--arch", choices=("gpt2", "llama"))
+    model.add_argument("--layers", type=int)
+    model.add_argument("--d-model", type=int)
+    model.add_argument("--heads", type=int)
+    model.add_argument("--kv-heads", type=int)
+    model.add_argument("--d-ff", type=int)
+    model.add_argument("--vocab", type=int, help=f"vocabulary size (default: {DataConfig().vocab_size}, "
+                                                 "the size nextword trains its tokenizer to)")
+    model.add_argument("--context", type=int)
+    model.add_argument("--experts", type=int, help="mixture of experts: experts per layer (plan-only)")
+    model.add_argument("--active-experts", type=int, default=1, help="routed experts per token (default 1)")
+    model.add_argument("--shared-experts", type=int, default=0, help="experts every token visits (default 0)")
+    data = parser.add_argument_group("tokens and hardware")
+    data.add_argument("--tokens", metavar="D", help="training tokens: 15e12, 300B, 20M (default: 20 per parameter)")
+    data.add_argument("--gpu", default=None, help=f"here (this machine's CPU, measured), {', '.join(GPUS)}")
+    data.add_argument("--peak-flops", type=float, help="peak dense FLOP/s of one GPU, instead of the table's")
+    data.add_argument("--memory-gb", type=float, help="memory of one GPU in GiB, instead of the table's")
+    data.add_argument("--gpus", type=int, help="number of GPUs (default 1, or the published run's)")
+    data.add_argument("--mfu", type=float, help=f"model FLOPs utilisation (default {DEFAULT_MFU:.0%}, the "
+                                                "published run's stated figure, or the --from-run measurement)")
+    data.add_argument("--price", type=float, help="USD per GPU-hour (default: the table's rough rental price)")
+    data.add_argument("--from-run", metavar="RUN", help="a nextword run directory: use its model and measured speed")
+    memory = parser.add_argument_group("memory")
+    memory.add_argument("--precision", default="bf16", choices=PRECISIONS, help="bf16 (default), amp or fp32")
+    memory.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per forward pass (default 1)")
+    memory.add_argument("--no-flash", action="store_true", help="attention that stores the T×T scores")
+    parser.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+    parser.add_argument("--list", action="store_true", help="list the GPU table and the published runs")
+    parser.epilog = "Any model field can also be set as --model.FIELD VALUE, e.g. --model.tie_embeddings false."
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        print(render_lists())
+        return 0
+    cfg, moe, defaults = model_from_args(args)
+    gpu = gpu_spec(args.gpu or defaults.get("gpu", "h100"))
+    if args.peak_flops or args.memory_gb:
+        gpu = dataclasses.replace(gpu, name=f"{gpu.name} (overridden)", source=f"{gpu.source}; overridden",
+                                  peak_flops=args.peak_flops or gpu.peak_flops,
+                                  memory_gib=args.memory_gb or gpu.memory_gib)
+    tokens = parse_count(args.tokens, "--tokens") if args.tokens else defaults.get("tokens")
+    if tokens is None:
+        tokens = TOKENS_PER_PARAM * count_params(cfg, moe).active
+    mfu = args.mfu or defaults.get("mfu", DEFAULT_MFU)
+    # Published GPU-hours only compare with an estimate on the same GPU as the run.
+    same_gpu = args.run and gpu == GPUS[RUNS[args.run].gpu]
+    plan = plan_run(cfg, tokens, gpu=gpu, gpus=args.gpus or defaults.get("gpus", 1), mfu=mfu, price=args.price,
+                    moe=moe, precision=args.precision, micro_batch=args.micro_batch, flash=not args.no_flash,
+                    run_name=args.run if same_gpu else None, from_run=args.from_run)
+    if args.run and not same_gpu:
+        plan.notes.append(f"the published comparison is left out: the GPU differs from the run's {RUNS[args.run].gpu}")
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else render(plan))
+    return 0
+
+
+def model_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Moe | None, dict[str, Any]]:
+    """The model shape, an optional MoE, and defaults a published run brings (tokens, GPU, count, MFU)."""
+    defaults: dict[str, Any] = {}
+    moe = None
+    if args.run:
+        published = RUNS[args.run]
+        cfg, moe = ModelConfig(**published.model), published.moe
+        defaults = dict(tokens=published.tokens, gpu=published.gpu, gpus=published.gpus, mfu=published.mfu)
+    elif args.from_run:
+        path = Path(args.from_run) / "config.toml"
+        if not path.is_file():
+            raise DataError(f"{path}: no such file; --from-run takes a run directory that `nextword train` wrote")
+        cfg = load(path).model
+    elif args.config:
+        cfg = load(args.config).model
+    elif args.preset:
+        cfg = model_preset(args.preset)
+    else:
+        cfg = ModelConfig()
+    dims = {"arch": args.arch, "n_layers": args.layers, "d_model": args.d_model, "n_heads": args.heads,
+            "n_kv_heads": args.kv_heads, "d_ff": args.d_ff, "vocab_size": args.vocab, "context": args.context}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in dims.items() if v is not None})
+    if not cfg.vocab_size:
+        cfg.vocab_size = DataConfig().vocab_size
+    if args.params:
+        target = parse_count(args.params, "--params")
+        cfg = shape_for_params(target, cfg.arch, cfg.vocab_size, cfg.context)
+    overrides = {k: v for k, v in (getattr(args, "overrides", None) or {}).items()}
+    if overrides:
+        wrapper = RunConfig(model=cfg)
+        apply_overrides(wrapper, overrides)
+        cfg = wrapper.model
+    if args.experts:
+        moe = Moe(args.experts, args.active_experts, args.shared_experts)
+    return cfg, moe, defaults
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Human-readable output
+
+
+def si(x: float, digits: int = 3) -> str:
+    """1234567 → '1.23M'."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.{digits}g}{unit}"
+    return f"{x:.{digits}g}"
+
+
+def sci(x: float) -> str:
+    return f"{x:.2e}".replace("e+", "e")
+
+
+def duration(seconds: float) -> str:
+    for unit, scale in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * scale or (unit == "min" and seconds >= scale):
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def dollars(x: float) -> str:
+    return f"${si(x, 2)}" if x >= 1000 else f"${x:.2f}"
+
+
+def gib(x: float) -> str:
+    return f"{x / 2**30:.3g} GiB" if x < 2**40 else f"{x / 2**40:.3g} TiB"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
+def render(plan: Plan) -> str:
+    m, p, f, c = plan.model, plan.params, plan.flops, plan.compute
+    moe = f", MoE {plan.moe['experts']} experts ({plan.moe['active']} routed + {plan.moe['shared']} shared)" \
+        if plan.moe else ""
+    out = [f"model      {m['arch']}: {m['n_layers']} layers, d_model {m['d_model']}, {m['n_heads']} heads "
+           f"({m['n_kv_heads'] or m['n_heads']} kv), d_ff {m['d_ff'] or 'default'}, context {m['context']}, "
+           f"vocab {m['vocab_size']}{moe}",
+           "", "parameters"]
+    rows = [["total", si(p.total)], ["embedding tables", si(p.embedding)], ["untied output head", si(p.head)],
+            ["non-embedding", si(p.non_embedding)]]
+    if plan.moe:
+        rows.append(["active per token", si(p.active)])
+    rows += [["in matmuls per token (N)", si(p.matmul)], ["tokens (D)", si(plan.tokens)],
+             ["tokens per parameter", f"{plan.chinchilla.tokens_per_param:.3g}"]]
+    out += ["  " + r for r in table(["", "count"], rows)]
+
+    out += ["", "training FLOPs", *["  " + r for r in table(["term", "per token", "total"], [
+        ["6·N (weights, fwd+bwd)", sci(f.dense_per_token), sci(f.dense_total)],
+        ["12·L·T·d (attention)", sci(f.attention_per_token), sci(f.attention_total)],
+        ["total", sci(f.per_token), sci(f.total)]])],
+        f"  for comparison, 6·N·D with N = all {'active ' if plan.moe else ''}parameters: {sci(f.six_n_d)}"]
+
+    out += ["", f"compute on {c.gpus} × {c.gpu} at {c.mfu:.0%} MFU "
+                f"(peak {sci(c.peak_flops)} FLOP/s: {plan.gpu_source})",
+            f"  {si(c.gpu_hours)} GPU-hours, {duration(c.days * 86400)} wall clock, "
+            f"{dollars(c.cost)} at ${c.price_per_hour:.2f}/GPU-hour, {si(c.tokens_per_s)} tokens/s"]
+
+    if plan.published:
+        pub = plan.published
+        out += ["", f"published run {pub.name}: {pub.source}"]
+        if pub.gpu_hours:
+            out.append(f"  published {si(pub.gpu_hours)} GPU-hours; this plan at the stated {pub.stated_mfu:.0%} MFU: "
+                       f"{si(pub.estimate_gpu_hours)} ({pub.ratio:.2f}×); the published hours imply "
+                       f"{pub.implied_mfu:.1%} MFU")
+        out.append(f"  stated MFU {pub.stated_mfu:.0%}: {pub.note}")
+
+    if plan.measured:
+        r = plan.measured
+        out += ["", f"measured in {r.run_dir} ({r.device}): {si(r.tokens_per_s)} tokens/s, {sci(r.flops_per_s)} "
+                    f"FLOP/s sustained, {r.mfu:.1%} MFU of {sci(r.peak_flops)}",
+                f"  this plan there: {duration(r.here_seconds)}",
+                f"  on {r.cluster.gpus} × {r.cluster.gpu} at that MFU: {si(r.cluster.gpu_hours)} GPU-hours, "
+                f"{duration(r.cluster.days * 86400)}, {dollars(r.cluster.cost)}"]
+
+    mem = plan.memory
+    out += ["", f"memory per GPU ({mem.precision}: {mem.precision_meaning}; micro-batch {mem.micro_batch} × "
+                f"{m['context']} tokens, {'flash' if mem.flash_attention else 'plain'} attention; "
+                f"{mem.gpu_memory_gib:g} GiB GPUs, {mem.usable_fraction:.0%} usable; {c.gpus} GPUs)"]
+    rows = [[r.strategy, gib(r.weights), gib(r.grads), gib(r.optimizer), gib(r.activations), gib(r.buffers),
+             gib(r.total), "yes" if r.fits else "no", str(r.min_gpus) if r.min_gpus else "never"]
+            for r in mem.rows]
+    out += ["  " + r for r in table(["strategy", "weights", "grads", "optimizer", "activations", "buffers",
+                                     "total", "fits", "min GPUs"], rows)]
+    out.append("  (no tensor or pipeline parallelism; activations per Korthikanti et al. 2022, see "
+               "layer_activation_bytes)")
+
+    ch = plan.chinchilla
+    out += ["", f"Chinchilla view (Hoffmann et al. 2022: L = {ch.constants['E']} + {ch.constants['A']}/N^"
+                f"{ch.constants['alpha']} + {ch.constants['B']}/D^{ch.constants['beta']}, nats on MassiveText)",
+            f"  C = 6·N·D = {sci(ch.compute)}: compute-optimal N = {si(ch.optimal_params)}, "
+            f"D = {si(ch.optimal_tokens)} ({TOKENS_PER_PARAM} tokens/parameter), predicted loss {ch.optimal_loss:.3f}",
+            f"  this plan: N = {si(p.active)}, D = {si(plan.tokens)}, predicted loss {ch.loss:.3f}"]
+    out += [f"note: {n}" for n in plan.notes]
+    return "\n".join(out)
+
+
+def render_lists() -> str:
+    gpus = table(["--gpu", "name", "peak bf16", "memory", "$/h", "source"],
+                 [[k, g.name, sci(g.peak_flops), f"{g.memory_gib:g} GiB", f"{g.price_per_hour:.2f}", g.source]
+                  for k, g in GPUS.items()])
+    runs = table(["--run", "tokens", "GPU", "published GPU-h", "stated MFU", "source"],
+                 [[k, si(r.tokens), r.gpu, si(r.gpu_hours) if r.gpu_hours else "-", f"{r.mfu:.0%}", r.source]
+                  for k, r in RUNS.items()])
+    return "\n".join(["GPUs (dense bf16 peaks; prices are rough rental assumptions)", *gpus, "",
+                      "published runs", *runs])
