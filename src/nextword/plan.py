@@ -704,12 +704,20 @@ def dollars(x: float) -> str:
 
 
 def gib(x: float) -> str:
-    return f"{x / 2**30:.3g} GiB" if x < 2**40 else f"{x / 2**40:.3g} TiB"
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x / 2**10:.3g} KiB" if x else "0"
 
 
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]], align: str = "") -> list[str]:
+    """Aligned columns; `align` has one letter per column, l or r (default: the first left, the rest right)."""
+    align = align or "l" + "r" * (len(header) - 1)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)).rstrip()
+
     return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
 
 
@@ -760,7 +768,7 @@ def render(plan: Plan) -> str:
     mem = plan.memory
     out += ["", f"memory per GPU ({mem.precision}: {mem.precision_meaning}; micro-batch {mem.micro_batch} × "
                 f"{m['context']} tokens, {'flash' if mem.flash_attention else 'plain'} attention; "
-                f"{mem.gpu_memory_gib:g} GiB GPUs, {mem.usable_fraction:.0%} usable; {c.gpus} GPUs)"]
+                f"{mem.gpu_memory_gib:.3g} GiB GPUs, {mem.usable_fraction:.0%} usable; {c.gpus} GPUs)"]
     rows = [[r.strategy, gib(r.weights), gib(r.grads), gib(r.optimizer), gib(r.activations), gib(r.buffers),
              gib(r.total), "yes" if r.fits else "no", str(r.min_gpus) if r.min_gpus else "never"]
             for r in mem.rows]
@@ -781,10 +789,10 @@ def render(plan: Plan) -> str:
 
 def render_lists() -> str:
     gpus = table(["--gpu", "name", "peak bf16", "memory", "$/h", "source"],
-                 [[k, g.name, sci(g.peak_flops), f"{g.memory_gib:g} GiB", f"{g.price_per_hour:.2f}", g.source]
-                  for k, g in GPUS.items()])
+                 [[k, g.name, sci(g.peak_flops), f"{g.memory_gib:.3g} GiB", f"{g.price_per_hour:.2f}", g.source]
+                  for k, g in GPUS.items()], align="llrrrl")
     runs = table(["--run", "tokens", "GPU", "published GPU-h", "stated MFU", "source"],
                  [[k, si(r.tokens), r.gpu, si(r.gpu_hours) if r.gpu_hours else "-", f"{r.mfu:.0%}", r.source]
-                  for k, r in RUNS.items()])
+                  for k, r in RUNS.items()], align="lrlrrl")
     return "\n".join(["GPUs (dense bf16 peaks; prices are rough rental assumptions)", *gpus, "",
                       "published runs", *runs])
