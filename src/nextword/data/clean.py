@@ -1,0 +1,384 @@
+"""The clean step: raw sources → extracted text → quality rules → dedup → cleaned parquet shards, with a report.
+
+    read ─► extract ─► filter (per input, in parallel) ─► parts/ ─► dedup + write (merge, in input order)
+
+Stage one runs per input (one WARC/WET file, one code repository, one text source) in worker processes, and
+writes `parts/NNNNN.parquet` (kept documents with their exact hash and MinHash signature) and `parts/NNNNN.json`
+(its counts), the JSON last: an input with its JSON present is finished and is not redone after a crash. On a
+cluster, task i of n (`--task-index i --num-tasks n`) runs stage one on inputs i, i+n, i+2n, ...; then one merge
+deduplicates across all parts. The merge reads parts in input order, so which copy survives, and so the output,
+is the same whatever the number of workers or tasks.
+
+Output folder: `docs_00000.parquet ...` (id, text, source, meta as JSON), `stats.json`, `report.md`,
+`manifest.json` (the inputs and settings the parts belong to), `parts/`.
+
+Source specs: a WARC/WET file, a folder holding WARC/WET files (each file an input), `code:PATH` for a code
+repository, and anything `read_sources` reads (text folders, .txt/.md, JSONL, parquet) for books and articles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nextword.data.dedup import Deduplicator, MinHasher, exact_key
+from nextword.data.filters import EXAMPLE_CHARS, CleanConfig, FilterChain, RuleStats
+from nextword.data.sources import Document, SkipLog, read_sources
+from nextword.data.web import is_web_file
+from nextword.errors import DataError
+
+CODE_PREFIX = "code:"
+PART_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
+                         ("meta", pa.string()), ("exact", pa.binary(16)), ("minhash", pa.binary())])
+DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("meta", pa.string())])
+DEFAULT_TEXT_EXTENSIONS = [".txt", ".md", ".rst"]
+
+
+@dataclass(frozen=True)
+class Input:
+    """One unit of parallel work: a web archive file, a code repository, or one text source."""
+
+    spec: str  # as the user named it
+    kind: str  # "web" | "code" | "text"
+    path: str
+
+
+def plan_inputs(sources: list[str]) -> list[Input]:
+    """The inputs the sources name, in a fixed order; a folder of web archives becomes one input per file."""
+    inputs: list[Input] = []
+    for spec in sources:
+        if spec.startswith(CODE_PREFIX):
+            path = Path(spec[len(CODE_PREFIX):])
+            if not path.is_dir():
+                raise DataError(f"{spec}: not a folder; `code:` takes a repository folder or git checkout")
+            inputs.append(Input(spec, "code", str(path)))
+            continue
+        path = Path(spec)
+        if not path.exists():
+            raise DataError(f"{spec}: no such file or folder; check the path given to --source")
+        web_files = sorted(p for p in path.rglob("*") if p.is_file() and is_web_file(p)) if path.is_dir() else []
+        if is_web_file(path):
+            inputs.append(Input(spec, "web", str(path)))
+        elif web_files:
+            inputs.extend(Input(str(p), "web", str(p)) for p in web_files)
+        else:
+            inputs.append(Input(spec, "text", str(path)))
+    return inputs
+
+
+def clean(sources: list[str], out_dir: str | Path, cfg: CleanConfig, *, workers: int = 1, task_index: int = 0,
+          num_tasks: int = 1, extensions: list[str] | None = None, log: Callable[[str], None] = print) -> dict | None:
+    """Run stage one on this task's share of the inputs, then (with a single task) the merge; its stats."""
+    cfg.validate()
+    if not 0 <= task_index < num_tasks:
+        raise DataError(f"--task-index {task_index} is outside 0..{num_tasks - 1} (--num-tasks {num_tasks})")
+    out = Path(out_dir)
+    inputs = plan_inputs(sources)
+    _write_manifest(out, inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS)
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    todo = [(i, inp) for i, inp in enumerate(inputs)
+            if i % num_tasks == task_index and not (parts / f"{i:05d}.json").exists()]
+    done_before = sum(1 for i in range(task_index, len(inputs), num_tasks)) - len(todo)
+    if done_before:
+        log(f"clean: {done_before} input(s) already done, skipped")
+    jobs = [(i, inp, cfg, str(parts), extensions or DEFAULT_TEXT_EXTENSIONS) for i, inp in todo]
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            log(_process_input(*job))
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            for line in pool.map(_process_input, *zip(*jobs)):
+                log(line)
+    if num_tasks > 1:
+        log(f"clean: task {task_index}/{num_tasks} done; run `nextword data clean --merge --out {out}` "
+            "once every task has finished")
+        return None
+    return merge(out, cfg)
+
+
+def _write_manifest(out: Path, inputs: list[Input], cfg: CleanConfig, extensions: list[str]) -> None:
+    manifest = {"inputs": [dataclasses.asdict(i) for i in inputs], "clean": dataclasses.asdict(cfg),
+                "extensions": extensions}
+    path = out / "manifest.json"
+    if path.exists():
+        if json.loads(path.read_text(encoding="utf-8")) != manifest:
+            raise DataError(f"{path}: this folder was made from other sources or settings; "
+                            "use a new --out folder or delete this one")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps(manifest, indent=1))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---- stage one: one input → one part ---------------------------------------------------------------------
+
+
+def _documents(inp: Input, cfg: CleanConfig, extensions: list[str], skips: SkipLog) -> Iterator[Document]:
+    if inp.kind == "web":
+        from nextword.data.web import read_web
+
+        return read_web(Path(inp.path), skips, extractor=cfg.extractor)
+    if inp.kind == "code":
+        from nextword.data.code import read_code_repo
+
+        return read_code_repo(Path(inp.path), skips, max_file_bytes=cfg.code_max_file_bytes)
+    return read_sources([inp.path], extensions, skips)
+
+
+def _rules_for(inp: Input, cfg: CleanConfig) -> list[str]:
+    return {"web": cfg.web_rules, "code": cfg.code_rules, "text": cfg.text_rules}[inp.kind]
+
+
+def _process_input(index: int, inp: Input, cfg: CleanConfig, parts_dir: str, extensions: list[str]) -> str:
+    skips = SkipLog()
+    chain = FilterChain(_rules_for(inp, cfg), cfg)
+    hasher = MinHasher(cfg.minhash_ngram, cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_seed)
+    rows: dict[str, list] = {name: [] for name in PART_SCHEMA.names}
+    read_docs = read_bytes = 0
+    for doc in _documents(inp, cfg, extensions, skips):
+        read_docs += 1
+        read_bytes += len(doc.text.encode("utf-8"))
+        text = chain.apply(doc.text)
+        if text is None:
+            continue
+        signature = hasher.signature(text) if cfg.minhash_dedup else None
+        rows["id"].append(doc.id)
+        rows["text"].append(text)
+        rows["source"].append(doc.source)
+        rows["meta"].append(json.dumps(doc.meta, default=str))
+        rows["exact"].append(exact_key(text))
+        rows["minhash"].append(None if signature is None else signature.tobytes())
+    part = Path(parts_dir) / f"{index:05d}"
+    tmp = part.with_suffix(f".parquet.tmp{os.getpid()}")
+    pq.write_table(pa.table(rows, schema=PART_SCHEMA), tmp)
+    os.replace(tmp, part.with_suffix(".parquet"))
+    stats = {"input": inp.spec, "kind": inp.kind, "docs_read": read_docs, "bytes_read": read_bytes,
+             "docs_kept": len(rows["id"]), "bytes_kept": sum(len(t.encode("utf-8")) for t in rows["text"]),
+             "rules": {name: s.to_dict() for name, s in chain.stats.items()}, "skips": skips.to_dict()}
+    _write_atomic(part.with_suffix(".json"), json.dumps(stats))
+    return f"clean: {inp.spec}: {read_docs} documents read, {len(rows['id'])} kept by the rules"
+
+
+# ---- merge: dedup across parts, write shards, stats and report -------------------------------------------
+
+
+@dataclass
+class DedupStats:
+    docs_in: int = 0
+    bytes_in: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    bytes_dropped: int = 0
+    examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        kept = self.docs_in - sum(self.dropped.values())
+        return {"docs_in": self.docs_in, "docs_kept": kept, "docs_dropped": sum(self.dropped.values()),
+                "bytes_in": self.bytes_in, "bytes_kept": self.bytes_in - self.bytes_dropped,
+                "bytes_dropped": self.bytes_dropped, "dropped_by_reason": dict(self.dropped),
+                "examples": self.examples}
+
+
+def merge(out_dir: str | Path, cfg: CleanConfig | None = None) -> dict:
+    """Deduplicate every part in input order and write the cleaned shards, `stats.json` and `report.md`."""
+    out = Path(out_dir)
+    manifest_path = out / "manifest.json"
+    if not manifest_path.exists():
+        raise DataError(f"{out}: no manifest.json; run `nextword data clean --out {out}` on the sources first")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    cfg = cfg or CleanConfig(**manifest["clean"])
+    inputs = manifest["inputs"]
+    missing = [inp["spec"] for i, inp in enumerate(inputs) if not (out / "parts" / f"{i:05d}.json").exists()]
+    if missing:
+        raise DataError(f"{out}: {len(missing)} input(s) not cleaned yet (first: {missing[0]}); "
+                        "run the remaining tasks before merging")
+    hasher = MinHasher(cfg.minhash_ngram, cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_seed)
+    dedup = Deduplicator(hasher if cfg.minhash_dedup else None, exact=cfg.exact_dedup)
+    dedup_stats = DedupStats()
+    for old in out.glob("docs_*.parquet"):
+        old.unlink()
+    writer = _ShardWriter(out, cfg.shard_docs)
+    per_input = []
+    for i in range(len(inputs)):
+        part_stats = json.loads((out / "parts" / f"{i:05d}.json").read_text(encoding="utf-8"))
+        table = pq.read_table(out / "parts" / f"{i:05d}.parquet")
+        kept_docs = kept_bytes = 0
+        for row in table.to_pylist():
+            size = len(row["text"].encode("utf-8"))
+            signature = None if row["minhash"] is None else _signature(row["minhash"])
+            verdict = dedup.check(row["id"], row["exact"], signature)
+            dedup_stats.docs_in += 1
+            dedup_stats.bytes_in += size
+            if verdict.keep:
+                writer.add({k: row[k] for k in DOC_SCHEMA.names})
+                kept_docs += 1
+                kept_bytes += size
+                continue
+            dedup_stats.dropped[verdict.reason] += 1
+            dedup_stats.bytes_dropped += size
+            shown = dedup_stats.examples.setdefault(verdict.reason, [])
+            if len(shown) < cfg.examples_per_rule:
+                shown.append({"id": row["id"], "duplicate_of": verdict.duplicate_of,
+                              "text": row["text"][:EXAMPLE_CHARS]})
+        part_stats.update(docs_final=kept_docs, bytes_final=kept_bytes)
+        per_input.append(part_stats)
+    shards = writer.close()
+    stats = _summarise(per_input, dedup_stats, shards, cfg)
+    _write_atomic(out / "stats.json", json.dumps(stats, indent=1))
+    _write_atomic(out / "report.md", render_report(stats))
+    return stats
+
+
+def _signature(raw: bytes):
+    import numpy as np
+
+    return np.frombuffer(raw, dtype=np.uint32)
+
+
+class _ShardWriter:
+    def __init__(self, out: Path, shard_docs: int) -> None:
+        self.out, self.shard_docs = out, shard_docs
+        self.rows: list[dict] = []
+        self.names: list[str] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.shard_docs:
+            self._flush()
+
+    def _flush(self) -> None:
+        name = f"docs_{len(self.names):05d}.parquet"
+        tmp = self.out / (name + ".tmp")
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=DOC_SCHEMA), tmp)
+        os.replace(tmp, self.out / name)
+        self.names.append(name)
+        self.rows = []
+
+    def close(self) -> list[str]:
+        if self.rows or not self.names:
+            self._flush()
+        return self.names
+
+
+def _summarise(per_input: list[dict], dedup: DedupStats, shards: list[str], cfg: CleanConfig) -> dict:
+    by_kind: dict[str, dict[str, int]] = {}
+    rules: dict[str, RuleStats] = {}
+    skips: Counter = Counter()
+    for part in per_input:
+        totals = by_kind.setdefault(part["kind"], Counter())
+        for key in ("docs_read", "bytes_read", "docs_kept", "bytes_kept", "docs_final", "bytes_final"):
+            totals[key] += part[key]
+        for name, data in part["rules"].items():
+            rules.setdefault(name, RuleStats()).merge(RuleStats.from_dict(data), cfg.examples_per_rule)
+        skips.update(part["skips"]["by_reason"])
+    return {"shards": shards, "docs_final": sum(p["docs_final"] for p in per_input),
+            "bytes_final": sum(p["bytes_final"] for p in per_input),
+            "by_kind": {kind: dict(v) for kind, v in sorted(by_kind.items())},
+            "rules": {name: s.to_dict() for name, s in rules.items()}, "dedup": dedup.to_dict(),
+            "reader_skips": dict(sorted(skips.items())), "inputs": per_input}
+
+
+def render_report(stats: dict) -> str:
+    """A readable page: per source kind, per rule and for dedup, what was kept and dropped, with examples."""
+    lines = ["# Clean report", "", f"{stats['docs_final']} documents ({_mb(stats['bytes_final'])}) in "
+             f"{len(stats['shards'])} shard(s).", "", "## By source", "",
+             "| source | docs read | MB read | after rules | after dedup | MB kept |", "|---|---:|---:|---:|---:|---:|"]
+    for kind, t in stats["by_kind"].items():
+        lines.append(f"| {kind} | {t['docs_read']} | {_mb(t['bytes_read'])} | {t['docs_kept']} | {t['docs_final']} "
+                     f"| {_mb(t['bytes_final'])} |")
+    lines += ["", "## By rule", "", "| rule | docs in | kept | dropped | MB dropped |", "|---|---:|---:|---:|---:|"]
+    steps = dict(stats["rules"], dedup=stats["dedup"])
+    for name, s in steps.items():
+        lines.append(f"| {name} | {s['docs_in']} | {s['docs_kept']} | {s['docs_dropped']} | "
+                     f"{_mb(s['bytes_dropped'])} |")
+    for name, s in steps.items():
+        if not s["dropped_by_reason"]:
+            continue
+        lines += ["", f"### {name}", ""]
+        for reason, count in sorted(s["dropped_by_reason"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"- **{reason}**: {count} dropped")
+            for example in s["examples"].get(reason, []):
+                text = example["text"] if isinstance(example, dict) else example
+                lines.append(f"  - `{' '.join(text.split())[:160]}`")
+    if stats["reader_skips"]:
+        lines += ["", "## Left out while reading", ""]
+        lines += [f"- {reason}: {count}" for reason, count in stats["reader_skips"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def read_cleaned(out_dir: str | Path) -> Iterator[Document]:
+    """The cleaned documents of a clean output folder, in order."""
+    for shard in sorted(Path(out_dir).glob("docs_*.parquet")):
+        for row in pq.read_table(shard).to_pylist():
+            yield Document(id=row["id"], text=row["text"], source=row["source"], meta=json.loads(row["meta"]))
+
+
+# ---- mixing ------------------------------------------------------------------------------------------------
+
+
+def utf8_bytes(doc: Document) -> int:
+    return len(doc.text.encode("utf-8"))
+
+
+@dataclass
+class MixReport:
+    """What a mix took from each source, in the mix's unit (bytes or tokens) and documents."""
+
+    weights: dict[str, float]
+    taken: Counter = field(default_factory=Counter)
+    docs: Counter = field(default_factory=Counter)
+    exhausted: str = ""  # the source that ran out first and ended the mix
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.taken.values()) or 1
+        return {name: self.taken[name] / total for name in self.weights}
+
+    def to_dict(self) -> dict[str, Any]:
+        target = sum(self.weights.values())
+        return {name: {"weight": w / target, "achieved": self.shares()[name], "units": self.taken[name],
+                       "docs": self.docs[name]} for name, w in self.weights.items()} | {"ended_by": self.exhausted}
+
+
+def mix_documents(streams: dict[str, Iterable[Document]], weights: dict[str, float], *,
+                  measure: Callable[[Document], int] = utf8_bytes, report: MixReport | None = None
+                  ) -> Iterator[Document]:
+    """Interleave sources so each one's share of the total (in `measure` units) follows its weight.
+
+    Each step takes the next document from the source furthest below its share (taken / weight smallest, ties by
+    name), so the order is the same on every run. The mix ends when a weighted source runs out: going on with the
+    others would push their shares above their weights. `report` collects the achieved shares.
+    """
+    unknown = set(weights) ^ set(streams)
+    if unknown:
+        raise DataError(f"mix: weights and sources must name the same sources (differ on {sorted(unknown)})")
+    if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise DataError("mix: weights must be >= 0 with at least one above 0")
+    report = report if report is not None else MixReport(dict(weights))
+    iterators = {name: iter(streams[name]) for name in sorted(streams) if weights[name] > 0}
+    while True:
+        name = min(iterators, key=lambda n: (report.taken[n] / weights[n], n))
+        doc = next(iterators[name], None)
+        if doc is None:
+            report.exhausted = name
+            return
+        report.taken[name] += measure(doc)
+        report.docs[name] += 1
+        yield doc

