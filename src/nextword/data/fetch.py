@@ -1,0 +1,103 @@
+"""Common Crawl fetcher: a crawl's list of WET files, then the first N of them, over HTTP(S).
+
+`https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-22/wet.paths.gz` lists the crawl's WET files, one path per
+line, each relative to the same base URL. Every download goes to `NAME.part` first and is renamed only once its
+size matches what the server announced, so a finished file is never partial. A `.part` left by an interrupted run
+is resumed with an HTTP Range request; a failed attempt is retried after a growing pause.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from nextword.errors import DataError
+
+DEFAULT_BASE_URL = "https://data.commoncrawl.org/"
+CHUNK_BYTES = 1 << 20
+USER_AGENT = "nextword-fetch-cc"
+
+
+@dataclass
+class FetchOptions:
+    base_url: str = DEFAULT_BASE_URL
+    retries: int = 5
+    backoff_s: float = 2.0  # the pause before retry k is backoff_s · 2**k
+    timeout_s: float = 60.0
+
+
+def fetch_cc(crawl: str, files: int, out_dir: str | Path, options: FetchOptions | None = None,
+             log: Callable[[str], None] = print) -> list[Path]:
+    """Download the first `files` WET files of `crawl` into `out_dir`; files already complete are kept."""
+    options = options or FetchOptions()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    listing = download(_url(options, f"crawl-data/{crawl}/wet.paths.gz"), out / "wet.paths.gz", options, log)
+    paths = [line.strip() for line in gzip.decompress(listing.read_bytes()).decode().splitlines() if line.strip()]
+    if files > len(paths):
+        raise DataError(f"{crawl}: the crawl lists {len(paths)} WET files, fewer than --files {files}")
+    return [download(_url(options, p), out / Path(p).name, options, log) for p in paths[:files]]
+
+
+def _url(options: FetchOptions, path: str) -> str:
+    return options.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+def download(url: str, dest: Path, options: FetchOptions, log: Callable[[str], None] = print) -> Path:
+    """`url` to `dest`, resuming a `.part` file and retrying; raises DataError when every attempt failed."""
+    if dest.exists():
+        log(f"fetch: {dest.name} already complete")
+        return dest
+    partial = dest.with_name(dest.name + ".part")
+    last_error = ""
+    for attempt in range(options.retries + 1):
+        if attempt:
+            time.sleep(options.backoff_s * 2 ** (attempt - 1))
+        try:
+            _download_once(url, partial, options.timeout_s)
+            partial.replace(dest)
+            log(f"fetch: {dest.name} ({dest.stat().st_size} bytes)")
+            return dest
+        except (OSError, http.client.HTTPException, _SizeMismatch) as e:
+            last_error = str(e)
+            log(f"fetch: {url}: attempt {attempt + 1} failed: {last_error}")
+    raise DataError(f"{url}: download failed after {options.retries + 1} attempts ({last_error}); "
+                    "check the network or --base-url, then run again to resume")
+
+
+class _SizeMismatch(Exception):
+    pass
+
+
+def _download_once(url: str, partial: Path, timeout_s: float) -> None:
+    have = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the part already holds every byte; it is checked below on the next try
+            partial.unlink()
+        raise
+    with response:
+        if response.status == 206:
+            total = int(response.headers["Content-Range"].rsplit("/", 1)[1])
+            mode = "ab"
+        else:  # the server ignored the Range header: start again
+            total = int(response.headers.get("Content-Length", -1))
+            mode = "wb"
+        with open(partial, mode) as f:
+            while chunk := response.read(CHUNK_BYTES):
+                f.write(chunk)
+    size = partial.stat().st_size
+    if total >= 0 and size > total:
+        partial.unlink()  # more bytes than the file has: the part is not this file, start again
+    if total >= 0 and size != total:
+        raise _SizeMismatch(f"got {size} of {total} bytes")

@@ -1,0 +1,95 @@
+"""The Common Crawl fetcher against a local HTTP server: listing, retries, resume with Range, size checks."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from nextword.data.fetch import FetchOptions, fetch_cc
+from nextword.errors import DataError
+
+CRAWL = "CC-MAIN-2024-22"
+WET_PATHS = [f"crawl-data/{CRAWL}/segments/1/wet/file{i}.warc.wet.gz" for i in range(3)]
+
+
+class CrawlServer(BaseHTTPRequestHandler):
+    """Serves `files` with Range support; `failures[path]` lists what the next requests do wrong."""
+
+    files: dict[str, bytes] = {}
+    failures: dict[str, list[str]] = {}
+    requests: list[tuple[str, str]] = []
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        path = self.path.lstrip("/")
+        self.requests.append((path, self.headers.get("Range", "")))
+        if path not in self.files:
+            self.send_error(404)
+            return
+        data = self.files[path]
+        fault = self.failures.get(path, [])
+        fault = fault.pop(0) if fault else ""
+        if fault == "503":
+            self.send_error(503)
+            return
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        self.wfile.write(body[:len(body) // 2] if fault == "cut" else body)  # "cut": the connection drops
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    CrawlServer.files = {f"crawl-data/{CRAWL}/wet.paths.gz": gzip.compress("\n".join(WET_PATHS).encode())}
+    CrawlServer.files.update({p: bytes(range(256)) * (40 + i) for i, p in enumerate(WET_PATHS)})
+    CrawlServer.failures, CrawlServer.requests = {}, []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), CrawlServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def options(base_url: str) -> FetchOptions:
+    return FetchOptions(base_url=base_url, retries=2, backoff_s=0.0, timeout_s=5.0)
+
+
+def test_fetches_the_first_n_files_with_retries_and_resume(server, tmp_path):
+    CrawlServer.failures = {WET_PATHS[0]: ["503"], WET_PATHS[1]: ["cut"]}
+    got = fetch_cc(CRAWL, 2, tmp_path, options(server), log=lambda line: None)
+    assert [p.name for p in got] == ["file0.warc.wet.gz", "file1.warc.wet.gz"]
+    for path, name in zip(WET_PATHS, got):
+        assert name.read_bytes() == CrawlServer.files[path]
+    assert not list(tmp_path.glob("*.part"))
+    ranges = [r for p, r in CrawlServer.requests if p == WET_PATHS[1]]
+    half = (len(CrawlServer.files[WET_PATHS[1]])) // 2
+    assert ranges == ["", f"bytes={half}-"]  # the second try asked only for what was missing
+
+
+def test_partial_file_from_an_earlier_run_is_resumed_and_complete_files_kept(server, tmp_path):
+    data = CrawlServer.files[WET_PATHS[0]]
+    (tmp_path / "file0.warc.wet.gz.part").write_bytes(data[:1000])
+    fetch_cc(CRAWL, 1, tmp_path, options(server), log=lambda line: None)
+    assert (tmp_path / "file0.warc.wet.gz").read_bytes() == data
+    CrawlServer.requests.clear()
+    fetch_cc(CRAWL, 1, tmp_path, options(server), log=lambda line: None)
+    assert CrawlServer.requests == []  # listing and file already complete: nothing downloaded again
+
+
+def test_a_file_that_keeps_failing_is_a_clear_error(server, tmp_path):
+    CrawlServer.failures = {WET_PATHS[0]: ["cut"] * 5}
+    with pytest.raises(DataError, match="download failed after 3 attempts"):
+        fetch_cc(CRAWL, 1, tmp_path, options(server), log=lambda line: None)
+    with pytest.raises(DataError, match="fewer than --files"):
+        fetch_cc(CRAWL, 9, tmp_path / "other", options(server), log=lambda line: None)
