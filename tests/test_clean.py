@@ -20,7 +20,7 @@ from warcio.warcwriter import WARCWriter  # noqa: E402
 from nextword.data.clean import MixReport, clean, merge, mix_documents, plan_inputs, read_cleaned  # noqa: E402
 from nextword.data.filters import CleanConfig  # noqa: E402
 from nextword.data.sources import Document  # noqa: E402
-from nextword.errors import DataError  # noqa: E402
+from nextword.errors import ConfigError, DataError  # noqa: E402
 
 ARTICLES = [
     """The river that runs through the old town floods almost every spring. Farmers along its banks have learned
@@ -188,3 +188,20 @@ def test_mix_realises_weights_deterministically():
     assert [d.id for d in mixed] == [d.id for d in again]
     with pytest.raises(DataError):
         list(mix_documents({"web": []}, {"code": 1.0}))
+
+
+def test_data_clean_command_with_overrides(crawl, tmp_path, capsys):
+    import argparse
+
+    from nextword.data import commands
+
+    parser = argparse.ArgumentParser()
+    commands.configure(parser)
+    args = parser.parse_args(["clean", "--source", str(crawl / "c.warc.wet.gz"), "--out", str(tmp_path / "o"),
+                              "--workers", "1"])
+    args.overrides = {"clean.languages": "en,de", "clean.min_words": "20"}
+    assert commands.run(args) == 0
+    assert "2 documents" in capsys.readouterr().out
+    args.overrides = {"clean.min_words": "many"}
+    with pytest.raises(ConfigError, match="--clean.min_words: 'many' is not a valid int"):
+        commands.run(args)

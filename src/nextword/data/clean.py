@@ -294,7 +294,7 @@ def _summarise(per_input: list[dict], dedup: DedupStats, shards: list[str], cfg:
 
 def render_report(stats: dict) -> str:
     """A readable page: per source kind, per rule and for dedup, what was kept and dropped, with examples."""
-    lines = ["# Clean report", "", f"{stats['docs_final']} documents ({_mb(stats['bytes_final'])}) in "
+    lines = ["# Clean report", "", f"{stats['docs_final']} documents ({_mb(stats['bytes_final'])} MB) in "
              f"{len(stats['shards'])} shard(s).", "", "## By source", "",
              "| source | docs read | MB read | after rules | after dedup | MB kept |", "|---|---:|---:|---:|---:|---:|"]
     for kind, t in stats["by_kind"].items():
