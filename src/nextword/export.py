@@ -1,0 +1,281 @@
+"""Write a trained run as a Hugging Face transformers model directory, and read one back.
+
+`nextword export RUN --hf OUT` writes OUT with config.json, generation_config.json, model.safetensors and a fast
+tokenizer (tokenizer.json, tokenizer_config.json), which AutoModelForCausalLM.from_pretrained(OUT) and
+AutoTokenizer.from_pretrained(OUT) load with no custom code:
+
+    gpt2 arch               → GPT2LMHeadModel (q, k, v fused into c_attn; Conv1D weights stored transposed)
+    llama arch              → LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
+    llama arch with qk_norm → Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
+
+The other direction, `load_hf_model(path)`, reads such a directory (these three architectures, and Mistral
+without a sliding window) into a nextword GPT with safetensors alone, for `[model] init_from`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from nextword.config import ModelConfig, RunConfig
+from nextword.data.tokenizer import EOS, Tokenizer
+from nextword.errors import CheckpointError, ConfigError
+from nextword.model import GPT
+
+# ---------------------------------------------------------------------------------------------------------------
+# nextword → Hugging Face
+
+
+def hf_architecture(cfg: ModelConfig) -> str:
+    if cfg.arch == "gpt2":
+        if cfg.kv_heads != cfg.n_heads or cfg.qk_norm:
+            raise ConfigError("a gpt2-arch model with grouped-query attention or qk_norm has no GPT-2 equivalent "
+                              "in transformers; train it as arch = \"llama\" to export it")
+        return "GPT2LMHeadModel"
+    return "Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"
+
+
+def hf_config(cfg: ModelConfig, eos_id: int):
+    """The transformers config object for this shape."""
+    import transformers
+
+    common = dict(vocab_size=cfg.vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
+                  tie_word_embeddings=cfg.tie_embeddings, architectures=[hf_architecture(cfg)])
+    if cfg.arch == "gpt2":
+        return transformers.GPT2Config(
+            n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.ffn_dim,
+            n_positions=cfg.context, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
+            resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, **common)
+    llama_like = dict(
+        hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.context, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+        hidden_act="silu", attention_bias=False, attention_dropout=cfg.dropout, **common)
+    if cfg.qk_norm:
+        return transformers.Qwen3Config(use_sliding_window=False, **llama_like)
+    return transformers.LlamaConfig(mlp_bias=False, **llama_like)
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
+    """nextword's weights under Hugging Face's names (see the key list in model.py)."""
+    cfg, sd = model.cfg, {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    out: dict[str, Tensor] = {}
+    if cfg.arch == "gpt2":
+        out["transformer.wte.weight"] = sd["tok_emb.weight"]
+        out["transformer.wpe.weight"] = sd["pos_emb.weight"]
+        for i in range(cfg.n_layers):
+            src, dst = f"blocks.{i}.", f"transformer.h.{i}."
+            # GPT-2's Conv1D keeps weights as [in, out], the transpose of nn.Linear's [out, in].
+            qkv_w = torch.cat([sd[src + f"attn.{p}.weight"] for p in "qkv"], dim=0)
+            out[dst + "attn.c_attn.weight"] = qkv_w.t().contiguous()
+            out[dst + "attn.c_attn.bias"] = torch.cat([sd[src + f"attn.{p}.bias"] for p in "qkv"])
+            pairs = {"attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
+            for hf_name, name in pairs.items():
+                out[dst + hf_name + ".weight"] = sd[src + name + ".weight"].t().contiguous()
+                out[dst + hf_name + ".bias"] = sd[src + name + ".bias"]
+            for hf_name, name in {"ln_1": "attn_norm", "ln_2": "mlp_norm"}.items():
+                out[dst + hf_name + ".weight"] = sd[src + name + ".weight"]
+                out[dst + hf_name + ".bias"] = sd[src + name + ".bias"]
+        out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["norm.weight"], sd["norm.bias"]
+    else:
+        out["model.embed_tokens.weight"] = sd["tok_emb.weight"]
+        for i in range(cfg.n_layers):
+            src, dst = f"blocks.{i}.", f"model.layers.{i}."
+            for hf_name, name in LLAMA_LAYER_NAMES.items():
+                if src + name in sd:
+                    out[dst + hf_name] = sd[src + name]
+        out["model.norm.weight"] = sd["norm.weight"]
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    return out
+
+
+LLAMA_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn.q.weight",
+    "self_attn.k_proj.weight": "attn.k.weight",
+    "self_attn.v_proj.weight": "attn.v.weight",
+    "self_attn.o_proj.weight": "attn.o.weight",
+    "self_attn.q_norm.weight": "attn.q_norm.weight",
+    "self_attn.k_norm.weight": "attn.k_norm.weight",
+    "post_attention_layernorm.weight": "mlp_norm.weight",
+    "mlp.gate_proj.weight": "mlp.gate.weight",
+    "mlp.up_proj.weight": "mlp.up.weight",
+    "mlp.down_proj.weight": "mlp.down.weight",
+}
+
+
+def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+    """Write `model` and `tokenizer` as a transformers model directory (fp32 weights in safetensors)."""
+    try:
+        import transformers
+        from tokenizers import Tokenizer as HFTokenizer
+    except ImportError:
+        raise ConfigError("exporting needs the transformers package: pip install 'nextword[hf]'") from None
+    cfg = model.cfg
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                              f"{cfg.vocab_size}; they do not belong together")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = hf_config(cfg, tokenizer.eos_id)
+    hf_model = getattr(transformers, config.architectures[0])(config)
+    missing, unexpected = hf_model.load_state_dict(to_hf_state_dict(model), strict=False)
+    # Tied heads and GPT-2's causal-mask buffers are not weights of their own.
+    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_embeddings) and not k.endswith(".attn.bias")]
+    if missing or unexpected:
+        raise CheckpointError(f"weight names do not line up with {config.architectures[0]}: "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    hf_model.generation_config.bos_token_id = tokenizer.eos_id
+    hf_model.generation_config.eos_token_id = tokenizer.eos_id
+    hf_model.generation_config.pad_token_id = tokenizer.eos_id
+    hf_model.save_pretrained(out, safe_serialization=True)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=HFTokenizer.from_str(tokenizer.to_json()), bos_token=EOS, eos_token=EOS,
+        pad_token=EOS, model_max_length=cfg.context, clean_up_tokenization_spaces=False)
+    fast.save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hugging Face → nextword
+
+
+def load_hf_model(path: str | Path) -> GPT:
+    """A transformers model directory (safetensors weights) as a nextword GPT, in eval mode, fp32.
+
+    Reads GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM and MistralForCausalLM without a sliding window;
+    anything nextword's blocks cannot compute exactly is refused with the reason."""
+    path = Path(path)
+    raw = read_hf_config(path)
+    cfg = model_config_from_hf(raw, path)
+    weights = read_hf_weights(path)
+    model = GPT(cfg)
+    state = from_hf_state_dict(cfg, weights)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the config: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+    return model.eval()
+
+
+def read_hf_config(path: Path) -> dict:
+    file = path / "config.json"
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: no such file; give a Hugging Face model directory") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+
+
+def model_config_from_hf(raw: dict, path: Path) -> ModelConfig:
+    arch = (raw.get("architectures") or ["?"])[0]
+    where = f"{path}/config.json ({arch})"
+
+    def refuse(reason: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {reason}; nextword cannot represent this model")
+
+    if arch == "GPT2LMHeadModel":
+        if raw.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise refuse(f"activation {raw.get('activation_function')!r} is not GPT-2's tanh GELU")
+        if raw.get("scale_attn_by_inverse_layer_idx") or not raw.get("scale_attn_weights", True):
+            raise refuse("attention scaling other than 1/sqrt(head_dim)")
+        d = raw["n_embd"]
+        return ModelConfig(arch="gpt2", n_layers=raw["n_layer"], d_model=d, n_heads=raw["n_head"],
+                           d_ff=raw.get("n_inner") or 4 * d, context=raw["n_positions"],
+                           vocab_size=raw["vocab_size"], tie_embeddings=raw.get("tie_word_embeddings", True),
+                           norm_eps=raw.get("layer_norm_epsilon", 1e-5))
+    if arch not in ("LlamaForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"):
+        raise refuse("only GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM and MistralForCausalLM are read")
+    if raw.get("attention_bias") or raw.get("mlp_bias"):
+        raise refuse("biases in attention or MLP layers (nextword's llama blocks have none)")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise refuse(f"activation {raw.get('hidden_act')!r} instead of SiLU")
+    if arch == "MistralForCausalLM" and raw.get("sliding_window"):
+        raise refuse(f"sliding-window attention (window {raw['sliding_window']})")
+    if arch == "Qwen3ForCausalLM" and raw.get("use_sliding_window"):
+        raise refuse("sliding-window attention")
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise refuse(f"RoPE scaling {rope.get('rope_type') or rope.get('type')!r}")
+    d, heads = raw["hidden_size"], raw["num_attention_heads"]
+    if raw.get("head_dim") not in (None, d // heads):
+        raise refuse(f"head_dim {raw['head_dim']} differs from hidden_size / heads = {d // heads}")
+    return ModelConfig(arch="llama", n_layers=raw["num_hidden_layers"], d_model=d, n_heads=heads,
+                       n_kv_heads=raw.get("num_key_value_heads") or heads, d_ff=raw["intermediate_size"],
+                       context=raw.get("max_position_embeddings", 2048), vocab_size=raw["vocab_size"],
+                       tie_embeddings=raw.get("tie_word_embeddings", False), qk_norm=arch == "Qwen3ForCausalLM",
+                       rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+                       norm_eps=raw.get("rms_norm_eps", 1e-6))
+
+
+def read_hf_weights(path: Path) -> dict[str, Tensor]:
+    """model.safetensors, or the shards a model.safetensors.index.json lists. Never a pickle."""
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(single)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        weights: dict[str, Tensor] = {}
+        for shard in shards:
+            weights.update(load_file(path / shard))
+        return weights
+    raise CheckpointError(f"{path}: no model.safetensors (nextword does not read pickled .bin weights)")
+
+
+def from_hf_state_dict(cfg: ModelConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of to_hf_state_dict."""
+    hf = {k.removeprefix("model.") if cfg.arch == "llama" else k: v.float() for k, v in hf.items()}
+    sd: dict[str, Tensor] = {}
+    if cfg.arch == "gpt2":
+        hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
+        sd["tok_emb.weight"], sd["pos_emb.weight"] = hf["wte.weight"], hf["wpe.weight"]
+        q_out = cfg.n_heads * cfg.head_dim
+        for i in range(cfg.n_layers):
+            src, dst = f"h.{i}.", f"blocks.{i}."
+            for name, w, b in zip("qkv", hf[src + "attn.c_attn.weight"].t().split(q_out, dim=0),
+                                  hf[src + "attn.c_attn.bias"].split(q_out)):
+                sd[dst + f"attn.{name}.weight"], sd[dst + f"attn.{name}.bias"] = w.contiguous(), b
+            for hf_name, name in {"attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}.items():
+                sd[dst + name + ".weight"] = hf[src + hf_name + ".weight"].t().contiguous()
+                sd[dst + name + ".bias"] = hf[src + hf_name + ".bias"]
+            for hf_name, name in {"ln_1": "attn_norm", "ln_2": "mlp_norm"}.items():
+                sd[dst + name + ".weight"], sd[dst + name + ".bias"] = hf[src + hf_name + ".weight"], hf[src + hf_name + ".bias"]
+        sd["norm.weight"], sd["norm.bias"] = hf["ln_f.weight"], hf["ln_f.bias"]
+    else:
+        sd["tok_emb.weight"], sd["norm.weight"] = hf["embed_tokens.weight"], hf["norm.weight"]
+        for i in range(cfg.n_layers):
+            for hf_name, name in LLAMA_LAYER_NAMES.items():
+                if f"layers.{i}.{hf_name}" in hf:
+                    sd[f"blocks.{i}.{name}"] = hf[f"layers.{i}.{hf_name}"]
+    if not cfg.tie_embeddings:
+        if "lm_head.weight" not in hf:
+            raise CheckpointError("config says the output head is untied, but the weights have no lm_head.weight")
+        sd["lm_head.weight"] = hf["lm_head.weight"]
+    return sd
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN", help="a run directory written by `nextword train`")
+    parser.add_argument("--hf", required=True, metavar="OUT_DIR", help="where to write the transformers model")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nextword.checkpoint import load_for_inference
+
+    model, tokenizer, cfg = load_for_inference(args.run_dir)
+    out = export_model(model, tokenizer, args.hf)
+    architecture = hf_architecture(cfg.model if isinstance(cfg, RunConfig) else cfg)
+    print(f"wrote {out} ({architecture}); load it with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r})")
+    return 0

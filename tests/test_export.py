@@ -1,0 +1,113 @@
+import json
+
+import pytest
+import torch
+
+from nextword.config import ModelConfig
+from nextword.data.tokenizer import EOS, Tokenizer
+from nextword.errors import CheckpointError
+from nextword.export import export_model, load_hf_model
+from nextword.model import GPT
+
+transformers = pytest.importorskip("transformers")
+
+TEXT = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog.\n",
+        "import os\nprint(os.getcwd())\n"] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train(TEXT, vocab_size=300)
+
+
+def small(arch: str, vocab: int, **overrides) -> ModelConfig:
+    # A larger init spread than training uses, so random logits are far apart and greedy choices are clear.
+    shape = dict(arch=arch, n_layers=2, d_model=64, n_heads=4, context=32, vocab_size=vocab, init_std=0.2)
+    return ModelConfig(**(shape | overrides))
+
+
+FAMILIES = {
+    "gpt2": dict(arch="gpt2"),
+    "llama": dict(arch="llama"),
+    "llama-gqa-untied": dict(arch="llama", n_kv_heads=2, tie_embeddings=False, rope_theta=500000.0),
+    "llama-qknorm": dict(arch="llama", qk_norm=True),
+}
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
+                 "llama-gqa-untied": "LlamaForCausalLM", "llama-qknorm": "Qwen3ForCausalLM"}
+
+
+def greedy(step, prompt: torch.Tensor, n: int) -> list[int]:
+    ids = prompt
+    for _ in range(n):
+        ids = torch.cat([ids, step(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, prompt.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_loads_in_transformers_with_the_same_logits(family, tokenizer, tmp_path):
+    cfg = small(vocab=tokenizer.vocab_size + 4, **FAMILIES[family])  # padded past the tokenizer, as nextword may
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    out = export_model(model, tokenizer, tmp_path / "hf")
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(hf).__name__ == ARCHITECTURES[family]
+    assert (out / "model.safetensors").is_file() and (out / "generation_config.json").is_file()
+    ids = torch.randint(0, tokenizer.vocab_size, (2, cfg.context), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(ids)[0]
+        theirs = hf(ids).logits
+        assert (ours - theirs).abs().max().item() < 1e-4
+
+        prompt = ids[:1, :5]
+        expected = greedy(lambda x: model(x)[0], prompt, 10)
+        generated = hf.generate(prompt, max_new_tokens=10, do_sample=False, min_new_tokens=10,
+                                attention_mask=torch.ones_like(prompt), pad_token_id=tokenizer.eos_id)
+        assert generated[0, 5:].tolist() == expected
+
+        back = load_hf_model(out)
+        assert back.cfg.arch == cfg.arch and back.cfg.qk_norm == cfg.qk_norm
+        assert (back(ids)[0] - ours).abs().max().item() < 1e-5
+
+
+def test_exported_tokenizer_is_a_fast_tokenizer_with_eos(tokenizer, tmp_path):
+    model = GPT(small("llama", tokenizer.vocab_size))
+    out = export_model(model, tokenizer, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok.is_fast
+    assert hf_tok.eos_token == EOS and hf_tok.bos_token == EOS
+    assert hf_tok.eos_token_id == tokenizer.eos_id
+    text = "def add(x, y):\n    return x + y  # ünïcode\n"
+    assert hf_tok(text)["input_ids"] == tokenizer.encode(text)
+    assert hf_tok.decode(tokenizer.encode(text)) == text
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] == tokenizer.eos_id
+
+
+def write_config(folder, **config):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+LLAMA = dict(architectures=["LlamaForCausalLM"], hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+             num_hidden_layers=2, intermediate_size=128, vocab_size=300, max_position_embeddings=32)
+
+
+@pytest.mark.parametrize("config, reason", [
+    (dict(LLAMA, architectures=["MistralForCausalLM"], sliding_window=4096), "sliding-window"),
+    (dict(LLAMA, attention_bias=True), "biases"),
+    (dict(LLAMA, hidden_act="gelu"), "activation"),
+    (dict(LLAMA, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "RoPE scaling"),
+    (dict(LLAMA, architectures=["FalconForCausalLM"]), "only GPT2LMHeadModel"),
+])
+def test_import_refuses_what_nextword_cannot_represent(tmp_path, config, reason):
+    with pytest.raises(CheckpointError, match=reason):
+        load_hf_model(write_config(tmp_path / "m", **config))
+
+
+def test_import_never_reads_pickled_weights(tmp_path):
+    folder = write_config(tmp_path / "m", **LLAMA)
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(CheckpointError, match="pickled"):
+        load_hf_model(folder)
