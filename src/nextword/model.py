@@ -40,6 +40,10 @@ from torch import Tensor, nn
 
 from nextword.config import ModelConfig
 
+# SDPA's enable_gqa (torch >= 2.5) attends with shared kv heads without copying them: on CPU (torch 2.13,
+# 8 query heads over 2 kv heads) forward + backward took about half the time of repeating the kv heads.
+SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
+
 
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, preallocated to `max_len` positions.
@@ -118,22 +122,25 @@ class Attention(nn.Module):
             cache.v[layer][:, :, start:start + T] = v
             k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
 
+        gqa = {}
         if self.kv_heads != self.n_heads:
-            # Repeating the shared kv heads works on every torch >= 2.4 and every SDPA backend.
-            k = k.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
+            if SDPA_HAS_GQA:
+                gqa = {"enable_gqa": True}  # the kernels read each shared kv head in place
+            else:
+                k = k.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
+                v = v.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
 
         dropout = self.dropout if self.training else 0.0
         if start == 0:
             # No cache, or a prefill into an empty one: plain causal attention.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, **gqa)
         elif T == 1:
             # One new token after the cache: it may see every key so far.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, **gqa)
         else:
             # Several new tokens after a filled cache: query j sits at position start + j.
             allowed = torch.arange(start + T, device=x.device) <= torch.arange(start, start + T, device=x.device)[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, **gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o(y)
 
