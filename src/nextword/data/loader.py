@@ -75,17 +75,17 @@ class TokenLoader:
 
     def _slots(self, positions: np.ndarray) -> np.ndarray:
         """Global slot numbers at stream positions counted from the start of the current epoch."""
-        epochs = self.epoch + positions // self.num_windows
         within = positions % self.num_windows
+        if not self.shuffle:
+            return within
+        epochs = self.epoch + positions // self.num_windows
         slots = np.empty_like(positions)
         for epoch in np.unique(epochs):
             chosen = epochs == epoch
-            slots[chosen] = self._order(int(epoch))[within[chosen]]
+            slots[chosen] = self._permutation(int(epoch))[within[chosen]]
         return slots
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.num_windows, dtype=np.int64)
+    def _permutation(self, epoch: int) -> np.ndarray:
         if epoch not in self._permutations:
             # Keep only the epochs a batch can touch: this one and the next.
             self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
