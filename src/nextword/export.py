@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from nextword.config import ModelConfig, RunConfig
+from nextword.config import ModelConfig
 from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import CheckpointError, ConfigError
 from nextword.model import GPT
@@ -273,9 +273,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nextword.checkpoint import load_for_inference
 
-    model, tokenizer, cfg = load_for_inference(args.run_dir)
+    model, tokenizer, _ = load_for_inference(args.run_dir)
     out = export_model(model, tokenizer, args.hf)
-    architecture = hf_architecture(cfg.model if isinstance(cfg, RunConfig) else cfg)
-    print(f"wrote {out} ({architecture}); load it with "
+    print(f"wrote {out} ({hf_architecture(model.cfg)}); load it with "
           f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r})")
     return 0

@@ -666,7 +666,7 @@ def model_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Moe | None, 
     if args.params:
         target = parse_count(args.params, "--params")
         cfg = shape_for_params(target, cfg.arch, cfg.vocab_size, cfg.context)
-    overrides = {k: v for k, v in (getattr(args, "overrides", None) or {}).items()}
+    overrides = getattr(args, "overrides", None) or {}
     if overrides:
         wrapper = RunConfig(model=cfg)
         apply_overrides(wrapper, overrides)
