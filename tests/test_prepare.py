@@ -70,9 +70,13 @@ def test_prepare_reuses_its_output_and_redoes_it_when_an_input_changes(tmp_path,
     changed = corpus / "doc_000.txt"
     changed.write_text("an entirely new first document\n")
     os.utime(changed, ns=(1, 1))  # a new mtime even where the clock is coarse
+    (first.data_dir / "train_00007.bin").write_bytes(b"stale")
+    (first.data_dir / "train_notes.txt").write_text("the user's own file")
     redone = prepare(cfg, progress=False)
     assert not redone.reused
     assert redone.index["splits"] != first.index["splits"]
+    assert not (first.data_dir / "train_00007.bin").exists()  # an old shard is never mixed into the new data
+    assert (first.data_dir / "train_notes.txt").exists()
 
 
 def test_default_cache_folder_is_keyed_by_inputs(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -35,6 +36,8 @@ TOKENIZER_NAME = "tokenizer.json"
 CHUNK_BYTES = 1 << 20  # text sent to a worker at a time: large enough to keep the pickling cost small
 CHUNK_DOCUMENTS = 1024
 CHUNKS_IN_FLIGHT_PER_WORKER = 2  # bounds memory: reading never runs far ahead of encoding
+# The files a ShardWriter makes; only these are removed before a data dir is rewritten, never other files.
+SHARD_FILE = re.compile(rf"({'|'.join(SPLITS)})_\d{{5}}\.(bin|docs\.npy)(\.tmp)?")
 
 
 @dataclass
@@ -120,11 +123,10 @@ def _finished_index(data_dir: Path, key: str) -> dict[str, Any] | None:
 def _remove_previous_output(data_dir: Path) -> None:
     """Remove the index first, so an interrupted run never leaves a data dir that looks finished."""
     (data_dir / INDEX_NAME).unlink(missing_ok=True)
-    for split in SPLITS:
-        for path in data_dir.glob(f"{split}_*"):
+    (data_dir / f"{INDEX_NAME}.tmp").unlink(missing_ok=True)
+    for path in data_dir.iterdir():
+        if SHARD_FILE.fullmatch(path.name):
             path.unlink()
-    for path in data_dir.glob("*.tmp"):
-        path.unlink()
 
 
 # --- the tokenizer ---------------------------------------------------------------------------------------------
