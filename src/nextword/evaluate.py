@@ -1,0 +1,117 @@
+"""Validation loss, perplexity and bits per byte of a trained run, on its held-out split or on any text file.
+
+Bits per byte = loss in nats × tokens ÷ (UTF-8 bytes × ln 2): unlike loss per token it does not depend on the
+tokenizer, so runs with different vocabularies can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nextword.config import EvalConfig
+from nextword.data.loader import TokenLoader
+from nextword.data.shards import TokenShards
+from nextword.data.tokenizer import Tokenizer
+from nextword.errors import DataError
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, split: TokenShards, batch_size: int, context: int, batches: int,
+                  device: torch.device | str) -> dict[str, float]:
+    """Mean next-token loss over the first `batches` batches of the split (the same windows every time)."""
+    was_training = model.training
+    model.eval()
+    loader = TokenLoader(split, batch_size, context, shuffle=False, device=device)
+    windows = sum(len(a) // (context + 1) for a in split.arrays)
+    batches = max(1, min(batches, windows // batch_size))
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    for _ in range(batches):
+        x, y = loader.next_batch()
+        _, loss = model(x, y)
+        total += loss.double()
+    model.train(was_training)
+    loss = float(total) / batches
+    return _figures(loss, tokens_per_byte=split.num_tokens / max(1, split.num_bytes), tokens=batches * batch_size * context)
+
+
+@torch.no_grad()
+def evaluate_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, context: int,
+                  device: torch.device | str) -> dict[str, float]:
+    """Loss over every token of `text` (after the first), in windows of `context` tokens, and its bits per byte."""
+    ids = tokenizer.encode(text)
+    if len(ids) < 2:
+        raise DataError("the text is shorter than two tokens; there is nothing to predict")
+    model.eval()
+    tokens = torch.tensor(ids, dtype=torch.long, device=device)
+    nats, predicted = 0.0, 0
+    for begin in range(0, len(ids) - 1, context):
+        x = tokens[begin: begin + context]
+        y = tokens[begin + 1: begin + context + 1]
+        x = x[: len(y)]
+        logits, _ = model(x[None])
+        nats += float(F.cross_entropy(logits[0].float(), y, reduction="sum"))
+        predicted += len(y)
+    loss = nats / predicted
+    return _figures(loss, tokens_per_byte=predicted / len(text.encode("utf-8")), tokens=predicted)
+
+
+def _figures(loss: float, tokens_per_byte: float, tokens: int) -> dict[str, float]:
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bpb": loss * tokens_per_byte / math.log(2),
+            "tokens": tokens}
+
+
+def samples(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalConfig, seed: int) -> list[dict[str, str]]:
+    """A continuation of each fixed prompt, with a fixed seed, so samples from one evaluation to the next differ
+    only because the model changed."""
+    from nextword.generate import sample
+
+    was_training = model.training
+    model.eval()
+    out = []
+    for prompt in cfg.prompts:
+        ids = list(sample(model, tokenizer.encode(prompt), cfg.sample_tokens, temperature=cfg.temperature,
+                          top_k=cfg.top_k, seed=seed, stop_id=tokenizer.eos_id))
+        out.append({"prompt": prompt, "text": tokenizer.decode(ids)})
+    model.train(was_training)
+    return out
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="a run directory made by `nextword train`")
+    parser.add_argument("--text", metavar="FILE", help="a UTF-8 text file to score; default: the run's validation split")
+    parser.add_argument("--shard-dir", metavar="DIR", help="a prepared data dir to score (its val split)")
+    parser.add_argument("--batches", type=int, default=50, help="batches of the split to score (default 50)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nextword.checkpoint import load_for_inference
+
+    model, tokenizer, cfg = load_for_inference(args.run, args.device)
+    if args.text:
+        path = Path(args.text)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
+        result, what = evaluate_text(model, tokenizer, text, cfg.model.context, args.device), str(path)
+    else:
+        data_dir = Path(args.shard_dir or cfg.data.data_dir)
+        split = TokenShards(data_dir, "val")
+        if split.tokenizer_hash != tokenizer.hash:
+            raise DataError(f"{data_dir}: tokenized with another tokenizer than the run's; score it with --text")
+        result = evaluate_loss(model, split, cfg.train.micro_batch, cfg.model.context, args.batches, args.device)
+        what = f"{data_dir} (validation split)"
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{what}: loss {result['loss']:.4f} nats/token, perplexity {result['ppl']:.2f}, "
+              f"{result['bpb']:.4f} bits per byte over {int(result['tokens']):,} tokens")
+    return 0

@@ -1,0 +1,469 @@
+"""Pretrain a decoder-only model by next-token prediction.
+
+With no arguments: prepare the embedded corpus (Python's standard library) if it is not cached, then train the
+default model on it for a 10-minute budget (the whole command, preparation included), ending with validation
+loss, bits per byte, a checkpoint and a sample. Run the same command again to resume an interrupted run.
+
+How long a run trains is set by exactly one of --budget (wall clock), --tokens or --steps. With a budget, the
+trainer measures its own speed in the first steps and plans the number of steps so that training, evaluations
+and checkpoints end inside it, with the learning rate annealed by the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nextword import cli
+from nextword.checkpoint import (check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint)
+from nextword.config import RunConfig, parse_count, parse_duration
+from nextword.errors import ConfigError, NextwordError
+from nextword.data.loader import TokenLoader
+from nextword.data.prepare import prepare
+from nextword.data.shards import TokenShards
+from nextword.evaluate import evaluate_loss, samples
+from nextword.machine import DTYPES, Machine, cpu_bf16_native, detect, peak_flops, resolve_precision
+from nextword.model import GPT
+from nextword.schedule import decay_start, learning_rate
+
+DEFAULT_BUDGET = "10m"
+TIMED_WARMUP_STEPS = 3  # steps not timed: the first ones pay for allocation and lazy initialisation
+TIMED_STEPS = 10  # steps timed before a budget is planned
+SAFETY_MARGIN = 0.03  # of the budget, kept back for what the plan cannot foresee
+
+
+@dataclass
+class Progress:
+    """What the loop has done: saved in every checkpoint, so a resumed run carries on exactly."""
+
+    step: int = 0
+    tokens: int = 0
+    planned_steps: int = 0
+    replanned: bool = False
+    train_seconds: float = 0.0
+    nonfinite_skipped: int = 0
+    loader: dict[str, Any] = field(default_factory=dict)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    cli.add_config_arguments(parser)
+    group = parser.add_argument_group("how long (exactly one governs; default --budget 10m)")
+    group.add_argument("--budget", help="wall-clock time for the whole command, e.g. 90s, 10m, 2h")
+    group.add_argument("--tokens", help="tokens to train on, e.g. 20M")
+    group.add_argument("--steps", type=int, help="optimizer steps")
+    parser.add_argument("--run-dir", help="where the run lives (config, log, checkpoints); default runs/default")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default auto: measured")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile; default auto")
+    parser.add_argument("--stop-after", type=int, metavar="N",
+                        help="save and stop once step N is reached; run the same command again to resume")
+    parser.add_argument("--dump-config", action="store_true", help="print the resolved config as TOML and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.dump_config:
+        print(cfg.to_toml())
+        return 0
+    summary = train(cfg, start_time=cli.PROCESS_START, stop_after=args.stop_after, progress=not args.quiet)
+    return 130 if summary.get("interrupted") else 0
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run's config: a run directory's saved config when resuming, else the defaults, then what was asked."""
+    cfg = cli.config_from_args(args)
+    run_dir = Path(args.run_dir or cfg.train.run_dir)
+    saved = run_dir / "config.toml"
+    if saved.is_file() and not (args.config or args.preset):
+        cfg = cli.config_from_args(args, base=_load_saved(saved))
+    for name in ("budget", "tokens", "steps"):
+        value = getattr(args, name)
+        if value:
+            cfg.train.budget, cfg.train.tokens, cfg.train.steps = "", "", 0
+            setattr(cfg.train, name, value)
+    cfg.train.run_dir = str(run_dir)
+    cfg.train.precision = args.precision or cfg.train.precision
+    cfg.train.compile = args.compile or cfg.train.compile
+    return cfg.validate()
+
+
+def _load_saved(path: Path) -> RunConfig:
+    from nextword.config import load
+
+    return load(path)
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM ask the loop to save and stop at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C: the user means it
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping…", file=sys.stderr)
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in previous:
+                signal.signal(s, self)
+        except ValueError:  # not the main thread: no handlers, Ctrl-C behaves as usual
+            pass
+        try:
+            yield self
+        finally:
+            with contextlib.suppress(ValueError):
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+
+def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | None = None, progress: bool = True,
+          bf16_probe: Callable[[], bool] = cpu_bf16_native) -> dict[str, Any]:
+    """Train (or resume) the run that `cfg` describes; return the closing summary."""
+    start = time.monotonic() if start_time is None else start_time
+    t = cfg.train
+    run_dir = Path(t.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    machine = detect(t.device, t.threads, bf16_probe)
+    torch.manual_seed(t.seed)
+
+    prepared = prepare(cfg.data, progress=progress)
+    tokenizer = prepared.tokenizer
+    cfg.data.data_dir = str(prepared.data_dir)
+    if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size}; set it to 0 to take the tokenizer's")
+    cfg.model.vocab_size = cfg.model.vocab_size or tokenizer.vocab_size
+    train_split = TokenShards(prepared.data_dir, "train")
+    val_split = TokenShards(prepared.data_dir, "val")
+
+    model = GPT(cfg.model).to(machine.device)
+    optimizer = _optimizer(model, cfg, machine)
+    loader = TokenLoader(train_split, t.micro_batch, cfg.model.context, seed=t.seed, device=machine.device)
+    tokens_per_micro = t.micro_batch * cfg.model.context
+    accumulation = max(1, t.batch_tokens // tokens_per_micro) if t.batch_tokens else 1
+    tokens_per_step = tokens_per_micro * accumulation
+
+    state = Progress()
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        check_compatible(checkpoint, cfg, tokenizer.hash)
+        saved = load_checkpoint(checkpoint, model, optimizer, machine.device)
+        state = Progress(**saved)
+        loader.load_state_dict(state.loader)
+        print(f"resuming {run_dir} from step {state.step:,} of {state.planned_steps:,}")
+    _write_run_files(run_dir, cfg, tokenizer)
+
+    def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, batches: Callable[[], tuple], lr: float,
+                   autocast: Any, scaler: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=machine.device)
+        for _ in range(accumulation):
+            x, y = batches()
+            with autocast:
+                _, loss = net(x, y)
+            scaler.scale(loss / accumulation).backward()
+            total += loss.detach()
+        scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+        nonfinite = (~torch.isfinite(norm)).float()
+        if not scaler.is_enabled():
+            _skip_update_if(opt, nonfinite)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return total / accumulation, norm, nonfinite
+
+    def time_precision(precision: str) -> float:
+        """Seconds per step of a copy of this model in `precision` (the real model and data are not touched)."""
+        rng = torch.get_rng_state()
+        net = copy.deepcopy(model)
+        opt = _optimizer(net, cfg, machine)
+        batch = torch.randint(0, cfg.model.vocab_size, (t.micro_batch, cfg.model.context + 1), device=machine.device)
+        seconds = []
+        for _ in range(3):
+            began = time.perf_counter()
+            train_step(net, opt, lambda: (batch[:, :-1], batch[:, 1:]), 0.0, _autocast(machine, precision),
+                       _scaler(machine, precision))
+            seconds.append(time.perf_counter() - began)
+        torch.set_rng_state(rng)
+        return min(seconds[1:])
+
+    shape = f"{cfg.model}|b{t.micro_batch}"
+    precision, why = resolve_precision(t.precision, machine, time_precision, shape)
+    autocast, scaler = _autocast(machine, precision), _scaler(machine, precision)
+    compiled, compile_why = _maybe_compile(model, cfg, machine)
+    net = compiled or model
+    peak = peak_flops(machine)
+    flops_per_token = model.flops_per_token()
+
+    governs, limit = _governing(t)
+    if not state.planned_steps and governs == "steps":
+        state.planned_steps = limit
+    elif not state.planned_steps and governs == "tokens":
+        state.planned_steps = math.ceil(limit / tokens_per_step)
+    deadline = start + limit if governs == "budget" else math.inf
+
+    log = _Log(run_dir / "log.jsonl")
+    log.write(kind="run", **machine.describe(), cpu=machine.name, precision=precision, precision_reason=why,
+              compile=compiled is not None, compile_reason=compile_why, params=model.num_params(),
+              params_non_embedding=model.num_params(non_embedding=True), flops_per_token=flops_per_token,
+              peak_flops=peak, tokens_per_step=tokens_per_step, accumulation=accumulation, governs=governs,
+              limit=limit, resumed_from=state.step, planned_steps=state.planned_steps)
+    print(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters "
+          f"({model.num_params(non_embedding=True) / 1e6:.2f}M without embeddings), context {cfg.model.context}, "
+          f"vocabulary {cfg.model.vocab_size}")
+    print(f"machine: {machine.name} ({machine.capability}), {machine.threads} threads, "
+          f"peak {peak / 1e12:.2f} TFLOP/s measured")
+    print(f"precision: {precision} ({why}); torch.compile: {'on' if compiled else 'off'} ({compile_why})")
+    print(f"batch: {tokens_per_step:,} tokens per step ({t.micro_batch} × {cfg.model.context}"
+          f"{f' × {accumulation} micro-steps' if accumulation > 1 else ''}); "
+          f"{_describe_limit(governs, limit)}")
+
+    def run_eval(step: int) -> float:
+        began = time.monotonic()
+        with autocast:
+            result = evaluate_loss(model, val_split, t.micro_batch, cfg.model.context, cfg.eval.batches,
+                                   machine.device)
+            texts = samples(model, tokenizer, cfg.eval, seed=t.seed)
+        log.write(kind="eval", step=step, tokens=state.tokens, val_loss=result["loss"], val_ppl=result["ppl"],
+                  val_bpb=result["bpb"], samples=texts)
+        _print_eval(step, result, texts, tokenizer.vocab_size)
+        return time.monotonic() - began
+
+    eval_seconds = run_eval(0) if state.step == 0 else 0.0
+    ckpt_seconds = 1.0 + 4 * model.num_params() / 200e6  # a guess until the first save is timed
+
+    stop = _StopRequest()
+    step_times: list[float] = []
+    skipped_since_log = torch.zeros((), device=machine.device)
+    planned_step_time = 0.0
+    bar = _progress_bar(progress, state)
+    summary: dict[str, Any] = {}
+    with stop.installed():
+        while True:
+            if governs == "budget" and not state.planned_steps and len(step_times) >= TIMED_WARMUP_STEPS + TIMED_STEPS:
+                planned_step_time = statistics.median(step_times[TIMED_WARMUP_STEPS:])
+                state.planned_steps = _plan_steps(state.step, planned_step_time, deadline, limit, eval_seconds,
+                                                  ckpt_seconds, cfg)
+                log.write(kind="plan", step=state.step, step_seconds=planned_step_time,
+                          planned_steps=state.planned_steps)
+                bar.total = state.planned_steps
+            if state.planned_steps and state.step >= state.planned_steps:
+                break
+            total = state.planned_steps or 10**9  # while the budget is being measured: warmup of a long run
+            lr = learning_rate(state.step, total, peak=t.lr, min_ratio=t.min_lr_ratio, schedule=t.schedule,
+                               warmup_frac=t.warmup_frac, decay_frac=t.decay_frac)
+            if not state.planned_steps:
+                lr = t.lr * min(1.0, (state.step + 1) / 100)
+            began = time.perf_counter()
+            loss, grad_norm, nonfinite = train_step(net, optimizer, loader.next_batch, lr, autocast, scaler)
+            skipped_since_log += nonfinite
+            state.step += 1
+            state.tokens += tokens_per_step
+            elapsed = time.perf_counter() - began
+            step_times.append(elapsed)
+            state.train_seconds += elapsed
+            bar.update(1)
+
+            at_end = state.planned_steps and state.step >= state.planned_steps
+            if state.step % t.log_every == 0 or at_end:
+                skipped = int(skipped_since_log)  # read back only here: no host sync inside the step
+                skipped_since_log.zero_()
+                state.nonfinite_skipped += skipped
+                if skipped:
+                    print(f"\nwarning: {skipped} update(s) skipped for a non-finite loss or gradient before step "
+                          f"{state.step}", file=sys.stderr)
+                    if skipped >= t.log_every:
+                        raise NonFiniteError(f"{t.log_every} updates in a row had a non-finite loss or gradient "
+                                             f"at step {state.step}; lower train.lr or check the data. The last "
+                                             f"good checkpoint is untouched in {run_dir / 'checkpoints'}")
+                recent = step_times[-t.log_every:]
+                tokens_per_s = tokens_per_step * len(recent) / sum(recent)
+                mfu = flops_per_token * tokens_per_s / peak
+                log.write(kind="train", step=state.step, tokens=state.tokens, loss=float(loss), lr=lr,
+                          grad_norm=float(grad_norm), tokens_per_s=tokens_per_s, mfu=mfu,
+                          elapsed_s=time.monotonic() - start)
+                bar.set_postfix_str(f"loss {float(loss):.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
+                if (governs == "budget" and planned_step_time and not state.replanned
+                        and state.step < decay_start(state.planned_steps, t.decay_frac)):
+                    measured = statistics.median(step_times[-max(t.log_every, 10):])
+                    if abs(measured / planned_step_time - 1) > 0.2:
+                        state.replanned = True
+                        state.planned_steps = _plan_steps(state.step, measured, deadline, limit, eval_seconds,
+                                                          ckpt_seconds, cfg)
+                        log.write(kind="plan", step=state.step, step_seconds=measured,
+                                  planned_steps=state.planned_steps, replan=True)
+                        bar.total = state.planned_steps
+
+            every = cfg.eval.every or max(1, (state.planned_steps or 10**9) // 4)
+            if not at_end and state.planned_steps and state.step % every == 0:
+                eval_seconds = max(eval_seconds, run_eval(state.step))
+            if at_end or (t.ckpt_every and state.step % t.ckpt_every == 0) or stop.signal or state.step == stop_after:
+                if at_end:
+                    bar.close()
+                    eval_seconds = run_eval(state.step)
+                began = time.monotonic()
+                state.loader = loader.state_dict()
+                path = save_checkpoint(run_dir, state.step, model, optimizer, _asdict(state), cfg,
+                                       tokenizer.hash, t.keep_last)
+                ckpt_seconds = time.monotonic() - began
+                if stop.signal or state.step == stop_after:
+                    bar.close()
+                    print(f"saved {path}; run the same command to resume")
+                    summary = {"interrupted": bool(stop.signal), "step": state.step, "checkpoint": str(path)}
+                    log.write(kind="stop", **summary)
+                    return summary
+    bar.close()
+    summary = _summary(run_dir, state, start, precision, why)
+    log.write(kind="summary", **summary)
+    _print_summary(summary)
+    return summary
+
+
+class NonFiniteError(NextwordError):
+    """Training diverged: every recent update was skipped for NaN or Inf."""
+
+
+def _skip_update_if(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -> None:
+    """Make the next optimizer step a no-op when `nonfinite` is 1, without reading it back to the host.
+
+    The fused AdamW kernel takes a `found_inf` flag and skips the whole update on the device (the same mechanism
+    loss scaling uses); the unfused fallback has no such flag, so there the flag is read back.
+    """
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = nonfinite
+    elif bool(nonfinite):
+        optimizer.zero_grad(set_to_none=True)  # an optimizer step with no gradients changes nothing
+
+
+def _optimizer(model: GPT, cfg: RunConfig, machine: Machine) -> torch.optim.Optimizer:
+    t = cfg.train
+    groups = model.optimizer_groups(t.weight_decay, t.decay_embeddings)
+    kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)  # one kernel for all parameters
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def _autocast(machine: Machine, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(machine.device.type, dtype=DTYPES[precision])
+
+
+def _scaler(machine: Machine, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling is only needed for fp16, whose narrow exponent underflows small gradients."""
+    return torch.amp.GradScaler(machine.device.type, enabled=precision == "fp16" and machine.is_cuda)
+
+
+def _maybe_compile(model: GPT, cfg: RunConfig, machine: Machine) -> tuple[torch.nn.Module | None, str]:
+    choice = cfg.train.compile
+    if choice == "off":
+        return None, "off in the config"
+    if choice == "auto" and not machine.is_cuda:
+        return None, "on CPU the compile time does not pay back inside a short run"
+    try:
+        return torch.compile(model), "set in the config" if choice == "on" else "on a GPU it pays back quickly"
+    except Exception as e:  # no compiler toolchain: train eagerly rather than not at all
+        return None, f"unavailable here ({type(e).__name__}: {e})"
+
+
+def _governing(t) -> tuple[str, float]:
+    if t.steps:
+        return "steps", t.steps
+    if t.tokens:
+        return "tokens", parse_count(t.tokens, "train.tokens")
+    return "budget", parse_duration(t.budget or DEFAULT_BUDGET, "train.budget")
+
+
+def _describe_limit(governs: str, limit: float) -> str:
+    if governs == "budget":
+        return f"budget {limit:.0f} s of wall clock (steps planned from measured speed)"
+    return f"{limit:,.0f} {governs}"
+
+
+def _plan_steps(step: int, step_seconds: float, deadline: float, budget: float, eval_seconds: float,
+                ckpt_seconds: float, cfg: RunConfig) -> int:
+    """How many steps fit before the deadline, after the evaluations, checkpoints and margin still to come."""
+    left = deadline - time.monotonic() - SAFETY_MARGIN * budget
+    evals_left = 4 if not cfg.eval.every else 1  # ~three in the run, one at the end
+    saves_left = 1 + (0 if not cfg.train.ckpt_every else max(0, int(left / step_seconds) // cfg.train.ckpt_every))
+    left -= evals_left * eval_seconds + saves_left * ckpt_seconds
+    return step + max(1, int(left / step_seconds))
+
+
+def _progress_bar(enabled: bool, state: Progress):
+    from tqdm import tqdm
+
+    return tqdm(total=state.planned_steps or None, initial=state.step, unit="step", disable=not enabled,
+                dynamic_ncols=True, mininterval=1.0, desc="train")
+
+
+def _asdict(state: Progress) -> dict[str, Any]:
+    return dict(state.__dict__)
+
+
+class _Log:
+    """One JSON object per line, appended (a resumed run continues the same file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, **record: Any) -> None:
+        record.setdefault("time", time.time())
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig, tokenizer) -> None:
+    tmp = run_dir / "config.toml.tmp"
+    cfg.save(tmp)
+    tmp.replace(run_dir / "config.toml")
+    tokenizer.save(run_dir / "tokenizer.json")
+
+
+def _print_eval(step: int, result: dict[str, float], texts: list[dict[str, str]], vocab_size: int) -> None:
+    note = f" (an untrained model guesses uniformly: ln {vocab_size} = {math.log(vocab_size):.2f})" if step == 0 else ""
+    print(f"\nstep {step:,}: validation loss {result['loss']:.3f} nats, perplexity {result['ppl']:.1f}, "
+          f"{result['bpb']:.3f} bits per byte{note}")
+    for sample in texts:
+        print(f"  {sample['prompt'] + sample['text']!r}"[:200])
+
+
+def _summary(run_dir: Path, state: Progress, start: float, precision: str, why: str) -> dict[str, Any]:
+    evals = [r for r in _read_log(run_dir / "log.jsonl") if r.get("kind") == "eval"]
+    last = evals[-1] if evals else {}
+    return {"run_dir": str(run_dir), "steps": state.step, "tokens": state.tokens, "precision": precision,
+            "precision_reason": why, "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"),
+            "wall_seconds": time.monotonic() - start, "train_seconds": state.train_seconds,
+            "sample": (last.get("samples") or [{}])[0]}
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"\ndone: {summary['steps']:,} steps, {summary['tokens'] / 1e6:.1f}M tokens in "
+          f"{summary['wall_seconds']:.0f} s; validation loss {summary['val_loss']:.3f}, "
+          f"{summary['val_bpb']:.3f} bits per byte")
+    print(f"next: nextword sample {summary['run_dir']}   ·   nextword trace {summary['run_dir']}")

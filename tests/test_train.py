@@ -1,0 +1,146 @@
+import copy
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from nextword import cli
+from nextword.checkpoint import latest_checkpoint, list_checkpoints, load_for_inference
+from nextword.config import RunConfig
+from nextword.errors import CheckpointError
+from nextword.machine import Machine, resolve_precision
+from nextword.schedule import learning_rate
+from nextword.train import train
+
+WORDS = ("def return import class self value the model token data while for if else print list dict "
+         "loss learning next word predicts each step").split()
+
+
+def make_corpus(folder, files=30, words=400):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        text = " ".join(WORDS[(i * 7 + j * j) % len(WORDS)] for j in range(words))
+        (folder / f"doc_{i:03d}.txt").write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A config for a tiny model on a few KB of generated text, with its own cache folder."""
+    monkeypatch.setenv("NEXTWORD_CACHE", str(tmp_path / "cache"))
+    corpus = make_corpus(tmp_path / "corpus")
+    cfg = RunConfig()
+    cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context = 2, 32, 2, 32
+    cfg.data.sources, cfg.data.vocab_size, cfg.data.val_fraction = [str(corpus)], 300, 0.2
+    cfg.data.data_dir = str(tmp_path / "data")
+    cfg.train.run_dir, cfg.train.micro_batch, cfg.train.log_every = str(tmp_path / "run"), 4, 1
+    cfg.train.precision, cfg.train.compile, cfg.train.threads = "fp32", "off", 1
+    cfg.eval.batches, cfg.eval.sample_tokens, cfg.eval.prompts = 2, 8, ["def "]
+    return cfg
+
+
+def read_log(run_dir, kind):
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_training_lowers_the_loss_and_leaves_a_loadable_checkpoint(tiny, tmp_path):
+    tiny.train.steps = 40
+    summary = train(tiny, progress=False)
+    evals = read_log(tmp_path / "run", "eval")
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 40
+    assert abs(evals[0]["val_loss"] - math.log(300)) < 0.05 * math.log(300)  # untrained: ≈ ln V
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
+    assert summary["val_bpb"] == evals[-1]["val_bpb"] > 0
+    model, tokenizer, cfg = load_for_inference(tmp_path / "run")
+    assert cfg.model.vocab_size == tokenizer.vocab_size == 300
+    assert not model.training
+
+
+def test_resuming_gives_the_same_losses_as_an_uninterrupted_run(tiny, tmp_path):
+    tiny.train.steps = 12
+    straight = copy.deepcopy(tiny)
+    train(straight, progress=False)
+    losses_straight = [r["loss"] for r in read_log(tmp_path / "run", "train")]
+
+    resumed = copy.deepcopy(straight)
+    resumed.train.run_dir = str(tmp_path / "resumed")
+    stop = train(resumed, progress=False, stop_after=6)
+    assert stop["step"] == 6 and latest_checkpoint(tmp_path / "resumed") is not None
+    train(resumed, progress=False)
+    losses_resumed = [r["loss"] for r in read_log(tmp_path / "resumed", "train")]
+    assert len(losses_straight) == len(losses_resumed) == 12
+    assert losses_resumed == pytest.approx(losses_straight, abs=1e-6)
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_good_one(tiny, tmp_path, capsys):
+    tiny.train.steps, tiny.train.ckpt_every, tiny.train.keep_last = 4, 2, 3
+    train(tiny, progress=False)
+    older, newest = list_checkpoints(tmp_path / "run")[-2:]
+    weights = newest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert latest_checkpoint(tmp_path / "run") == older
+    assert "does not match its SHA-256" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_another_tokenizer_is_refused(tiny, tmp_path):
+    tiny.train.steps = 2
+    train(tiny, progress=False)
+    tiny.data.vocab_size = 280  # another tokenizer for the same run directory
+    tiny.data.data_dir = str(tmp_path / "data-280")
+    tiny.model.vocab_size = 0
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        train(tiny, progress=False)
+
+
+def test_auto_precision_follows_the_bf16_probe(tiny, tmp_path):
+    cpu = torch.device("cpu")
+    no_bf16 = Machine(cpu, "test CPU", "AVX2", 1, bf16_native=False)
+    with_bf16 = Machine(cpu, "test CPU", "AVX512", 1, bf16_native=True)
+    assert resolve_precision("auto", no_bf16, time_step=lambda p: 1.0)[0] == "fp32"
+    timings = {"fp32": 2.0, "bf16": 1.0}
+    chosen, why = resolve_precision("auto", with_bf16, time_step=timings.__getitem__, shape_key="a")
+    assert chosen == "bf16" and "bf16=1000ms" in why
+    timings = {"fp32": 1.0, "bf16": 3.0}  # native but slower for this shape: keep the faster
+    assert resolve_precision("auto", with_bf16, time_step=timings.__getitem__, shape_key="b")[0] == "fp32"
+
+    tiny.train.precision, tiny.train.steps = "auto", 1
+    train(tiny, progress=False, bf16_probe=lambda: False)
+    run_line = read_log(tmp_path / "run", "run")[-1]
+    assert run_line["precision"] == "fp32" and "no native bf16" in run_line["precision_reason"]
+
+
+def test_a_time_budget_is_kept_and_ends_on_the_annealed_rate(tiny, tmp_path):
+    tiny.train.budget, tiny.train.log_every = "30s", 5
+    began = time.monotonic()
+    summary = train(tiny, start_time=began, progress=False)
+    wall = time.monotonic() - began
+    assert 20 <= wall <= 40, wall
+    trains = read_log(tmp_path / "run", "train")
+    assert trains[-1]["step"] == summary["steps"] > 50
+    assert trains[-1]["lr"] == pytest.approx(tiny.train.lr * tiny.train.min_lr_ratio)
+    assert read_log(tmp_path / "run", "plan")
+
+
+def test_schedules_warm_up_and_end_at_their_minimum():
+    for schedule in ("wsd", "cosine"):
+        rates = [learning_rate(s, 100, peak=1.0, min_ratio=0.1, schedule=schedule, warmup_frac=0.1,
+                               decay_frac=0.2) for s in range(100)]
+        assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+        assert rates[-1] == pytest.approx(0.1)
+        assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    wsd = [learning_rate(s, 100, peak=1.0, min_ratio=0.0, schedule="wsd", warmup_frac=0.1, decay_frac=0.2)
+           for s in range(100)]
+    assert wsd[79] == 1.0 and wsd[80] < 1.0
+
+
+def test_a_config_that_cannot_work_fails_in_one_line(capsys):
+    assert cli.main(["train", "--model.d_model", "250", "--model.n_heads", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.d_model" in err and "n_heads" in err
+    assert cli.main(["train", "--train.nonsense", "1"]) == 2
+    assert "unknown field train.nonsense" in capsys.readouterr().err
