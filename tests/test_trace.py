@@ -137,7 +137,8 @@ def test_a_trained_model_is_not_called_untrained(tokenizer):
     for _ in range(30):
         result = trace_step(model, tokenizer, TEXT, lr=0.5)
     assert result.loss_before < 0.7 * math.log(tokenizer.vocab_size)
-    assert "untrained" not in render_text(result)
+    text = render_text(result)
+    assert "untrained" not in text and "nats below ln V" in text
 
 
 def test_json_has_exactly_the_issue_fields(tokenizer):

@@ -194,9 +194,10 @@ def explain_loss(result: TraceResult) -> list[str]:
                      "into almost equal probabilities, p ≈ 1/V = {:.2e} for every token, whichever came next."
                      .format(1 / result.vocab_size))
     else:
-        lines.append(f"This loss ({result.loss_before:.4f}) is {ln_v - result.loss_before:+.4f} nats below ln V: the "
-                     f"model gives the actual next tokens e^{{−loss}} = {math.exp(-result.loss_before):.2e} on "
-                     f"average (geometric mean), {math.exp(ln_v - result.loss_before):,.1f}× the uniform 1/V.")
+        lines.append(f"This loss ({result.loss_before:.4f}) is {ln_v - result.loss_before:.4f} nats below ln V: on "
+                     f"average (a geometric mean) the model gives the actual next token p = e^(−loss) = "
+                     f"{math.exp(-result.loss_before):.2e}, {math.exp(ln_v - result.loss_before):,.1f}× the "
+                     "uniform 1/V.")
     return lines
 
 
