@@ -14,19 +14,13 @@ Agreement is the share of pages (by URL) on which both pipelines make the same k
 
 from __future__ import annotations
 
-import sys
-
-# Run as a script, this folder comes first on sys.path, where benchmarks/tokenize.py would shadow the standard
-# library's tokenize module.
-if sys.path and sys.path[0] == __import__("os").path.dirname(__import__("os").path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import contextlib
 import datetime
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import threading
 import time

@@ -1,6 +1,6 @@
 """Encoding throughput on the default corpus: one worker, every worker, and `tokenizers`' own thread pool.
 
-    .venv/bin/python benchmarks/tokenize.py [--vocab-size 8192] [--tokenizer tokenizer.json] [--repeats 3]
+    .venv/bin/python benchmarks/tokenize_throughput.py [--vocab-size 8192] [--tokenizer tokenizer.json] [--repeats 3]
 
 The corpus is read into memory first, so only encoding is timed. Each row is the best of --repeats runs;
 MB/s and tokens/s are from the wall clock.
@@ -8,24 +8,19 @@ MB/s and tokens/s are from the wall clock.
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import os
+import platform
+import resource
 import sys
+import time
 
-# This file shares its name with the standard library's `tokenize`, which torch and numpy import; run as a
-# script, its own folder comes first on the import path, so take that folder off before importing them.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import torch
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from nextword.data.prepare import encode_in_order, text_chunks  # noqa: E402
-from nextword.data.sources import SkipLog, default_corpus  # noqa: E402
-from nextword.data.tokenizer import Tokenizer  # noqa: E402
+from nextword.data.prepare import encode_in_order, text_chunks
+from nextword.data.sources import SkipLog, default_corpus
+from nextword.data.tokenizer import Tokenizer
 
 
 def cpu_model() -> str:
