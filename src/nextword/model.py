@@ -61,9 +61,6 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
-    def reset(self) -> None:
-        self.length = 0
-
 
 def rotate_half(x: Tensor) -> Tensor:
     first, second = x.chunk(2, dim=-1)
