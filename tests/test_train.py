@@ -144,3 +144,19 @@ def test_a_config_that_cannot_work_fails_in_one_line(capsys):
     assert err.count("\n") == 0 and "model.d_model" in err and "n_heads" in err
     assert cli.main(["train", "--train.nonsense", "1"]) == 2
     assert "unknown field train.nonsense" in capsys.readouterr().err
+
+
+def test_continued_pretraining_starts_from_an_exported_model(tiny, tmp_path):
+    pytest.importorskip("transformers")
+    from nextword.export import export_model
+
+    tiny.train.steps = 30
+    first = train(copy.deepcopy(tiny), progress=False)
+    model, tokenizer, _ = load_for_inference(tmp_path / "run")
+    export_model(model, tokenizer, tmp_path / "hf")
+
+    tiny.train.run_dir, tiny.train.steps = str(tmp_path / "continued"), 1
+    tiny.model.init_from = str(tmp_path / "hf")
+    train(tiny, progress=False)
+    start = read_log(tmp_path / "continued", "eval")[0]
+    assert start["step"] == 0 and start["val_loss"] == pytest.approx(first["val_loss"], abs=1e-4)

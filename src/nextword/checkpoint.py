@@ -39,7 +39,8 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 def config_hash(cfg: RunConfig) -> str:
     """A hash of what makes weights compatible: the model's shape (training settings may change on resume)."""
-    return hashlib.sha256(json.dumps(cfg.to_dict()["model"], sort_keys=True).encode()).hexdigest()[:16]
+    shape = {k: v for k, v in cfg.to_dict()["model"].items() if k not in ("init_from", "dropout")}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

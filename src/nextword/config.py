@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from nextword.data.filters import CleanConfig
 from nextword.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -39,6 +40,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     init_std: float = 0.02
+    init_from: str = ""  # a Hugging Face GPT-2 or Llama directory to continue pretraining from
 
     @property
     def kv_heads(self) -> int:
@@ -62,6 +64,8 @@ class DataConfig:
     """Where the text comes from and how it becomes token shards."""
 
     sources: list[str] = field(default_factory=list)  # empty: the embedded default corpus (Python's stdlib)
+    weights: list[float] = field(default_factory=list)  # one per source: its share of the tokens; empty: as read
+    clean: bool = False  # run the [clean] step (extract, filter, deduplicate) on the sources before tokenizing
     data_dir: str = ""  # "": a folder in the cache named by a hash of the sources and these settings
     vocab_size: int = 8192
     tokenizer: str = ""  # a tokenizer.json to use as it is; "": train one on the corpus
@@ -123,6 +127,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
 
     def validate(self) -> "RunConfig":
         validate(self)
@@ -155,7 +160,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "clean": CleanConfig}
 
 
 def model_preset(name: str) -> ModelConfig:
@@ -297,6 +302,10 @@ def validate(cfg: RunConfig) -> None:
             f"model.vocab_size = {m.vocab_size} is smaller than data.vocab_size = {d.vocab_size}; "
             "set model.vocab_size = 0 to take the tokenizer's"
         )
+    if d.weights and len(d.weights) != len(d.sources):
+        raise ConfigError(f"data.weights has {len(d.weights)} values for {len(d.sources)} data.sources; give one per source")
+    if any(w < 0 for w in d.weights) or (d.weights and sum(d.weights) <= 0):
+        raise ConfigError("data.weights must be non-negative and not all zero")
     if not 0.0 < d.val_fraction < 0.5:
         raise ConfigError(f"data.val_fraction = {d.val_fraction} must be in (0, 0.5)")
     governing = [name for name, v in (("budget", t.budget), ("tokens", t.tokens), ("steps", t.steps)) if v]

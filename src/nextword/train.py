@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
+import dataclasses
 import math
 import signal
 import statistics
@@ -28,7 +28,7 @@ import torch
 
 from nextword import cli
 from nextword.checkpoint import (check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint)
-from nextword.config import RunConfig, parse_count, parse_duration
+from nextword.config import RunConfig, TrainConfig, parse_count, parse_duration
 from nextword.errors import ConfigError, NextwordError
 from nextword.data.loader import TokenLoader
 from nextword.data.prepare import prepare
@@ -36,6 +36,7 @@ from nextword.data.shards import TokenShards
 from nextword.evaluate import evaluate_loss, samples
 from nextword.machine import DTYPES, Machine, cpu_bf16_native, detect, peak_flops, resolve_precision
 from nextword.model import GPT
+from nextword.runlog import RunLog, read_log
 from nextword.schedule import decay_start, learning_rate
 
 DEFAULT_BUDGET = "10m"
@@ -143,6 +144,7 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
     machine = detect(t.device, t.threads, bf16_probe)
     torch.manual_seed(t.seed)
 
+    pretrained = _pretrained(cfg)
     prepared = prepare(cfg.data, progress=progress)
     tokenizer = prepared.tokenizer
     cfg.data.data_dir = str(prepared.data_dir)
@@ -153,8 +155,8 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
     train_split = TokenShards(prepared.data_dir, "train")
     val_split = TokenShards(prepared.data_dir, "val")
 
-    model = GPT(cfg.model).to(machine.device)
-    optimizer = _optimizer(model, cfg, machine)
+    model = (pretrained or GPT(cfg.model)).to(machine.device)
+    optimizer = build_optimizer(model, t)
     loader = TokenLoader(train_split, t.micro_batch, cfg.model.context, seed=t.seed, device=machine.device)
     tokens_per_micro = t.micro_batch * cfg.model.context
     accumulation = max(1, t.batch_tokens // tokens_per_micro) if t.batch_tokens else 1
@@ -170,45 +172,24 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
         print(f"resuming {run_dir} from step {state.step:,} of {state.planned_steps:,}")
     _write_run_files(run_dir, cfg, tokenizer)
 
-    def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, batches: Callable[[], tuple], lr: float,
-                   autocast: Any, scaler: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        for group in opt.param_groups:
-            group["lr"] = lr
-        total = torch.zeros((), device=machine.device)
-        for _ in range(accumulation):
-            x, y = batches()
-            with autocast:
-                _, loss = net(x, y)
-            scaler.scale(loss / accumulation).backward()
-            total += loss.detach()
-        scaler.unscale_(opt)
-        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-        nonfinite = (~torch.isfinite(norm)).float()
-        if not scaler.is_enabled():
-            _skip_update_if(opt, nonfinite)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        return total / accumulation, norm, nonfinite
-
     def time_precision(precision: str) -> float:
         """Seconds per step of a copy of this model in `precision` (the real model and data are not touched)."""
         rng = torch.get_rng_state()
         net = copy.deepcopy(model)
-        opt = _optimizer(net, cfg, machine)
+        opt = build_optimizer(net, t)
         batch = torch.randint(0, cfg.model.vocab_size, (t.micro_batch, cfg.model.context + 1), device=machine.device)
         seconds = []
         for _ in range(3):
             began = time.perf_counter()
-            train_step(net, opt, lambda: (batch[:, :-1], batch[:, 1:]), 0.0, _autocast(machine, precision),
-                       _scaler(machine, precision))
+            train_step(net, opt, lambda: (batch[:, :-1], batch[:, 1:]), accumulation, 0.0, t.grad_clip,
+                       autocast_for(machine.device, precision), scaler_for(machine.device, precision))
             seconds.append(time.perf_counter() - began)
         torch.set_rng_state(rng)
         return min(seconds[1:])
 
     shape = f"{cfg.model}|b{t.micro_batch}"
     precision, why = resolve_precision(t.precision, machine, time_precision, shape)
-    autocast, scaler = _autocast(machine, precision), _scaler(machine, precision)
+    autocast, scaler = autocast_for(machine.device, precision), scaler_for(machine.device, precision)
     compiled, compile_why = _maybe_compile(model, cfg, machine)
     net = compiled or model
     peak = peak_flops(machine)
@@ -221,7 +202,7 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
         state.planned_steps = math.ceil(limit / tokens_per_step)
     deadline = start + limit if governs == "budget" else math.inf
 
-    log = _Log(run_dir / "log.jsonl")
+    log = RunLog(run_dir / "log.jsonl")
     log.write(kind="run", **machine.describe(), cpu=machine.name, precision=precision, precision_reason=why,
               compile=compiled is not None, compile_reason=compile_why, params=model.num_params(),
               params_non_embedding=model.num_params(non_embedding=True), flops_per_token=flops_per_token,
@@ -274,7 +255,8 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
             if not state.planned_steps:
                 lr = t.lr * min(1.0, (state.step + 1) / 100)
             began = time.perf_counter()
-            loss, grad_norm, nonfinite = train_step(net, optimizer, loader.next_batch, lr, autocast, scaler)
+            loss, grad_norm, nonfinite = train_step(net, optimizer, loader.next_batch, accumulation, lr, t.grad_clip,
+                                                    autocast, scaler)
             skipped_since_log += nonfinite
             state.step += 1
             state.tokens += tokens_per_step
@@ -338,6 +320,20 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
     return summary
 
 
+def _pretrained(cfg: RunConfig) -> GPT | None:
+    """With `model.init_from`, the Hugging Face model to continue from; its shape and tokenizer become the run's."""
+    if not cfg.model.init_from:
+        return None
+    from nextword.export import load_hf_model
+
+    source = Path(cfg.model.init_from)
+    model = load_hf_model(source)
+    cfg.model = dataclasses.replace(model.cfg, init_from=str(source))
+    if not cfg.data.tokenizer:
+        cfg.data.tokenizer = str(source / "tokenizer.json")
+    return model.train()
+
+
 class NonFiniteError(NextwordError):
     """Training diverged: every recent update was skipped for NaN or Inf."""
 
@@ -354,8 +350,35 @@ def _skip_update_if(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -
         optimizer.zero_grad(set_to_none=True)  # an optimizer step with no gradients changes nothing
 
 
-def _optimizer(model: GPT, cfg: RunConfig, machine: Machine) -> torch.optim.Optimizer:
-    t = cfg.train
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], tuple],
+               accumulation: int, lr: float, grad_clip: float, autocast: contextlib.AbstractContextManager,
+               scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer update over `accumulation` micro-batches: (mean loss, gradient norm, 1.0 if skipped).
+
+    Nothing here reads a value back to the host, so on a GPU the step runs without a synchronisation.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    total = None
+    for _ in range(accumulation):
+        x, y = next_batch()
+        with autocast:
+            _, loss = model(x, y)
+        scaler.scale(loss / accumulation).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    nonfinite = (~torch.isfinite(norm)).float()
+    if not scaler.is_enabled():
+        _skip_update_if(optimizer, nonfinite)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total / accumulation, norm, nonfinite
+
+
+def build_optimizer(model: GPT, t: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the model's two parameter groups (decayed matrices; undecayed norms, biases, embeddings)."""
     groups = model.optimizer_groups(t.weight_decay, t.decay_embeddings)
     kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     try:
@@ -364,15 +387,15 @@ def _optimizer(model: GPT, cfg: RunConfig, machine: Machine) -> torch.optim.Opti
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
 
 
-def _autocast(machine: Machine, precision: str) -> contextlib.AbstractContextManager:
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(machine.device.type, dtype=DTYPES[precision])
+    return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
-def _scaler(machine: Machine, precision: str) -> torch.amp.GradScaler:
+def scaler_for(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling is only needed for fp16, whose narrow exponent underflows small gradients."""
-    return torch.amp.GradScaler(machine.device.type, enabled=precision == "fp16" and machine.is_cuda)
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
 
 
 def _maybe_compile(model: GPT, cfg: RunConfig, machine: Machine) -> tuple[torch.nn.Module | None, str]:
@@ -422,18 +445,6 @@ def _asdict(state: Progress) -> dict[str, Any]:
     return dict(state.__dict__)
 
 
-class _Log:
-    """One JSON object per line, appended (a resumed run continues the same file)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, **record: Any) -> None:
-        record.setdefault("time", time.time())
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 def _write_run_files(run_dir: Path, cfg: RunConfig, tokenizer) -> None:
     tmp = run_dir / "config.toml.tmp"
     cfg.save(tmp)
@@ -450,16 +461,12 @@ def _print_eval(step: int, result: dict[str, float], texts: list[dict[str, str]]
 
 
 def _summary(run_dir: Path, state: Progress, start: float, precision: str, why: str) -> dict[str, Any]:
-    evals = [r for r in _read_log(run_dir / "log.jsonl") if r.get("kind") == "eval"]
+    evals = [r for r in read_log(run_dir / "log.jsonl") if r.get("kind") == "eval"]
     last = evals[-1] if evals else {}
     return {"run_dir": str(run_dir), "steps": state.step, "tokens": state.tokens, "precision": precision,
             "precision_reason": why, "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"),
             "wall_seconds": time.monotonic() - start, "train_seconds": state.train_seconds,
             "sample": (last.get("samples") or [{}])[0]}
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
