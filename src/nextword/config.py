@@ -87,6 +87,8 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: str = "auto"  # auto | on | off
     threads: int = 0  # 0: every core this process may use
+    parallel: str = "auto"  # auto | none | ddp | fsdp; auto: ddp when started with more than one process
+    activation_checkpointing: bool = False  # recompute each block's activations in backward to save memory
     micro_batch: int = 16  # sequences per forward/backward
     batch_tokens: int = 0  # global batch in tokens; 0: one micro-batch (no accumulation)
     # How long: exactly one of these governs (a time budget, a token count, a step count).
@@ -261,6 +263,7 @@ CHOICES = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.compile": ("auto", "on", "off"),
     "train.schedule": ("wsd", "cosine", "constant"),
+    "train.parallel": ("auto", "none", "ddp", "fsdp"),
 }
 
 
