@@ -43,6 +43,7 @@ DEFAULT_BUDGET = "10m"
 TIMED_WARMUP_STEPS = 3  # steps not timed: the first ones pay for allocation and lazy initialisation
 TIMED_STEPS = 10  # steps timed before a budget is planned
 SAFETY_MARGIN = 0.03  # of the budget, kept back for what the plan cannot foresee
+SAMPLE_LINES = 6  # of each sample printed at an evaluation (all of it is in the log)
 
 
 @dataclass
@@ -457,7 +458,8 @@ def _print_eval(step: int, result: dict[str, float], texts: list[dict[str, str]]
     print(f"\nstep {step:,}: validation loss {result['loss']:.3f} nats, perplexity {result['ppl']:.1f}, "
           f"{result['bpb']:.3f} bits per byte{note}")
     for sample in texts:
-        print(f"  {sample['prompt'] + sample['text']!r}"[:200])
+        lines = (sample["prompt"] + sample["text"]).splitlines()[:SAMPLE_LINES] or [""]
+        print("\n".join(f"  │ {line[:100]}" for line in lines))
 
 
 def _summary(run_dir: Path, state: Progress, start: float, precision: str, why: str) -> dict[str, Any]:
