@@ -60,13 +60,25 @@ def test_output_is_byte_identical_with_one_and_two_workers(tmp_path):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
 
 
+def test_every_message_goes_to_stderr_even_from_worker_processes(tmp_path, capfd):
+    corpus = make_corpus(tmp_path / "corpus")
+    cfg = config(corpus, tmp_path / "data", workers=2)
+    prepare(cfg, progress=True)
+    prepare(cfg, progress=True)
+    printed = capfd.readouterr()  # file-descriptor level, so forked workers' output would be caught too
+    assert printed.out == ""
+    assert "trained a 300-token tokenizer" in printed.err and "reusing" in printed.err
+    assert "documents   40" in printed.err
+
+
 def test_prepare_reuses_its_output_and_redoes_it_when_an_input_changes(tmp_path, capsys):
     corpus = make_corpus(tmp_path / "corpus")
     cfg = config(corpus, tmp_path / "data")
     first = prepare(cfg, progress=False)
     again = prepare(cfg, progress=False)
     assert again.reused and again.tokenizer.hash == first.tokenizer.hash
-    assert "reusing" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "reusing" in printed.err and printed.out == ""
     changed = corpus / "doc_000.txt"
     changed.write_text("an entirely new first document\n")
     os.utime(changed, ns=(1, 1))  # a new mtime even where the clock is coarse

@@ -18,7 +18,6 @@ its loss is about ln V. With RUN it uses that run's newest checkpoint and tokeni
 from __future__ import annotations
 
 import argparse
-import contextlib
 import html
 import json
 import math
@@ -403,8 +402,7 @@ def _load_model(run_dir: str | None, seed: int):
 
     print("trace: an untrained model with the default corpus's tokenizer (give a RUN for a trained one)",
           file=sys.stderr)
-    with contextlib.redirect_stdout(sys.stderr):  # prepare's report is not part of the trace (nor of its JSON)
-        tokenizer = prepare(DataConfig()).tokenizer
+    tokenizer = prepare(DataConfig()).tokenizer
     torch.manual_seed(seed)
     model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size))
     return model, tokenizer, TrainConfig()

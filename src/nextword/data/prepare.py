@@ -54,7 +54,7 @@ def prepare(cfg: DataConfig, *, progress: bool = True) -> Prepared:
     data_dir = resolve_data_dir(cfg, key)
     index = _finished_index(data_dir, key)
     if index is not None:
-        print(f"prepare: reusing {data_dir} (made from the same sources and settings)")
+        report(f"prepare: reusing {data_dir} (made from the same sources and settings)")
         return Prepared(data_dir, Tokenizer.load(data_dir / TOKENIZER_NAME), index, reused=True)
 
     started = time.perf_counter()
@@ -71,8 +71,13 @@ def prepare(cfg: DataConfig, *, progress: bool = True) -> Prepared:
                         tokenizer_hash=tokenizer.hash, splits=splits, key=key,
                         sources=cfg.sources or ["stdlib"], tokenizer=tokenizer_note, skipped=skips.to_dict())
     for line in summary_lines(data_dir, index, skips, time.perf_counter() - started):
-        print(line)
+        report(line)
     return Prepared(data_dir, tokenizer, index, reused=False)
+
+
+def report(line: str) -> None:
+    """Every message goes to stderr (as tqdm's bars do), so a command whose stdout is data stays clean."""
+    print(line, file=sys.stderr)
 
 
 # --- where the output goes, and whether it is already there --------------------------------------------------
@@ -159,7 +164,7 @@ def _get_tokenizer(cfg: DataConfig, documents: Iterator[Document], skips: SkipLo
     started = time.perf_counter()
     tokenizer = Tokenizer.train(train_texts, cfg.vocab_size, progress=progress and sys.stderr.isatty())
     note = {"trained_on_bytes": sum(len(t.encode("utf-8")) for t in train_texts)}
-    print(f"prepare: trained a {tokenizer.vocab_size:,}-token tokenizer on {note['trained_on_bytes'] / 1e6:.1f} MB "
+    report(f"prepare: trained a {tokenizer.vocab_size:,}-token tokenizer on {note['trained_on_bytes'] / 1e6:.1f} MB "
           f"in {time.perf_counter() - started:.1f} s")
     return tokenizer, itertools.chain(head, documents), note
 
