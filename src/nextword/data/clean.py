@@ -33,7 +33,6 @@ import pyarrow.parquet as pq
 from nextword.data.dedup import Deduplicator, MinHasher, exact_key
 from nextword.data.filters import EXAMPLE_CHARS, CleanConfig, FilterChain, RuleStats
 from nextword.data.sources import Document, SkipLog, read_sources
-from nextword.data.web import is_web_file
 from nextword.errors import DataError
 
 CODE_PREFIX = "code:"
@@ -54,6 +53,8 @@ class Input:
 
 def plan_inputs(sources: list[str]) -> list[Input]:
     """The inputs the sources name, in a fixed order; a folder of web archives becomes one input per file."""
+    from nextword.data.web import is_web_file  # here, so mixing and reading cleaned output need no web extra
+
     inputs: list[Input] = []
     for spec in sources:
         if spec.startswith(CODE_PREFIX):
@@ -324,11 +325,23 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f}"
 
 
-def read_cleaned(out_dir: str | Path) -> Iterator[Document]:
-    """The cleaned documents of a clean output folder, in order."""
+def read_cleaned(out_dir: str | Path, start: int = 0, stop: int | None = None) -> Iterator[Document]:
+    """The cleaned documents of a clean output folder, in order; with `start`/`stop`, only that range of rows.
+
+    The merge writes inputs in order, so the documents of one input (its `docs_final` in stats.json) are one such
+    range; shards wholly outside the range are not read.
+    """
+    offset = 0
     for shard in sorted(Path(out_dir).glob("docs_*.parquet")):
-        for row in pq.read_table(shard).to_pylist():
-            yield Document(id=row["id"], text=row["text"], source=row["source"], meta=json.loads(row["meta"]))
+        rows = pq.ParquetFile(shard).metadata.num_rows
+        first = max(start - offset, 0)
+        last = rows if stop is None else min(stop - offset, rows)
+        offset += rows
+        if first < last:
+            for row in pq.read_table(shard).slice(first, last - first).to_pylist():
+                yield Document(id=row["id"], text=row["text"], source=row["source"], meta=json.loads(row["meta"]))
+        if stop is not None and offset >= stop:
+            return
 
 
 # ---- mixing ------------------------------------------------------------------------------------------------

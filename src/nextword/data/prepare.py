@@ -1,21 +1,25 @@
 """Turn sources into token shards: read documents, train (or load) a tokenizer, encode on every core, write shards.
 
-With no options this prepares the embedded default corpus, Python's standard library. The result is cached: a
-data dir records a key made from the inputs and the settings that change its output, and a later run with the
-same key reuses it instead of doing the work again.
+With no options this prepares the embedded default corpus, Python's standard library. With data.clean the sources
+are first cleaned (extracted, filtered, deduplicated, by the [clean] settings) into DATA_DIR/clean/, and with
+data.weights each source's documents are mixed to its share. The result is cached: a data dir records a key made
+from the inputs and the settings that change its output, and a later run with the same key reuses it instead of
+doing the work again. Every message goes to stderr, so a command whose stdout is data stays clean.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
 import os
 import re
+import shutil
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -26,11 +30,14 @@ import numpy as np
 from tqdm import tqdm
 
 from nextword.config import DataConfig
+from nextword.data.clean import MixReport, clean, mix_documents, plan_inputs, read_cleaned
+from nextword.data.code import LANGUAGES
+from nextword.data.filters import CleanConfig
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
                                   split_of, token_dtype, write_index)
 from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
 from nextword.data.tokenizer import Tokenizer
-from nextword.errors import DataError
+from nextword.errors import ConfigError, DataError
 
 TOKENIZER_NAME = "tokenizer.json"
 CHUNK_BYTES = 1 << 20  # text sent to a worker at a time: large enough to keep the pickling cost small
@@ -38,6 +45,9 @@ CHUNK_DOCUMENTS = 1024
 CHUNKS_IN_FLIGHT_PER_WORKER = 2  # bounds memory: reading never runs far ahead of encoding
 # The files a ShardWriter makes; only these are removed before a data dir is rewritten, never other files.
 SHARD_FILE = re.compile(rf"({'|'.join(SPLITS)})_\d{{5}}\.(bin|docs\.npy)(\.tmp)?")
+CLEAN_DIR = "clean"
+CLEAN_KEY_NAME = "prepare_key.txt"  # in CLEAN_DIR: the clean settings and inputs its contents were made from
+MIXED_FROM = "mixed_from"  # the meta field naming the source a mixed document came from
 
 
 @dataclass
@@ -48,9 +58,11 @@ class Prepared:
     reused: bool
 
 
-def prepare(cfg: DataConfig, *, progress: bool = True) -> Prepared:
-    """sources → tokenizer → shards in a data dir, or the data dir as it is if it was made from the same inputs."""
-    key = cache_key(cfg)
+def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool = True) -> Prepared:
+    """sources → (clean) → (mix) → tokenizer → shards in a data dir, or the data dir as it is if it was made from
+    the same inputs. `clean` holds the settings used when cfg.clean is on (default: CleanConfig())."""
+    clean_cfg = (clean or CleanConfig()).validate() if cfg.clean else None
+    key = cache_key(cfg, clean_cfg)
     data_dir = resolve_data_dir(cfg, key)
     index = _finished_index(data_dir, key)
     if index is not None:
@@ -61,15 +73,22 @@ def prepare(cfg: DataConfig, *, progress: bool = True) -> Prepared:
     data_dir.mkdir(parents=True, exist_ok=True)
     _remove_previous_output(data_dir)
     skips = SkipLog()
-    documents = iter(read_sources(cfg.sources, cfg.extensions, skips))
+    cleaned = _clean_sources(cfg, clean_cfg, data_dir / CLEAN_DIR) if clean_cfg else None
+    mix = MixReport(dict(zip(cfg.sources, cfg.weights))) if cfg.weights else None
+    documents = _documents(cfg, cleaned, data_dir / CLEAN_DIR, mix, skips)
     tokenizer, documents, tokenizer_note = _get_tokenizer(cfg, documents, skips, progress)
     tokenizer.save(data_dir / TOKENIZER_NAME)
-    splits = _write_shards(data_dir, cfg, tokenizer, documents, progress)
+    splits, tokens_by_source = _write_shards(data_dir, cfg, tokenizer, documents, progress)
     if splits["train"]["documents"] + splits["val"]["documents"] == 0:
         raise DataError(_no_documents_message(cfg, skips))
+    extra = {}
+    if cleaned is not None:
+        extra["clean"] = _clean_summary(cleaned, data_dir / CLEAN_DIR)
+    if mix is not None:
+        extra["mix"] = _mix_summary(mix, tokens_by_source)
     index = write_index(data_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
                         tokenizer_hash=tokenizer.hash, splits=splits, key=key,
-                        sources=cfg.sources or ["stdlib"], tokenizer=tokenizer_note, skipped=skips.to_dict())
+                        sources=cfg.sources or ["stdlib"], tokenizer=tokenizer_note, skipped=skips.to_dict(), **extra)
     for line in summary_lines(data_dir, index, skips, time.perf_counter() - started):
         report(line)
     return Prepared(data_dir, tokenizer, index, reused=False)
@@ -83,14 +102,38 @@ def report(line: str) -> None:
 # --- where the output goes, and whether it is already there --------------------------------------------------
 
 
-def cache_key(cfg: DataConfig) -> str:
-    """A short hash of the inputs and of every setting that changes the shards."""
+def cache_key(cfg: DataConfig, clean: CleanConfig | None = None) -> str:
+    """A short hash of the inputs and of every setting that changes the shards (`clean`: when cfg.clean is on)."""
     if cfg.tokenizer:
         tokenizer = {"file": hashlib.sha256(_read_bytes(Path(cfg.tokenizer))).hexdigest()}
     else:
         tokenizer = {"vocab_size": cfg.vocab_size, "train_bytes": cfg.tokenizer_train_bytes}
-    settings = {"format": FORMAT_VERSION, "sources": sources_fingerprint(cfg.sources, cfg.extensions),
-                "tokenizer": tokenizer, "val_fraction": cfg.val_fraction}
+    settings: dict[str, Any] = {"format": FORMAT_VERSION, "tokenizer": tokenizer, "val_fraction": cfg.val_fraction}
+    if clean is None:
+        settings["sources"] = sources_fingerprint(cfg.sources, cfg.extensions)
+    else:
+        settings["clean"] = clean_key(cfg, clean)
+    if cfg.weights:
+        settings["weights"] = cfg.weights
+    return _short_hash(settings)
+
+
+def clean_key(cfg: DataConfig, clean: CleanConfig) -> str:
+    """A short hash of the clean step's inputs (names and file stats, as the clean step splits them) and settings.
+
+    Each input is fingerprinted with the files its reader takes: a web archive itself, a code repository's source
+    files, a text source's files with data.extensions.
+    """
+    if not cfg.sources:
+        raise ConfigError("data.clean needs data.sources (web archives, code:REPO, text); the default corpus, "
+                          "Python's standard library, is read as it is: set data.clean = false")
+    extensions = {"web": [], "code": sorted(LANGUAGES), "text": cfg.extensions}
+    inputs = [(inp.kind, inp.spec, sources_fingerprint([inp.path], extensions[inp.kind]))
+              for inp in plan_inputs(cfg.sources)]
+    return _short_hash({"inputs": inputs, "clean": dataclasses.asdict(clean), "extensions": cfg.extensions})
+
+
+def _short_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -132,6 +175,78 @@ def _remove_previous_output(data_dir: Path) -> None:
     for path in data_dir.iterdir():
         if SHARD_FILE.fullmatch(path.name):
             path.unlink()
+
+
+# --- the documents: read, or cleaned; then mixed -------------------------------------------------------------
+
+
+def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, clean_dir: Path) -> dict[str, Any]:
+    """Clean all sources together into clean_dir, so the merge also removes duplicates across sources.
+
+    Resumable: an input already cleaned with the same key is not redone (the clean step keeps finished parts),
+    and a finished clean (stats.json written) is reused as it is. A clean made from other inputs or settings is
+    removed first; a folder named clean that prepare did not make is left alone, with an error.
+    """
+    key = clean_key(cfg, clean_cfg)
+    key_file = clean_dir / CLEAN_KEY_NAME
+    if clean_dir.exists():
+        if not key_file.exists():
+            raise DataError(f"{clean_dir}: a folder prepare did not make is in the way of the cleaned corpus; "
+                            "move it, or set data.data_dir to another folder")
+        if key_file.read_text(encoding="utf-8") != key:
+            shutil.rmtree(clean_dir)
+        elif (clean_dir / "stats.json").exists():
+            report(f"prepare: reusing the cleaned corpus in {clean_dir} (made from the same sources and settings)")
+            return json.loads((clean_dir / "stats.json").read_text(encoding="utf-8"))
+    clean_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key, encoding="utf-8")
+    workers = cfg.workers or len(os.sched_getaffinity(0))
+    stats = clean(cfg.sources, clean_dir, clean_cfg, workers=workers, extensions=cfg.extensions, log=report)
+    report(f"prepare: cleaned {stats['docs_final']:,} documents into {clean_dir}; see {clean_dir / 'report.md'}")
+    return stats
+
+
+def _documents(cfg: DataConfig, cleaned: dict[str, Any] | None, clean_dir: Path, mix: MixReport | None,
+               skips: SkipLog) -> Iterator[Document]:
+    """The documents to tokenize, from the sources or their cleaned corpus; mixed to data.weights if given."""
+    if cleaned is not None and not cleaned["docs_final"]:
+        raise DataError(f"{', '.join(cfg.sources)}: the clean step kept no documents; {clean_dir / 'report.md'} "
+                        "shows what each rule dropped: add sources or loosen the [clean] settings")
+    if mix is None:
+        return iter(read_cleaned(clean_dir) if cleaned else read_sources(cfg.sources, cfg.extensions, skips))
+    if len(set(cfg.sources)) != len(cfg.sources):
+        raise ConfigError("data.sources names a source twice; with data.weights each source needs its own entry")
+    if cleaned is not None:
+        streams = _cleaned_by_source(cfg.sources, cleaned, clean_dir, mix.weights)
+    else:
+        streams = {source: read_sources([source], cfg.extensions, skips) for source in cfg.sources}
+    tagged = {source: _tag_with_source(stream, source) for source, stream in streams.items()}
+    # Mixed by UTF-8 bytes: the mix comes before the tokenizer (which may be trained on it), and counting tokens
+    # here would encode every document twice. The token shares it gives are counted as the shards are written.
+    return mix_documents(tagged, mix.weights, report=mix)
+
+
+def _cleaned_by_source(sources: list[str], cleaned: dict[str, Any], clean_dir: Path,
+                       weights: dict[str, float]) -> dict[str, Iterator[Document]]:
+    """One stream per source over the cleaned corpus: the merge writes inputs in order, so a source's documents
+    are the rows of its inputs (plan_inputs splits each source the same way alone as among the others)."""
+    streams = {}
+    first_input = first_row = 0
+    for source in sources:
+        inputs = cleaned["inputs"][first_input:first_input + len(plan_inputs([source]))]
+        rows = sum(part["docs_final"] for part in inputs)
+        if not rows and weights[source] > 0:
+            raise DataError(f"{source}: the clean step kept none of its documents, so the mix can take nothing; "
+                            f"see {clean_dir / 'report.md'}, or give this source weight 0 in data.weights")
+        streams[source] = read_cleaned(clean_dir, first_row, first_row + rows)
+        first_input += len(inputs)
+        first_row += rows
+    return streams
+
+
+def _tag_with_source(documents: Iterable[Document], source: str) -> Iterator[Document]:
+    for document in documents:
+        yield dataclasses.replace(document, meta={**document.meta, MIXED_FROM: source})
 
 
 # --- the tokenizer ---------------------------------------------------------------------------------------------
@@ -185,21 +300,25 @@ def _no_documents_message(cfg: DataConfig, skips: SkipLog) -> str:
 
 
 def _write_shards(data_dir: Path, cfg: DataConfig, tokenizer: Tokenizer, documents: Iterable[Document],
-                  progress: bool) -> dict[str, dict[str, Any]]:
+                  progress: bool) -> tuple[dict[str, dict[str, Any]], Counter]:
+    """Each split's shard figures, and the tokens (EOS included) written from each mixed source."""
     writers = {split: ShardWriter(data_dir, split, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)
                for split in SPLITS}
-    labelled = ((split_of(d.id, cfg.val_fraction), d.text) for d in documents)
+    labelled = ((split_of(d.id, cfg.val_fraction), d.text, d.meta.get(MIXED_FROM, "")) for d in documents)
     workers = cfg.workers or len(os.sched_getaffinity(0))
+    tokens_by_source: Counter = Counter()
     with tqdm(desc=f"encode ({workers} workers)", unit="B", unit_scale=True, disable=_bar_off(progress)) as bar:
         for encoded in encode_in_order(text_chunks(labelled), tokenizer, workers):
-            for split, num_bytes, ids in encoded:
+            for split, num_bytes, ids, source in encoded:
                 writers[split].add(ids, num_bytes)
+                tokens_by_source[source] += len(ids) + 1
                 bar.update(num_bytes)
-    return {split: writer.close() for split, writer in writers.items()}
+    return {split: writer.close() for split, writer in writers.items()}, tokens_by_source
 
 
-def text_chunks(labelled: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
-    chunk: list[tuple[str, str]] = []
+def text_chunks(labelled: Iterable[tuple[str, str, str]]) -> Iterator[list[tuple[str, str, str]]]:
+    """(split, text, source) items in chunks of about CHUNK_BYTES characters or CHUNK_DOCUMENTS documents."""
+    chunk: list[tuple[str, str, str]] = []
     chunk_chars = 0
     for item in labelled:
         chunk.append(item)
@@ -211,12 +330,12 @@ def text_chunks(labelled: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str,
         yield chunk
 
 
-def encode_in_order(chunks: Iterable[list[tuple[str, str]]], tokenizer: Tokenizer,
-                    workers: int) -> Iterator[list[tuple[str, int, np.ndarray]]]:
-    """Encode chunks of (split, text) on `workers` processes, yielding results in input order.
+def encode_in_order(chunks: Iterable[list[tuple[str, str, str]]], tokenizer: Tokenizer,
+                    workers: int) -> Iterator[list[tuple[str, int, np.ndarray, str]]]:
+    """Encode chunks of (split, text, source) on `workers` processes, yielding results in input order.
 
-    Each result is a list of (split, UTF-8 bytes of the text, token ids as the shard dtype). Order is kept, so
-    the shards come out byte-identical whatever the number of workers.
+    Each result is a list of (split, UTF-8 bytes of the text, token ids as the shard dtype, source). Order is
+    kept, so the shards come out byte-identical whatever the number of workers.
     """
     dtype = token_dtype(tokenizer.vocab_size)
     if workers <= 1:
@@ -261,11 +380,11 @@ def _start_worker(tokenizer_json: str, dtype: str) -> None:
     _worker_dtype = np.dtype(dtype)
 
 
-def _encode_chunk(chunk: list[tuple[str, str]]) -> list[tuple[str, int, np.ndarray]]:
+def _encode_chunk(chunk: list[tuple[str, str, str]]) -> list[tuple[str, int, np.ndarray, str]]:
     # One batch call per chunk: the batch encoder skips character offsets, about 30% faster than encode().
-    all_ids = _worker_tokenizer.encode_batch([text for _, text in chunk])
-    return [(split, len(text.encode("utf-8")), np.asarray(ids, dtype=_worker_dtype))
-            for (split, text), ids in zip(chunk, all_ids)]
+    all_ids = _worker_tokenizer.encode_batch([text for _, text, _ in chunk])
+    return [(split, len(text.encode("utf-8")), np.asarray(ids, dtype=_worker_dtype), source)
+            for (split, text, source), ids in zip(chunk, all_ids)]
 
 
 # --- the report ------------------------------------------------------------------------------------------------
@@ -288,9 +407,36 @@ def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds
         f"  vocabulary  {index['vocab_size']:,} tokens, {index['dtype']} shards, tokenizer {made}",
     ]
     lines += [f"  {line}" for line in skips.summary_lines()]
+    if "clean" in index:
+        c = index["clean"]
+        lines.append(f"  clean       {c['docs_final']:,} of {c['docs_read']:,} documents kept "
+                     f"({c['bytes_final'] / 1e6:.1f} of {c['bytes_read'] / 1e6:.1f} MB); see {c['report']}")
+    if "mix" in index:
+        lines.append(f"  mix         shares by bytes (mixed until {index['mix']['ended_by']} ran out; the rest is left out):")
+        for source, share in index["mix"]["sources"].items():
+            lines.append(f"    {share['weight']:6.1%} wanted, {share['bytes_share']:6.1%} of bytes, "
+                         f"{share['token_share']:6.1%} of tokens, {share['documents']:,} documents: {source}")
     if not val["documents"]:
         lines.append("  warning: no document landed in the val split; add documents or raise data.val_fraction")
     return lines
+
+
+def _clean_summary(stats: dict[str, Any], clean_dir: Path) -> dict[str, Any]:
+    return {"dir": str(clean_dir), "report": str(clean_dir / "report.md"), "docs_final": stats["docs_final"],
+            "bytes_final": stats["bytes_final"], "docs_read": sum(p["docs_read"] for p in stats["inputs"]),
+            "bytes_read": sum(p["bytes_read"] for p in stats["inputs"])}
+
+
+def _mix_summary(mix: MixReport, tokens_by_source: Counter) -> dict[str, Any]:
+    """What each source was meant to give and gave: its weight, its share of the bytes and of the tokens."""
+    total_weight = sum(mix.weights.values())
+    total_tokens = sum(tokens_by_source[source] for source in mix.weights) or 1
+    byte_shares = mix.shares()
+    sources = {source: {"weight": weight / total_weight, "bytes_share": byte_shares[source],
+                        "token_share": tokens_by_source[source] / total_tokens, "documents": mix.docs[source],
+                        "bytes": mix.taken[source], "tokens": tokens_by_source[source]}
+               for source, weight in mix.weights.items()}
+    return {"unit": "bytes", "ended_by": mix.exhausted, "sources": sources}
 
 
 # --- the command -----------------------------------------------------------------------------------------------
@@ -313,5 +459,5 @@ def run(args: argparse.Namespace) -> int:
     # Named options first, so an explicit --data.FIELD override still wins.
     args.overrides = {**{k: str(v) for k, v in named.items() if v is not None}, **(args.overrides or {})}
     cfg = config_from_args(args)
-    prepare(cfg.data, progress=True)
+    prepare(cfg.data, clean=cfg.clean, progress=True)
     return 0
