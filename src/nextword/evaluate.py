@@ -67,16 +67,16 @@ def _figures(loss: float, tokens_per_byte: float, tokens: int) -> dict[str, floa
 
 
 def samples(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalConfig, seed: int) -> list[dict[str, str]]:
-    """A continuation of each fixed prompt, with a fixed seed, so samples from one evaluation to the next differ
-    only because the model changed."""
+    """A continuation of each fixed prompt, each with its own fixed seed, so samples from one evaluation to the
+    next differ only because the model changed."""
     from nextword.generate import sample
 
     was_training = model.training
     model.eval()
     out = []
-    for prompt in cfg.prompts:
+    for index, prompt in enumerate(cfg.prompts):
         ids = list(sample(model, tokenizer.encode(prompt), cfg.sample_tokens, temperature=cfg.temperature,
-                          top_k=cfg.top_k, seed=seed, stop_id=tokenizer.eos_id))
+                          top_k=cfg.top_k, seed=seed + index, stop_id=tokenizer.eos_id))
         out.append({"prompt": prompt, "text": tokenizer.decode(ids)})
     model.train(was_training)
     return out
