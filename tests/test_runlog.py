@@ -6,7 +6,8 @@ import pytest
 from nextword.runlog import RunLog, read_log
 
 
-def write_short_run(log: RunLog, resumed_from: int = 0, steps: range = range(1, 5), loss_offset: float = 0.0) -> None:
+def write_short_run(log: RunLog, resumed_from: int = 0, steps: range = range(1, 5),
+                    loss_offset: float = 0.0) -> None:
     log.write(kind="run", device="cpu", precision="fp32", precision_reason="set | in the config",
               resumed_from=resumed_from)
     for step in steps:
