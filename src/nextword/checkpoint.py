@@ -9,7 +9,8 @@ A checkpoint is a folder `checkpoints/step_NNNNNNN/` in the run directory:
 
 It is written under a temporary name, fsynced, then renamed into place, and its manifest is written last: a
 folder without a valid manifest is not a checkpoint. Resume takes the newest one that verifies and says why it
-skipped any newer one.
+skipped any newer one. A save that fails (a full disk, no permission) removes its own temporary folder, leaves
+every earlier checkpoint as it was and raises CheckpointError; a model with NaN or Inf weights is never saved.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from nextword.config import RunConfig, load
@@ -31,6 +35,10 @@ from nextword.data.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"
 STEP_PREFIX = "step_"
+TMP_PREFIX = ".tmp-"
+# Seconds to pause inside every save, after the files are written and before the manifest: lets the fault tests
+# kill a training process in the middle of a checkpoint write. Unset in normal use.
+SAVE_DELAY_ENV = "NEXTWORD_TEST_SAVE_DELAY"
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -45,33 +53,91 @@ def config_hash(cfg: RunConfig) -> str:
 
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict[str, Any], cfg: RunConfig, tokenizer_hash: str, keep_last: int) -> Path:
-    """Write a complete checkpoint atomically, then drop all but the newest `keep_last`."""
+    """Write a complete checkpoint atomically, then drop all but the newest `keep_last`.
+
+    Raises CheckpointError, with every earlier checkpoint untouched, when the state is not finite or the write
+    fails.
+    """
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{STEP_PREFIX}{step:07d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    _refuse_nonfinite(model, optimizer, final)
+    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_writes(root)
+        tmp.mkdir()
         save_model(_unwrap(model), str(tmp / "model.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "state.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
         files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
         for name in files:
             _fsync(tmp / name)
+        time.sleep(float(os.environ.get(SAVE_DELAY_ENV) or 0))
         manifest = {"step": step, "files": files, "config_hash": config_hash(cfg), "tokenizer_hash": tokenizer_hash}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _fsync(tmp / MANIFEST)
-        if final.exists():  # the same step saved again (e.g. interrupted right after a save): replace it whole
-            shutil.rmtree(final)
-        tmp.rename(final)
-        _fsync_dir(root)
+        _move_into_place(tmp, final)
+    except (OSError, SafetensorError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(_write_failure_message(final, e)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _refuse_nonfinite(model: torch.nn.Module, optimizer: torch.optim.Optimizer, final: Path) -> None:
+    """A NaN or Inf in the weights or the optimizer's moments would poison every run resumed from this save."""
+    tensors = list(model.parameters())
+    tensors += [v for state in optimizer.state.values() for v in state.values()
+                if torch.is_tensor(v) and v.is_floating_point()]
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):  # one host sync per save, not per step
+        raise CheckpointError(
+            f"{final}: not saved, the model or optimizer state holds NaN or Inf; the last good checkpoint in "
+            f"{final.parent} stays the newest. Lower train.lr or check the data, then resume")
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished folder to its final name. A folder already there for this step (saved again after a
+    resume) is moved aside first and deleted only once the new one is in place."""
+    aside = final.with_name(f"{TMP_PREFIX}old-{final.name}-{os.getpid()}")
+    if final.exists():
+        final.rename(aside)
+    tmp.rename(final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_abandoned_writes(root: Path) -> None:
+    """Temporary folders left by a process that died while saving: never checkpoints, only wasted space."""
+    for path in root.glob(f"{TMP_PREFIX}*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if path.is_dir() and not (pid.isdigit() and _process_alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing anything yet: whatever it left is from an earlier failure
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_failure_message(final: Path, error: BaseException) -> str:
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    try:
+        free = f"{shutil.disk_usage(final.parent).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return (f"{final}: checkpoint not written ({reason}; {free}); the earlier checkpoints are intact. Free disk "
+            f"space or fix the folder's permissions, then run the same command to resume")
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -87,13 +153,19 @@ def verify(path: Path) -> str | None:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+        for expected in files.values():
+            int(expected["bytes"]), str(expected["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         return "no valid manifest (an unfinished write)"
     for name, expected in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            return f"the manifest names {name!r}, which is not a file of this folder"
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
-        if file.stat().st_size != expected["bytes"]:
+        if file.stat().st_size != int(expected["bytes"]):
             return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['bytes']}"
         if _sha256(file) != expected["sha256"]:
             return f"{name} does not match its SHA-256 (damaged on disk)"
@@ -130,15 +202,39 @@ def check_compatible(path: Path, cfg: RunConfig, tokenizer_hash: str) -> None:
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     device: torch.device | str = "cpu") -> dict[str, Any]:
     """Load weights (and optimizer and RNG state when an optimizer is given); return the trainer state."""
-    missing, unexpected = load_model(_unwrap(model), str(path / "model.safetensors"), strict=False, device=str(device))
+    try:
+        missing, unexpected = load_model(_unwrap(model), str(path / "model.safetensors"), strict=False,
+                                         device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path / 'model.safetensors'}: unreadable weights ({e}); delete {path} to resume "
+                              "from the checkpoint before it") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected "
                               f"{unexpected[:3]}); the checkpoint belongs to another model shape")
     if optimizer is not None:
-        state = torch.load(path / "state.pt", map_location=device, weights_only=True)
+        state = _load_state(path / "state.pt", device)
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-    return json.loads((path / "trainer.json").read_text())
+    try:
+        return json.loads((path / "trainer.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path / 'trainer.json'}: unreadable ({e}); delete {path} to resume from the one "
+                              "before it") from None
+
+
+def _load_state(path: Path, device: torch.device | str) -> dict[str, Any]:
+    """Optimizer and RNG state, unpickled with weights_only=True: tensors, numbers and containers only, so a
+    crafted file cannot run code; anything else in it is refused before it is built."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused, it is not optimizer state nextword wrote ({first_line}); "
+                              f"delete {path.parent} to resume from the checkpoint before it") from None
+    if not isinstance(state, dict) or not {"optimizer", "rng"} <= state.keys():
+        raise CheckpointError(f"{path}: not optimizer state nextword wrote; delete {path.parent} to resume from "
+                              "the checkpoint before it")
+    return state
 
 
 def load_for_inference(run_dir: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Tokenizer, RunConfig]:

@@ -3,14 +3,19 @@
 `https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-22/wet.paths.gz` lists the crawl's WET files, one path per
 line, each relative to the same base URL. Every download goes to `NAME.part` first and is renamed only once its
 size matches what the server announced, so a finished file is never partial. A `.part` left by an interrupted run
-is resumed with an HTTP Range request; a failed attempt is retried after a growing pause.
+is resumed with an HTTP Range request; a failed attempt (a dropped connection, a stall longer than the timeout, a
+body shorter than its Content-Length, a 5xx) is retried after a growing pause with jitter, or after the server's
+Retry-After for a 429 or 503. A 4xx other than 408 and 429 will not change on retry, so it fails at once.
 """
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import http.client
+import random
 import time
+import zlib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +27,8 @@ from nextword.errors import DataError
 DEFAULT_BASE_URL = "https://data.commoncrawl.org/"
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "nextword-fetch-cc"
+MAX_RETRY_AFTER_S = 600.0  # a server asking for a longer pause than this is treated as down
+RETRYABLE_CLIENT_ERRORS = (408, 429)
 
 
 @dataclass
@@ -39,10 +46,23 @@ def fetch_cc(crawl: str, files: int, out_dir: str | Path, options: FetchOptions 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     listing = download(_url(options, f"crawl-data/{crawl}/wet.paths.gz"), out / "wet.paths.gz", options, log)
-    paths = [line.strip() for line in gzip.decompress(listing.read_bytes()).decode().splitlines() if line.strip()]
+    try:
+        text = gzip.decompress(listing.read_bytes()).decode("utf-8")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        listing.unlink()
+        raise DataError(f"{listing}: not a gzip list of paths ({e}); removed, run again to download it anew") from None
+    paths = [line.strip() for line in text.splitlines() if line.strip()]
     if files > len(paths):
         raise DataError(f"{crawl}: the crawl lists {len(paths)} WET files, fewer than --files {files}")
-    return [download(_url(options, p), out / Path(p).name, options, log) for p in paths[:files]]
+    return [download(_url(options, p), local_name(p, out), options, log) for p in paths[:files]]
+
+
+def local_name(remote_path: str, out: Path) -> Path:
+    """Where a listed file goes: its last path part inside `out`, never a name that would leave `out`."""
+    name = remote_path.rstrip().rsplit("/", 1)[-1]
+    if name in ("", ".", "..") or "\\" in name or "\0" in name:
+        raise DataError(f"{remote_path!r}: the listing gives no usable file name; the listing is damaged")
+    return out / name
 
 
 def _url(options: FetchOptions, path: str) -> str:
@@ -56,19 +76,45 @@ def download(url: str, dest: Path, options: FetchOptions, log: Callable[[str], N
         return dest
     partial = dest.with_name(dest.name + ".part")
     last_error = ""
+    pause = 0.0
     for attempt in range(options.retries + 1):
-        if attempt:
-            time.sleep(options.backoff_s * 2 ** (attempt - 1))
+        time.sleep(pause)
         try:
             _download_once(url, partial, options.timeout_s)
             partial.replace(dest)
             log(f"fetch: {dest.name} ({dest.stat().st_size} bytes)")
             return dest
-        except (OSError, http.client.HTTPException, _SizeMismatch) as e:
+        except urllib.error.HTTPError as e:
             last_error = str(e)
-            log(f"fetch: {url}: attempt {attempt + 1} failed: {last_error}")
-    raise DataError(f"{url}: download failed after {options.retries + 1} attempts ({last_error}); "
+            if 400 <= e.code < 500 and e.code not in RETRYABLE_CLIENT_ERRORS:
+                break
+            pause = _retry_after(e) or _backoff(options, attempt)
+        except (OSError, http.client.HTTPException, _SizeMismatch) as e:
+            last_error = str(e) or type(e).__name__
+            pause = _backoff(options, attempt)
+        log(f"fetch: {url}: attempt {attempt + 1} failed: {last_error}")
+    raise DataError(f"{url}: download failed after {attempt + 1} attempts ({last_error}); "
                     "check the network or --base-url, then run again to resume")
+
+
+def _backoff(options: FetchOptions, attempt: int) -> float:
+    """backoff_s · 2**attempt, times a random factor in [0.5, 1.5) so that many clients do not retry in step."""
+    return options.backoff_s * 2 ** attempt * random.uniform(0.5, 1.5)
+
+
+def _retry_after(error: urllib.error.HTTPError) -> float | None:
+    """The pause a 429 or 503 asks for (seconds or an HTTP date, RFC 9110 §10.2.3), capped; None if none."""
+    value = (error.headers or {}).get("Retry-After", "").strip()
+    if not value or error.code not in (429, 503):
+        return None
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 class _SizeMismatch(Exception):
@@ -94,7 +140,7 @@ def _download_once(url: str, partial: Path, timeout_s: float) -> None:
             total = int(response.headers.get("Content-Length", -1))
             mode = "wb"
         with open(partial, mode) as f:
-            while chunk := response.read(CHUNK_BYTES):
+            while chunk := response.read1(CHUNK_BYTES):  # what has arrived: a stall keeps it
                 f.write(chunk)
     size = partial.stat().st_size
     if total >= 0 and size > total:

@@ -1,0 +1,412 @@
+"""Faults a long run meets: kill -9, a full disk, no permission, NaN weights, damaged or crafted files, a killed
+prepare, and a download server that misbehaves. Each test injects the fault for real where the machine allows it
+(a process killed with SIGKILL, a tmpfs that fills up, a pickle that would run code) and checks that nothing saved
+is lost and nothing foreign is let in."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import pickle
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from nextword import checkpoint, cli
+from nextword.checkpoint import SAVE_DELAY_ENV, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from nextword.config import RunConfig
+from nextword.data.fetch import FetchOptions, download
+from nextword.errors import CheckpointError, DataError
+from nextword.model import GPT
+from nextword.train import build_optimizer
+
+WORDS = ("def return import class self value the model token data while for if else print list dict "
+         "loss learning next word predicts each step").split()
+STEPS, CKPT_EVERY = 40, 5
+TRAIN_TIMEOUT_S = 60
+
+
+def make_corpus(folder: Path, files: int = 30, words: int = 400) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        text = " ".join(WORDS[(i * 7 + j * j) % len(WORDS)] for j in range(words))
+        (folder / f"doc_{i:03d}.txt").write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("NEXTWORD_CACHE", str(tmp_path / "cache"))
+    return make_corpus(tmp_path / "corpus")
+
+
+def train_args(tmp_path: Path, run: str, steps: int = STEPS) -> list[str]:
+    """`nextword train` for a tiny model, fp32 on one thread, so two runs give the same numbers."""
+    return ["train", "--source", str(tmp_path / "corpus"), "--run-dir", str(tmp_path / run), "--steps", str(steps),
+            "--precision", "fp32", "--compile", "off", "--quiet",
+            "--model.n_layers", "2", "--model.d_model", "32", "--model.n_heads", "2", "--model.context", "32",
+            "--data.vocab_size", "300", "--data.val_fraction", "0.2", "--data.data_dir", str(tmp_path / "data"),
+            "--train.micro_batch", "4", "--train.log_every", "1", "--train.ckpt_every", str(CKPT_EVERY),
+            "--train.threads", "1", "--eval.batches", "2", "--eval.sample_tokens", "4", "--eval.prompts", "def "]
+
+
+def start_train(args: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nextword", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, **env})
+
+
+def logged(run_dir: Path, kind: str) -> list[dict]:
+    path = run_dir / "log.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line cut short by the kill
+            continue
+    return [r for r in records if r.get("kind") == kind]
+
+
+def wait_until(condition, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"training ended (exit {process.returncode}) before {what}: {process.stderr.read()!r}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def kill_9(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+
+
+def assert_losses_match(run_dir: Path, straight: dict[int, float]) -> None:
+    """Every loss ever logged for a step (before the kill and after the restart) equals the uninterrupted run's."""
+    seen = logged(run_dir, "train")
+    assert {r["step"] for r in seen} == set(straight)
+    for record in seen:
+        assert record["loss"] == pytest.approx(straight[record["step"]], abs=1e-6), record["step"]
+
+
+@pytest.fixture
+def straight(corpus, tmp_path) -> dict[int, float]:
+    """Losses of an uninterrupted run, step by step (in this process: the same arithmetic as the command)."""
+    assert cli.main(train_args(tmp_path, "straight")) == 0
+    return {r["step"]: r["loss"] for r in logged(tmp_path / "straight", "train")}
+
+
+def test_kill_9_at_a_random_step_then_restart_gives_the_uninterrupted_losses(straight, tmp_path, capsys):
+    seed = random.randrange(10**6)
+    kill_after = random.Random(seed).randint(CKPT_EVERY + 1, STEPS - 3)
+    run_dir = tmp_path / "killed"
+    process = start_train(train_args(tmp_path, "killed"))
+    wait_until(lambda: any(r["step"] >= kill_after for r in logged(run_dir, "train")), process,
+               f"step {kill_after} (seed {seed})")
+    kill_9(process)
+    last_logged = max(r["step"] for r in logged(run_dir, "train"))
+    saved = latest_checkpoint(run_dir)
+    assert saved is not None, f"seed {seed}"
+
+    assert cli.main(train_args(tmp_path, "killed")) == 0
+    resumed_from = logged(run_dir, "run")[-1]["resumed_from"]
+    assert resumed_from == int(saved.name.removeprefix("step_"))
+    assert last_logged - resumed_from <= CKPT_EVERY, f"lost more than the steps since the last checkpoint (seed {seed})"
+    assert_losses_match(run_dir, straight)
+    assert "resuming" in capsys.readouterr().out
+
+
+def test_kill_9_inside_a_checkpoint_write_leaves_the_previous_checkpoint_to_resume_from(straight, tmp_path):
+    run_dir = tmp_path / "killed"
+    process = start_train(train_args(tmp_path, "killed"), **{SAVE_DELAY_ENV: "2"})
+    writing = run_dir / "checkpoints"
+    # The second save (step 10) has written its files and waits in the delay, before its manifest and rename.
+    wait_until(lambda: any((p / "trainer.json").exists() for p in writing.glob(".tmp-step_0000010-*")), process,
+               "the step-10 checkpoint write")
+    kill_9(process)
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_0000005"]
+    assert list(writing.glob(".tmp-*")), "the half-written checkpoint should still be on disk here"
+
+    assert cli.main(train_args(tmp_path, "killed")) == 0
+    assert logged(run_dir, "run")[-1]["resumed_from"] == 5
+    assert not list(writing.glob(".tmp-*")), "the abandoned write was not cleaned up"
+    assert_losses_match(run_dir, straight)
+
+
+# --- a failed write: a full disk, no permission -----------------------------------------------------------------
+
+
+def can_mount_tmpfs(where: Path) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    probe = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {where}"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_a_full_disk_stops_the_run_with_a_clear_error_and_keeps_earlier_checkpoints(corpus, tmp_path):
+    """The checkpoints folder is a 1 MB tmpfs: two checkpoints of the tiny model fit, the third does not."""
+    run_dir = tmp_path / "run"
+    mount = run_dir / "checkpoints"
+    if not can_mount_tmpfs(mount):
+        pytest.skip("cannot mount a tmpfs here (no user namespaces)")
+    kept = tmp_path / "kept"
+    args = " ".join(f"'{a}'" for a in train_args(tmp_path, "run"))
+    script = (f"mount -t tmpfs -o size=1000k tmpfs {mount} && {sys.executable} -m nextword {args}; "
+              f"echo $? > {tmp_path / 'rc'}; cp -a {mount} {kept}")  # the tmpfs goes away with its namespace
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S, env=os.environ)
+    assert (tmp_path / "rc").read_text().strip() == "2", done.stderr[-3000:]
+    error = [line for line in done.stderr.splitlines() if line.startswith("nextword train:")]
+    assert len(error) == 1 and "No space left on device" in error[0] and "earlier checkpoints are intact" in error[0]
+    steps = [p.name for p in sorted(kept.iterdir())]
+    assert steps == ["step_0000005", "step_0000010"], steps  # no temporary folder left behind either
+    assert all(checkpoint.verify(kept / s) is None for s in steps)
+
+
+def tiny_model_and_optimizer() -> tuple[GPT, torch.optim.Optimizer, RunConfig]:
+    cfg = RunConfig()
+    cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context, cfg.model.vocab_size = 1, 16, 2, 8, 64
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    optimizer = build_optimizer(model, cfg.train)
+    x = torch.randint(0, 64, (2, 9))
+    model(x[:, :-1], x[:, 1:])[1].backward()
+    optimizer.step()
+    return model, optimizer, cfg
+
+
+def save(run_dir: Path, step: int, model, optimizer, cfg, keep_last: int = 5) -> Path:
+    return save_checkpoint(run_dir, step, model, optimizer, {"step": step}, cfg, "tok", keep_last)
+
+
+def test_permission_denied_while_saving_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    model, optimizer, cfg = tiny_model_and_optimizer()
+    first = save(tmp_path, 1, model, optimizer, cfg, keep_last=1)
+
+    def denied(model, filename):
+        raise PermissionError(13, "Permission denied", filename)
+
+    monkeypatch.setattr(checkpoint, "save_model", denied)  # as root, chmod cannot deny anything: inject it
+    with pytest.raises(CheckpointError, match="Permission denied.*earlier checkpoints are intact"):
+        save(tmp_path, 2, model, optimizer, cfg, keep_last=1)
+    assert list_checkpoints(tmp_path) == [first] and latest_checkpoint(tmp_path) == first
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [first.name]
+
+
+def test_a_nonfinite_state_is_never_saved_over_a_good_checkpoint(tmp_path):
+    model, optimizer, cfg = tiny_model_and_optimizer()
+    good = save(tmp_path, 1, model, optimizer, cfg, keep_last=1)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        save(tmp_path, 2, model, optimizer, cfg, keep_last=1)
+    assert latest_checkpoint(tmp_path) == good and checkpoint.verify(good) is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest", "traversal"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, damage):
+    model, optimizer, cfg = tiny_model_and_optimizer()
+    older = save(tmp_path, 1, model, optimizer, cfg)
+    newest = save(tmp_path, 2, model, optimizer, cfg)
+    state = newest / "state.pt"
+    manifest = json.loads((newest / "manifest.json").read_text())
+    if damage == "truncate":
+        state.write_bytes(state.read_bytes()[:-7])
+    elif damage == "flip":
+        data = bytearray(state.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        state.write_bytes(bytes(data))
+    elif damage == "delete":
+        state.unlink()
+    elif damage == "manifest":
+        (newest / "manifest.json").write_text('{"step": 2, "fi')
+    else:  # the manifest vouches for a file outside the folder
+        manifest["files"]["../../outside"] = manifest["files"].pop("state.pt")
+        (newest / "manifest.json").write_text(json.dumps(manifest))
+    assert latest_checkpoint(tmp_path) == older
+    warning = capsys.readouterr().err.strip()
+    assert warning.count("\n") == 0 and str(newest) in warning
+
+
+class WritesMarker:
+    """Unpickling this calls open(marker, "w"): a stand-in for any code a crafted file could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_state_file_crafted_to_run_code_is_refused_without_running_it(tmp_path):
+    model, optimizer, cfg = tiny_model_and_optimizer()
+    path = save(tmp_path, 1, model, optimizer, cfg)
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer": WritesMarker(marker), "rng": {}}, path / "state.pt")
+    manifest = json.loads((path / "manifest.json").read_text())  # the attacker makes the manifest match too
+    manifest["files"]["state.pt"] = {"bytes": (path / "state.pt").stat().st_size,
+                                     "sha256": checkpoint._sha256(path / "state.pt")}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert latest_checkpoint(tmp_path) == path
+
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path, model, optimizer)
+    assert not marker.exists()
+    # The payload is live: a loader that trusted the file would have run it.
+    torch.load(path / "state.pt", weights_only=False)
+    assert marker.exists()
+
+
+def test_hugging_face_import_reads_no_pickle_and_no_remote_code(tmp_path):
+    from nextword.export import load_hf_model
+
+    marker = tmp_path / "pwned"
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({
+        "architectures": ["GPT2LMHeadModel"], "auto_map": {"AutoModelForCausalLM": "evil.Model"},
+        "n_embd": 16, "n_layer": 1, "n_head": 2, "n_positions": 8, "vocab_size": 64}))
+    (hf / "evil.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    (hf / "pytorch_model.bin").write_bytes(pickle.dumps(WritesMarker(marker)))
+    with pytest.raises(CheckpointError, match="pickled"):
+        load_hf_model(hf)
+    assert not marker.exists()
+    sources = "".join(p.read_text() for p in Path(checkpoint.__file__).parent.rglob("*.py"))
+    assert "trust_remote_code=True" not in sources
+
+
+# --- prepare killed at any moment ---------------------------------------------------------------------------
+
+
+def prepare_args(corpus: Path, data_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "nextword", "prepare", "--source", str(corpus), "--data-dir", str(data_dir),
+            "--vocab-size", "300", "--workers", "1"]
+
+
+def test_prepare_killed_at_random_moments_then_rerun_gives_identical_shards(tmp_path, monkeypatch):
+    from nextword.data.shards import TokenShards
+
+    monkeypatch.setenv("NEXTWORD_CACHE", str(tmp_path / "cache"))
+    corpus = make_corpus(tmp_path / "corpus", files=60, words=3000)
+    reference = tmp_path / "reference"
+    began = time.monotonic()
+    subprocess.run(prepare_args(corpus, reference), check=True, capture_output=True, timeout=120)
+    duration = time.monotonic() - began
+
+    data_dir = tmp_path / "data"
+    rng = random.Random(7)
+    for trial in range(3):
+        process = subprocess.Popen(prepare_args(corpus, data_dir), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.0) * duration)
+        process.kill()
+        process.wait(timeout=10)
+        if (data_dir / "index.json").exists():  # whatever looks finished must read back whole
+            for split in ("train", "val"):
+                TokenShards(data_dir, split)
+    subprocess.run(prepare_args(corpus, data_dir), check=True, capture_output=True, timeout=120)
+    names = sorted(p.name for p in reference.iterdir())
+    assert names == sorted(p.name for p in data_dir.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(reference, data_dir, names, shallow=False)
+    assert mismatch == errors == [] and len(match) == len(names)
+
+
+# --- downloads from a server that misbehaves ----------------------------------------------------------------
+
+
+class FaultyServer(BaseHTTPRequestHandler):
+    """Serves one file, with Range support; `faults` lists what the next requests do wrong."""
+
+    data = b""
+    faults: list[str] = []
+    requests: list[tuple[float, str]] = []
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        self.requests.append((time.monotonic(), self.headers.get("Range", "")))
+        fault = self.faults.pop(0) if self.faults else ""
+        if fault == "429":
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        body = self.data[start:]
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(self.data) - 1}/{len(self.data)}")
+        claimed = len(body) + 1000 if fault == "long" else len(body)  # "long": says more than it sends
+        self.send_header("Content-Length", str(claimed))
+        self.end_headers()
+        if fault == "stall":  # half the body, then silence longer than the client's timeout
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            time.sleep(1.5)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def faulty_server():
+    FaultyServer.data = bytes(range(256)) * 64
+    FaultyServer.faults, FaultyServer.requests = [], []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FaultyServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}/file.wet.gz"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("fault", ["429", "long", "stall"])
+def test_a_download_survives_each_server_fault(faulty_server, tmp_path, fault):
+    FaultyServer.faults = [fault]
+    dest = tmp_path / "file.wet.gz"
+    options = FetchOptions(retries=2, backoff_s=0.0, timeout_s=0.5)
+    download(faulty_server, dest, options, log=lambda line: None)
+    assert dest.read_bytes() == FaultyServer.data
+    assert not list(tmp_path.glob("*.part"))
+    (first, _), (second, second_range) = FaultyServer.requests
+    if fault == "429":
+        assert second - first >= 0.9  # the server's Retry-After was honoured, not the zero backoff
+    elif fault == "stall":
+        assert second_range == f"bytes={len(FaultyServer.data) // 2}-"  # resumed where the stall cut it
+    else:
+        assert second_range.startswith("bytes=")
+
+
+def test_a_download_that_keeps_failing_leaves_no_file_under_its_final_name(faulty_server, tmp_path):
+    FaultyServer.faults = ["stall"] * 3  # each attempt gets half of what is left, then the server goes quiet
+    dest = tmp_path / "file.wet.gz"
+    with pytest.raises(DataError, match="download failed after 3 attempts"):
+        download(faulty_server, dest, FetchOptions(retries=2, backoff_s=0.0, timeout_s=0.3), log=lambda line: None)
+    assert not dest.exists()
+    kept = (tmp_path / "file.wet.gz.part").read_bytes()
+    assert kept == FaultyServer.data[:len(FaultyServer.data) * 7 // 8]  # what arrived is kept for the next run
+
+
+@pytest.mark.parametrize("name", ["..", ".", ""])
+def test_a_fetched_file_name_cannot_leave_the_output_folder(tmp_path, name):
+    from nextword.data.fetch import local_name
+
+    with pytest.raises(DataError, match="file name"):
+        local_name(f"crawl-data/x/{name}", tmp_path)
+    assert local_name("../../../etc/file.wet.gz", tmp_path) == tmp_path / "file.wet.gz"
