@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import zlib
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,46 @@ def test_record_with_bad_length_is_dropped_and_reading_resumes(tmp_path, gz, del
     urls = [d.meta["url"] for d in read_web(path, skips)]
     assert urls == ["http://example.test/0", "http://example.test/2"]
     assert skips.total - 1 >= 1  # the warcinfo record, plus the damaged one
+
+
+def write_raw_responses(path: Path, responses: list[tuple[str, bytes]]) -> None:
+    """Response records holding exactly the raw HTTP bytes given (headers as sent, body possibly compressed)."""
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for url, raw in responses:
+            record = writer.create_warc_record(url, "response", payload=io.BytesIO(raw),
+                                               warc_content_type="application/http; msgtype=response")
+            writer.write_record(record)
+
+
+def http_response(body: bytes, encoding: str) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Encoding: {encoding}\r\n"
+    return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def test_compressed_http_payloads_are_decoded(tmp_path):
+    path = tmp_path / "z.warc.gz"
+    body = html(0)[1]
+    raw_deflate = zlib.compressobj(wbits=-15)
+    responses = [("http://x.test/gzip", http_response(gzip.compress(body), "gzip")),
+                 ("http://x.test/zlib", http_response(zlib.compress(body), "deflate")),
+                 ("http://x.test/raw", http_response(raw_deflate.compress(body) + raw_deflate.flush(), "deflate")),
+                 ("http://x.test/broken", http_response(b"\x1f\x8b\x08 not really gzip", "gzip")),
+                 ("http://x.test/br", http_response(b"\x0b\x02\x80brotli", "br"))]
+    write_raw_responses(path, responses)
+    skips = SkipLog()
+    docs = list(read_web(path, skips))
+    assert [d.meta["url"] for d in docs] == ["http://x.test/gzip", "http://x.test/zlib", "http://x.test/raw"]
+    assert all("river floods" in d.text for d in docs)
+    assert skips.to_dict()["by_reason"] == {"payload is not valid gzip": 1, "unsupported Content-Encoding 'br'": 1}
+
+
+def test_angle_brackets_around_the_target_uri_are_removed(tmp_path):
+    path = tmp_path / "w.warc"
+    write_warc(path, [html(0)], gz=False)
+    data = path.read_bytes().replace(b"WARC-Target-URI: http://example.test/0",
+                                     b"WARC-Target-URI: <http://example.test/0>")
+    assert b"<http://example.test/0>" in data
+    path.write_bytes(data)  # as wget writes it; the record length does not count WARC headers
+    [doc] = read_web(path, SkipLog())
+    assert doc.meta["url"] == "http://example.test/0"

@@ -1,6 +1,7 @@
 """Readers for web archives: WARC (the crawl's raw HTTP responses) and WET (the crawl's plain-text conversions).
 
 - WARC `response` records: HTTP payload → HTML → main text (extract.py). Only successful HTML responses count.
+  A payload sent compressed (Content-Encoding gzip, x-gzip or deflate) is decompressed first.
 - WET `conversion` records: already text, as Common Crawl serves them (CRLF line ends become LF).
 - Every other record (warcinfo, request, metadata, WAT's JSON, revisit, ...) is counted and ignored.
 
@@ -48,6 +49,7 @@ class _RawRecord:
     headers: dict[str, str]
     http_status: int | None
     http_content_type: str
+    http_content_encoding: str  # "" when the payload is sent as is
     payload: bytes
 
 
@@ -77,7 +79,8 @@ def _to_document(path: Path, record: _RawRecord, skips: SkipLog, extractor: str)
         if not record.http_content_type.startswith(HTML_TYPES):
             skips.skip(path, "response is not HTML")
             return None
-        html = _decode(path, record.payload, _charset(record.http_content_type), skips)
+        payload = _decompress(path, record.payload, record.http_content_encoding, skips)
+        html = None if payload is None else _decode(path, payload, _charset(record.http_content_type), skips)
         if html is None:
             return None
         text = extract_text(html, extractor)
@@ -88,7 +91,9 @@ def _to_document(path: Path, record: _RawRecord, skips: SkipLog, extractor: str)
     if not text:
         skips.skip(path, f"{record.type} record has no text")
         return None
-    meta = {"path": str(path), "offset": record.offset, "url": record.headers.get("WARC-Target-URI", ""),
+    # WARC 1.0's grammar showed the URI in angle brackets and some writers (wget) still add them.
+    url = record.headers.get("WARC-Target-URI", "").strip().removeprefix("<").removesuffix(">")
+    meta = {"path": str(path), "offset": record.offset, "url": url,
             "date": record.headers.get("WARC-Date", "")}
     if "WARC-Identified-Content-Language" in record.headers:
         meta["crawl_language"] = record.headers["WARC-Identified-Content-Language"]
@@ -98,6 +103,31 @@ def _to_document(path: Path, record: _RawRecord, skips: SkipLog, extractor: str)
 def _charset(content_type: str) -> str:
     match = re.search(r"charset=[\"']?([\w.:-]+)", content_type, re.IGNORECASE)
     return match.group(1).lower() if match else "utf-8"
+
+
+def _decompress(path: Path, payload: bytes, encodings: str, skips: SkipLog) -> bytes | None:
+    """The payload with its Content-Encoding undone (RFC 9110 §8.4: listed in the order applied), or None."""
+    for encoding in reversed([e.strip() for e in encodings.lower().split(",") if e.strip()]):
+        if encoding == "identity":
+            continue
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            skips.skip(path, f"unsupported Content-Encoding {encoding!r}")
+            return None
+        try:
+            payload = _inflate(payload, encoding)
+        except zlib.error:
+            skips.skip(path, f"payload is not valid {encoding}")
+            return None
+    return payload
+
+
+def _inflate(payload: bytes, encoding: str) -> bytes:
+    if encoding != "deflate":
+        return zlib.decompress(payload, wbits=31)  # 31: gzip header and trailer
+    try:
+        return zlib.decompress(payload)  # "deflate" is meant to be zlib-wrapped (RFC 9110 §8.4.1.2) ...
+    except zlib.error:
+        return zlib.decompress(payload, wbits=-15)  # ... but some servers send raw deflate
 
 
 def _decode(path: Path, payload: bytes, charset: str, skips: SkipLog) -> str | None:
@@ -192,16 +222,17 @@ def _read_record(record, offset: int) -> _RawRecord | None:
         return None
     record_type = headers.get("WARC-Type", "unknown")
     if record_type != "response":
-        return _RawRecord(offset, record_type, headers, None, "", body)
-    status, content_type, payload = _split_http(body)
-    return _RawRecord(offset, record_type, headers, status, content_type, payload)
+        return _RawRecord(offset, record_type, headers, None, "", "", body)
+    status, fields, payload = _split_http(body)
+    return _RawRecord(offset, record_type, headers, status, fields.get("content-type", "").lower(),
+                      fields.get("content-encoding", ""), payload)
 
 
-def _split_http(body: bytes) -> tuple[int | None, str, bytes]:
-    """(status, content type, payload) of a raw HTTP response; chunked transfer encoding undone."""
+def _split_http(body: bytes) -> tuple[int | None, dict[str, str], bytes]:
+    """(status, header fields by lower-case name, payload) of a raw HTTP response; chunked transfer undone."""
     head, sep, payload = body.partition(b"\r\n\r\n")
     if not sep:
-        return None, "", b""
+        return None, {}, b""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
@@ -211,9 +242,7 @@ def _split_http(body: bytes) -> tuple[int | None, str, bytes]:
         fields[name.strip().lower()] = value.strip()
     if "chunked" in fields.get("transfer-encoding", "").lower():
         payload = _dechunk(payload)
-    if fields.get("content-encoding", "identity").lower() not in ("identity", ""):
-        return status, "compressed:" + fields["content-encoding"], payload
-    return status, fields.get("content-type", "").lower(), payload
+    return status, fields, payload
 
 
 def _dechunk(payload: bytes) -> bytes:
