@@ -93,3 +93,17 @@ def test_a_file_that_keeps_failing_is_a_clear_error(server, tmp_path):
         fetch_cc(CRAWL, 1, tmp_path, options(server), log=lambda line: None)
     with pytest.raises(DataError, match="fewer than --files"):
         fetch_cc(CRAWL, 9, tmp_path / "other", options(server), log=lambda line: None)
+
+
+def test_fetch_cc_command_downloads_and_reports_errors_in_one_line(server, tmp_path, capsys):
+    from nextword.cli import main
+
+    out = tmp_path / "cc"
+    args = ["data", "fetch-cc", "--crawl", CRAWL, "--out", str(out), "--base-url", server, "--retries", "0"]
+    assert main([*args, "--files", "2"]) == 0
+    assert sorted(p.name for p in out.glob("file*")) == ["file0.warc.wet.gz", "file1.warc.wet.gz"]
+    assert (out / "file1.warc.wet.gz").read_bytes() == CrawlServer.files[WET_PATHS[1]]
+    assert "file1.warc.wet.gz" in capsys.readouterr().out
+    assert main([*args, "--files", "9"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("nextword data:") and "fewer than --files 9" in error and "\n" not in error
