@@ -1,5 +1,7 @@
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +100,13 @@ def test_without_tensorboard_the_log_is_jsonl_only_and_says_so(tmp_path, monkeyp
     assert json.loads(lines[0])["tensorboard"] is None
     assert len(read_log(tmp_path / "log.jsonl")) == 7
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_a_log_to_the_null_device_writes_no_tensorboard_files(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    monkeypatch.chdir(tmp_path)
+    log = RunLog(os.devnull)  # what the ranks of a distributed run that do not keep the log write to
+    log.write(kind="run", device="cpu")
+    log.write(kind="train", step=1, tokens=64, loss=5.0)
+    assert log.tensorboard_dir == Path(os.devnull).parent / "tensorboard"
+    assert not log.tensorboard_dir.exists()

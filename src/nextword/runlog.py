@@ -11,6 +11,7 @@ log is JSONL only and the run record says so.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ class RunLog:
     def __init__(self, path: str | Path, *, tensorboard: bool = True) -> None:
         self.path = Path(path)
         self.tensorboard_dir = self.path.parent / "tensorboard"
-        self._want_board = tensorboard
+        # A log written to the null device (as by the ranks of a distributed run that do not keep the log) has no
+        # run folder to put TensorBoard files in.
+        self._want_board = tensorboard and self.path != Path(os.devnull)
         self._board: TensorBoard | None = None
 
     def write(self, **record: Any) -> None:
