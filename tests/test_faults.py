@@ -410,3 +410,18 @@ def test_a_fetched_file_name_cannot_leave_the_output_folder(tmp_path, name):
     with pytest.raises(DataError, match="file name"):
         local_name(f"crawl-data/x/{name}", tmp_path)
     assert local_name("../../../etc/file.wet.gz", tmp_path) == tmp_path / "file.wet.gz"
+
+
+def test_a_shard_index_cannot_point_outside_its_data_dir(corpus, tmp_path):
+    from nextword.data.shards import TokenShards
+
+    assert cli.main(["prepare", "--source", str(corpus), "--data-dir", str(tmp_path / "data"), "--vocab-size", "300",
+                     "--workers", "1"]) == 0
+    index_path = tmp_path / "data" / "index.json"
+    index = json.loads(index_path.read_text())
+    outside = tmp_path / "outside.bin"
+    shutil.copy(tmp_path / "data" / index["splits"]["val"]["shards"][0]["file"], outside)
+    index["splits"]["val"]["shards"][0]["file"] = "../outside.bin"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(DataError, match="not a file of this folder"):
+        TokenShards(tmp_path / "data", "val")

@@ -162,8 +162,8 @@ class TokenShards:
         self.arrays: list[np.ndarray] = []
         self.doc_starts: list[np.ndarray] = []
         for shard in entry["shards"]:
-            self.arrays.append(_map_tokens(self.data_dir / shard["file"], dtype, shard["tokens"]))
-            self.doc_starts.append(_load_doc_starts(self.data_dir / shard["docs"], shard["documents"]))
+            self.arrays.append(_map_tokens(_inside(self.data_dir, shard["file"], where), dtype, shard["tokens"]))
+            self.doc_starts.append(_load_doc_starts(_inside(self.data_dir, shard["docs"], where), shard["documents"]))
         self.num_tokens: int = sum(len(a) for a in self.arrays)
         if self.num_tokens != entry["tokens"]:
             raise DataError(f"{where}: the {split} shards hold {self.num_tokens} tokens, the index says "
@@ -172,6 +172,14 @@ class TokenShards:
     def __repr__(self) -> str:
         return (f"TokenShards({str(self.data_dir)!r}, {self.split!r}: {len(self.arrays)} shards, "
                 f"{self.num_tokens:,} tokens, {self.documents:,} documents)")
+
+
+def _inside(data_dir: Path, name: Any, where: Path) -> Path:
+    """A file the index names, which must be a plain name in the data dir (an index is data, not a path)."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise DataError(f"{where}: names the shard {name!r}, which is not a file of this folder; the index is "
+                        "damaged, run `nextword prepare` again")
+    return data_dir / name
 
 
 def _map_tokens(path: Path, dtype: np.dtype, tokens: int) -> np.ndarray:
