@@ -16,25 +16,40 @@ import contextlib
 import copy
 import dataclasses
 import math
+import os
 import signal
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
-from nextword import cli
-from nextword.checkpoint import (check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint)
+from nextword import cli, distributed
+from nextword.checkpoint import (
+    check_compatible,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from nextword.config import RunConfig, TrainConfig, parse_count, parse_duration
-from nextword.errors import ConfigError, NextwordError
 from nextword.data.loader import TokenLoader
 from nextword.data.prepare import prepare
 from nextword.data.shards import TokenShards
+from nextword.distributed import World
+from nextword.errors import ConfigError, NextwordError
 from nextword.evaluate import evaluate_loss, samples
-from nextword.machine import DTYPES, Machine, cpu_bf16_native, detect, peak_flops, resolve_precision
+from nextword.machine import (
+    DTYPES,
+    Machine,
+    cpu_bf16_native,
+    detect,
+    peak_flops,
+    resolve_precision,
+)
 from nextword.model import GPT
 from nextword.runlog import RunLog, read_log
 from nextword.schedule import decay_start, learning_rate
@@ -72,9 +87,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="save and stop once step N is reached; run the same command again to resume")
     parser.add_argument("--dump-config", action="store_true", help="print the resolved config as TOML and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--nproc", type=int, metavar="N",
+                        help="train with N processes on this machine, one per GPU (starts torchrun for you; "
+                             "for several machines run torchrun yourself, see docs/scale.md)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc and "LOCAL_RANK" not in os.environ:
+        _relaunch_under_torchrun(args.nproc)
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:  # under torchrun: a failing rank's error goes into its report
+        return record(_run)(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.dump_config:
         print(cfg.to_toml())
@@ -99,6 +125,26 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg.train.precision = args.precision or cfg.train.precision
     cfg.train.compile = args.compile or cfg.train.compile
     return cfg.validate()
+
+
+def _relaunch_under_torchrun(nproc: int) -> NoReturn:
+    """Replace this process with torchrun running the same command in `nproc` processes on this machine."""
+    argv = sys.argv[1:]
+    if "train" not in argv:
+        raise ConfigError("--nproc works from the command line (nextword train --nproc N ...)")
+    rest = argv[argv.index("train"):]
+    for i, arg in enumerate(rest):
+        if arg == "--nproc":
+            del rest[i:i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del rest[i]
+            break
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "nextword", *rest]
+    print(" ".join(command[1:]), file=sys.stderr)
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
 
 
 def _load_saved(path: Path) -> RunConfig:
@@ -137,16 +183,46 @@ class _StopRequest:
 
 def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | None = None, progress: bool = True,
           bf16_probe: Callable[[], bool] = cpu_bf16_native) -> dict[str, Any]:
-    """Train (or resume) the run that `cfg` describes; return the closing summary."""
+    """Train (or resume) the run that `cfg` describes; return the closing summary.
+
+    Started by torchrun, every process calls this: it joins the others, trains its share and, on rank 0 alone,
+    prints, logs and writes the run's files.
+    """
+    world = distributed.world_from_env()
+    mode = distributed.parallel_mode(cfg.train.parallel, world)
+    device = distributed.device_name(cfg.train.device, world)
+    joined = distributed.join(world, mode, device)
+    try:
+        with _quiet_unless(world.is_main):
+            return _train(cfg, world, mode, device, start_time=start_time, stop_after=stop_after,
+                          progress=progress and world.is_main, bf16_probe=bf16_probe)
+    finally:
+        if joined:
+            distributed.leave()
+
+
+@contextlib.contextmanager
+def _quiet_unless(is_main: bool):
+    """Only rank 0 prints; the other ranks' stdout goes nowhere (their errors still reach stderr)."""
+    if is_main:
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere):
+        yield
+
+
+def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: float | None,
+           stop_after: int | None, progress: bool, bf16_probe: Callable[[], bool]) -> dict[str, Any]:
     start = time.monotonic() if start_time is None else start_time
     t = cfg.train
     run_dir = Path(t.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    machine = detect(t.device, t.threads, bf16_probe)
-    torch.manual_seed(t.seed)
+    machine = detect(device, distributed.cpu_threads(t.threads, world), bf16_probe)
+    torch.manual_seed(t.seed)  # the same on every rank: FSDP needs every rank to start from the same weights
 
     pretrained = _pretrained(cfg)
-    prepared = prepare(cfg.data, progress=progress)
+    with world.main_first():  # rank 0 prepares (or finds) the data; the others then find it ready
+        prepared = prepare(cfg.data, progress=progress)
     tokenizer = prepared.tokenizer
     cfg.data.data_dir = str(prepared.data_dir)
     if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
@@ -157,21 +233,12 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
     val_split = TokenShards(prepared.data_dir, "val")
 
     model = (pretrained or GPT(cfg.model)).to(machine.device)
-    optimizer = build_optimizer(model, t)
-    loader = TokenLoader(train_split, t.micro_batch, cfg.model.context, seed=t.seed, device=machine.device)
-    tokens_per_micro = t.micro_batch * cfg.model.context
-    accumulation = max(1, t.batch_tokens // tokens_per_micro) if t.batch_tokens else 1
-    tokens_per_step = tokens_per_micro * accumulation
-
-    state = Progress()
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        check_compatible(checkpoint, cfg, tokenizer.hash)
-        saved = load_checkpoint(checkpoint, model, optimizer, machine.device)
-        state = Progress(**saved)
-        loader.load_state_dict(state.loader)
-        print(f"resuming {run_dir} from step {state.step:,} of {state.planned_steps:,}")
-    _write_run_files(run_dir, cfg, tokenizer)
+    # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
+    # single process would.
+    loader = TokenLoader(train_split, t.micro_batch, cfg.model.context, rank=world.rank, world_size=world.size,
+                         seed=t.seed, device=machine.device)
+    accumulation = _accumulation(t, cfg.model.context, world.size)
+    tokens_per_step = t.micro_batch * cfg.model.context * accumulation * world.size
 
     def time_precision(precision: str) -> float:
         """Seconds per step of a copy of this model in `precision` (the real model and data are not touched)."""
@@ -189,12 +256,30 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
         return min(seconds[1:])
 
     shape = f"{cfg.model}|b{t.micro_batch}"
-    precision, why = resolve_precision(t.precision, machine, time_precision, shape)
+    # Measured on rank 0 and shared: ranks that measured for themselves could choose differently.
+    precision, why = world.from_main(resolve_precision, t.precision, machine, time_precision, shape)
     autocast, scaler = autocast_for(machine.device, precision), scaler_for(machine.device, precision)
-    compiled, compile_why = _maybe_compile(model, cfg, machine)
-    net = compiled or model
-    peak = peak_flops(machine)
+    train_autocast = autocast if distributed.autocast_needed(mode, precision) else contextlib.nullcontext()
     flops_per_token = model.flops_per_token()
+    net, compiled, compile_why = _parallel_model(model, mode, world, precision, cfg, machine)
+    optimizer = build_optimizer(model, t)  # after FSDP has sharded the parameters it optimizes
+    peak = world.from_main(peak_flops, machine)
+
+    state = Progress()
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        check_compatible(checkpoint, cfg, tokenizer.hash)
+        if mode == "none" and not distributed.is_sharded(checkpoint):
+            saved = load_checkpoint(checkpoint, model, optimizer, machine.device)
+        else:
+            saved = distributed.load_checkpoint(checkpoint, model, optimizer)
+        state = Progress(**saved)
+        loader.load_state_dict(state.loader)
+        print(f"resuming {run_dir} from step {state.step:,} of {state.planned_steps:,}")
+    if world.size > 1:
+        torch.manual_seed(distributed.rank_seed(t.seed, world, state.step))  # dropout differs between ranks
+    if world.is_main:
+        _write_run_files(run_dir, cfg, tokenizer)
 
     governs, limit = _governing(t)
     if not state.planned_steps and governs == "steps":
@@ -203,9 +288,11 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
         state.planned_steps = math.ceil(limit / tokens_per_step)
     deadline = start + limit if governs == "budget" else math.inf
 
-    log = RunLog(run_dir / "log.jsonl")
+    # Rank 0 alone keeps the run's log; the other ranks write theirs nowhere.
+    log = RunLog(run_dir / "log.jsonl" if world.is_main else os.devnull)
     log.write(kind="run", **machine.describe(), cpu=machine.name, precision=precision, precision_reason=why,
-              compile=compiled is not None, compile_reason=compile_why, params=model.num_params(),
+              compile=compiled, compile_reason=compile_why, parallel=mode, world_size=world.size,
+              params=model.num_params(),
               params_non_embedding=model.num_params(non_embedding=True), flops_per_token=flops_per_token,
               peak_flops=peak, tokens_per_step=tokens_per_step, accumulation=accumulation, governs=governs,
               limit=limit, resumed_from=state.step, planned_steps=state.planned_steps)
@@ -215,16 +302,25 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
     print(f"machine: {machine.name} ({machine.capability}), {machine.threads} threads, "
           f"peak {peak / 1e12:.2f} TFLOP/s measured")
     print(f"precision: {precision} ({why}); torch.compile: {'on' if compiled else 'off'} ({compile_why})")
+    if world.size > 1 or mode != "none":
+        print(f"parallel: {mode} over {world.size} process{'es' if world.size > 1 else ''}")
     print(f"batch: {tokens_per_step:,} tokens per step ({t.micro_batch} × {cfg.model.context}"
-          f"{f' × {accumulation} micro-steps' if accumulation > 1 else ''}); "
+          f"{f' × {accumulation} micro-steps' if accumulation > 1 else ''}"
+          f"{f' × {world.size} ranks' if world.size > 1 else ''}); "
           f"{_describe_limit(governs, limit)}")
 
     def run_eval(step: int) -> float:
         began = time.monotonic()
         with autocast:
-            result = evaluate_loss(model, val_split, t.micro_batch, cfg.model.context, cfg.eval.batches,
-                                   machine.device)
-            texts = samples(model, tokenizer, cfg.eval, seed=t.seed)
+            if mode == "none":
+                result = evaluate_loss(model, val_split, t.micro_batch, cfg.model.context, cfg.eval.batches,
+                                       machine.device)
+            else:
+                result = distributed.evaluate_loss(model, val_split, t.micro_batch, cfg.model.context,
+                                                   cfg.eval.batches, machine.device, world)
+            # FSDP's forward is a collective, so every rank draws the (same) samples; elsewhere rank 0 alone.
+            draws = world.is_main or mode == "fsdp"
+            texts = samples(model, tokenizer, cfg.eval, seed=t.seed) if draws else []
         log.write(kind="eval", step=step, tokens=state.tokens, val_loss=result["loss"], val_ppl=result["ppl"],
                   val_bpb=result["bpb"], samples=texts)
         _print_eval(step, result, texts, tokenizer.vocab_size)
@@ -243,8 +339,8 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
         while True:
             if governs == "budget" and not state.planned_steps and len(step_times) >= TIMED_WARMUP_STEPS + TIMED_STEPS:
                 planned_step_time = statistics.median(step_times[TIMED_WARMUP_STEPS:])
-                state.planned_steps = _plan_steps(state.step, planned_step_time, deadline, limit, eval_seconds,
-                                                  ckpt_seconds, cfg)
+                state.planned_steps = world.from_main(_plan_steps, state.step, planned_step_time, deadline, limit,
+                                                      eval_seconds, ckpt_seconds, cfg)
                 log.write(kind="plan", step=state.step, step_seconds=planned_step_time,
                           planned_steps=state.planned_steps)
                 bar.total = state.planned_steps
@@ -257,7 +353,7 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
                 lr = t.lr * min(1.0, (state.step + 1) / 100)
             began = time.perf_counter()
             loss, grad_norm, nonfinite = train_step(net, optimizer, loader.next_batch, accumulation, lr, t.grad_clip,
-                                                    autocast, scaler)
+                                                    train_autocast, scaler)
             skipped_since_log += nonfinite
             state.step += 1
             state.tokens += tokens_per_step
@@ -267,7 +363,9 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
             bar.update(1)
 
             at_end = state.planned_steps and state.step >= state.planned_steps
-            if state.step % t.log_every == 0 or at_end:
+            at_log_step = state.step % t.log_every == 0 or at_end
+            stopping = _stop_agreed(stop, world, at_log_step)
+            if at_log_step:
                 skipped = int(skipped_since_log)  # read back only here: no host sync inside the step
                 skipped_since_log.zero_()
                 state.nonfinite_skipped += skipped
@@ -280,7 +378,8 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
                                              f"good checkpoint is untouched in {run_dir / 'checkpoints'}")
                 recent = step_times[-t.log_every:]
                 tokens_per_s = tokens_per_step * len(recent) / sum(recent)
-                mfu = flops_per_token * tokens_per_s / peak
+                mfu = flops_per_token * tokens_per_s / (peak * world.size)
+                loss = world.mean(loss)  # each rank's loss is over its own windows
                 log.write(kind="train", step=state.step, tokens=state.tokens, loss=float(loss), lr=lr,
                           grad_norm=float(grad_norm), tokens_per_s=tokens_per_s, mfu=mfu,
                           elapsed_s=time.monotonic() - start)
@@ -288,10 +387,10 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
                 if (governs == "budget" and planned_step_time and not state.replanned
                         and state.step < decay_start(state.planned_steps, t.decay_frac)):
                     measured = statistics.median(step_times[-max(t.log_every, 10):])
-                    if abs(measured / planned_step_time - 1) > 0.2:
+                    if world.from_main(_drifted, measured, planned_step_time):
                         state.replanned = True
-                        state.planned_steps = _plan_steps(state.step, measured, deadline, limit, eval_seconds,
-                                                          ckpt_seconds, cfg)
+                        state.planned_steps = world.from_main(_plan_steps, state.step, measured, deadline, limit,
+                                                              eval_seconds, ckpt_seconds, cfg)
                         log.write(kind="plan", step=state.step, step_seconds=measured,
                                   planned_steps=state.planned_steps, replan=True)
                         bar.total = state.planned_steps
@@ -299,22 +398,28 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
             every = cfg.eval.every or max(1, (state.planned_steps or 10**9) // 4)
             if not at_end and state.planned_steps and state.step % every == 0:
                 eval_seconds = max(eval_seconds, run_eval(state.step))
-            if at_end or (t.ckpt_every and state.step % t.ckpt_every == 0) or stop.signal or state.step == stop_after:
+            if at_end or (t.ckpt_every and state.step % t.ckpt_every == 0) or stopping or state.step == stop_after:
                 if at_end:
                     bar.close()
                     eval_seconds = run_eval(state.step)
                 began = time.monotonic()
                 state.loader = loader.state_dict()
-                path = save_checkpoint(run_dir, state.step, model, optimizer, _asdict(state), cfg,
-                                       tokenizer.hash, t.keep_last)
+                if mode == "none":
+                    path = save_checkpoint(run_dir, state.step, model, optimizer, _asdict(state), cfg,
+                                           tokenizer.hash, t.keep_last)
+                else:
+                    path = distributed.save_checkpoint(run_dir, state.step, model, optimizer, _asdict(state), cfg,
+                                                       tokenizer.hash, t.keep_last, world)
                 ckpt_seconds = time.monotonic() - began
-                if stop.signal or state.step == stop_after:
+                if stopping or state.step == stop_after:
                     bar.close()
                     print(f"saved {path}; run the same command to resume")
-                    summary = {"interrupted": bool(stop.signal), "step": state.step, "checkpoint": str(path)}
+                    summary = {"interrupted": stopping, "step": state.step, "checkpoint": str(path)}
                     log.write(kind="stop", **summary)
                     return summary
     bar.close()
+    if not world.is_main:
+        return {"run_dir": str(run_dir), "steps": state.step, "rank": world.rank}
     summary = _summary(run_dir, state, start, precision, why)
     log.write(kind="summary", **summary)
     _print_summary(summary)
@@ -361,14 +466,18 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = None
-    for _ in range(accumulation):
+    for micro_step in range(accumulation):
         x, y = next_batch()
-        with autocast:
-            _, loss = model(x, y)
-        scaler.scale(loss / accumulation).backward()
+        # Over several processes, gradients are averaged across ranks once, in the last micro-step's backward.
+        with distributed.gradient_sync(model, micro_step == accumulation - 1):
+            with autocast:
+                _, loss = model(x, y)
+            scaler.scale(loss / accumulation).backward()
         total = loss.detach() if total is None else total + loss.detach()
     scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # under FSDP: a DTensor that every rank holds whole
+        norm = norm.full_tensor()
     nonfinite = (~torch.isfinite(norm)).float()
     if not scaler.is_enabled():
         _skip_update_if(optimizer, nonfinite)
@@ -397,6 +506,43 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
 def scaler_for(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling is only needed for fp16, whose narrow exponent underflows small gradients."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+
+
+def _accumulation(t: TrainConfig, context: int, world_size: int) -> int:
+    """Micro-steps per update, so that the global batch is train.batch_tokens whatever the number of ranks."""
+    if not t.batch_tokens:
+        return 1
+    per_micro_step = t.micro_batch * context * world_size
+    if world_size > 1 and t.batch_tokens % per_micro_step:
+        raise ConfigError(f"train.batch_tokens = {t.batch_tokens:,} is not a multiple of micro_batch × context × "
+                          f"ranks = {t.micro_batch} × {context} × {world_size} = {per_micro_step:,}; set it to a "
+                          f"multiple so every world size trains on the same global batch")
+    return max(1, t.batch_tokens // per_micro_step)
+
+
+def _parallel_model(model: GPT, mode: str, world: World, precision: str, cfg: RunConfig,
+                    machine: Machine) -> tuple[torch.nn.Module, bool, str]:
+    """The module that runs forward and backward (wrapped for DDP, sharded for FSDP, maybe compiled), whether
+    torch.compile is on, and why."""
+    t = cfg.train
+    if mode == "fsdp":
+        # FSDP compiles each block on its own, so the gathers between blocks stay outside the compiled graphs.
+        wanted = t.compile == "on" or (t.compile == "auto" and machine.is_cuda)
+        net = distributed.wrap(model, mode, world, precision=precision,
+                               activation_checkpointing=t.activation_checkpointing, compile_blocks=wanted)
+        return net, wanted, f"per block under FSDP; {t.compile} in the config on {machine.device.type}"
+    net = distributed.wrap(model, mode, world, precision=precision,
+                           activation_checkpointing=t.activation_checkpointing, compile_blocks=False)
+    compiled, why = _maybe_compile(net, cfg, machine)
+    return compiled or net, compiled is not None, why
+
+
+def _stop_agreed(stop: _StopRequest, world: World, at_log_step: bool) -> bool:
+    """Whether to save and stop now. Ranks must stop at the same step, so over several processes a signal any
+    rank caught is agreed on at log steps only (that exchange is a host synchronisation)."""
+    if world.size == 1:
+        return stop.signal is not None
+    return at_log_step and world.any(stop.signal is not None)
 
 
 def _maybe_compile(model: GPT, cfg: RunConfig, machine: Machine) -> tuple[torch.nn.Module | None, str]:
@@ -433,6 +579,11 @@ def _plan_steps(step: int, step_seconds: float, deadline: float, budget: float, 
     saves_left = 1 + (0 if not cfg.train.ckpt_every else max(0, int(left / step_seconds) // cfg.train.ckpt_every))
     left -= evals_left * eval_seconds + saves_left * ckpt_seconds
     return step + max(1, int(left / step_seconds))
+
+
+def _drifted(measured: float, planned: float) -> bool:
+    """Whether steps now take so much more or less time than planned that the plan should be redone."""
+    return abs(measured / planned - 1) > 0.2
 
 
 def _progress_bar(enabled: bool, state: Progress):

@@ -1,0 +1,401 @@
+"""One training job over many processes: torchrun setup, DDP and FSDP2 wrapping, sharded checkpoints.
+
+torchrun starts one process per GPU (or per CPU worker) and tells each, through environment variables, its RANK
+(0 … WORLD_SIZE-1 over all nodes), its LOCAL_RANK on its node and where to meet the others. Every process runs
+the same training loop on its own slice of each batch:
+
+    ddp    each rank holds the whole model; after backward the gradients are averaged over ranks (all-reduce),
+           so every rank takes the same optimizer step. Inner micro-steps of an accumulation skip the all-reduce.
+    fsdp   FSDP2 (`fully_shard`): each rank holds 1/world of every parameter, gradient and optimizer moment;
+           a block's full weights are gathered just before it runs and freed after, so a model larger than one
+           GPU's memory still trains.
+
+Everything per-rank (data stream, seed, logging) is derived from the rank, and checkpoints are written by all
+ranks through torch.distributed.checkpoint in safetensors files, so a run can resume at another world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nextword import checkpoint
+from nextword.errors import ConfigError
+
+# A collective that waits longer than this raises instead of hanging: long enough for rank 0 to prepare a
+# small corpus or write a large checkpoint while the others wait, short enough that a stuck job ends.
+TIMEOUT = timedelta(minutes=10)
+PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
+SHARDED = "sharded"  # manifest "layout" of a checkpoint written by several processes
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job. A single process is rank 0 of a world of 1."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    local_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone prints, logs and writes the run's files."""
+        return self.rank == 0
+
+    @property
+    def joined(self) -> bool:
+        """Whether a process group is up, so collectives can be called."""
+        return dist.is_available() and dist.is_initialized()
+
+    def from_main(self, compute: Callable[..., T], *args: Any) -> T:
+        """`compute(*args)` run on rank 0 alone, its result sent to every rank: for decisions that must agree
+        (a measured precision, a planned step count) but would differ if each rank measured for itself."""
+        if not self.joined or self.size == 1:
+            return compute(*args)
+        box = [compute(*args) if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a scalar over all ranks (the value itself in a single process)."""
+        if not self.joined or self.size == 1:
+            return value
+        total = value.detach().clone().float()
+        dist.all_reduce(total)
+        return total / self.size
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on at least one."""
+        if not self.joined or self.size == 1:
+            return flag
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        votes = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+        return bool(votes.item())
+
+    def barrier(self) -> None:
+        if self.joined and self.size > 1:
+            dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (e.g. writes a shared cache); the others run it after, finding it done."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+
+def world_from_env() -> World:
+    """This process's place, from the variables torchrun sets (a world of 1 when it was not started by torchrun)."""
+    try:
+        return World(rank=int(os.environ.get("RANK", "0")), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                     size=int(os.environ.get("WORLD_SIZE", "1")),
+                     local_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError as e:
+        raise ConfigError(f"RANK, LOCAL_RANK, WORLD_SIZE or LOCAL_WORLD_SIZE is not a number ({e}); "
+                          "start the job with torchrun") from None
+
+
+def parallel_mode(requested: str, world: World) -> str:
+    """The data-parallel scheme the run uses: auto means DDP when started with more than one process."""
+    if requested not in PARALLEL_MODES:
+        raise ConfigError(f"train.parallel = {requested!r}; use one of {', '.join(PARALLEL_MODES)}")
+    if requested == "auto":
+        return "ddp" if world.size > 1 else "none"
+    if requested == "none" and world.size > 1:
+        raise ConfigError(f"train.parallel = none, but torchrun started {world.size} processes; use ddp or fsdp, "
+                          "or start one process")
+    if requested == "ddp" and world.size == 1:
+        return "none"  # DDP over one process only adds hooks
+    return requested
+
+
+def device_name(requested: str, world: World) -> str:
+    """Each process on a node takes the GPU numbered by its local rank."""
+    wants_cuda = requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available())
+    if world.size == 1 or not wants_cuda:
+        return requested
+    if requested not in ("auto", "cuda"):
+        raise ConfigError(f"train.device = {requested!r}; with torchrun use auto or cuda: each process takes the "
+                          "GPU of its local rank")
+    return f"cuda:{world.local_rank}"
+
+
+def cpu_threads(requested: int, world: World) -> int:
+    """Threads for one process: the cores are shared by the processes on this node (0: let the machine decide)."""
+    if requested or world.local_size == 1:
+        return requested
+    return max(1, len(os.sched_getaffinity(0)) // world.local_size)
+
+
+def join(world: World, mode: str, device: str) -> bool:
+    """Join the job's process group (gloo on CPU, NCCL on GPUs); True when this call started it.
+
+    FSDP needs a group even in one process, so a single-process FSDP run gets a private one-member group.
+    """
+    if dist.is_initialized() or (world.size == 1 and mode != "fsdp"):
+        return False
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if on_cuda:
+        torch.cuda.set_device(world.local_rank)
+    # gloo stays beside NCCL for the small objects and CPU tensors that checkpointing moves.
+    backend = "cpu:gloo,cuda:nccl" if on_cuda else "gloo"
+    if world.size == 1 and "MASTER_ADDR" not in os.environ:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=TIMEOUT)
+    else:
+        dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)
+    return True
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_seed(seed: int, world: World, step: int) -> int:
+    """A seed for this rank's random draws (dropout) from `step` on: distinct per rank, repeatable on resume."""
+    return seed + 1_000_003 * world.rank + 7919 * step
+
+
+def wrap(model: nn.Module, mode: str, world: World, *, precision: str, activation_checkpointing: bool,
+         compile_blocks: bool) -> nn.Module:
+    """The module to train: the model itself (none), a DDP wrapper around it, or the model sharded in place by
+    FSDP2, one unit per transformer block plus the root (embeddings, final norm, head)."""
+    if activation_checkpointing:
+        checkpoint_blocks(model)
+    if mode == "ddp":
+        device_ids = [world.local_rank] if next(model.parameters()).is_cuda else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if mode != "fsdp":
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # bf16 weights for the matmuls, gradients reduced and master weights kept in fp32.
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if precision == "bf16" else MixedPrecisionPolicy()
+    for block in model.blocks:
+        if compile_blocks:
+            block.compile()  # in place, so parameter names stay as they are
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Recompute each block's activations during backward instead of keeping them: about a third more compute
+    for a fraction of the activation memory. The wrapper's state-dict hooks keep parameter names unchanged."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        checkpoint_wrapper,
+    )
+
+    for i, block in enumerate(model.blocks):
+        model.blocks[i] = checkpoint_wrapper(block)
+
+
+def autocast_needed(mode: str, precision: str) -> bool:
+    """Under FSDP's bf16 policy the weights are already bf16 when they compute; autocast would only add casts."""
+    return not (mode == "fsdp" and precision == "bf16")
+
+
+@contextlib.contextmanager
+def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """Let backward reduce gradients over ranks only when `enabled` (the last micro-step of an accumulation)."""
+    module = getattr(module, "_orig_mod", module)  # under torch.compile
+    if isinstance(module, nn.parallel.DistributedDataParallel) and not enabled:
+        with module.no_sync():
+            yield
+        return
+    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        module.set_requires_gradient_sync(enabled)
+    yield
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation over ranks
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, split, batch_size: int, context: int, batches: int, device: torch.device,
+                  world: World) -> dict[str, float]:
+    """Loss, perplexity and bits per byte over the split's first windows, each rank scoring its share of them
+    and the mean taken over ranks: the windows a single process scores for `batches` batches, when the world
+    size divides `batches`."""
+    from nextword.data.loader import TokenLoader
+    from nextword.evaluate import _figures
+
+    was_training = model.training
+    model.eval()
+    loader = TokenLoader(split, batch_size, context, rank=world.rank, world_size=world.size, shuffle=False,
+                         device=device)
+    own_batches = max(1, min(batches, loader.num_windows // batch_size) // world.size)
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    for _ in range(own_batches):
+        x, y = loader.next_batch()
+        _, loss = model(x, y)
+        total += loss.double()
+    model.train(was_training)
+    loss = float(world.mean(total / own_batches))
+    tokens = own_batches * world.size * batch_size * context
+    return _figures(loss, tokens_per_byte=split.num_tokens / max(1, split.num_bytes), tokens=tokens)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sharded checkpoints: torch.distributed.checkpoint (DCP) over safetensors files
+#
+# Every rank writes the parameters and optimizer moments it holds (replicated tensors are written once), and
+# records where its slice sits in the full tensor; loading reads whatever slices the new layout needs, so the
+# world size may change between save and load. DCP's default format pickles its metadata; the safetensors
+# storage used here keeps both data and layout in safetensors headers, so nothing is unpickled on load.
+# Only tensors are saved: optimizer hyperparameters come from the config of the resumed run.
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    trainer_state: dict[str, Any], cfg, tokenizer_hash: str, keep_last: int, world: World) -> Path:
+    """Write a sharded checkpoint from every rank (a collective), sealed by rank 0 like a single-process one.
+
+    The folder holds the shards (shard-*.safetensors), a consolidated model.safetensors that rank 0 gathers so
+    that `nextword sample` and `export` read it as they read any checkpoint, trainer.json, and the manifest,
+    written last. The folder is written under a temporary name and renamed once complete.
+    """
+    root = checkpoint.checkpoints_dir(run_dir)
+    final = root / f"{checkpoint.STEP_PREFIX}{step:07d}"
+    tmp = Path(world.from_main(_fresh_folder, root, final))
+    save_sharded(tmp, model, optimizer)
+    weights = full_model_state(model)
+    if world.is_main:
+        from safetensors.torch import save_file
+
+        save_file(weights, str(tmp / "model.safetensors"))
+        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
+        _seal(tmp, final, {"step": step, "layout": SHARDED, "world_size": world.size,
+                           "config_hash": checkpoint.config_hash(cfg), "tokenizer_hash": tokenizer_hash})
+        for old in checkpoint.list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    world.barrier()  # no rank goes on (and may save again) before the checkpoint is in place
+    return final
+
+
+def is_sharded(path: Path) -> bool:
+    return checkpoint.read_manifest(path).get("layout") == SHARDED
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load a checkpoint of either layout into a model of any parallel kind; return the trainer state.
+
+    A sharded checkpoint is read slice by slice, at whatever world size it was written; a single-process one
+    is read whole on every rank and sharded as the model is.
+    """
+    if is_sharded(path):
+        load_sharded(path, model, optimizer)
+    else:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / "model.safetensors"))
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        load_full(model, optimizer, weights, state["optimizer"])
+    return json.loads((path / "trainer.json").read_text())
+
+
+def _fresh_folder(root: Path, final: Path) -> str:
+    """An empty temporary folder for the checkpoint `final`, named after this process (rank 0) like the
+    single-process saves, so a folder left by a crash is recognised as abandoned."""
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return str(tmp)
+
+
+def _seal(tmp: Path, final: Path, manifest: dict[str, Any]) -> None:
+    """Hash and fsync every file, write the manifest last, then rename the folder into place."""
+    files = {}
+    for file in sorted(tmp.iterdir()):
+        checkpoint._fsync(file)
+        files[file.name] = {"bytes": file.stat().st_size, "sha256": checkpoint._sha256(file)}
+    (tmp / checkpoint.MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=1))
+    checkpoint._fsync(tmp / checkpoint.MANIFEST)
+    if final.exists():  # the same step saved again after a resume: replace it whole
+        shutil.rmtree(final)
+    tmp.rename(final)
+    checkpoint._fsync_dir(final.parent)
+
+
+def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(model, optimizer)
+
+
+def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Write this rank's part of the model and optimizer state into `folder` (a collective: every rank calls it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    model_state, optim_state = _state_dicts(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state["state"]},
+             storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+
+
+def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Fill the model and optimizer from a sharded checkpoint written at any world size."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    model_state, optim_state = _state_dicts(model, optimizer)
+    saved = {"model": model_state, "optimizer": optim_state["state"]}
+    dcp.load(saved, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=saved["model"],
+                   optim_state_dict={"state": saved["optimizer"], "param_groups": optim_state["param_groups"]})
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights on rank 0's CPU, gathered from every rank (a collective; empty on other ranks)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {name: t.contiguous() for name, t in get_model_state_dict(model, options=options).items()}
+
+
+def full_optimizer_state_for(model: nn.Module, optimizer: torch.optim.Optimizer,
+                             saved: dict[str, Any]) -> dict[str, Any]:
+    """A single-process optimizer state dict (moments keyed by parameter number) keyed by parameter name
+    instead, so it can be loaded into a sharded model whose optimizer numbers its parameters the same way."""
+    names = {id(p): name for name, p in _plain_named_parameters(model)}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    _, current = _state_dicts(model, optimizer)
+    return {"state": {order[int(i)]: s for i, s in saved["state"].items()}, "param_groups": current["param_groups"]}
+
+
+def load_full(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, torch.Tensor],
+              optimizer_state: dict[str, Any]) -> None:
+    """Load a single-process checkpoint's full weights and optimizer state into a (possibly sharded) model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=weights,
+                   optim_state_dict=full_optimizer_state_for(model, optimizer, optimizer_state),
+                   options=StateDictOptions(full_state_dict=True))
+
+
+def _plain_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """Parameter names without the prefixes that wrappers (activation checkpointing, compile) add."""
+    for name, p in model.named_parameters():
+        yield name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""), p

@@ -1,0 +1,154 @@
+"""Training over several processes (gloo on CPU): the same losses as one process, resume at another world size,
+and a failing rank that ends the job instead of hanging it."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nextword.checkpoint import latest_checkpoint, load_for_inference, read_manifest
+from nextword.config import RunConfig
+from nextword.distributed import World, parallel_mode
+from nextword.errors import ConfigError
+from nextword.train import _accumulation, train
+from test_train import make_corpus
+
+STEPS, STOP_AT = 16, 8
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny config saved as TOML, its data prepared, and the single-process run every other run must match."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    env = {**os.environ, "NEXTWORD_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    cfg = RunConfig()
+    cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context = 2, 32, 2, 32
+    cfg.data.sources, cfg.data.vocab_size, cfg.data.val_fraction = [str(make_corpus(tmp / "corpus"))], 300, 0.2
+    cfg.data.data_dir = str(tmp / "data")
+    cfg.train.micro_batch, cfg.train.log_every, cfg.train.steps = 4, 1, STEPS
+    cfg.train.batch_tokens = 4 * 32 * 2  # one micro-batch per rank at world size 2; two micro-steps alone
+    cfg.train.precision, cfg.train.compile, cfg.train.threads = "fp32", "off", 1
+    cfg.eval.batches, cfg.eval.every, cfg.eval.sample_tokens, cfg.eval.prompts = 2, 1000, 4, ["def "]
+    cfg.save(tmp / "config.toml")
+
+    single = copy.deepcopy(cfg)
+    single.train.run_dir = str(tmp / "single")
+    saved_cache = os.environ.get("NEXTWORD_CACHE")
+    os.environ["NEXTWORD_CACHE"] = env["NEXTWORD_CACHE"]
+    try:
+        train(single, progress=False)
+    finally:
+        os.environ.pop("NEXTWORD_CACHE") if saved_cache is None else os.environ.update(NEXTWORD_CACHE=saved_cache)
+    return tmp, env, cfg
+
+
+def losses(run_dir, kind="train", field="loss"):
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    return [r[field] for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def launch(command, env, timeout=120):
+    began = time.monotonic()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    return done, time.monotonic() - began
+
+
+def torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+
+
+def test_ddp_over_two_processes_gives_the_single_process_losses(setup):
+    tmp, env, _ = setup
+    command = [sys.executable, "-m", "nextword", "train", "--nproc", "2", "--config", str(tmp / "config.toml"),
+               "--run-dir", str(tmp / "ddp"), "--quiet"]
+    done, _ = launch(command, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done:") == 1  # rank 0 alone prints
+    run_line = losses(tmp / "ddp", "run", "parallel")
+    assert run_line == ["ddp"]
+    assert losses(tmp / "ddp") == pytest.approx(losses(tmp / "single"), rel=1e-5)
+    assert losses(tmp / "ddp", "eval", "val_loss") == pytest.approx(losses(tmp / "single", "eval", "val_loss"),
+                                                                   rel=1e-5)
+
+
+def test_fsdp_saved_at_two_processes_resumes_in_one_with_the_same_losses(setup):
+    tmp, env, cfg = setup
+    run_dir = tmp / "fsdp"
+    done, _ = launch(torchrun("-m", "nextword", "train", "--config", str(tmp / "config.toml"), "--run-dir",
+                              str(run_dir), "--train.parallel", "fsdp", "--stop-after", str(STOP_AT), "--quiet"), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = latest_checkpoint(run_dir)
+    assert read_manifest(checkpoint)["world_size"] == 2 and read_manifest(checkpoint)["layout"] == "sharded"
+
+    # The sharded checkpoint's consolidated weights serve `sample` and `export` like any checkpoint's.
+    model, _, _ = load_for_inference(run_dir)
+    assert model.num_params() > 0
+
+    done, _ = launch([sys.executable, "-m", "nextword", "train", "--run-dir", str(run_dir), "--quiet"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stdout
+    assert losses(run_dir, "run", "world_size") == [2, 1]
+    assert losses(run_dir) == pytest.approx(losses(tmp / "single"), rel=1e-5)
+
+
+def test_a_single_process_checkpoint_resumes_under_fsdp(setup, monkeypatch):
+    tmp, env, cfg = setup
+    monkeypatch.setenv("NEXTWORD_CACHE", env["NEXTWORD_CACHE"])
+    cfg = copy.deepcopy(cfg)
+    cfg.train.run_dir = str(tmp / "single-then-fsdp")
+    train(copy.deepcopy(cfg), progress=False, stop_after=STOP_AT)
+    cfg.train.parallel = "fsdp"  # one process, sharded over a group of one
+    train(cfg, progress=False)
+    assert losses(tmp / "single-then-fsdp", "run", "parallel") == ["none", "fsdp"]
+    assert losses(tmp / "single-then-fsdp") == pytest.approx(losses(tmp / "single"), rel=1e-5)
+
+
+FAILING_RANK = """
+import os, sys
+from nextword import cli
+from nextword.data.loader import TokenLoader
+
+if os.environ["RANK"] == "1":
+    original, calls = TokenLoader.next_batch, []
+
+    def next_batch(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk vanished under rank 1")
+        return original(self)
+
+    TokenLoader.next_batch = next_batch
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_failing_rank_stops_the_job_with_its_error(setup):
+    tmp, env, _ = setup
+    script = tmp / "failing_rank.py"
+    script.write_text(FAILING_RANK)
+    done, seconds = launch(torchrun(str(script), "train", "--config", str(tmp / "config.toml"), "--run-dir",
+                                    str(tmp / "failing"), "--quiet"), env, timeout=90)
+    assert done.returncode != 0
+    assert seconds < 60
+    assert "disk vanished under rank 1" in done.stderr
+    assert "rank: 1" in done.stderr  # torchrun's failure report names the rank
+
+
+def test_the_global_batch_is_the_same_at_every_world_size():
+    cfg = RunConfig()
+    cfg.train.micro_batch, cfg.train.batch_tokens = 4, 4 * 32 * 8
+    assert [_accumulation(cfg.train, 32, n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(ConfigError, match="batch_tokens"):
+        _accumulation(cfg.train, 32, 3)
+
+
+def test_parallel_modes_follow_the_world_size():
+    one, two = World(), World(rank=1, local_rank=1, size=2, local_size=2)
+    assert parallel_mode("auto", one) == "none" and parallel_mode("auto", two) == "ddp"
+    assert parallel_mode("ddp", one) == "none" and parallel_mode("fsdp", one) == "fsdp"
+    with pytest.raises(ConfigError, match="torchrun started 2 processes"):
+        parallel_mode("none", two)
