@@ -1,0 +1,81 @@
+"""What every benchmark prints above its table, and the interleaved timing they share.
+
+A number from a benchmark means little without the machine, library versions, date and command that gave it, so
+each benchmark starts with `header(...)`. The machine is often shared, so rivals are timed in turns (A, B, A, B…)
+and compared by their medians: a burst of load from another process then slows both alike.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from nextword.machine import cpu_model, usable_cores
+
+
+def header(title: str, extra: Sequence[str] = ()) -> list[str]:
+    """Comment lines naming the benchmark, date, command, CPU, torch and threads (plus `extra` lines)."""
+    now = datetime.datetime.now().astimezone()
+    command = " ".join([os.path.relpath(sys.executable)] + sys.argv)
+    lines = [
+        f"# {title}, {now:%Y-%m-%d %H:%M %Z}",
+        f"# command: {command}",
+        f"# cpu: {cpu_model()}, {usable_cores()} usable cores, torch capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads",
+        f"# torch {torch.__version__}, Python {sys.version.split()[0]}",
+    ]
+    return lines + [f"# {line}" for line in extra]
+
+
+@dataclass
+class Timings:
+    """Seconds per call: by the wall clock, and of CPU time used by this process (all its threads). On a busy
+    machine the wall clock also counts waiting for a core; the CPU time counts only the work (and spinning)."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+def interleaved(runs: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, Timings]:
+    """Time each run `repeats` times, the runs taking turns, after `warmup` untimed turns."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    timings = {name: Timings() for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            timings[name].wall.append(time.perf_counter() - wall)
+            timings[name].cpu.append(time.process_time() - cpu)
+    return timings
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float]) -> str:
+    """The fastest and slowest time relative to the median, e.g. "-3%/+12%": how noisy the machine was."""
+    mid = median(values)
+    return f"{min(values) / mid - 1:+.0%}/{max(values) / mid - 1:+.0%}"
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A Markdown table; the first column left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(columns[i]), *(len(row[i]) for row in cells)) for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                                 for i, (v, w) in enumerate(zip(values, widths))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return [line(columns), rule, *(line(row) for row in cells)]
