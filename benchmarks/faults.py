@@ -1,0 +1,421 @@
+"""Fault injection, the broad version of tests/test_faults.py: how many runs survive what, and at what cost.
+
+    .venv/bin/python benchmarks/faults.py [--kill-trials 50] [--fuzz-inputs 10000] [--memory-mb 2000]
+
+Prints one table: fault, trials, survived, steps lost beyond the last checkpoint, bytes of accepted data lost,
+and the worst time to recover (restart to the first new training step, or the rerun that finishes the job).
+Defaults are scaled down so the whole table takes a few minutes on a 2-core machine; the issue's full sizes are
+the numbers in the usage line above. Everything runs on CPU in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import gzip
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from nextword.checkpoint import SAVE_DELAY_ENV, latest_checkpoint
+from nextword.config import ConfigError, load
+from nextword.data.fetch import FetchOptions, download
+from nextword.data.sources import SkipLog, read_sources
+from nextword.data.tokenizer import Tokenizer
+from nextword.errors import DataError
+
+WORDS = ("def return import class self value the model token data while for if else print list dict "
+         "loss learning next word predicts each step").split()
+STEPS, CKPT_EVERY = 60, 5
+
+
+@dataclass
+class Row:
+    fault: str
+    trials: int = 0
+    survived: int = 0
+    steps_lost: int = 0
+    bytes_lost: int = 0
+    worst_recover_s: float = 0.0
+    note: str = ""
+
+    def add(self, survived: bool, steps_lost: int = 0, bytes_lost: int = 0, recover_s: float = 0.0) -> None:
+        self.trials += 1
+        self.survived += survived
+        self.steps_lost += steps_lost
+        self.bytes_lost += bytes_lost
+        self.worst_recover_s = max(self.worst_recover_s, recover_s)
+
+
+def make_corpus(folder: Path, files: int = 30, words: int = 400) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        text = " ".join(WORDS[(i * 7 + j * j) % len(WORDS)] for j in range(words))
+        (folder / f"doc_{i:03d}.txt").write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+def nextword(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nextword", *args]
+
+
+def train_command(work: Path, run: str) -> list[str]:
+    return nextword("train", "--source", str(work / "corpus"), "--run-dir", str(work / run), "--steps", str(STEPS),
+                    "--precision", "fp32", "--compile", "off", "--quiet", "--model.n_layers", "2",
+                    "--model.d_model", "32", "--model.n_heads", "2", "--model.context", "32",
+                    "--data.vocab_size", "300", "--data.val_fraction", "0.2", "--data.data_dir", str(work / "data"),
+                    "--train.micro_batch", "4", "--train.log_every", "1", "--train.ckpt_every", str(CKPT_EVERY),
+                    "--train.threads", "1", "--eval.batches", "2", "--eval.sample_tokens", "4",
+                    "--eval.prompts", "def ")
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    path = run_dir / "log.jsonl"
+    out = []
+    for line in (path.read_text(encoding="utf-8").splitlines() if path.exists() else []):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("kind") == kind:
+            out.append(record)
+    return out
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def restart_and_check(work: Path, run_dir: Path, reference: dict[int, float], saved_step: int) -> tuple[bool, int, float]:
+    """Run the same command again; (losses equal the reference, steps lost beyond the last checkpoint, seconds
+    from the restart to its first training step)."""
+    began = time.time()
+    done = subprocess.run(train_command(work, run_dir.name), capture_output=True, text=True)
+    resumed = records(run_dir, "run")[-1]["resumed_from"]
+    first_new = next(r for r in records(run_dir, "train") if r["time"] >= began)
+    same = done.returncode == 0 and all(abs(r["loss"] - reference[r["step"]]) <= 1e-6
+                                        for r in records(run_dir, "train"))
+    same = same and {r["step"] for r in records(run_dir, "train")} == set(reference)
+    return same, max(0, saved_step - resumed), first_new["time"] - began
+
+
+def kill_trials(work: Path, trials: int, reference: dict[int, float], rng: random.Random) -> Row:
+    row = Row(f"kill -9 of `nextword train` at a random step")
+    for trial in range(trials):
+        run_dir = work / f"kill{trial}"
+        kill_at = rng.randint(1, STEPS - 2)
+        process = subprocess.Popen(train_command(work, run_dir.name), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        wait_for(lambda: any(r["step"] >= kill_at for r in records(run_dir, "train")), process)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        saved = latest_checkpoint(run_dir)
+        saved_step = int(saved.name.removeprefix("step_")) if saved else 0
+        row.add(*_as_add(restart_and_check(work, run_dir, reference, saved_step)))
+        shutil.rmtree(run_dir)
+    return row
+
+
+def kill_in_save_trials(work: Path, trials: int, reference: dict[int, float], rng: random.Random) -> Row:
+    row = Row("kill -9 inside a checkpoint write")
+    for trial in range(trials):
+        run_dir = work / f"killsave{trial}"
+        target = CKPT_EVERY * rng.randint(1, STEPS // CKPT_EVERY - 1)
+        process = subprocess.Popen(train_command(work, run_dir.name), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env={**os.environ, SAVE_DELAY_ENV: "1"})
+        writing = run_dir / "checkpoints"
+        wait_for(lambda: any((p / "trainer.json").exists() for p in writing.glob(f".tmp-step_{target:07d}-*")),
+                 process)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        saved = latest_checkpoint(run_dir)
+        saved_step = int(saved.name.removeprefix("step_")) if saved else 0
+        row.add(*_as_add(restart_and_check(work, run_dir, reference, saved_step)))
+        shutil.rmtree(run_dir)
+    return row
+
+
+def _as_add(result: tuple[bool, int, float]) -> tuple[bool, int, int, float]:
+    survived, steps_lost, seconds = result
+    return survived, steps_lost, 0, seconds
+
+
+def full_disk_trial(work: Path) -> Row:
+    row = Row("disk full while saving (1 MB tmpfs)")
+    run_dir = work / "full"
+    mount = run_dir / "checkpoints"
+    mount.mkdir(parents=True)
+    kept = work / "full-kept"
+    command = " ".join(f"'{a}'" for a in train_command(work, "full"))
+    script = f"mount -t tmpfs -o size=1000k tmpfs {mount} && {command}; echo $? > {work / 'rc'}; cp -a {mount} {kept}"
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                          capture_output=True, text=True)
+    if not (work / "rc").exists():
+        row.note = "not run: cannot mount a tmpfs here"
+        return row
+    one_line = [line for line in done.stderr.splitlines() if line.startswith("nextword train:")]
+    from nextword.checkpoint import verify
+
+    intact = all(verify(p) is None for p in kept.iterdir())
+    survived = (work / "rc").read_text().strip() == "2" and len(one_line) == 1 and intact and any(kept.iterdir())
+    row.add(survived)
+    return row
+
+
+def prepare_trials(work: Path, trials: int, rng: random.Random) -> Row:
+    row = Row("kill -9 of `nextword prepare` at a random time")
+    corpus = make_corpus(work / "big-corpus", files=200, words=3000)
+
+    def command(data_dir: Path) -> list[str]:
+        return nextword("prepare", "--source", str(corpus), "--data-dir", str(data_dir), "--vocab-size", "300",
+                        "--workers", "1")
+
+    began = time.monotonic()
+    subprocess.run(command(work / "prep-ref"), check=True, capture_output=True)
+    duration = time.monotonic() - began
+    for trial in range(trials):
+        data_dir = work / f"prep{trial}"
+        process = subprocess.Popen(command(data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.95) * duration)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        began = time.monotonic()
+        subprocess.run(command(data_dir), check=True, capture_output=True)
+        names = sorted(p.name for p in (work / "prep-ref").iterdir())
+        match, mismatch, errors = filecmp.cmpfiles(work / "prep-ref", data_dir, names, shallow=False)
+        lost = sum((work / "prep-ref" / n).stat().st_size for n in mismatch + errors)
+        row.add(not mismatch and not errors, bytes_lost=lost, recover_s=time.monotonic() - began)
+        shutil.rmtree(data_dir)
+    return row
+
+
+# --- fuzzed inputs ------------------------------------------------------------------------------------------
+
+
+def damage(valid: bytes, rng: random.Random) -> bytes:
+    kind = rng.randrange(3)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(2048))
+    if kind == 1:
+        return valid[:rng.randrange(len(valid) + 1)]
+    out = bytearray(valid)
+    for _ in range(rng.randint(1, 3)):
+        bit = rng.randrange(len(out) * 8)
+        out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def reader_samples() -> dict[str, bytes]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    texts = [f"Record {i} says the river floods every spring and farmers plant after it." for i in range(6)]
+    jsonl = "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
+    parquet = io.BytesIO()
+    pq.write_table(pa.table({"text": texts}), parquet)
+
+    def web(kind: str, gz: bool) -> bytes:
+        buffer = io.BytesIO()
+        writer = WARCWriter(buffer, gzip=gz)
+        for i, text in enumerate(texts[:3]):
+            if kind == "wet":
+                record = writer.create_warc_record(f"http://e.test/{i}", "conversion",
+                                                   payload=io.BytesIO(text.encode()), warc_content_type="text/plain")
+            else:
+                http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
+                record = writer.create_warc_record(f"http://e.test/{i}", "response", http_headers=http,
+                                                   payload=io.BytesIO(f"<html><p>{text}</p></html>".encode()))
+            writer.write_record(record)
+        return buffer.getvalue()
+
+    return {"a.txt": texts[0].encode(), "a.jsonl": jsonl, "a.jsonl.gz": gzip.compress(jsonl),
+            "a.jsonl.zst": zstandard.ZstdCompressor().compress(jsonl), "a.parquet": parquet.getvalue(),
+            "a.warc": web("warc", False), "a.warc.gz": web("warc", True), "a.wet.gz": web("wet", True),
+            "tokenizer.json": Tokenizer.train(texts, 300).to_json().encode(),
+            "config.toml": __import__("nextword.config", fromlist=["RunConfig"]).RunConfig().to_toml().encode()}
+
+
+def read_once(path: Path) -> None:
+    """Read as nextword would; allowed outcomes return, anything else raises."""
+    try:
+        if path.name == "tokenizer.json":
+            Tokenizer.load(path)
+        elif path.name == "config.toml":
+            load(path)
+        else:
+            list(read_sources([str(path)], [".txt"], SkipLog()))
+    except (DataError, ConfigError) as e:
+        if "\n" in str(e) or str(path) not in str(e):
+            raise AssertionError(f"not a one-line error naming the file: {e!r}") from None
+
+
+def fuzz_rows(work: Path, inputs: int, rng: random.Random) -> list[Row]:
+    rows = []
+    for name, valid in reader_samples().items():
+        row = Row(f"fuzzed input: {name}")
+        crashes: dict[str, int] = {}
+        slowest = 0.0
+        for _ in range(inputs):
+            path = work / "fuzz" / name
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(damage(valid, rng))
+            began = time.monotonic()
+            try:
+                read_once(path)
+                ok = True
+            except Exception as e:  # what the benchmark counts: any crash at all
+                ok = False
+                crashes[type(e).__name__] = crashes.get(type(e).__name__, 0) + 1
+            slowest = max(slowest, time.monotonic() - began)
+            row.add(ok)
+        row.note = f"slowest {slowest * 1000:.0f} ms" + "".join(f"; {n}× {k}" for k, n in crashes.items())
+        rows.append(row)
+    return rows
+
+
+# --- downloads ----------------------------------------------------------------------------------------------
+
+
+class FaultyServer(BaseHTTPRequestHandler):
+    data = b""
+    faults: list[str] = []
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        fault = self.faults.pop(0) if self.faults else ""
+        if fault in ("500", "429"):
+            self.send_response(int(fault))
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        body = self.data[start:]
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(self.data) - 1}/{len(self.data)}")
+        self.send_header("Content-Length", str(len(body) + (999 if fault == "long" else 0)))
+        self.end_headers()
+        if fault in ("drop", "stall"):
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            if fault == "stall":
+                time.sleep(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def download_rows(work: Path) -> list[Row]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FaultyServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_port}/f.wet.gz"
+    rows = []
+    for fault in ("drop", "500", "429", "long", "stall"):
+        FaultyServer.data = os.urandom(1 << 20)
+        FaultyServer.faults = [fault, fault]
+        row = Row(f"download: {dict(drop='connection dropped mid-body', long='Content-Length too long', stall='server stalls').get(fault, 'HTTP ' + fault)}")
+        dest = work / f"dl-{fault}"
+        began = time.monotonic()
+        try:
+            download(url, dest, FetchOptions(retries=4, backoff_s=0.1, timeout_s=0.5), log=lambda line: None)
+            ok = dest.read_bytes() == FaultyServer.data
+        except DataError:
+            ok = False
+        row.add(ok, bytes_lost=0 if ok else len(FaultyServer.data), recover_s=time.monotonic() - began)
+        rows.append(row)
+    httpd.shutdown()
+    httpd.server_close()
+    return rows
+
+
+# --- memory -------------------------------------------------------------------------------------------------
+
+
+def memory_row(work: Path, megabytes: int) -> Row:
+    """Peak RSS of `nextword prepare` over a generated JSONL input of `megabytes`, against its 1/10th."""
+    row = Row(f"prepare memory: peak RSS at {megabytes} MB vs {megabytes // 10} MB input")
+    peaks = []
+    for size in (megabytes // 10, megabytes):
+        path = work / f"mem{size}.jsonl"
+        rng = random.Random(size)
+        line_words = 200
+        with open(path, "w", encoding="utf-8") as f:
+            written = 0
+            while written < size * 1_000_000:
+                line = json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(line_words))}) + "\n"
+                f.write(line)
+                written += len(line)
+        process = subprocess.Popen(nextword("prepare", "--source", str(path), "--data-dir", str(work / f"memdata{size}"),
+                                            "--vocab-size", "1024", "--workers", "1",
+                                            "--data.tokenizer_train_bytes", "2000000"),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(process.pid, 0)
+        peaks.append(usage.ru_maxrss / 1024)  # KiB on Linux
+        path.unlink()
+    bounded = peaks[1] < 1.5 * peaks[0] + 100
+    row.add(bounded)
+    row.note = f"peak RSS {peaks[0]:.0f} MiB → {peaks[1]:.0f} MiB for 10× the input (bound: 1.5× + 100 MiB)"
+    return row
+
+
+def print_table(rows: list[Row]) -> None:
+    print("| fault | trials | survived | steps lost beyond the last checkpoint | bytes of data lost | "
+          "worst time to recover | note |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        recover = f"{r.worst_recover_s:.1f} s" if r.worst_recover_s else "–"
+        print(f"| {r.fault} | {r.trials} | {r.survived} | {r.steps_lost} | {r.bytes_lost} | {recover} | {r.note} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kill-trials", type=int, default=8)
+    parser.add_argument("--save-kill-trials", type=int, default=3)
+    parser.add_argument("--prepare-trials", type=int, default=5)
+    parser.add_argument("--fuzz-inputs", type=int, default=1000)
+    parser.add_argument("--memory-mb", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        os.environ["NEXTWORD_CACHE"] = str(work / "cache")
+        make_corpus(work / "corpus")
+        subprocess.run(train_command(work, "reference"), check=True, capture_output=True)
+        reference = {r["step"]: r["loss"] for r in records(work / "reference", "train")}
+        rows = [kill_trials(work, args.kill_trials, reference, rng),
+                kill_in_save_trials(work, args.save_kill_trials, reference, rng),
+                full_disk_trial(work),
+                prepare_trials(work, args.prepare_trials, rng),
+                *download_rows(work),
+                *fuzz_rows(work, args.fuzz_inputs, rng),
+                Row("rank killed mid-step (gloo, 2 processes)", note="not run: needs the distributed trainer"),
+                memory_row(work, args.memory_mb)]
+    print_table(rows)
+    print(f"\n{time.monotonic() - began:.0f} s on {os.cpu_count()} cores; seed {args.seed}")
+
+
+if __name__ == "__main__":
+    main()
