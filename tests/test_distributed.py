@@ -7,15 +7,16 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from test_train import make_corpus
 
 from nextword.checkpoint import latest_checkpoint, load_for_inference, read_manifest
 from nextword.config import RunConfig
 from nextword.distributed import World, parallel_mode
 from nextword.errors import ConfigError
 from nextword.train import _accumulation, train
-from test_train import make_corpus
 
 STEPS, STOP_AT = 16, 8
 
@@ -37,12 +38,9 @@ def setup(tmp_path_factory):
 
     single = copy.deepcopy(cfg)
     single.train.run_dir = str(tmp / "single")
-    saved_cache = os.environ.get("NEXTWORD_CACHE")
-    os.environ["NEXTWORD_CACHE"] = env["NEXTWORD_CACHE"]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NEXTWORD_CACHE", env["NEXTWORD_CACHE"])
         train(single, progress=False)
-    finally:
-        os.environ.pop("NEXTWORD_CACHE") if saved_cache is None else os.environ.update(NEXTWORD_CACHE=saved_cache)
     return tmp, env, cfg
 
 
@@ -53,7 +51,7 @@ def losses(run_dir, kind="train", field="loss"):
 
 def launch(command, env, timeout=120):
     began = time.monotonic()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     return done, time.monotonic() - began
 
 
@@ -76,7 +74,7 @@ def test_ddp_over_two_processes_gives_the_single_process_losses(setup):
 
 
 def test_fsdp_saved_at_two_processes_resumes_in_one_with_the_same_losses(setup):
-    tmp, env, cfg = setup
+    tmp, env, _ = setup
     run_dir = tmp / "fsdp"
     done, _ = launch(torchrun("-m", "nextword", "train", "--config", str(tmp / "config.toml"), "--run-dir",
                               str(run_dir), "--train.parallel", "fsdp", "--stop-after", str(STOP_AT), "--quiet"), env)
@@ -152,3 +150,17 @@ def test_parallel_modes_follow_the_world_size():
     assert parallel_mode("ddp", one) == "none" and parallel_mode("fsdp", one) == "fsdp"
     with pytest.raises(ConfigError, match="torchrun started 2 processes"):
         parallel_mode("none", two)
+
+
+def test_the_gpu_benchmark_runs_at_a_tiny_shape_on_a_cpu(tmp_path):
+    pytest.importorskip("transformers")
+    results = tmp_path / "RESULTS.md"
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_throughput.py"
+    command = [sys.executable, str(script), "--device", "cpu", "--tiny", "--steps", "2",
+               "--warmup", "1", "--max-fsdp-batch", "2", "--append", str(results)]
+    done, _ = launch(command, {**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = results.read_text()
+    for row in ("| nextword gpt2-124m | 4 × 64 |", "| transformers GPT2LMHeadModel | 4 × 64 |",
+                "| nextword llama-1b FSDP | 2 × 64 |", "largest micro-batch that fits: 2"):
+        assert row in table
