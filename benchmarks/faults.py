@@ -1,6 +1,6 @@
 """Fault injection, the broad version of tests/test_faults.py: how many runs survive what, and at what cost.
 
-    .venv/bin/python benchmarks/faults.py [--kill-trials 50] [--fuzz-inputs 10000] [--memory-mb 2000]
+    .venv/bin/python benchmarks/faults.py [--kill-trials 50] [--rank-trials 10] [--fuzz-inputs 10000] [--memory-mb 2000]
 
 Prints one table: fault, trials, survived, steps lost beyond the last checkpoint, bytes of accepted data lost,
 and the worst time to recover (restart to the first new training step, or the rerun that finishes the job).
@@ -147,6 +147,56 @@ def kill_in_save_trials(work: Path, trials: int, reference: dict[int, float], rn
         saved = latest_checkpoint(run_dir)
         saved_step = int(saved.name.removeprefix("step_")) if saved else 0
         row.add(*_as_add(restart_and_check(work, run_dir, reference, saved_step)))
+        shutil.rmtree(run_dir)
+    return row
+
+
+def rank_processes(agent_pid: int) -> dict[int, int]:
+    """{rank: pid} of the workers torchrun started, by the RANK in their environment."""
+    ranks = {}
+    for child in Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text().split():
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ranks.update({int(e[5:]): int(child) for e in environ if e.startswith(b"RANK=")})
+    return ranks
+
+
+def rank_kill_trials(work: Path, trials: int, rng: random.Random) -> Row:
+    """DDP over 2 gloo processes; rank 1 is killed with SIGKILL at a random step. Survived: the job exits
+    non-zero within 60 s naming the rank, and the same command resumes from the last checkpoint to the end with
+    every re-run step giving the loss it gave before."""
+    row = Row("rank 1 of 2 killed mid-step (DDP, gloo)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for trial in range(trials):
+        run_dir = work / f"rank{trial}"
+        command = train_command(work, run_dir.name) + ["--nproc", "2", "--train.batch_tokens", str(2 * 4 * 32)]
+        kill_at = rng.randint(CKPT_EVERY + 1, STEPS - 2)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        wait_for(lambda: any(r["step"] >= kill_at for r in records(run_dir, "train")), process)
+        os.kill(rank_processes(process.pid)[1], signal.SIGKILL)
+        killed = time.monotonic()
+        try:
+            process.wait(timeout=60)
+            error = process.stderr.read().decode(errors="replace")
+            ended = process.returncode != 0 and "SIGKILL" in error and "rank" in error
+        except subprocess.TimeoutExpired:
+            process.kill()
+            ended = False
+        note = f"job ended {time.monotonic() - killed:.1f} s after the kill"
+        saved = latest_checkpoint(run_dir)
+        saved_step = int(saved.name.removeprefix("step_")) if saved else 0
+        began = time.time()
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        resumed = records(run_dir, "run")[-1]["resumed_from"]
+        by_step: dict[int, float] = {}
+        consistent = all(abs(r["loss"] - by_step.setdefault(r["step"], r["loss"])) <= 1e-6
+                         for r in records(run_dir, "train"))
+        first_new = next((r for r in records(run_dir, "train") if r["time"] >= began), {"time": began})
+        row.add(ended and done.returncode == 0 and consistent and sorted(by_step) == list(range(1, STEPS + 1)),
+                steps_lost=max(0, saved_step - resumed), recover_s=first_new["time"] - began)
+        row.note = note if not row.note else f"{row.note}; {note}"
         shutil.rmtree(run_dir)
     return row
 
@@ -393,6 +443,7 @@ def main() -> None:
     parser.add_argument("--kill-trials", type=int, default=8)
     parser.add_argument("--save-kill-trials", type=int, default=3)
     parser.add_argument("--prepare-trials", type=int, default=5)
+    parser.add_argument("--rank-trials", type=int, default=2)
     parser.add_argument("--fuzz-inputs", type=int, default=1000)
     parser.add_argument("--memory-mb", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -411,7 +462,7 @@ def main() -> None:
                 prepare_trials(work, args.prepare_trials, rng),
                 *download_rows(work),
                 *fuzz_rows(work, args.fuzz_inputs, rng),
-                Row("rank killed mid-step (gloo, 2 processes)", note="not run: needs the distributed trainer"),
+                rank_kill_trials(work, args.rank_trials, rng),
                 memory_row(work, args.memory_mb)]
     print_table(rows)
     print(f"\n{time.monotonic() - began:.0f} s on {os.cpu_count()} cores; seed {args.seed}")
