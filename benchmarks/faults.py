@@ -175,7 +175,12 @@ def rank_kill_trials(work: Path, trials: int, rng: random.Random) -> Row:
         kill_at = rng.randint(CKPT_EVERY + 1, STEPS - 2)
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         wait_for(lambda: any(r["step"] >= kill_at for r in records(run_dir, "train")), process)
-        os.kill(rank_processes(process.pid)[1], signal.SIGKILL)
+        ranks = rank_processes(process.pid) if process.poll() is None else {}
+        if 1 not in ranks:  # the job ended or hung before the chosen step: a failed trial
+            process.kill()
+            row.add(False)
+            continue
+        os.kill(ranks[1], signal.SIGKILL)
         killed = time.monotonic()
         try:
             process.wait(timeout=60)
