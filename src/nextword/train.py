@@ -160,8 +160,10 @@ class _StopRequest:
         self.signal: int | None = None
 
     def __call__(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C: the user means it
+        if self.signal == signum:  # a second Ctrl-C: the user means it
             raise KeyboardInterrupt
+        if self.signal is not None:  # torchrun passing a Ctrl-C on as SIGTERM: the save is already under way
+            return
         self.signal = signum
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping…", file=sys.stderr)
 
