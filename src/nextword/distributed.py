@@ -32,6 +32,7 @@ from torch import nn
 
 from nextword import checkpoint
 from nextword.errors import ConfigError
+from nextword.machine import usable_cores
 
 # A collective that waits longer than this raises instead of hanging: long enough for rank 0 to prepare a
 # small corpus or write a large checkpoint while the others wait, short enough that a stuck job ends.
@@ -141,7 +142,7 @@ def cpu_threads(requested: int, world: World) -> int:
     """Threads for one process: the cores are shared by the processes on this node (0: let the machine decide)."""
     if requested or world.local_size == 1:
         return requested
-    return max(1, len(os.sched_getaffinity(0)) // world.local_size)
+    return max(1, usable_cores() // world.local_size)
 
 
 def join(world: World, mode: str, device: str) -> bool:
@@ -153,6 +154,9 @@ def join(world: World, mode: str, device: str) -> bool:
         return False
     on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if on_cuda:
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"rank {world.rank} needs GPU {world.local_rank}, but this machine has "
+                              f"{torch.cuda.device_count()}; start at most one process per GPU")
         torch.cuda.set_device(world.local_rank)
     # gloo stays beside NCCL for the small objects and CPU tensors that checkpointing moves.
     backend = "cpu:gloo,cuda:nccl" if on_cuda else "gloo"

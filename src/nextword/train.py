@@ -26,30 +26,17 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import torch
-from torch.distributed.elastic.multiprocessing.errors import record
 
 from nextword import cli, distributed
-from nextword.checkpoint import (
-    check_compatible,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from nextword.checkpoint import (check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint)
 from nextword.config import RunConfig, TrainConfig, parse_count, parse_duration
+from nextword.errors import ConfigError, NextwordError
 from nextword.data.loader import TokenLoader
 from nextword.data.prepare import prepare
 from nextword.data.shards import TokenShards
 from nextword.distributed import World
-from nextword.errors import ConfigError, NextwordError
 from nextword.evaluate import evaluate_loss, samples
-from nextword.machine import (
-    DTYPES,
-    Machine,
-    cpu_bf16_native,
-    detect,
-    peak_flops,
-    resolve_precision,
-)
+from nextword.machine import DTYPES, Machine, cpu_bf16_native, detect, peak_flops, resolve_precision
 from nextword.model import GPT
 from nextword.runlog import RunLog, read_log
 from nextword.schedule import decay_start, learning_rate
@@ -96,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc and "LOCAL_RANK" not in os.environ:
         _relaunch_under_torchrun(args.nproc)
     if "TORCHELASTIC_ERROR_FILE" in os.environ:  # under torchrun: a failing rank's error goes into its report
+        from torch.distributed.elastic.multiprocessing.errors import record
+
         return record(_run)(args)
     return _run(args)
 
@@ -532,7 +521,8 @@ def _parallel_model(model: GPT, mode: str, world: World, precision: str, cfg: Ru
         wanted = t.compile == "on" or (t.compile == "auto" and machine.is_cuda)
         net = distributed.wrap(model, mode, world, precision=precision,
                                activation_checkpointing=t.activation_checkpointing, compile_blocks=wanted)
-        return net, wanted, f"per block under FSDP; {t.compile} in the config on {machine.device.type}"
+        why = "each block on its own under FSDP" if wanted else f"compile = {t.compile} on {machine.device.type}"
+        return net, wanted, why
     net = distributed.wrap(model, mode, world, precision=precision,
                            activation_checkpointing=t.activation_checkpointing, compile_blocks=False)
     compiled, why = _maybe_compile(net, cfg, machine)
