@@ -15,7 +15,7 @@ from test_train import make_corpus
 from nextword.checkpoint import latest_checkpoint, load_for_inference, read_manifest
 from nextword.config import RunConfig
 from nextword.distributed import World, parallel_mode
-from nextword.errors import ConfigError
+from nextword.errors import CheckpointError, ConfigError
 from nextword.train import _accumulation, train
 
 STEPS, STOP_AT = 16, 8
@@ -164,3 +164,35 @@ def test_the_gpu_benchmark_runs_at_a_tiny_shape_on_a_cpu(tmp_path):
     for row in ("| nextword gpt2-124m | 4 × 64 |", "| transformers GPT2LMHeadModel | 4 × 64 |",
                 "| nextword llama-1b FSDP | 2 × 64 |", "largest micro-batch that fits: 2"):
         assert row in table
+
+
+def test_a_sharded_checkpoint_round_trips_and_refuses_nan_weights(tmp_path):
+    import torch
+
+    from nextword.distributed import load_checkpoint, save_checkpoint
+    from nextword.model import GPT
+
+    cfg = RunConfig()
+    cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context, cfg.model.vocab_size = 1, 16, 2, 8, 50
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.long))[1].backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path, 1, model, optimizer, {"step": 1}, cfg, "tok", keep_last=2, world=World())
+    assert read_manifest(path)["layout"] == "sharded" and latest_checkpoint(tmp_path) == path
+
+    torch.manual_seed(1)
+    fresh = GPT(cfg.model)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters())
+    assert load_checkpoint(path, fresh, fresh_optimizer) == {"step": 1}
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    moments = [s["exp_avg"] for s in optimizer.state.values()]
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, fresh_optimizer.state.values()))
+
+    with torch.no_grad():
+        model.norm.weight[0] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        save_checkpoint(tmp_path, 2, model, optimizer, {"step": 2}, cfg, "tok", keep_last=2, world=World())
+    assert latest_checkpoint(tmp_path) == path

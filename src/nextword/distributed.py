@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nextword import checkpoint
-from nextword.errors import ConfigError
+from nextword.errors import CheckpointError, ConfigError
 from nextword.machine import usable_cores
 
 # A collective that waits longer than this raises instead of hanging: long enough for rank 0 to prepare a
@@ -279,6 +280,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
     """
     root = checkpoint.checkpoints_dir(run_dir)
     final = root / f"{checkpoint.STEP_PREFIX}{step:07d}"
+    if world.any(not _all_finite(model, optimizer)):
+        raise CheckpointError(f"{final}: not saved, the model or optimizer state holds NaN or Inf; the last good "
+                              f"checkpoint in {root} stays the newest. Lower train.lr or check the data, then resume")
     tmp = Path(world.from_main(_fresh_folder, root, final))
     save_sharded(tmp, model, optimizer)
     weights = full_model_state(model)
@@ -316,6 +320,15 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     return json.loads((path / "trainer.json").read_text())
 
 
+def _all_finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether this rank's part of the weights and optimizer moments is free of NaN and Inf (one host sync)."""
+    tensors = list(model.parameters())
+    tensors += [v for state in optimizer.state.values() for v in state.values()
+                if torch.is_tensor(v) and v.is_floating_point()]
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]  # FSDP's shards are DTensors
+    return bool(torch.stack([torch.isfinite(t).all() for t in local]).all())
+
+
 def _fresh_folder(root: Path, final: Path) -> str:
     """An empty temporary folder for the checkpoint `final`, named after this process (rank 0) like the
     single-process saves, so a folder left by a crash is recognised as abandoned."""
@@ -351,8 +364,10 @@ def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
     model_state, optim_state = _state_dicts(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optim_state["state"]},
-             storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+    with _single_process_allowed():
+        dcp.save({"model": model_state, "optimizer": optim_state["state"]},
+                 storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True),
+                 no_dist=not dist.is_initialized())
 
 
 def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -363,9 +378,18 @@ def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
 
     model_state, optim_state = _state_dicts(model, optimizer)
     saved = {"model": model_state, "optimizer": optim_state["state"]}
-    dcp.load(saved, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=not dist.is_initialized())
+    with _single_process_allowed():
+        dcp.load(saved, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=saved["model"],
                    optim_state_dict={"state": saved["optimizer"], "param_groups": optim_state["param_groups"]})
+
+
+@contextlib.contextmanager
+def _single_process_allowed() -> Iterator[None]:
+    """DCP warns whenever it runs without a process group; here that is intended (a resume in one process)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
