@@ -7,13 +7,15 @@ and compared by their medians: a burst of load from another process then slows b
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -56,6 +58,22 @@ def interleaved(runs: dict[str, Callable[[], None]], repeats: int, warmup: int =
             timings[name].wall.append(time.perf_counter() - wall)
             timings[name].cpu.append(time.process_time() - cpu)
     return timings
+
+
+@contextlib.contextmanager
+def empty_nextword_cache() -> Iterator[None]:
+    """Point nextword's per-machine cache at an empty folder: measurements such as the precision race then run
+    afresh instead of reusing an earlier verdict, and a verdict timed on a busy machine is not kept for real runs."""
+    previous = os.environ.get("NEXTWORD_CACHE")
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["NEXTWORD_CACHE"] = folder
+        try:
+            yield
+        finally:
+            if previous is None:
+                del os.environ["NEXTWORD_CACHE"]
+            else:
+                os.environ["NEXTWORD_CACHE"] = previous
 
 
 def median(values: Sequence[float]) -> float:

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from common import header, interleaved, markdown_table, median, spread
+from common import empty_nextword_cache, header, interleaved, markdown_table, median, spread
 from nextword.config import ModelConfig, TrainConfig
 from nextword.machine import DTYPES, Machine, detect, matmul_flops, resolve_precision
 from nextword.model import GPT
@@ -53,16 +53,8 @@ def race(model: GPT, batch: torch.Tensor, machine: Machine) -> tuple[str, str]:
         step = stepper(net, net, precision, batch, machine)
         return min(interleaved({precision: step}, repeats=2)[precision].wall)
 
-    with tempfile.TemporaryDirectory() as empty_cache:
-        previous = os.environ.get("NEXTWORD_CACHE")
-        os.environ["NEXTWORD_CACHE"] = empty_cache
-        try:
-            return resolve_precision("auto", machine, seconds_per_step, f"{model.cfg}|b{batch.shape[0]}")
-        finally:
-            if previous is None:
-                del os.environ["NEXTWORD_CACHE"]
-            else:
-                os.environ["NEXTWORD_CACHE"] = previous
+    with empty_nextword_cache():
+        return resolve_precision("auto", machine, seconds_per_step, f"{model.cfg}|b{batch.shape[0]}")
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ where torch has it) over the same two parameter groups. Steps take turns A, B, A
 table gives medians and their ratio: the machine may be shared, so a burst of load then slows both alike.
 
 Precision: the one `resolve_precision("auto", …)` picks for that shape on this machine (the train loop's own
-timed race, cached per machine and shape like a real run's), and fp32 (or bf16 when auto picks fp32 and the CPU
+timed race, run afresh in an empty cache folder), and fp32 (or bf16 when auto picks fp32 and the CPU
 has native bf16) as a second row. MFU is training FLOPs per token (`GPT.flops_per_token`) × tokens/s over this
 machine's measured matmul peak (`nextword.machine.peak_flops`).
 """
@@ -29,7 +29,6 @@ machine's measured matmul peak (`nextword.machine.peak_flops`).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import math
 from typing import Callable
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common import header, interleaved, markdown_table, median, spread
+from common import empty_nextword_cache, header, interleaved, markdown_table, median, spread
 from nextword.config import ModelConfig, TrainConfig, model_preset
 from nextword.export import hf_config, to_hf_state_dict
 from nextword.machine import Machine, detect, peak_flops, resolve_precision
@@ -116,7 +115,8 @@ def stepper(model: nn.Module, precision: str, x: Tensor, y: Tensor, machine: Mac
 
 
 def auto_precision(shape: Shape, machine: Machine) -> tuple[str, str]:
-    """What `nextword train --precision auto` would pick for this shape here, by the train loop's own race."""
+    """What `nextword train --precision auto` would pick for this shape here, by the train loop's own race, run
+    now (not a verdict cached earlier, and not cached for later runs)."""
     cfg = shape.model
 
     def seconds_per_step(precision: str) -> float:
@@ -125,7 +125,8 @@ def auto_precision(shape: Shape, machine: Machine) -> tuple[str, str]:
         step = stepper(net, precision, batch[:, :-1], batch[:, 1:], machine)
         return min(interleaved({precision: step}, repeats=2)[precision].wall)
 
-    return resolve_precision("auto", machine, seconds_per_step, f"{cfg}|b{shape.batch}")
+    with empty_nextword_cache():
+        return resolve_precision("auto", machine, seconds_per_step, f"{cfg}|b{shape.batch}")
 
 
 def measure(shape: Shape, precision: str, machine: Machine, repeats: int) -> dict:
