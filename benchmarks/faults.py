@@ -425,13 +425,31 @@ def memory_row(work: Path, megabytes: int) -> Row:
                                             "--vocab-size", "1024", "--workers", "1",
                                             "--data.tokenizer_train_bytes", "2000000"),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(process.pid, 0)
-        peaks.append(usage.ru_maxrss / 1024)  # KiB on Linux
+        peaks.append(peak_rss_mib(process))
         path.unlink()
+        if process.returncode != 0:
+            row.note = f"prepare failed with exit {process.returncode}"
+            row.add(False)
+            return row
     bounded = peaks[1] < 1.5 * peaks[0] + 100
     row.add(bounded)
     row.note = f"peak RSS {peaks[0]:.0f} MiB → {peaks[1]:.0f} MiB for 10× the input (bound: 1.5× + 100 MiB)"
     return row
+
+
+def peak_rss_mib(process: subprocess.Popen) -> float:
+    """The process's high-water RSS (VmHWM), read until it exits. Not ru_maxrss: a child forked from this big
+    process starts with this process's high-water mark and keeps it across exec."""
+    peak = 0
+    while process.poll() is None:
+        try:
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    return peak / 1024
 
 
 def print_table(rows: list[Row]) -> None:
