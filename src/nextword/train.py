@@ -38,13 +38,13 @@ from nextword.distributed import World
 from nextword.evaluate import evaluate_loss, samples
 from nextword.machine import DTYPES, Machine, cpu_bf16_native, detect, peak_flops, resolve_precision
 from nextword.model import GPT
+from nextword.budget import BudgetPlanner
 from nextword.runlog import RunLog, read_log
-from nextword.schedule import decay_start, learning_rate
+from nextword.schedule import learning_rate
 
 DEFAULT_BUDGET = "10m"
 TIMED_WARMUP_STEPS = 3  # steps not timed: the first ones pay for allocation and lazy initialisation
 TIMED_STEPS = 10  # steps timed before a budget is planned
-SAFETY_MARGIN = 0.03  # of the budget, kept back for what the plan cannot foresee
 SAMPLE_LINES = 6  # of each sample printed at an evaluation (all of it is in the log)
 
 
@@ -55,7 +55,7 @@ class Progress:
     step: int = 0
     tokens: int = 0
     planned_steps: int = 0
-    replanned: bool = False
+    replans: int = 0
     train_seconds: float = 0.0
     nonfinite_skipped: int = 0
     loader: dict[str, Any] = field(default_factory=dict)
@@ -213,7 +213,7 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
 
     pretrained = _pretrained(cfg)
     with world.main_first():  # rank 0 prepares (or finds) the data; the others then find it ready
-        prepared = prepare(cfg.data, progress=progress)
+        prepared = prepare(cfg.data, clean=cfg.clean, progress=progress)
     tokenizer = prepared.tokenizer
     cfg.data.data_dir = str(prepared.data_dir)
     if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
@@ -277,7 +277,10 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
         state.planned_steps = limit
     elif not state.planned_steps and governs == "tokens":
         state.planned_steps = math.ceil(limit / tokens_per_step)
-    deadline = start + limit if governs == "budget" else math.inf
+    # A resumed run keeps the total it planned; a new budgeted run plans once it has timed a few steps.
+    planner = None
+    if governs == "budget" and not state.planned_steps:
+        planner = BudgetPlanner(start + limit, limit, t.decay_frac, t.ckpt_every)
 
     # Rank 0 alone keeps the run's log; the other ranks write theirs nowhere.
     log = RunLog(run_dir / "log.jsonl" if world.is_main else os.devnull)
@@ -323,17 +326,14 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
     stop = _StopRequest()
     step_times: list[float] = []
     skipped_since_log = torch.zeros((), device=machine.device)
-    planned_step_time = 0.0
     bar = _progress_bar(progress, state)
     summary: dict[str, Any] = {}
     with stop.installed():
         while True:
-            if governs == "budget" and not state.planned_steps and len(step_times) >= TIMED_WARMUP_STEPS + TIMED_STEPS:
-                planned_step_time = statistics.median(step_times[TIMED_WARMUP_STEPS:])
-                state.planned_steps = world.from_main(_plan_steps, state.step, planned_step_time, deadline, limit,
-                                                      eval_seconds, ckpt_seconds, cfg)
-                log.write(kind="plan", step=state.step, step_seconds=planned_step_time,
-                          planned_steps=state.planned_steps)
+            if planner and not state.planned_steps and len(step_times) >= TIMED_WARMUP_STEPS + TIMED_STEPS:
+                measured = statistics.median(step_times[TIMED_WARMUP_STEPS:])
+                state.planned_steps = world.from_main(planner.plan, state.step, measured, eval_seconds, ckpt_seconds)
+                log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=state.planned_steps)
                 bar.total = state.planned_steps
             if state.planned_steps and state.step >= state.planned_steps:
                 break
@@ -375,16 +375,16 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
                           grad_norm=float(grad_norm), tokens_per_s=tokens_per_s, mfu=mfu,
                           elapsed_s=time.monotonic() - start)
                 bar.set_postfix_str(f"loss {float(loss):.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
-                if (governs == "budget" and planned_step_time and not state.replanned
-                        and state.step < decay_start(state.planned_steps, t.decay_frac)):
+                if planner and planner.step_seconds and not at_end:
                     measured = statistics.median(step_times[-max(t.log_every, 10):])
-                    if world.from_main(_drifted, measured, planned_step_time):
-                        state.replanned = True
-                        state.planned_steps = world.from_main(_plan_steps, state.step, measured, deadline, limit,
-                                                              eval_seconds, ckpt_seconds, cfg)
-                        log.write(kind="plan", step=state.step, step_seconds=measured,
-                                  planned_steps=state.planned_steps, replan=True)
-                        bar.total = state.planned_steps
+                    revised = world.from_main(planner.revise, state.step, state.planned_steps, measured,
+                                              eval_seconds, ckpt_seconds)
+                    if revised:
+                        state.replans += 1
+                        state.planned_steps = revised
+                        log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=revised,
+                                  replan=True)
+                        bar.total = revised
 
             every = cfg.eval.every or max(1, (state.planned_steps or 10**9) // 4)
             if not at_end and state.planned_steps and state.step % every == 0:
@@ -561,21 +561,6 @@ def _describe_limit(governs: str, limit: float) -> str:
     if governs == "budget":
         return f"budget {limit:.0f} s of wall clock (steps planned from measured speed)"
     return f"{limit:,.0f} {governs}"
-
-
-def _plan_steps(step: int, step_seconds: float, deadline: float, budget: float, eval_seconds: float,
-                ckpt_seconds: float, cfg: RunConfig) -> int:
-    """How many steps fit before the deadline, after the evaluations, checkpoints and margin still to come."""
-    left = deadline - time.monotonic() - SAFETY_MARGIN * budget
-    evals_left = 4 if not cfg.eval.every else 1  # ~three in the run, one at the end
-    saves_left = 1 + (0 if not cfg.train.ckpt_every else max(0, int(left / step_seconds) // cfg.train.ckpt_every))
-    left -= evals_left * eval_seconds + saves_left * ckpt_seconds
-    return step + max(1, int(left / step_seconds))
-
-
-def _drifted(measured: float, planned: float) -> bool:
-    """Whether steps now take so much more or less time than planned that the plan should be redone."""
-    return abs(measured / planned - 1) > 0.2
 
 
 def _progress_bar(enabled: bool, state: Progress):

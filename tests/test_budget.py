@@ -1,0 +1,44 @@
+import pytest
+
+from nextword.budget import SAFETY_MARGIN, BudgetPlanner
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def planner(budget=100.0, clock=None):
+    return BudgetPlanner(deadline=budget, budget=budget, decay_frac=0.2, clock=clock or Clock())
+
+
+def test_the_plan_fills_the_budget_after_evaluations_saves_and_margin():
+    p = planner()
+    steps = p.plan(step=0, step_seconds=0.1, eval_seconds=2.0, ckpt_seconds=1.0)
+    left = 100 - SAFETY_MARGIN * 100 - 4 * 2.0 - 1.0  # four evaluations to come, one save
+    assert steps == int(left / 0.1)
+
+
+def test_a_slower_machine_replans_fewer_steps_and_a_steady_one_keeps_its_plan():
+    clock = Clock()
+    p = planner(clock=clock)
+    planned = p.plan(0, 0.1, 0.0, 0.0)
+    clock.now = 10.0
+    assert p.revise(100, planned, 0.11, 0.0, 0.0) is None  # within 20%
+    revised = p.revise(100, planned, 0.2, 0.0, 0.0)
+    assert revised is not None and 100 < revised < planned
+    assert revised == pytest.approx(100 + (100 - 3 - 10) / 0.2, abs=1)
+
+
+def test_while_annealing_the_plan_only_shrinks():
+    clock = Clock()
+    p = planner(clock=clock)
+    planned = p.plan(0, 0.1, 0.0, 0.0)
+    clock.now = 85.0
+    step = int(planned * 0.9)  # in the last 20%: the learning rate is annealing
+    assert p.revise(step, planned, 0.05, 0.0, 0.0) is None  # faster: finish as planned, early
+    shrunk = p.revise(step, planned, 0.5, 0.0, 0.0)  # much slower: would overrun
+    assert shrunk is not None and step < shrunk < planned
