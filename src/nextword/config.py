@@ -192,6 +192,10 @@ def load(path: str | Path) -> RunConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror}); pass a TOML file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a run config; fix the file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e}); fix the file or start from `nextword train --dump-config`") from None
     return from_dict(raw, where=str(path))

@@ -275,6 +275,9 @@ def _jsonl_document(raw: bytes, line_number: int, path: Path, display: str, skip
     except json.JSONDecodeError:
         skips.skip(path, f"line {line_number}: not JSON")
         return None
+    except RecursionError:
+        skips.skip(path, f"line {line_number}: JSON nested too deeply")
+        return None
     return _record_document(record, "jsonl", "line", line_number, path, display, skips)
 
 
@@ -321,7 +324,12 @@ def _read_parquet(path: Path, display: str, skips: SkipLog) -> Iterator[Document
         except Exception as error:
             skips.skip(path, f"unreadable parquet after row {row_number} ({error})")
             return
-        for record in batch.to_pylist():
+        try:
+            records = batch.to_pylist()
+        except UnicodeDecodeError as error:  # a damaged page can decode into bytes that are not UTF-8
+            skips.skip(path, f"unreadable parquet after row {row_number} ({error})")
+            return
+        for record in records:
             row_number += 1
             document = _record_document(record, "parquet", "row", row_number, path, display, skips)
             if document is not None:

@@ -74,6 +74,8 @@ class Tokenizer:
             json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not a JSON file ({e}); expected a Hugging Face tokenizer.json") from None
+        except RecursionError:
+            raise DataError(f"{where}: JSON nested too deeply; expected a Hugging Face tokenizer.json") from None
         try:
             hf = HFTokenizer.from_str(text)
         except Exception as e:  # the library raises a bare Exception for a JSON that is not a tokenizer
