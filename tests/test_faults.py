@@ -100,21 +100,31 @@ def assert_losses_match(run_dir: Path, straight: dict[int, float]) -> None:
     seen = logged(run_dir, "train")
     assert {r["step"] for r in seen} == set(straight)
     for record in seen:
-        assert record["loss"] == pytest.approx(straight[record["step"]], abs=1e-6), record["step"]
+        assert record["loss"] == pytest.approx(straight[record["step"]], abs=1e-6), (record, straight[record["step"]])
 
 
-@pytest.fixture
-def straight(corpus, tmp_path) -> dict[int, float]:
-    """Losses of an uninterrupted run, step by step (in this process: the same arithmetic as the command)."""
-    assert cli.main(train_args(tmp_path, "straight")) == 0
-    return {r["step"]: r["loss"] for r in logged(tmp_path / "straight", "train")}
+def run_train(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nextword", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=TRAIN_TIMEOUT_S * 2)
 
 
-def test_kill_9_at_a_random_step_then_restart_gives_the_uninterrupted_losses(straight, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> tuple[Path, dict[int, float]]:
+    """A folder with the corpus and its prepared data, and the losses of an uninterrupted run step by step.
+    Every run here is a `nextword train` process, so all of them do the same arithmetic."""
+    folder = tmp_path_factory.mktemp("kill")
+    make_corpus(folder / "corpus")
+    done = run_train(train_args(folder, "straight"), NEXTWORD_CACHE=str(folder / "cache"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder, {r["step"]: r["loss"] for r in logged(folder / "straight", "train")}
+
+
+def test_kill_9_at_a_random_step_then_restart_gives_the_uninterrupted_losses(shared):
+    folder, straight = shared
     seed = random.randrange(10**6)
     kill_after = random.Random(seed).randint(CKPT_EVERY + 1, STEPS - 3)
-    run_dir = tmp_path / "killed"
-    process = start_train(train_args(tmp_path, "killed"))
+    run_dir = folder / f"killed-{seed}"
+    process = start_train(train_args(folder, run_dir.name), NEXTWORD_CACHE=str(folder / "cache"))
     wait_until(lambda: any(r["step"] >= kill_after for r in logged(run_dir, "train")), process,
                f"step {kill_after} (seed {seed})")
     kill_9(process)
@@ -122,17 +132,20 @@ def test_kill_9_at_a_random_step_then_restart_gives_the_uninterrupted_losses(str
     saved = latest_checkpoint(run_dir)
     assert saved is not None, f"seed {seed}"
 
-    assert cli.main(train_args(tmp_path, "killed")) == 0
+    done = run_train(train_args(folder, run_dir.name), NEXTWORD_CACHE=str(folder / "cache"))
+    assert done.returncode == 0 and "resuming" in done.stdout, done.stderr[-2000:]
     resumed_from = logged(run_dir, "run")[-1]["resumed_from"]
-    assert resumed_from == int(saved.name.removeprefix("step_"))
-    assert last_logged - resumed_from <= CKPT_EVERY, f"lost more than the steps since the last checkpoint (seed {seed})"
+    what = f"seed {seed}: killed after step {last_logged}, newest checkpoint {saved.name}, resumed from {resumed_from}"
+    assert resumed_from == int(saved.name.removeprefix("step_")), what
+    assert last_logged - resumed_from <= CKPT_EVERY, f"lost more than the steps since the last checkpoint; {what}"
     assert_losses_match(run_dir, straight)
-    assert "resuming" in capsys.readouterr().out
 
 
-def test_kill_9_inside_a_checkpoint_write_leaves_the_previous_checkpoint_to_resume_from(straight, tmp_path):
-    run_dir = tmp_path / "killed"
-    process = start_train(train_args(tmp_path, "killed"), **{SAVE_DELAY_ENV: "2"})
+def test_kill_9_inside_a_checkpoint_write_leaves_the_previous_checkpoint_to_resume_from(shared):
+    folder, straight = shared
+    run_dir = folder / "killed-in-save"
+    process = start_train(train_args(folder, run_dir.name), NEXTWORD_CACHE=str(folder / "cache"),
+                          **{SAVE_DELAY_ENV: "2"})
     writing = run_dir / "checkpoints"
     # The second save (step 10) has written its files and waits in the delay, before its manifest and rename.
     wait_until(lambda: any((p / "trainer.json").exists() for p in writing.glob(".tmp-step_0000010-*")), process,
@@ -141,7 +154,8 @@ def test_kill_9_inside_a_checkpoint_write_leaves_the_previous_checkpoint_to_resu
     assert [p.name for p in list_checkpoints(run_dir)] == ["step_0000005"]
     assert list(writing.glob(".tmp-*")), "the half-written checkpoint should still be on disk here"
 
-    assert cli.main(train_args(tmp_path, "killed")) == 0
+    done = run_train(train_args(folder, run_dir.name), NEXTWORD_CACHE=str(folder / "cache"))
+    assert done.returncode == 0, done.stderr[-2000:]
     assert logged(run_dir, "run")[-1]["resumed_from"] == 5
     assert not list(writing.glob(".tmp-*")), "the abandoned write was not cleaned up"
     assert_losses_match(run_dir, straight)
