@@ -160,3 +160,13 @@ def test_continued_pretraining_starts_from_an_exported_model(tiny, tmp_path):
     train(tiny, progress=False)
     start = read_log(tmp_path / "continued", "eval")[0]
     assert start["step"] == 0 and start["val_loss"] == pytest.approx(first["val_loss"], abs=1e-4)
+
+
+def test_a_finished_run_is_left_as_it_is(tiny, tmp_path, capsys):
+    tiny.train.steps = 3
+    train(copy.deepcopy(tiny), progress=False)
+    before = (tmp_path / "run" / "log.jsonl").read_text()
+    again = train(copy.deepcopy(tiny), progress=False)
+    assert again["finished_before"] and again["steps"] == 3
+    assert "finished run" in capsys.readouterr().out
+    assert (tmp_path / "run" / "log.jsonl").read_text() == before

@@ -266,6 +266,10 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
             saved = distributed.load_checkpoint(checkpoint, model, optimizer)
         state = Progress(**saved)
         loader.load_state_dict(state.loader)
+        if state.planned_steps and state.step >= state.planned_steps:
+            print(f"{run_dir} is a finished run ({state.step:,} steps); its model is ready for `nextword sample "
+                  f"{run_dir}`. Start another with --run-dir DIR.")
+            return {"run_dir": str(run_dir), "steps": state.step, "finished_before": True}
         print(f"resuming {run_dir} from step {state.step:,} of {state.planned_steps:,}")
     if world.size > 1:
         torch.manual_seed(distributed.rank_seed(t.seed, world, state.step))  # dropout differs between ranks
