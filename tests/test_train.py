@@ -107,6 +107,11 @@ def test_auto_precision_follows_the_bf16_probe(tiny, tmp_path):
     assert chosen == "bf16" and "bf16=1000ms" in why
     timings = {"fp32": 1.0, "bf16": 3.0}  # native but slower for this shape: keep the faster
     assert resolve_precision("auto", with_bf16, time_step=timings.__getitem__, shape_key="b")[0] == "fp32"
+    timings = {"fp32": 0.95, "bf16": 1.0}  # within noise: native bf16 stays
+    assert resolve_precision("auto", with_bf16, time_step=timings.__getitem__, shape_key="c")[0] == "bf16"
+    order = []
+    resolve_precision("auto", with_bf16, time_step=lambda p: order.append(p) or 1.0, shape_key="d")
+    assert order[2:] == ["fp32", "bf16"] * 3  # timed in turns, after an untimed first step of each
 
     tiny.train.precision, tiny.train.steps = "auto", 1
     train(tiny, progress=False, bf16_probe=lambda: False)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -146,12 +147,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+RACE_ROUNDS = 3  # timed steps per candidate, taken in turns so a burst of load hits both alike
+FP32_MUST_WIN_BY = 0.9  # on a CPU with native bf16, fp32 is kept only if clearly faster
+
+
 def resolve_precision(requested: str, machine: Machine,
                       time_step: Callable[[str], float] | None = None, shape_key: str = "") -> tuple[str, str]:
     """Choose the training precision and say why.
 
-    `time_step(precision)` runs a few real training steps of the actual model and returns seconds per step; it is
-    only called where the choice is in doubt (a CPU with native bf16), and its verdict is cached per shape.
+    `time_step(precision)` runs one real training step of the actual model in that precision and returns its
+    time (CPU time, which other processes on a shared machine disturb less than the wall clock). It is only
+    called where the choice is in doubt, a CPU with native bf16, and the verdict is cached per shape.
     """
     if requested != "auto":
         if requested in ("bf16", "fp16") and not machine.is_cuda and not machine.bf16_native:
@@ -169,9 +175,16 @@ def resolve_precision(requested: str, machine: Machine,
         return "bf16", f"this CPU ({machine.capability}) has native bf16"
 
     def race() -> str:
-        times = {p: time_step(p) for p in ("fp32", "bf16")}
-        best = min(times, key=times.get)
-        return f"{best}|" + ",".join(f"{p}={t * 1e3:.0f}ms" for p, t in times.items())
+        candidates = ("fp32", "bf16")
+        for precision in candidates:  # a first step of each pays for allocation; not timed
+            time_step(precision)
+        times: dict[str, list[float]] = {p: [] for p in candidates}
+        for _ in range(RACE_ROUNDS):
+            for precision in candidates:
+                times[precision].append(time_step(precision))
+        fp32, bf16 = (statistics.median(times[p]) for p in candidates)
+        best = "fp32" if fp32 < FP32_MUST_WIN_BY * bf16 else "bf16"
+        return f"{best}|fp32={fp32 * 1e3:.0f}ms,bf16={bf16 * 1e3:.0f}ms"
 
     verdict = str(cached(machine, f"precision race {shape_key}", race))
     best, _, timings = verdict.partition("|")

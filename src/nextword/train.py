@@ -231,24 +231,26 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
     accumulation = _accumulation(t, cfg.model.context, world.size)
     tokens_per_step = t.micro_batch * cfg.model.context * accumulation * world.size
 
+    racers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
+    race_batch = torch.randint(0, cfg.model.vocab_size, (t.micro_batch, cfg.model.context + 1),
+                               device=machine.device)
+
     def time_precision(precision: str) -> float:
-        """Seconds per step of a copy of this model in `precision` (the real model and data are not touched)."""
+        """CPU seconds of one step of a copy of this model in `precision` (the real model and data are untouched)."""
+        if precision not in racers:
+            racers[precision] = (net := copy.deepcopy(model)), build_optimizer(net, t)
+        net, opt = racers[precision]
         rng = torch.get_rng_state()
-        net = copy.deepcopy(model)
-        opt = build_optimizer(net, t)
-        batch = torch.randint(0, cfg.model.vocab_size, (t.micro_batch, cfg.model.context + 1), device=machine.device)
-        seconds = []
-        for _ in range(3):
-            began = time.perf_counter()
-            train_step(net, opt, lambda: (batch[:, :-1], batch[:, 1:]), accumulation, 0.0, t.grad_clip,
-                       autocast_for(machine.device, precision), scaler_for(machine.device, precision))
-            seconds.append(time.perf_counter() - began)
+        began = time.process_time()
+        train_step(net, opt, lambda: (race_batch[:, :-1], race_batch[:, 1:]), 1, 0.0, t.grad_clip,
+                   autocast_for(machine.device, precision), scaler_for(machine.device, precision))
         torch.set_rng_state(rng)
-        return min(seconds[1:])
+        return time.process_time() - began
 
     shape = f"{cfg.model}|b{t.micro_batch}"
     # Measured on rank 0 and shared: ranks that measured for themselves could choose differently.
     precision, why = world.from_main(resolve_precision, t.precision, machine, time_precision, shape)
+    racers.clear()
     autocast, scaler = autocast_for(machine.device, precision), scaler_for(machine.device, precision)
     train_autocast = autocast if distributed.autocast_needed(mode, precision) else contextlib.nullcontext()
     flops_per_token = model.flops_per_token()
