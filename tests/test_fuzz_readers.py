@@ -226,9 +226,6 @@ def test_a_folder_given_as_the_config_is_a_one_line_error(tmp_path):
         load(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="web._split_http (and _read_record's Content-Length) test str.isdigit(), which is true "
-                          "for '²' (byte 0xB2 read as Latin-1), before int(): check .isascii() as well")
 def test_a_status_code_with_a_non_ascii_digit_is_a_counted_skip():
     pytest.importorskip("warcio")
     valid = web_bytes("warc", gz=False)

@@ -110,3 +110,12 @@ def test_a_log_to_the_null_device_writes_no_tensorboard_files(tmp_path, monkeypa
     log.write(kind="train", step=1, tokens=64, loss=5.0)
     assert log.tensorboard_dir == Path(os.devnull).parent / "tensorboard"
     assert not log.tensorboard_dir.exists()
+
+
+def test_a_line_cut_short_by_a_crash_does_not_swallow_the_next_record(tmp_path):
+    from nextword.runlog import RunLog, read_log
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"kind": "train", "step": 1}\n{"kind": "train", "st')
+    RunLog(path).write(kind="train", step=2)
+    assert [r["step"] for r in read_log(path)] == [1, 2]

@@ -70,7 +70,7 @@ class DataConfig:
     vocab_size: int = 8192
     tokenizer: str = ""  # a tokenizer.json to use as it is; "": train one on the corpus
     tokenizer_train_bytes: int = 20_000_000  # train the tokenizer on at most this much text
-    val_fraction: float = 0.02
+    val_fraction: float = 0.05
     workers: int = 0  # 0: every core this process may use
     extensions: list[str] = field(
         default_factory=lambda: [".txt", ".md", ".rst", ".py", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs"]
@@ -116,9 +116,9 @@ class EvalConfig:
     """Held-out loss and samples during training."""
 
     every: int = 0  # steps between evaluations; 0: about five in a run
-    batches: int = 20
+    batches: int = 10
     prompts: list[str] = field(default_factory=lambda: ["def ", "import ", "The "])
-    sample_tokens: int = 64
+    sample_tokens: int = 48
     temperature: float = 0.8
     top_k: int = 50
 

@@ -235,31 +235,6 @@ def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
 # Evaluation over ranks
 
 
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, split, batch_size: int, context: int, batches: int, device: torch.device,
-                  world: World) -> dict[str, float]:
-    """Loss, perplexity and bits per byte over the split's first windows, each rank scoring its share of them
-    and the mean taken over ranks: the windows a single process scores for `batches` batches, when the world
-    size divides `batches`."""
-    from nextword.data.loader import TokenLoader
-    from nextword.evaluate import _figures
-
-    was_training = model.training
-    model.eval()
-    loader = TokenLoader(split, batch_size, context, rank=world.rank, world_size=world.size, shuffle=False,
-                         device=device)
-    own_batches = max(1, min(batches, loader.num_windows // batch_size) // world.size)
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    for _ in range(own_batches):
-        x, y = loader.next_batch()
-        _, loss = model(x, y)
-        total += loss.double()
-    model.train(was_training)
-    loss = float(world.mean(total / own_batches))
-    tokens = own_batches * world.size * batch_size * context
-    return _figures(loss, tokens_per_byte=split.num_tokens / max(1, split.num_bytes), tokens=tokens)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Sharded checkpoints: torch.distributed.checkpoint (DCP) over safetensors files
 #

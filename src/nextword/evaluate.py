@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,24 +21,34 @@ from nextword.data.shards import TokenShards
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import DataError
 
+if TYPE_CHECKING:
+    from nextword.distributed import World
+
+EVAL_WINDOWS_SEED = 0
+
 
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, split: TokenShards, batch_size: int, context: int, batches: int,
-                  device: torch.device | str) -> dict[str, float]:
-    """Mean next-token loss over the first `batches` batches of the split (the same windows every time)."""
+                  device: torch.device | str, world: "World | None" = None) -> dict[str, float]:
+    """Mean next-token loss over `batches` batches of windows drawn across the whole split: a fixed draw, so
+    every evaluation scores the same windows. Under torchrun each rank scores its share of those windows and the
+    mean is taken over ranks (the same windows as one process when the world size divides `batches`)."""
+    rank, size = (world.rank, world.size) if world else (0, 1)
     was_training = model.training
     model.eval()
-    loader = TokenLoader(split, batch_size, context, shuffle=False, device=device)
-    windows = sum(len(a) // (context + 1) for a in split.arrays)
-    batches = max(1, min(batches, windows // batch_size))
+    loader = TokenLoader(split, batch_size, context, rank=rank, world_size=size, shuffle=True,
+                         seed=EVAL_WINDOWS_SEED, device=device)
+    own_batches = max(1, min(batches, loader.num_windows // batch_size) // size)
     total = torch.zeros((), device=device, dtype=torch.float64)
-    for _ in range(batches):
+    for _ in range(own_batches):
         x, y = loader.next_batch()
         _, loss = model(x, y)
         total += loss.double()
     model.train(was_training)
-    loss = float(total) / batches
-    return _figures(loss, tokens_per_byte=split.num_tokens / max(1, split.num_bytes), tokens=batches * batch_size * context)
+    mean = total / own_batches
+    loss = float(world.mean(mean) if world else mean)
+    return _figures(loss, tokens_per_byte=split.num_tokens / max(1, split.num_bytes),
+                    tokens=own_batches * size * batch_size * context)
 
 
 @torch.no_grad()

@@ -224,6 +224,8 @@ def read_hf_weights(path: Path) -> dict[str, Tensor]:
         shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         weights: dict[str, Tensor] = {}
         for shard in shards:
+            if Path(shard).name != shard:
+                raise CheckpointError(f"{index}: weight file {shard!r} is not a file of {path}; refusing to read it")
             weights.update(load_file(path / shard))
         return weights
     raise CheckpointError(f"{path}: no model.safetensors (nextword does not read pickled .bin weights)")

@@ -52,8 +52,13 @@ class RunLog:
             self._board = self._open_board(record)
         if record.get("kind") == "run":
             record["tensorboard"] = str(self.tensorboard_dir) if self._board else None
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        with open(self.path, "ab+") as f:
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # the last line was cut short by a crash: start this record on its own
+                    line = b"\n" + line
+            f.write(line)
         if self._board is not None:
             self._board.write(record)
             if record.get("kind") in ("stop", "summary"):

@@ -312,12 +312,8 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
     def run_eval(step: int) -> float:
         began = time.monotonic()
         with autocast:
-            if mode == "none":
-                result = evaluate_loss(model, val_split, t.micro_batch, cfg.model.context, cfg.eval.batches,
-                                       machine.device)
-            else:
-                result = distributed.evaluate_loss(model, val_split, t.micro_batch, cfg.model.context,
-                                                   cfg.eval.batches, machine.device, world)
+            result = evaluate_loss(model, val_split, t.micro_batch, cfg.model.context, cfg.eval.batches,
+                                   machine.device, world)
             # FSDP's forward is a collective, so every rank draws the (same) samples; elsewhere rank 0 alone.
             draws = world.is_main or mode == "fsdp"
             texts = samples(model, tokenizer, cfg.eval, seed=t.seed) if draws else []

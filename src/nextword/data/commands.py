@@ -46,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
         fetch_cc(args.crawl, args.files, args.out, options)
         return 0
     from nextword.data.clean import clean, merge
-    from nextword.data.filters import CleanConfig
 
     cfg = clean_config(getattr(args, "overrides", {}) or {})
     if args.merge:

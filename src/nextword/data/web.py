@@ -218,7 +218,7 @@ def _read_record(record, offset: int) -> _RawRecord | None:
     headers = {k: v for k, v in record.headers}
     body = record.reader.read()
     declared = headers.get("Content-Length", "")
-    if not declared.isdigit() or len(body) < int(declared):
+    if not (declared.isascii() and declared.isdigit()) or len(body) < int(declared):
         return None
     record_type = headers.get("WARC-Type", "unknown")
     if record_type != "response":
@@ -235,7 +235,7 @@ def _split_http(body: bytes) -> tuple[int | None, dict[str, str], bytes]:
         return None, {}, b""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() else None
     fields = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
