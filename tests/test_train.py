@@ -175,3 +175,37 @@ def test_a_finished_run_is_left_as_it_is(tiny, tmp_path, capsys):
     assert again["finished_before"] and again["steps"] == 3
     assert "finished run" in capsys.readouterr().out
     assert (tmp_path / "run" / "log.jsonl").read_text() == before
+
+
+def test_an_update_with_a_nonfinite_gradient_is_skipped_on_the_device():
+    from nextword.config import ModelConfig, TrainConfig
+    from nextword.model import GPT
+    from nextword.train import autocast_for, build_optimizer, scaler_for, train_step
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layers=1, d_model=16, n_heads=2, context=8, vocab_size=50))
+    optimizer = build_optimizer(model, TrainConfig())
+    batch = torch.randint(1, 50, (2, 9))
+    batches = lambda: (batch[:, :-1], batch[:, 1:])  # noqa: E731
+    cpu = torch.device("cpu")
+    args = (1, 1e-2, 1.0, autocast_for(cpu, "fp32"), scaler_for(cpu, "fp32"))
+    assert float(train_step(model, optimizer, batches, *args)[2]) == 0.0  # a normal update
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.bias[0] = float("inf")  # every loss and gradient is now NaN
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss, _, skipped = train_step(model, optimizer, batches, *args)
+    assert not torch.isfinite(loss) and float(skipped) == 1.0
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), f"{name} changed in a skipped update"
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoint(tiny, tmp_path):
+    from nextword.train import NonFiniteError
+
+    tiny.train.steps, tiny.train.ckpt_every = 30, 2
+    tiny.train.on_nonfinite = "stop"
+    train(copy.deepcopy(tiny), progress=False, stop_after=2)  # a good checkpoint at step 2
+    tiny.train.lr, tiny.train.grad_clip, tiny.train.warmup_frac = 1e6, 0.0, 0.0
+    with pytest.raises(NonFiniteError, match="on_nonfinite = stop"):
+        train(tiny, progress=False)
+    assert latest_checkpoint(tmp_path / "run") is not None

@@ -109,6 +109,8 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 0  # steps between checkpoints; 0: only at the end and on interrupt
     keep_last: int = 2
+    on_nonfinite: str = "skip"  # skip: drop an update whose loss or gradient is NaN/Inf, and go on; stop: end the run
+    max_nonfinite_in_a_row: int = 10  # with skip: this many skipped updates in a row end the run
 
 
 @dataclass
@@ -268,6 +270,7 @@ CHOICES = {
     "train.compile": ("auto", "on", "off"),
     "train.schedule": ("wsd", "cosine", "constant"),
     "train.parallel": ("auto", "none", "ddp", "fsdp"),
+    "train.on_nonfinite": ("skip", "stop"),
 }
 
 

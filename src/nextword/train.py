@@ -328,6 +328,7 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
     stop = _StopRequest()
     step_times: list[float] = []
     skipped_since_log = torch.zeros((), device=machine.device)
+    skipped_in_a_row = torch.zeros((), device=machine.device)  # kept on the device: no sync in the step
     bar = _progress_bar(progress, state)
     summary: dict[str, Any] = {}
     with stop.installed():
@@ -348,6 +349,7 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
             loss, grad_norm, nonfinite = train_step(net, optimizer, loader.next_batch, accumulation, lr, t.grad_clip,
                                                     train_autocast, scaler)
             skipped_since_log += nonfinite
+            skipped_in_a_row.add_(nonfinite).mul_(nonfinite)  # counts up while updates are skipped, else 0
             state.step += 1
             state.tokens += tokens_per_step
             elapsed = time.perf_counter() - began
@@ -365,9 +367,11 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
                 if skipped:
                     print(f"\nwarning: {skipped} update(s) skipped for a non-finite loss or gradient before step "
                           f"{state.step}", file=sys.stderr)
-                    if skipped >= t.log_every:
-                        raise NonFiniteError(f"{t.log_every} updates in a row had a non-finite loss or gradient "
-                                             f"at step {state.step}; lower train.lr or check the data. The last "
+                    in_a_row = int(skipped_in_a_row)
+                    if t.on_nonfinite == "stop" or in_a_row >= t.max_nonfinite_in_a_row:
+                        raise NonFiniteError(f"{in_a_row or skipped} update(s) in a row had a non-finite loss or "
+                                             f"gradient by step {state.step} (train.on_nonfinite = "
+                                             f"{t.on_nonfinite}); lower train.lr or check the data. The last "
                                              f"good checkpoint is untouched in {run_dir / 'checkpoints'}")
                 recent = step_times[-t.log_every:]
                 tokens_per_s = tokens_per_step * len(recent) / sum(recent)
