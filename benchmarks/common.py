@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from nextword.machine import cpu_model, usable_cores
 
@@ -97,3 +99,24 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
     rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return [line(columns), rule, *(line(row) for row in cells)]
+
+
+class HFModel(nn.Module):
+    """A transformers causal LM behind nextword's interface: forward(idx, targets) → (logits, fp32 mean loss),
+    and the same two AdamW parameter groups (matrices decay; norms, biases and embeddings do not)."""
+
+    def __init__(self, hf: nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.hf(input_ids=idx, use_cache=False).logits
+        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def optimizer_groups(self, weight_decay: float, decay_embeddings: bool) -> list[dict]:
+        embeddings = {id(m.weight) for m in self.hf.modules() if isinstance(m, nn.Embedding)}
+        decay, no_decay = [], []
+        for p in self.parameters():
+            is_matrix = p.dim() >= 2 and (decay_embeddings or id(p) not in embeddings)
+            (decay if is_matrix else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -116,7 +116,7 @@ def restart_and_check(work: Path, run_dir: Path, reference: dict[int, float], sa
 
 
 def kill_trials(work: Path, trials: int, reference: dict[int, float], rng: random.Random) -> Row:
-    row = Row(f"kill -9 of `nextword train` at a random step")
+    row = Row("kill -9 of `nextword train` at a random step")
     for trial in range(trials):
         run_dir = work / f"kill{trial}"
         kill_at = rng.randint(1, STEPS - 2)

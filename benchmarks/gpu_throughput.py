@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common import HFModel
 from nextword import distributed
 from nextword.config import ModelConfig, TrainConfig, model_preset
 from nextword.machine import DTYPES, matmul_flops
@@ -63,26 +63,6 @@ class Row:
         memory = "n/a" if self.peak_memory_gib is None else f"{self.peak_memory_gib:.1f}"
         return (f"| {self.name} | {self.batch} × {self.context} | {self.tokens_per_s:,.0f} | {self.mfu:.1%} | "
                 f"{memory} | {self.note} |")
-
-
-class HFModel(nn.Module):
-    """A transformers causal LM behind nextword's interface: forward(idx, targets) → (logits, fp32 mean loss),
-    with the same two AdamW parameter groups (matrices decay; norms, biases and embeddings do not)."""
-
-    def __init__(self, hf: nn.Module):
-        super().__init__()
-        self.hf = hf
-
-    def forward(self, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.hf(input_ids=idx, use_cache=False).logits
-        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-
-    def optimizer_groups(self, weight_decay: float, decay_embeddings: bool) -> list[dict]:
-        embeddings = {id(m.weight) for m in self.hf.modules() if isinstance(m, nn.Embedding)}
-        decay, no_decay = [], []
-        for p in self.parameters():
-            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def transformers_twin(model: GPT) -> HFModel:

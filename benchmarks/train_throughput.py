@@ -34,10 +34,9 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common import empty_nextword_cache, header, interleaved, markdown_table, median, spread
+from common import HFModel, empty_nextword_cache, header, interleaved, markdown_table, median, spread
 from nextword.config import ModelConfig, TrainConfig, model_preset
 from nextword.export import hf_config, to_hf_state_dict
 from nextword.machine import Machine, detect, peak_flops, resolve_precision
@@ -51,27 +50,6 @@ class Shape:
     model: ModelConfig
     batch: int
     note: str = ""
-
-
-class HFModel(nn.Module):
-    """A transformers causal LM behind nextword's interface: forward(idx, targets) → (logits, fp32 mean loss),
-    and the same two AdamW parameter groups (matrices decay; norms, biases and embeddings do not)."""
-
-    def __init__(self, hf: nn.Module):
-        super().__init__()
-        self.hf = hf
-
-    def forward(self, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.hf(input_ids=idx, use_cache=False).logits
-        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-
-    def optimizer_groups(self, weight_decay: float, decay_embeddings: bool) -> list[dict]:
-        embeddings = {id(m.weight) for m in self.hf.modules() if isinstance(m, nn.Embedding)}
-        decay, no_decay = [], []
-        for p in self.parameters():
-            is_matrix = p.dim() >= 2 and (decay_embeddings or id(p) not in embeddings)
-            (decay if is_matrix else no_decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def shapes(small_batch: int, small_context: int) -> dict[str, Shape]:
