@@ -2,8 +2,8 @@
 
 The plan counts what is still to come besides training steps (the evaluations, the final checkpoint, a safety
 margin) and divides the rest by the measured time per step. When the speed drifts by more than 20% from the speed
-the plan was made with, the plan is redone, before the learning rate starts to anneal; once it anneals, the plan
-only shrinks, and only if the run would otherwise overrun. A budget is a promise about the wall clock.
+the plan was made with, the plan is redone, before the learning rate starts to anneal; and whenever the steps
+still planned would no longer fit, the plan shrinks, annealing or not. A budget is a promise about the wall clock.
 """
 
 from __future__ import annotations
@@ -31,19 +31,22 @@ class BudgetPlanner:
     def plan(self, step: int, step_seconds: float, eval_seconds: float, ckpt_seconds: float) -> int:
         """The total number of steps that end inside the budget, counting from `step` at the present speed."""
         self.step_seconds = step_seconds
+        return self._steps_that_fit(step, step_seconds, eval_seconds, ckpt_seconds)
+
+    def revise(self, step: int, planned: int, step_seconds: float, eval_seconds: float,
+               ckpt_seconds: float) -> int | None:
+        """A new total when the run would overrun, or when the speed has drifted before annealing; else None."""
+        fits = self._steps_that_fit(step, step_seconds, eval_seconds, ckpt_seconds)
+        annealing = step >= planned - max(1, round(self.decay_frac * planned))
+        drifted = abs(step_seconds / self.step_seconds - 1) > DRIFT
+        if fits < planned or (drifted and not annealing and fits != planned):
+            self.step_seconds = step_seconds
+            return fits
+        return None  # on time; faster while annealing: finish early rather than bend the schedule
+
+    def _steps_that_fit(self, step: int, step_seconds: float, eval_seconds: float, ckpt_seconds: float) -> int:
         left = self.deadline - self.clock() - SAFETY_MARGIN * self.budget
         evals_left = 1 + math.ceil((EVALS_PER_RUN - 1) * max(0.0, left) / self.budget)
         saves_left = 1 + (int(left / step_seconds) // self.ckpt_every if self.ckpt_every else 0)
         left -= evals_left * eval_seconds + saves_left * ckpt_seconds
         return step + max(1, int(left / step_seconds))
-
-    def revise(self, step: int, planned: int, step_seconds: float, eval_seconds: float,
-               ckpt_seconds: float) -> int | None:
-        """A new total when the speed has drifted (or the run would overrun while annealing), else None."""
-        if abs(step_seconds / self.step_seconds - 1) <= DRIFT:
-            return None
-        annealing = step >= planned - max(1, round(self.decay_frac * planned))
-        replanned = self.plan(step, step_seconds, eval_seconds, ckpt_seconds)
-        if annealing and replanned >= planned:
-            return None  # faster than planned while annealing: finish early rather than bend the schedule
-        return replanned if replanned != planned else None

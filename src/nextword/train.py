@@ -38,7 +38,7 @@ from nextword.distributed import World
 from nextword.evaluate import evaluate_loss, samples
 from nextword.machine import DTYPES, Machine, cpu_bf16_native, detect, peak_flops, resolve_precision
 from nextword.model import GPT
-from nextword.budget import BudgetPlanner
+from nextword.budget import EVALS_PER_RUN, BudgetPlanner
 from nextword.runlog import RunLog, read_log
 from nextword.schedule import learning_rate
 
@@ -329,12 +329,14 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
     step_times: list[float] = []
     skipped_since_log = torch.zeros((), device=machine.device)
     skipped_in_a_row = torch.zeros((), device=machine.device)  # kept on the device: no sync in the step
+    planned_at = 0  # how many steps had been timed when the plan was last made
     bar = _progress_bar(progress, state)
     summary: dict[str, Any] = {}
     with stop.installed():
         while True:
             if planner and not state.planned_steps and len(step_times) >= TIMED_WARMUP_STEPS + TIMED_STEPS:
                 measured = statistics.median(step_times[TIMED_WARMUP_STEPS:])
+                planned_at = len(step_times)
                 state.planned_steps = world.from_main(planner.plan, state.step, measured, eval_seconds, ckpt_seconds)
                 log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=state.planned_steps)
                 bar.total = state.planned_steps
@@ -381,19 +383,22 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
                           grad_norm=float(grad_norm), tokens_per_s=tokens_per_s, mfu=mfu,
                           elapsed_s=time.monotonic() - start)
                 bar.set_postfix_str(f"loss {float(loss):.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
-                if planner and planner.step_seconds and not at_end:
-                    measured = statistics.median(step_times[-max(t.log_every, 10):])
+                if planner and planner.step_seconds and not at_end and len(step_times) - planned_at >= 10:
+                    # The mean since the plan was made: a median of the last few steps can be optimistic.
+                    measured = statistics.mean(step_times[max(planned_at, len(step_times) - 100):])
                     revised = world.from_main(planner.revise, state.step, state.planned_steps, measured,
                                               eval_seconds, ckpt_seconds)
                     if revised:
                         state.replans += 1
                         state.planned_steps = revised
+                        planned_at = len(step_times)
                         log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=revised,
                                   replan=True)
                         bar.total = revised
 
-            every = cfg.eval.every or max(1, (state.planned_steps or 10**9) // 4)
-            if not at_end and state.planned_steps and state.step % every == 0:
+            every = cfg.eval.every or max(1, (state.planned_steps or 10**9) // EVALS_PER_RUN)
+            # The run ends with an evaluation anyway: none in the last half interval before it.
+            if state.planned_steps and state.step % every == 0 and state.step < state.planned_steps - every // 2:
                 eval_seconds = max(eval_seconds, run_eval(state.step))
             if at_end or (t.ckpt_every and state.step % t.ckpt_every == 0) or stopping or state.step == stop_after:
                 if at_end:
