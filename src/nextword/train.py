@@ -329,7 +329,7 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
     step_times: list[float] = []
     skipped_since_log = torch.zeros((), device=machine.device)
     skipped_in_a_row = torch.zeros((), device=machine.device)  # kept on the device: no sync in the step
-    planned_at = 0  # how many steps had been timed when the plan was last made
+    planned_at = 0  # how many steps had been timed when the plan was first made
     bar = _progress_bar(progress, state)
     summary: dict[str, Any] = {}
     with stop.installed():
@@ -384,14 +384,13 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
                           elapsed_s=time.monotonic() - start)
                 bar.set_postfix_str(f"loss {float(loss):.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
                 if planner and planner.step_seconds and not at_end and len(step_times) - planned_at >= 10:
-                    # The mean since the plan was made: a median of the last few steps can be optimistic.
+                    # The mean of the last 100 steps since the first plan: a median of a few can be optimistic.
                     measured = statistics.mean(step_times[max(planned_at, len(step_times) - 100):])
                     revised = world.from_main(planner.revise, state.step, state.planned_steps, measured,
                                               eval_seconds, ckpt_seconds)
                     if revised:
                         state.replans += 1
                         state.planned_steps = revised
-                        planned_at = len(step_times)
                         log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=revised,
                                   replan=True)
                         bar.total = revised
