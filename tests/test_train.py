@@ -199,13 +199,17 @@ def test_an_update_with_a_nonfinite_gradient_is_skipped_on_the_device():
         assert torch.equal(p, before[name]), f"{name} changed in a skipped update"
 
 
-def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoint(tiny, tmp_path):
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoint(tiny, tmp_path, monkeypatch):
+    from nextword.runlog import RunLog
     from nextword.train import NonFiniteError
 
     tiny.train.steps, tiny.train.ckpt_every = 30, 2
     tiny.train.on_nonfinite = "stop"
     train(copy.deepcopy(tiny), progress=False, stop_after=2)  # a good checkpoint at step 2
     tiny.train.lr, tiny.train.grad_clip, tiny.train.warmup_frac = 1e6, 0.0, 0.0
+    closed, close = [], RunLog.close
+    monkeypatch.setattr(RunLog, "close", lambda log: closed.append(log.path) or close(log))
     with pytest.raises(NonFiniteError, match="on_nonfinite = stop"):
         train(tiny, progress=False)
     assert latest_checkpoint(tmp_path / "run") is not None
+    assert closed == [tmp_path / "run" / "log.jsonl"]  # the log is closed when an error ends the run

@@ -21,24 +21,37 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import torch
 
 from nextword import cli, distributed
-from nextword.checkpoint import (check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint)
+from nextword.budget import EVALS_PER_RUN, BudgetPlanner
+from nextword.checkpoint import (
+    check_compatible,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from nextword.config import RunConfig, TrainConfig, parse_count, parse_duration
-from nextword.errors import ConfigError, NextwordError
 from nextword.data.loader import TokenLoader
 from nextword.data.prepare import prepare
 from nextword.data.shards import TokenShards
 from nextword.distributed import World
+from nextword.errors import ConfigError, NextwordError
 from nextword.evaluate import evaluate_loss, samples
-from nextword.machine import DTYPES, Machine, cpu_bf16_native, detect, peak_flops, resolve_precision
+from nextword.machine import (
+    DTYPES,
+    Machine,
+    cpu_bf16_native,
+    detect,
+    peak_flops,
+    resolve_precision,
+)
 from nextword.model import GPT
-from nextword.budget import EVALS_PER_RUN, BudgetPlanner
 from nextword.runlog import RunLog, read_log
 from nextword.schedule import learning_rate
 
@@ -205,6 +218,57 @@ def _quiet_unless(is_main: bool):
 def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: float | None,
            stop_after: int | None, progress: bool, bf16_probe: Callable[[], bool]) -> dict[str, Any]:
     start = time.monotonic() if start_time is None else start_time
+    run = _set_up(cfg, world, mode, device, progress, bf16_probe)
+    state = _resume(run)
+    if _finished(state):
+        print(f"{run.run_dir} is a finished run ({state.step:,} steps); its model is ready for `nextword sample "
+              f"{run.run_dir}`. Start another with --run-dir DIR.")
+        return {"run_dir": str(run.run_dir), "steps": state.step, "finished_before": True}
+    if world.size > 1:
+        torch.manual_seed(distributed.rank_seed(cfg.train.seed, world, state.step))  # dropout differs between ranks
+    if world.is_main:
+        _write_run_files(run.run_dir, cfg, run.tokenizer)
+    governs, limit = _governing(cfg.train)
+    planner = _plan_length(run, state, governs, limit, start)
+    # Rank 0 alone keeps the run's log; the other ranks write theirs nowhere.
+    with RunLog(run.run_dir / "log.jsonl" if world.is_main else os.devnull) as log:  # closed however the run ends
+        _announce(run, state, log, governs, limit)
+        eval_seconds = _evaluate(run, log, state) if state.step == 0 else 0.0
+        loop = _Loop(run, state, log, planner, start=start, stop_after=stop_after, eval_seconds=eval_seconds)
+        return loop.train(progress)
+
+
+@dataclass
+class _Run:
+    """What a run sets up once, before its first step."""
+
+    cfg: RunConfig
+    world: World
+    mode: str  # none | ddp | fsdp
+    machine: Machine
+    run_dir: Path
+    tokenizer: Any
+    val_split: TokenShards
+    model: GPT
+    net: torch.nn.Module  # what runs forward and backward: the model wrapped, sharded or compiled
+    optimizer: torch.optim.Optimizer
+    loader: TokenLoader
+    accumulation: int  # micro-steps per optimizer step
+    tokens_per_step: int  # over all ranks
+    precision: str
+    precision_reason: str
+    compiled: bool
+    compile_reason: str
+    autocast: contextlib.AbstractContextManager  # for evaluation
+    train_autocast: contextlib.AbstractContextManager
+    scaler: torch.amp.GradScaler
+    flops_per_token: float
+    peak: float  # measured matmul FLOP/s of one device, the ceiling MFU is reported against
+
+
+def _set_up(cfg: RunConfig, world: World, mode: str, device: str, progress: bool,
+            bf16_probe: Callable[[], bool]) -> _Run:
+    """Measure the machine, prepare the data, build the model, choose the precision and wrap the model."""
     t = cfg.train
     run_dir = Path(t.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,6 +276,31 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
     torch.manual_seed(t.seed)  # the same on every rank: FSDP needs every rank to start from the same weights
 
     pretrained = _pretrained(cfg)
+    tokenizer, train_split, val_split = _prepare_data(cfg, world, progress)
+    model = (pretrained or GPT(cfg.model)).to(machine.device)
+    # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
+    # single process would.
+    loader = TokenLoader(train_split, t.micro_batch, cfg.model.context, rank=world.rank, world_size=world.size,
+                         seed=t.seed, device=machine.device)
+    accumulation = _accumulation(t, cfg.model.context, world.size)
+
+    precision, precision_reason = _choose_precision(cfg, world, machine, model)
+    autocast, scaler = autocast_for(machine.device, precision), scaler_for(machine.device, precision)
+    train_autocast = autocast if distributed.autocast_needed(mode, precision) else contextlib.nullcontext()
+    flops_per_token = model.flops_per_token()
+    net, compiled, compile_reason = _parallel_model(model, mode, world, precision, cfg, machine)
+    optimizer = build_optimizer(model, t)  # after FSDP has sharded the parameters it optimizes
+    return _Run(cfg=cfg, world=world, mode=mode, machine=machine, run_dir=run_dir, tokenizer=tokenizer,
+                val_split=val_split, model=model, net=net, optimizer=optimizer, loader=loader,
+                accumulation=accumulation,
+                tokens_per_step=t.micro_batch * cfg.model.context * accumulation * world.size,
+                precision=precision, precision_reason=precision_reason, compiled=compiled,
+                compile_reason=compile_reason, autocast=autocast, train_autocast=train_autocast, scaler=scaler,
+                flops_per_token=flops_per_token, peak=world.from_main(peak_flops, machine))
+
+
+def _prepare_data(cfg: RunConfig, world: World, progress: bool) -> tuple[Any, TokenShards, TokenShards]:
+    """The tokenizer and the train and validation splits; sets the model's vocabulary to the tokenizer's."""
     with world.main_first():  # rank 0 prepares (or finds) the data; the others then find it ready
         prepared = prepare(cfg.data, clean=cfg.clean, progress=progress)
     tokenizer = prepared.tokenizer
@@ -220,17 +309,12 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
         raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size}; set it to 0 to take the tokenizer's")
     cfg.model.vocab_size = cfg.model.vocab_size or tokenizer.vocab_size
-    train_split = TokenShards(prepared.data_dir, "train")
-    val_split = TokenShards(prepared.data_dir, "val")
+    return tokenizer, TokenShards(prepared.data_dir, "train"), TokenShards(prepared.data_dir, "val")
 
-    model = (pretrained or GPT(cfg.model)).to(machine.device)
-    # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
-    # single process would.
-    loader = TokenLoader(train_split, t.micro_batch, cfg.model.context, rank=world.rank, world_size=world.size,
-                         seed=t.seed, device=machine.device)
-    accumulation = _accumulation(t, cfg.model.context, world.size)
-    tokens_per_step = t.micro_batch * cfg.model.context * accumulation * world.size
 
+def _choose_precision(cfg: RunConfig, world: World, machine: Machine, model: GPT) -> tuple[str, str]:
+    """The precision to train in and why; where it is measured, copies of the model race on rank 0."""
+    t = cfg.train
     racers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
     race_batch = torch.randint(0, cfg.model.vocab_size, (t.micro_batch, cfg.model.context + 1),
                                device=machine.device)
@@ -249,182 +333,266 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
 
     shape = f"{cfg.model}|b{t.micro_batch}"
     # Measured on rank 0 and shared: ranks that measured for themselves could choose differently.
-    precision, why = world.from_main(resolve_precision, t.precision, machine, time_precision, shape)
-    racers.clear()
-    autocast, scaler = autocast_for(machine.device, precision), scaler_for(machine.device, precision)
-    train_autocast = autocast if distributed.autocast_needed(mode, precision) else contextlib.nullcontext()
-    flops_per_token = model.flops_per_token()
-    net, compiled, compile_why = _parallel_model(model, mode, world, precision, cfg, machine)
-    optimizer = build_optimizer(model, t)  # after FSDP has sharded the parameters it optimizes
-    peak = world.from_main(peak_flops, machine)
+    return world.from_main(resolve_precision, t.precision, machine, time_precision, shape)
 
-    state = Progress()
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        check_compatible(checkpoint, cfg, tokenizer.hash)
-        if mode == "none" and not distributed.is_sharded(checkpoint):
-            saved = load_checkpoint(checkpoint, model, optimizer, machine.device)
-        else:
-            saved = distributed.load_checkpoint(checkpoint, model, optimizer)
-        state = Progress(**saved)
-        loader.load_state_dict(state.loader)
-        if state.planned_steps and state.step >= state.planned_steps:
-            print(f"{run_dir} is a finished run ({state.step:,} steps); its model is ready for `nextword sample "
-                  f"{run_dir}`. Start another with --run-dir DIR.")
-            return {"run_dir": str(run_dir), "steps": state.step, "finished_before": True}
-        print(f"resuming {run_dir} from step {state.step:,} of {state.planned_steps:,}")
-    if world.size > 1:
-        torch.manual_seed(distributed.rank_seed(t.seed, world, state.step))  # dropout differs between ranks
-    if world.is_main:
-        _write_run_files(run_dir, cfg, tokenizer)
 
-    governs, limit = _governing(t)
+def _resume(run: _Run) -> Progress:
+    """The progress of the newest valid checkpoint, with its model, optimizer and loader state loaded; a fresh
+    Progress when there is none."""
+    checkpoint = latest_checkpoint(run.run_dir)
+    if checkpoint is None:
+        return Progress()
+    check_compatible(checkpoint, run.cfg, run.tokenizer.hash)
+    state = Progress(**_load(run, checkpoint))
+    run.loader.load_state_dict(state.loader)
+    if not _finished(state):
+        print(f"resuming {run.run_dir} from step {state.step:,} of {state.planned_steps:,}")
+    return state
+
+
+def _finished(state: Progress) -> bool:
+    return bool(state.planned_steps) and state.step >= state.planned_steps
+
+
+def _load(run: _Run, checkpoint: Path) -> dict[str, Any]:
+    """Load a checkpoint of either layout into the model and optimizer; return its saved Progress fields."""
+    if run.mode == "none" and not distributed.is_sharded(checkpoint):
+        return load_checkpoint(checkpoint, run.model, run.optimizer, run.machine.device)
+    return distributed.load_checkpoint(checkpoint, run.model, run.optimizer)
+
+
+def _save(run: _Run, state: Progress) -> Path:
+    state.loader = run.loader.state_dict()
+    t = run.cfg.train
+    if run.mode == "none":
+        return save_checkpoint(run.run_dir, state.step, run.model, run.optimizer, _asdict(state), run.cfg,
+                               run.tokenizer.hash, t.keep_last)
+    return distributed.save_checkpoint(run.run_dir, state.step, run.model, run.optimizer, _asdict(state), run.cfg,
+                                       run.tokenizer.hash, t.keep_last, run.world)
+
+
+def _plan_length(run: _Run, state: Progress, governs: str, limit: float, start: float) -> BudgetPlanner | None:
+    """Set the planned steps of a step or token count; for a new budgeted run, the planner that will set them
+    once it has timed a few steps (a resumed run keeps the total it planned)."""
     if not state.planned_steps and governs == "steps":
         state.planned_steps = limit
     elif not state.planned_steps and governs == "tokens":
-        state.planned_steps = math.ceil(limit / tokens_per_step)
-    # A resumed run keeps the total it planned; a new budgeted run plans once it has timed a few steps.
-    planner = None
+        state.planned_steps = math.ceil(limit / run.tokens_per_step)
     if governs == "budget" and not state.planned_steps:
-        planner = BudgetPlanner(start + limit, limit, t.decay_frac, t.ckpt_every)
+        return BudgetPlanner(start + limit, limit, run.cfg.train.decay_frac, run.cfg.train.ckpt_every)
+    return None
 
-    # Rank 0 alone keeps the run's log; the other ranks write theirs nowhere.
-    log = RunLog(run_dir / "log.jsonl" if world.is_main else os.devnull)
-    log.write(kind="run", **machine.describe(), cpu=machine.name, precision=precision, precision_reason=why,
-              compile=compiled, compile_reason=compile_why, parallel=mode, world_size=world.size,
-              params=model.num_params(),
-              params_non_embedding=model.num_params(non_embedding=True), flops_per_token=flops_per_token,
-              peak_flops=peak, tokens_per_step=tokens_per_step, accumulation=accumulation, governs=governs,
-              limit=limit, resumed_from=state.step, planned_steps=state.planned_steps)
+
+def _announce(run: _Run, state: Progress, log: RunLog, governs: str, limit: float) -> None:
+    """Log the run's record and print what is about to train, on what, how."""
+    cfg, world, machine, model, t = run.cfg, run.world, run.machine, run.model, run.cfg.train
+    log.write(kind="run", **machine.describe(), cpu=machine.name, precision=run.precision,
+              precision_reason=run.precision_reason, compile=run.compiled, compile_reason=run.compile_reason,
+              parallel=run.mode, world_size=world.size, params=model.num_params(),
+              params_non_embedding=model.num_params(non_embedding=True), flops_per_token=run.flops_per_token,
+              peak_flops=run.peak, tokens_per_step=run.tokens_per_step, accumulation=run.accumulation,
+              governs=governs, limit=limit, resumed_from=state.step, planned_steps=state.planned_steps)
     print(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters "
           f"({model.num_params(non_embedding=True) / 1e6:.2f}M without embeddings), context {cfg.model.context}, "
           f"vocabulary {cfg.model.vocab_size}")
     print(f"machine: {machine.name} ({machine.capability}), {machine.threads} threads, "
-          f"peak {peak / 1e12:.2f} TFLOP/s measured")
-    print(f"precision: {precision} ({why}); torch.compile: {'on' if compiled else 'off'} ({compile_why})")
-    if world.size > 1 or mode != "none":
-        print(f"parallel: {mode} over {world.size} process{'es' if world.size > 1 else ''}")
-    print(f"batch: {tokens_per_step:,} tokens per step ({t.micro_batch} × {cfg.model.context}"
-          f"{f' × {accumulation} micro-steps' if accumulation > 1 else ''}"
+          f"peak {run.peak / 1e12:.2f} TFLOP/s measured")
+    print(f"precision: {run.precision} ({run.precision_reason}); torch.compile: "
+          f"{'on' if run.compiled else 'off'} ({run.compile_reason})")
+    if world.size > 1 or run.mode != "none":
+        print(f"parallel: {run.mode} over {world.size} process{'es' if world.size > 1 else ''}")
+    print(f"batch: {run.tokens_per_step:,} tokens per step ({t.micro_batch} × {cfg.model.context}"
+          f"{f' × {run.accumulation} micro-steps' if run.accumulation > 1 else ''}"
           f"{f' × {world.size} ranks' if world.size > 1 else ''}); "
           f"{_describe_limit(governs, limit)}")
 
-    def run_eval(step: int) -> float:
-        began = time.monotonic()
-        with autocast:
-            result = evaluate_loss(model, val_split, t.micro_batch, cfg.model.context, cfg.eval.batches,
-                                   machine.device, world)
-            # FSDP's forward is a collective, so every rank draws the (same) samples; elsewhere rank 0 alone.
-            draws = world.is_main or mode == "fsdp"
-            texts = samples(model, tokenizer, cfg.eval, seed=t.seed) if draws else []
-        log.write(kind="eval", step=step, tokens=state.tokens, val_loss=result["loss"], val_ppl=result["ppl"],
-                  val_bpb=result["bpb"], samples=texts)
-        _print_eval(step, result, texts, tokenizer.vocab_size)
-        return time.monotonic() - began
 
-    eval_seconds = run_eval(0) if state.step == 0 else 0.0
-    ckpt_seconds = 1.0 + 4 * model.num_params() / 200e6  # a guess until the first save is timed
+def _evaluate(run: _Run, log: RunLog, state: Progress) -> float:
+    """Validation loss and samples at the current step, logged and printed; returns the seconds it took."""
+    cfg, world = run.cfg, run.world
+    began = time.monotonic()
+    with run.autocast:
+        result = evaluate_loss(run.model, run.val_split, cfg.train.micro_batch, cfg.model.context,
+                               cfg.eval.batches, run.machine.device, world)
+        # FSDP's forward is a collective, so every rank draws the (same) samples; elsewhere rank 0 alone.
+        draws = world.is_main or run.mode == "fsdp"
+        texts = samples(run.model, run.tokenizer, cfg.eval, seed=cfg.train.seed) if draws else []
+    log.write(kind="eval", step=state.step, tokens=state.tokens, val_loss=result["loss"], val_ppl=result["ppl"],
+              val_bpb=result["bpb"], samples=texts)
+    _print_eval(state.step, result, texts, run.tokenizer.vocab_size)
+    return time.monotonic() - began
 
-    stop = _StopRequest()
-    step_times: list[float] = []
-    skipped_since_log = torch.zeros((), device=machine.device)
-    skipped_in_a_row = torch.zeros((), device=machine.device)  # kept on the device: no sync in the step
-    planned_at = 0  # how many steps had been timed when the plan was first made
-    bar = _progress_bar(progress, state)
-    summary: dict[str, Any] = {}
-    with stop.installed():
+
+class _StepResult(NamedTuple):
+    loss: torch.Tensor  # on the device, not yet read back
+    grad_norm: torch.Tensor
+    lr: float
+
+
+class _Loop:
+    """The steps of a run, until its plan is done or it is asked to stop.
+
+    Every `log_every` steps an interval ends: the numbers kept on the device are read back (the only host sync),
+    logged, and the budget's plan is checked. Evaluations and checkpoints come at their own intervals.
+    """
+
+    def __init__(self, run: _Run, state: Progress, log: RunLog, planner: BudgetPlanner | None, *, start: float,
+                 stop_after: int | None, eval_seconds: float) -> None:
+        self.run, self.state, self.log, self.planner = run, state, log, planner
+        self.start, self.stop_after = start, stop_after
+        self.eval_seconds = eval_seconds
+        self.ckpt_seconds = 1.0 + 4 * run.model.num_params() / 200e6  # a guess until the first save is timed
+        self.stop = _StopRequest()
+        self.step_times: list[float] = []
+        device = run.machine.device
+        self.skipped_since_log = torch.zeros((), device=device)
+        self.skipped_in_a_row = torch.zeros((), device=device)  # kept on the device: no sync in the step
+        self.planned_at = 0  # how many steps had been timed when the plan was first made
+        self.bar: Any = None
+
+    def train(self, progress: bool) -> dict[str, Any]:
+        """Train to the end of the plan (or a stop); return the closing summary."""
+        self.bar = _progress_bar(progress, self.state)
+        try:
+            with self.stop.installed():
+                return self._train_until_done()
+        finally:
+            self.bar.close()
+
+    def _train_until_done(self) -> dict[str, Any]:
+        state, t = self.state, self.run.cfg.train
         while True:
-            if planner and not state.planned_steps and len(step_times) >= TIMED_WARMUP_STEPS + TIMED_STEPS:
-                measured = statistics.median(step_times[TIMED_WARMUP_STEPS:])
-                planned_at = len(step_times)
-                state.planned_steps = world.from_main(planner.plan, state.step, measured, eval_seconds, ckpt_seconds)
-                log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=state.planned_steps)
-                bar.total = state.planned_steps
-            if state.planned_steps and state.step >= state.planned_steps:
+            self._plan_once_timed()
+            if _finished(state):
                 break
-            total = state.planned_steps or 10**9  # while the budget is being measured: warmup of a long run
-            lr = learning_rate(state.step, total, peak=t.lr, min_ratio=t.min_lr_ratio, schedule=t.schedule,
-                               warmup_frac=t.warmup_frac, decay_frac=t.decay_frac)
-            if not state.planned_steps:
-                lr = t.lr * min(1.0, (state.step + 1) / 100)
-            began = time.perf_counter()
-            loss, grad_norm, nonfinite = train_step(net, optimizer, loader.next_batch, accumulation, lr, t.grad_clip,
-                                                    train_autocast, scaler)
-            skipped_since_log += nonfinite
-            skipped_in_a_row.add_(nonfinite).mul_(nonfinite)  # counts up while updates are skipped, else 0
-            state.step += 1
-            state.tokens += tokens_per_step
-            elapsed = time.perf_counter() - began
-            step_times.append(elapsed)
-            state.train_seconds += elapsed
-            bar.update(1)
-
-            at_end = state.planned_steps and state.step >= state.planned_steps
+            result = self._step()
+            at_end = _finished(state)
             at_log_step = state.step % t.log_every == 0 or at_end
-            stopping = _stop_agreed(stop, world, at_log_step)
+            stopping = _stop_agreed(self.stop, self.run.world, at_log_step)
             if at_log_step:
-                skipped = int(skipped_since_log)  # read back only here: no host sync inside the step
-                skipped_since_log.zero_()
-                state.nonfinite_skipped += skipped
-                if skipped:
-                    print(f"\nwarning: {skipped} update(s) skipped for a non-finite loss or gradient before step "
-                          f"{state.step}", file=sys.stderr)
-                    in_a_row = int(skipped_in_a_row)
-                    if t.on_nonfinite == "stop" or in_a_row >= t.max_nonfinite_in_a_row:
-                        raise NonFiniteError(f"{in_a_row or skipped} update(s) in a row had a non-finite loss or "
-                                             f"gradient by step {state.step} (train.on_nonfinite = "
-                                             f"{t.on_nonfinite}); lower train.lr or check the data. The last "
-                                             f"good checkpoint is untouched in {run_dir / 'checkpoints'}")
-                recent = step_times[-t.log_every:]
-                tokens_per_s = tokens_per_step * len(recent) / sum(recent)
-                mfu = flops_per_token * tokens_per_s / (peak * world.size)
-                loss = world.mean(loss)  # each rank's loss is over its own windows
-                log.write(kind="train", step=state.step, tokens=state.tokens, loss=float(loss), lr=lr,
-                          grad_norm=float(grad_norm), tokens_per_s=tokens_per_s, mfu=mfu,
-                          elapsed_s=time.monotonic() - start)
-                bar.set_postfix_str(f"loss {float(loss):.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
-                if planner and planner.step_seconds and not at_end and len(step_times) - planned_at >= 10:
-                    # The mean of the last 100 steps since the first plan: a median of a few can be optimistic.
-                    measured = statistics.mean(step_times[max(planned_at, len(step_times) - 100):])
-                    revised = world.from_main(planner.revise, state.step, state.planned_steps, measured,
-                                              eval_seconds, ckpt_seconds)
-                    if revised:
-                        state.replans += 1
-                        state.planned_steps = revised
-                        log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=revised,
-                                  replan=True)
-                        bar.total = revised
+                self._end_interval(result, at_end)
+            self._evaluate_if_due()
+            asked_to_stop = stopping or state.step == self.stop_after
+            if at_end or (t.ckpt_every and state.step % t.ckpt_every == 0) or asked_to_stop:
+                path = self._checkpoint(at_end)
+                if asked_to_stop:
+                    return self._stopped(path, interrupted=stopping)
+        return self._finish()
 
-            every = cfg.eval.every or max(1, (state.planned_steps or 10**9) // EVALS_PER_RUN)
-            # The run ends with an evaluation anyway: none in the last half interval before it.
-            if state.planned_steps and state.step % every == 0 and state.step < state.planned_steps - every // 2:
-                eval_seconds = max(eval_seconds, run_eval(state.step))
-            if at_end or (t.ckpt_every and state.step % t.ckpt_every == 0) or stopping or state.step == stop_after:
-                if at_end:
-                    bar.close()
-                    eval_seconds = run_eval(state.step)
-                began = time.monotonic()
-                state.loader = loader.state_dict()
-                if mode == "none":
-                    path = save_checkpoint(run_dir, state.step, model, optimizer, _asdict(state), cfg,
-                                           tokenizer.hash, t.keep_last)
-                else:
-                    path = distributed.save_checkpoint(run_dir, state.step, model, optimizer, _asdict(state), cfg,
-                                                       tokenizer.hash, t.keep_last, world)
-                ckpt_seconds = time.monotonic() - began
-                if stopping or state.step == stop_after:
-                    bar.close()
-                    print(f"saved {path}; run the same command to resume")
-                    summary = {"interrupted": stopping, "step": state.step, "checkpoint": str(path)}
-                    log.write(kind="stop", **summary)
-                    return summary
-    bar.close()
-    if not world.is_main:
-        return {"run_dir": str(run_dir), "steps": state.step, "rank": world.rank}
-    summary = _summary(run_dir, state, start, precision, why)
-    log.write(kind="summary", **summary)
-    _print_summary(summary)
-    return summary
+    def _plan_once_timed(self) -> None:
+        """With a time budget, plan the run's steps once enough of them have been timed."""
+        state = self.state
+        if self.planner and not state.planned_steps and len(self.step_times) >= TIMED_WARMUP_STEPS + TIMED_STEPS:
+            measured = statistics.median(self.step_times[TIMED_WARMUP_STEPS:])
+            self.planned_at = len(self.step_times)
+            state.planned_steps = self.run.world.from_main(self.planner.plan, state.step, measured,
+                                                           self.eval_seconds, self.ckpt_seconds)
+            self.log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=state.planned_steps)
+            self.bar.total = state.planned_steps
+
+    def _learning_rate(self) -> float:
+        state, t = self.state, self.run.cfg.train
+        if not state.planned_steps:  # while the budget is being measured: the warmup of a long run
+            return t.lr * min(1.0, (state.step + 1) / 100)
+        return learning_rate(state.step, state.planned_steps, peak=t.lr, min_ratio=t.min_lr_ratio,
+                             schedule=t.schedule, warmup_frac=t.warmup_frac, decay_frac=t.decay_frac)
+
+    def _step(self) -> _StepResult:
+        run, state = self.run, self.state
+        lr = self._learning_rate()
+        began = time.perf_counter()
+        loss, grad_norm, nonfinite = train_step(run.net, run.optimizer, run.loader.next_batch, run.accumulation, lr,
+                                                run.cfg.train.grad_clip, run.train_autocast, run.scaler)
+        self.skipped_since_log += nonfinite
+        self.skipped_in_a_row.add_(nonfinite).mul_(nonfinite)  # counts up while updates are skipped, else 0
+        state.step += 1
+        state.tokens += run.tokens_per_step
+        elapsed = time.perf_counter() - began
+        self.step_times.append(elapsed)
+        state.train_seconds += elapsed
+        self.bar.update(1)
+        return _StepResult(loss, grad_norm, lr)
+
+    def _end_interval(self, result: _StepResult, at_end: bool) -> None:
+        """Read back what the interval's steps kept on the device, log the step, and check the budget's plan."""
+        run, state = self.run, self.state
+        self._count_skipped_updates()
+        recent = self.step_times[-run.cfg.train.log_every:]
+        tokens_per_s = run.tokens_per_step * len(recent) / sum(recent)
+        mfu = run.flops_per_token * tokens_per_s / (run.peak * run.world.size)
+        loss = float(run.world.mean(result.loss))  # each rank's loss is over its own windows
+        self.log.write(kind="train", step=state.step, tokens=state.tokens, loss=loss, lr=result.lr,
+                       grad_norm=float(result.grad_norm), tokens_per_s=tokens_per_s, mfu=mfu,
+                       elapsed_s=time.monotonic() - self.start)
+        self.bar.set_postfix_str(f"loss {loss:.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
+        if not at_end:
+            self._revise_plan()
+
+    def _count_skipped_updates(self) -> None:
+        """Count the updates skipped for NaN or Inf since the last log step; stop the run when told to."""
+        state, t = self.state, self.run.cfg.train
+        skipped = int(self.skipped_since_log)  # read back only here: no host sync inside the step
+        self.skipped_since_log.zero_()
+        state.nonfinite_skipped += skipped
+        if not skipped:
+            return
+        print(f"\nwarning: {skipped} update(s) skipped for a non-finite loss or gradient before step "
+              f"{state.step}", file=sys.stderr)
+        in_a_row = int(self.skipped_in_a_row)
+        if t.on_nonfinite == "stop" or in_a_row >= t.max_nonfinite_in_a_row:
+            raise NonFiniteError(f"{in_a_row or skipped} update(s) in a row had a non-finite loss or gradient by "
+                                 f"step {state.step} (train.on_nonfinite = {t.on_nonfinite}); lower train.lr or "
+                                 f"check the data. The last good checkpoint is untouched in "
+                                 f"{self.run.run_dir / 'checkpoints'}")
+
+    def _revise_plan(self) -> None:
+        """With a time budget, re-plan from the measured speed when the steps left would not fit (or more would)."""
+        state, planner = self.state, self.planner
+        if not (planner and planner.step_seconds and len(self.step_times) - self.planned_at >= 10):
+            return
+        # The mean of the last 100 steps since the first plan: a median of a few can be optimistic.
+        measured = statistics.mean(self.step_times[max(self.planned_at, len(self.step_times) - 100):])
+        revised = self.run.world.from_main(planner.revise, state.step, state.planned_steps, measured,
+                                           self.eval_seconds, self.ckpt_seconds)
+        if revised:
+            state.replans += 1
+            state.planned_steps = revised
+            self.log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=revised, replan=True)
+            self.bar.total = revised
+
+    def _evaluate_if_due(self) -> None:
+        state, cfg = self.state, self.run.cfg
+        every = cfg.eval.every or max(1, (state.planned_steps or 10**9) // EVALS_PER_RUN)
+        # The run ends with an evaluation anyway: none in the last half interval before it.
+        if state.planned_steps and state.step % every == 0 and state.step < state.planned_steps - every // 2:
+            self.eval_seconds = max(self.eval_seconds, _evaluate(self.run, self.log, state))
+
+    def _checkpoint(self, at_end: bool) -> Path:
+        """Save a checkpoint (after the final evaluation, at the end) and time it for the budget's plan."""
+        if at_end:
+            self.bar.close()
+            self.eval_seconds = _evaluate(self.run, self.log, self.state)
+        began = time.monotonic()
+        path = _save(self.run, self.state)
+        self.ckpt_seconds = time.monotonic() - began
+        return path
+
+    def _stopped(self, path: Path, interrupted: bool) -> dict[str, Any]:
+        self.bar.close()
+        print(f"saved {path}; run the same command to resume")
+        summary = {"interrupted": interrupted, "step": self.state.step, "checkpoint": str(path)}
+        self.log.write(kind="stop", **summary)
+        return summary
+
+    def _finish(self) -> dict[str, Any]:
+        run, state = self.run, self.state
+        self.bar.close()
+        if not run.world.is_main:
+            return {"run_dir": str(run.run_dir), "steps": state.step, "rank": run.world.rank}
+        summary = _summary(run.run_dir, state, self.start, run.precision, run.precision_reason)
+        self.log.write(kind="summary", **summary)
+        _print_summary(summary)
+        return summary
 
 
 def _pretrained(cfg: RunConfig) -> GPT | None:
