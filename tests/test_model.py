@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from nextword.config import ModelConfig
-from nextword.model import GPT
+from nextword import model as model_module
+from nextword.model import GPT, linear_cross_entropy
 
 VOCAB = 97
 
@@ -49,10 +50,61 @@ def test_loss_at_initialisation_is_close_to_ln_vocab(arch):
     idx = torch.randint(0, 512, (4, 24), generator=torch.Generator().manual_seed(2))
     targets = torch.randint(0, 512, (4, 24), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        logits, loss = model(idx, targets)
+        logits, loss = model(idx, targets, return_logits=True)
     assert abs(loss.item() - math.log(512)) / math.log(512) < 0.05
     expected = F.cross_entropy(logits.double().view(-1, 512), targets.view(-1))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def plain_loss_and_grads(x, weight, targets, scale):
+    x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    loss = F.cross_entropy(F.linear(x, weight).float().view(-1, weight.shape[0]), targets.view(-1))
+    (loss * scale).backward()
+    return loss, x.grad, weight.grad
+
+
+def fused_loss_and_grads(x, weight, targets, scale):
+    x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    loss = linear_cross_entropy(x, weight, targets)
+    (loss * scale).backward()
+    return loss, x.grad, weight.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_and_gradients_equal_the_plain_ones_across_chunks(monkeypatch, dtype):
+    # 7 rows a chunk over 3·10 rows: several chunks and a short last one.
+    monkeypatch.setitem(model_module.LOSS_CHUNK_BYTES, "cpu", 7 * 4 * VOCAB)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 10, 16, generator=generator)
+    weight = torch.randn(VOCAB, 16, generator=generator)
+    targets = torch.randint(0, VOCAB, (3, 10), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        plain = plain_loss_and_grads(x, weight, targets, scale=0.25)
+        fused = fused_loss_and_grads(x, weight, targets, scale=0.25)
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-4}
+    assert fused[0].dtype == torch.float32
+    torch.testing.assert_close(fused[0], plain[0], rtol=1e-5, atol=1e-6)  # the loss is fp32 in both
+    for fused_grad, plain_grad in zip(fused[1:], plain[1:]):
+        torch.testing.assert_close(fused_grad, plain_grad, **tolerance)
+    assert fused[1].abs().max() > 1e-3  # a real gradient, not zeros
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_model_loss_without_logits_matches_the_loss_with_them(name):
+    model = build(CONFIGS[name]).train()
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(6))
+    targets = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(7))
+    logits, loss = model(idx, targets)
+    assert logits is None
+    loss.backward()
+    fused_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits, plain = model(idx, targets, return_logits=True)
+    plain.backward()
+    assert logits.shape == (2, 16, VOCAB)
+    torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
+    for fused_grad, p in zip(fused_grads, model.parameters()):
+        torch.testing.assert_close(fused_grad, p.grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -119,7 +119,9 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
     before = [p.detach().clone() for p in params]
 
     model.zero_grad(set_to_none=True)
-    logits, loss = model(x, y)
+    with torch.no_grad():
+        logits, _ = model(x)
+    _, loss = model(x, y)  # the training loop's own loss and gradient
     loss.backward()
     grad_norm = _norm(p.grad for p in params if p.grad is not None)
     _optimizer_step(model, params, optimizer, lr, train or TrainConfig())
