@@ -1,6 +1,8 @@
 import copy
 import json
 import math
+import shutil
+import statistics
 import time
 
 import pytest
@@ -8,11 +10,12 @@ import torch
 
 from nextword import cli
 from nextword.checkpoint import latest_checkpoint, list_checkpoints, load_for_inference
-from nextword.config import RunConfig
+from nextword.config import RunConfig, TrainConfig
+from nextword.data.loader import TokenLoader
 from nextword.errors import CheckpointError
 from nextword.machine import Machine, resolve_precision
 from nextword.schedule import learning_rate
-from nextword.train import train
+from nextword.train import LossSpikeError, spike_limit, train
 
 WORDS = ("def return import class self value the model token data while for if else print list dict "
          "loss learning next word predicts each step").split()
@@ -149,6 +152,8 @@ def test_a_config_that_cannot_work_fails_in_one_line(capsys):
     assert err.count("\n") == 0 and "model.d_model" in err and "n_heads" in err
     assert cli.main(["train", "--train.nonsense", "1"]) == 2
     assert "unknown field train.nonsense" in capsys.readouterr().err
+    assert cli.main(["train", "--train.spike_rollback", "true", "--train.ckpt_every", "0"]) == 2
+    assert "set train.ckpt_every" in capsys.readouterr().err
 
 
 def test_continued_pretraining_starts_from_an_exported_model(tiny, tmp_path):
@@ -213,3 +218,97 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoint(tiny, tmp_
         train(tiny, progress=False)
     assert latest_checkpoint(tmp_path / "run") is not None
     assert closed == [tmp_path / "run" / "log.jsonl"]  # the log is closed when an error ends the run
+
+
+# --- loss spikes ------------------------------------------------------------------------------------------------
+
+
+def serve_garbage(monkeypatch, garbage: set[int]) -> list[int]:
+    """Make the training loader serve random tokens for the batches of its stream numbered in `garbage` (from 0:
+    batch n is step n + 1's in a run that never rolls back); return the numbers of the batches it served."""
+    served, next_batch = [], TokenLoader.next_batch
+
+    def next_batch_or_garbage(loader):
+        number = (loader.epoch * loader.num_windows + loader.cursor) // loader.batch_size
+        x, y = next_batch(loader)
+        if loader.shards.split != "train":
+            return x, y
+        served.append(number)
+        if number not in garbage:
+            return x, y
+        tokens = torch.randint(0, 300, (x.shape[0], x.shape[1] + 1), generator=torch.Generator().manual_seed(number))
+        return tokens[:, :-1], tokens[:, 1:]
+
+    monkeypatch.setattr(TokenLoader, "next_batch", next_batch_or_garbage)
+    return served
+
+
+def test_a_loss_spike_rolls_back_to_the_checkpoint_before_it_and_skips_its_data(tiny, tmp_path, monkeypatch):
+    tiny.train.steps, tiny.train.ckpt_every, tiny.train.spike_window, tiny.train.keep_last = 30, 5, 5, 10
+    served = serve_garbage(monkeypatch, {17})  # step 18's batch
+    without = copy.deepcopy(tiny)
+    without.train.run_dir = str(tmp_path / "without")
+    train(without, progress=False)
+    assert not read_log(tmp_path / "without", "rollback")  # off by default: the run trains through the spike
+
+    served.clear()
+    tiny.train.spike_rollback = True
+    summary = train(tiny, progress=False)
+    (rollback,) = read_log(tmp_path / "run", "rollback")
+    assert rollback["step"] == 18 and rollback["to_step"] == 15 and rollback["skipped_steps"] == 3
+    spiked = read_log(tmp_path / "without", "train")[17]
+    assert spiked["step"] == 18 and spiked["loss"] == pytest.approx(rollback["loss"])
+    assert rollback["loss"] > rollback["limit"]
+    assert served == list(range(33))  # every batch once: after the rollback the loader went on past step 18's
+    assert [r["step"] for r in read_log(tmp_path / "run", "train")] == [*range(1, 19), *range(16, 31)]
+    assert summary["steps"] == 30 and summary["spike_rollbacks"] == 1 and summary["spike_skipped_steps"] == 3
+    assert summary["val_loss"] < read_log(tmp_path / "run", "eval")[0]["val_loss"] - 1.0
+
+    # After the rollback the run trains as if resumed from step 15's checkpoint with its loader past step 18's batch.
+    resumed = copy.deepcopy(tiny)
+    resumed.train.run_dir, resumed.train.spike_rollback = str(tmp_path / "resumed"), False
+    shutil.copytree(tmp_path / "run" / "checkpoints" / "step_0000015",
+                    tmp_path / "resumed" / "checkpoints" / "step_0000015")
+    move_loader(tmp_path / "resumed" / "checkpoints" / "step_0000015", cursor=18 * tiny.train.micro_batch)
+    train(resumed, progress=False)
+    after_rollback = read_log(tmp_path / "run", "train")[18:]
+    assert [r["loss"] for r in read_log(tmp_path / "resumed", "train")] == [r["loss"] for r in after_rollback]
+
+
+def move_loader(checkpoint_dir, cursor: int) -> None:
+    """Set a checkpoint's loader position, and its manifest to match."""
+    from nextword.checkpoint import _sha256
+
+    trainer = checkpoint_dir / "trainer.json"
+    trainer.write_text(json.dumps({**json.loads(trainer.read_text()), "loader": {"epoch": 0, "cursor": cursor}}))
+    manifest = json.loads((checkpoint_dir / "manifest.json").read_text())
+    manifest["files"]["trainer.json"] = {"bytes": trainer.stat().st_size, "sha256": _sha256(trainer)}
+    (checkpoint_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_spike_rollback_without_a_spike_changes_nothing(tiny, tmp_path):
+    assert TrainConfig().spike_rollback is False
+    tiny.train.steps, tiny.train.ckpt_every, tiny.train.spike_window = 24, 5, 5
+    train(copy.deepcopy(tiny), progress=False)
+    tiny.train.run_dir, tiny.train.spike_rollback = str(tmp_path / "watched"), True
+    train(tiny, progress=False)
+    for kind, field in (("train", "loss"), ("eval", "val_loss")):
+        watched = [r[field] for r in read_log(tmp_path / "watched", kind)]
+        assert watched == [r[field] for r in read_log(tmp_path / "run", kind)]
+
+
+def test_a_loss_that_spikes_after_every_rollback_ends_the_run_with_one_line(tiny, tmp_path, monkeypatch):
+    tiny.train.steps, tiny.train.ckpt_every, tiny.train.spike_window = 30, 5, 5
+    tiny.train.spike_rollback, tiny.train.max_spike_rollbacks = True, 2
+    serve_garbage(monkeypatch, set(range(17, 100)))  # from step 18's batch on, the data is garbage
+    with pytest.raises(LossSpikeError, match="after 2 rollback") as error:
+        train(tiny, progress=False)
+    assert "\n" not in str(error.value) and "train.max_spike_rollbacks" in str(error.value)
+    assert [r["to_step"] for r in read_log(tmp_path / "run", "rollback")] == [15, 15]
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000015"
+
+
+def test_a_spike_is_measured_in_standard_deviations_of_the_recent_losses():
+    recent = [3.0, 3.2, 3.4, 3.2]
+    assert spike_limit(recent, 6.0) == pytest.approx(3.2 + 6 * statistics.pstdev(recent))
+    assert spike_limit([2.0] * 5, 6.0) == pytest.approx(2.0 + 6 * 0.02)  # a plateau: at least 1% of the mean

@@ -172,9 +172,17 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint that verifies; each newer broken one is named in a one-line warning."""
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder was saved at, from its name."""
+    return int(path.name.removeprefix(STEP_PREFIX))
+
+
+def latest_checkpoint(run_dir: str | Path, at_most: int | None = None) -> Path | None:
+    """The newest checkpoint that verifies (saved at step `at_most` or before, when given); each newer broken one
+    is named in a one-line warning."""
     for path in reversed(list_checkpoints(run_dir)):
+        if at_most is not None and checkpoint_step(path) > at_most:
+            continue
         problem = verify(path)
         if problem is None:
             return path

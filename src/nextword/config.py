@@ -111,6 +111,11 @@ class TrainConfig:
     keep_last: int = 2
     on_nonfinite: str = "skip"  # skip: drop an update whose loss or gradient is NaN/Inf, and go on; stop: end the run
     max_nonfinite_in_a_row: int = 10  # with skip: this many skipped updates in a row end the run
+    # After a loss spike, go back to the newest checkpoint from before it and skip the data trained on since.
+    spike_rollback: bool = False
+    spike_window: int = 20  # a spike is measured against this many recent logged losses...
+    spike_sigmas: float = 6.0  # ...as a loss above their mean by more than this many standard deviations
+    max_spike_rollbacks: int = 3  # rollbacks in one run; one more spike ends the run with an error
 
 
 @dataclass
@@ -336,6 +341,19 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.min_lr_ratio = {t.min_lr_ratio} must be in [0, 1]")
     if t.keep_last < 1:
         raise ConfigError(f"train.keep_last = {t.keep_last} must be at least 1")
+    _validate_spike_rollback(t)
+
+
+def _validate_spike_rollback(t: TrainConfig) -> None:
+    if t.spike_window < 2:
+        raise ConfigError(f"train.spike_window = {t.spike_window} must be at least 2 (a spread needs two losses)")
+    if t.spike_sigmas <= 0:
+        raise ConfigError(f"train.spike_sigmas = {t.spike_sigmas} must be greater than 0")
+    if t.max_spike_rollbacks < 1:
+        raise ConfigError(f"train.max_spike_rollbacks = {t.max_spike_rollbacks} must be at least 1")
+    if t.spike_rollback and not t.ckpt_every:
+        raise ConfigError("train.spike_rollback needs checkpoints to go back to; set train.ckpt_every as well "
+                          "(e.g. 10 × train.log_every)")
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

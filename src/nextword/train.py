@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -32,7 +33,9 @@ from nextword import cli, distributed
 from nextword.budget import EVALS_PER_RUN, BudgetPlanner
 from nextword.checkpoint import (
     check_compatible,
+    checkpoint_step,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -58,6 +61,9 @@ from nextword.schedule import learning_rate
 DEFAULT_BUDGET = "10m"
 TIMED_WARMUP_STEPS = 3  # steps not timed: the first ones pay for allocation and lazy initialisation
 TIMED_STEPS = 10  # steps timed before a budget is planned
+# A spike is measured in standard deviations of the recent logged losses, but in no less than this fraction of their
+# mean: on a plateau where they nearly agree, ordinary batch-to-batch noise would otherwise count as a spike.
+SPIKE_MIN_SPREAD = 0.01
 SAMPLE_LINES = 6  # of each sample printed at an evaluation (all of it is in the log)
 
 
@@ -72,6 +78,11 @@ class Progress:
     train_seconds: float = 0.0
     nonfinite_skipped: int = 0
     loader: dict[str, Any] = field(default_factory=dict)
+    # With train.spike_rollback: [step, loss] of the latest logged losses that were not spikes, the rollbacks made,
+    # and the steps whose data they skipped.
+    recent_losses: list[list[float]] = field(default_factory=list)
+    spike_rollbacks: int = 0
+    spike_skipped_steps: int = 0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -470,7 +481,9 @@ class _Loop:
             at_log_step = state.step % t.log_every == 0 or at_end
             stopping = _stop_agreed(self.stop, self.run.world, at_log_step)
             if at_log_step:
-                self._end_interval(result, at_end)
+                loss = self._end_interval(result, at_end)
+                if t.spike_rollback and self._rolled_back_after_spike(loss):
+                    continue  # from the checkpoint before the spike, past the data trained on since
             self._evaluate_if_due()
             asked_to_stop = stopping or state.step == self.stop_after
             if at_end or (t.ckpt_every and state.step % t.ckpt_every == 0) or asked_to_stop:
@@ -513,8 +526,9 @@ class _Loop:
         self.bar.update(1)
         return _StepResult(loss, grad_norm, lr)
 
-    def _end_interval(self, result: _StepResult, at_end: bool) -> None:
-        """Read back what the interval's steps kept on the device, log the step, and check the budget's plan."""
+    def _end_interval(self, result: _StepResult, at_end: bool) -> float:
+        """Read back what the interval's steps kept on the device, log the step, and check the budget's plan;
+        return the step's loss."""
         run, state = self.run, self.state
         self._count_skipped_updates()
         recent = self.step_times[-run.cfg.train.log_every:]
@@ -527,6 +541,7 @@ class _Loop:
         self.bar.set_postfix_str(f"loss {loss:.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
         if not at_end:
             self._revise_plan()
+        return loss
 
     def _count_skipped_updates(self) -> None:
         """Count the updates skipped for NaN or Inf since the last log step; stop the run when told to."""
@@ -559,6 +574,54 @@ class _Loop:
             state.planned_steps = revised
             self.log.write(kind="plan", step=state.step, step_seconds=measured, planned_steps=revised, replan=True)
             self.bar.total = revised
+
+    def _rolled_back_after_spike(self, loss: float) -> bool:
+        """Whether this logged loss was a spike that the run rolled back from; a loss that was not a spike joins
+        the recent ones the next is measured against."""
+        state, t = self.state, self.run.cfg.train
+        if not math.isfinite(loss):  # an update skipped on the device, which train.on_nonfinite deals with
+            return False
+        recent = [value for _, value in state.recent_losses]
+        limit = spike_limit(recent, t.spike_sigmas) if len(recent) >= t.spike_window else math.inf
+        if loss <= limit:
+            state.recent_losses = [*state.recent_losses, [state.step, loss]][-t.spike_window:]
+            return False
+        return self._roll_back(loss, limit)
+
+    def _roll_back(self, loss: float, limit: float) -> bool:
+        """Reload the newest checkpoint saved no later than the last logged loss that was not a spike (model,
+        optimizer, RNG, step) and leave the loader where it is, past the data trained on since that checkpoint.
+        False when there is no such checkpoint."""
+        run, state, t = self.run, self.state, self.run.cfg.train
+        spike_step, last_good_step = state.step, int(state.recent_losses[-1][0])
+        spike = (f"loss spike at step {spike_step:,}: {loss:.3f}, above {limit:.3f} (the mean + {t.spike_sigmas:g} "
+                 f"standard deviations of the last {len(state.recent_losses)} logged losses)")
+        if state.spike_rollbacks >= t.max_spike_rollbacks:
+            raise LossSpikeError(f"{spike} after {state.spike_rollbacks} rollback(s), as many as "
+                                 f"train.max_spike_rollbacks allows; lower train.lr or check the data. The checkpoints "
+                                 f"in {run.run_dir / 'checkpoints'} are kept")
+        checkpoint = latest_checkpoint(run.run_dir, at_most=last_good_step)
+        if checkpoint is None:
+            print(f"\nwarning: {spike}; no checkpoint from before it to go back to, so training goes on",
+                  file=sys.stderr)
+            return False
+        restored = Progress(**_load(run, checkpoint))
+        if run.world.size > 1:
+            torch.manual_seed(distributed.rank_seed(t.seed, run.world, restored.step))
+        skipped_steps = spike_step - restored.step
+        state.step, state.tokens, state.recent_losses = restored.step, restored.tokens, restored.recent_losses
+        state.spike_rollbacks += 1
+        state.spike_skipped_steps += skipped_steps
+        self.skipped_in_a_row.zero_()
+        _remove_checkpoints_after(run, restored.step)
+        self.bar.n = state.step
+        self.bar.refresh()
+        self.log.write(kind="rollback", step=spike_step, loss=loss, limit=limit, to_step=restored.step,
+                       skipped_steps=skipped_steps, skipped_tokens=skipped_steps * run.tokens_per_step,
+                       rollbacks=state.spike_rollbacks)
+        print(f"\n{spike}; back to {checkpoint.name}, skipping the data of the {skipped_steps} steps since it",
+              file=sys.stderr)
+        return True
 
     def _evaluate_if_due(self) -> None:
         state, cfg = self.state, self.run.cfg
@@ -611,6 +674,28 @@ def _pretrained(cfg: RunConfig) -> GPT | None:
 
 class NonFiniteError(NextwordError):
     """Training diverged: every recent update was skipped for NaN or Inf."""
+
+
+class LossSpikeError(NextwordError):
+    """The loss spiked again after train.max_spike_rollbacks rollbacks."""
+
+
+def spike_limit(recent_losses: list[float], sigmas: float) -> float:
+    """The loss above which a logged loss is a spike: the mean of the recent logged losses plus `sigmas` standard
+    deviations of them (a deviation of at least SPIKE_MIN_SPREAD of the mean)."""
+    mean = statistics.fmean(recent_losses)
+    spread = max(statistics.pstdev(recent_losses, mean), SPIKE_MIN_SPREAD * mean)
+    return mean + sigmas * spread
+
+
+def _remove_checkpoints_after(run: _Run, step: int) -> None:
+    """After a rollback to `step`: a later checkpoint may hold the start of the spike, and resuming from it would
+    train on the skipped data again."""
+    run.world.barrier()  # every rank has loaded the checkpoint it went back to before any is removed
+    if run.world.is_main:
+        for path in list_checkpoints(run.run_dir):
+            if checkpoint_step(path) > step:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _skip_update_if(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -> None:
@@ -774,6 +859,7 @@ def _summary(run_dir: Path, state: Progress, start: float, precision: str, why: 
     return {"run_dir": str(run_dir), "steps": state.step, "tokens": state.tokens, "precision": precision,
             "precision_reason": why, "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"),
             "wall_seconds": time.monotonic() - start, "train_seconds": state.train_seconds,
+            "spike_rollbacks": state.spike_rollbacks, "spike_skipped_steps": state.spike_skipped_steps,
             "sample": (last.get("samples") or [{}])[0]}
 
 
@@ -781,4 +867,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"\ndone: {summary['steps']:,} steps, {summary['tokens'] / 1e6:.1f}M tokens in "
           f"{summary['wall_seconds']:.0f} s; validation loss {summary['val_loss']:.3f}, "
           f"{summary['val_bpb']:.3f} bits per byte")
+    if summary["spike_rollbacks"]:
+        print(f"loss spikes: {summary['spike_rollbacks']} rollback(s), the data of "
+              f"{summary['spike_skipped_steps']:,} steps skipped")
     print(f"next: nextword sample {summary['run_dir']}   ·   nextword trace {summary['run_dir']}")
