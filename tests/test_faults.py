@@ -5,11 +5,13 @@ is lost and nothing foreign is let in."""
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import json
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -195,6 +197,32 @@ def test_a_full_disk_stops_the_run_with_a_clear_error_and_keeps_earlier_checkpoi
     assert all(checkpoint.verify(kept / s) is None for s in steps)
 
 
+def test_a_full_disk_stops_every_rank_of_a_sharded_run_and_keeps_earlier_checkpoints(corpus, tmp_path):
+    """FSDP over 2 processes with the checkpoints folder on a 1 MB tmpfs: the step-5 checkpoint (0.6 MB) fits,
+    the step-10 one does not."""
+    run_dir = tmp_path / "run"
+    mount = run_dir / "checkpoints"
+    if not can_mount_tmpfs(mount):
+        pytest.skip("cannot mount a tmpfs here (no user namespaces)")
+    kept = tmp_path / "kept"
+    args = train_args(tmp_path, "run", steps=12) + ["--nproc", "2", "--train.parallel", "fsdp",
+                                                    "--train.batch_tokens", str(2 * 4 * 32)]
+    command = " ".join(f"'{a}'" for a in args)
+    script = (f"mount -t tmpfs -o size=1000k tmpfs {mount} || exit 99; {sys.executable} -m nextword {command}; "
+              f"echo $? > {tmp_path / 'rc'}; cp -a {mount} {kept}")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+    assert (tmp_path / "rc").read_text().strip() != "0", done.stderr[-3000:]
+    # Every rank stops with the same one-line error (their lines may interleave), none waits on the other.
+    errors = re.findall(r"nextword train: \S+/step_0000010: checkpoint not written \(No space left on device on "
+                        r"rank \d; [^)]*\); the earlier checkpoints are intact", done.stderr)
+    assert len(errors) == 2, done.stderr[-3000:]
+    assert [p.name for p in kept.iterdir()] == ["step_0000005"]  # no temporary folder left behind either
+    assert checkpoint.verify(kept / "step_0000005") is None
+
+
 def tiny_model_and_optimizer() -> tuple[GPT, torch.optim.Optimizer, RunConfig]:
     cfg = RunConfig()
     cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context, cfg.model.vocab_size = 1, 16, 2, 8, 64
@@ -221,6 +249,32 @@ def test_permission_denied_while_saving_keeps_earlier_checkpoints(tmp_path, monk
     monkeypatch.setattr(checkpoint, "save_model", denied)  # as root, chmod cannot deny anything: inject it
     with pytest.raises(CheckpointError, match="Permission denied.*earlier checkpoints are intact"):
         save(tmp_path, 2, model, optimizer, cfg, keep_last=1)
+    assert list_checkpoints(tmp_path) == [first] and latest_checkpoint(tmp_path) == first
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [first.name]
+
+
+@pytest.mark.parametrize("where", ["shards", "consolidated weights"])
+def test_a_sharded_save_that_fails_leaves_earlier_checkpoints_and_nothing_else(tmp_path, monkeypatch, where):
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    from nextword import distributed
+
+    model, optimizer, cfg = tiny_model_and_optimizer()
+
+    def save_sharded(step: int) -> Path:
+        return distributed.save_checkpoint(tmp_path, step, model, optimizer, {"step": step}, cfg, "tok", keep_last=1,
+                                           world=distributed.World())
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    first = save_sharded(1)
+    if where == "shards":  # every rank's own part
+        monkeypatch.setattr(HuggingFaceStorageWriter, "write_data", disk_full)
+    else:  # the whole model that rank 0 gathers and writes alone
+        monkeypatch.setattr(distributed, "save_file", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device.*earlier checkpoints are intact"):
+        save_sharded(2)
     assert list_checkpoints(tmp_path) == [first] and latest_checkpoint(tmp_path) == first
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [first.name]
 

@@ -36,6 +36,8 @@ from nextword.data.tokenizer import Tokenizer
 MANIFEST = "manifest.json"
 STEP_PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
+# What a failed write raises: torch.save reports a full disk as a RuntimeError, safetensors as a SafetensorError.
+WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
 # Seconds to pause inside every save, after the files are written and before the manifest: lets the fault tests
 # kill a training process in the middle of a checkpoint write. Unset in normal use.
 SAVE_DELAY_ENV = "NEXTWORD_TEST_SAVE_DELAY"
@@ -64,7 +66,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
     tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_writes(root)
+        remove_abandoned_writes(root)
         tmp.mkdir()
         save_model(_unwrap(model), str(tmp / "model.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "state.pt")
@@ -76,10 +78,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
         manifest = {"step": step, "files": files, "config_hash": config_hash(cfg), "tokenizer_hash": tokenizer_hash}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _fsync(tmp / MANIFEST)
-        _move_into_place(tmp, final)
-    except (OSError, SafetensorError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        move_into_place(tmp, final)
+    except WRITE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(_write_failure_message(final, e)) from None
+        raise CheckpointError(write_failure_message(final, failure_reason(e))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -99,7 +101,7 @@ def _refuse_nonfinite(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
             f"{final.parent} stays the newest. Lower train.lr or check the data, then resume")
 
 
-def _move_into_place(tmp: Path, final: Path) -> None:
+def move_into_place(tmp: Path, final: Path) -> None:
     """Rename the finished folder to its final name. A folder already there for this step (saved again after a
     resume) is moved aside first and deleted only once the new one is in place."""
     aside = final.with_name(f"{TMP_PREFIX}old-{final.name}-{os.getpid()}")
@@ -110,7 +112,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _remove_abandoned_writes(root: Path) -> None:
+def remove_abandoned_writes(root: Path) -> None:
     """Temporary folders left by a process that died while saving: never checkpoints, only wasted space."""
     for path in root.glob(f"{TMP_PREFIX}*"):
         pid = path.name.rsplit("-", 1)[-1]
@@ -130,8 +132,12 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _write_failure_message(final: Path, error: BaseException) -> str:
-    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+def failure_reason(error: BaseException) -> str:
+    """Why a write failed, in a few words ("No space left on device")."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
+def write_failure_message(final: Path, reason: str) -> str:
     try:
         free = f"{shutil.disk_usage(final.parent).free / 2**20:,.1f} MiB free there"
     except OSError:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 from torch import nn
 
 from nextword import checkpoint
@@ -251,27 +252,73 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
 
     The folder holds the shards (shard-*.safetensors), a consolidated model.safetensors that rank 0 gathers so
     that `nextword sample` and `export` read it as they read any checkpoint, trainer.json, and the manifest,
-    written last. The folder is written under a temporary name and renamed once complete.
+    written last. The folder is written under a temporary name and renamed once complete. A write that fails on
+    any rank (a full disk, no permission) fails on every rank alike: the temporary folder is removed, every
+    earlier checkpoint stays as it was, and every rank raises the same CheckpointError.
     """
     root = checkpoint.checkpoints_dir(run_dir)
     final = root / f"{checkpoint.STEP_PREFIX}{step:07d}"
     if world.any(not _all_finite(model, optimizer)):
         raise CheckpointError(f"{final}: not saved, the model or optimizer state holds NaN or Inf; the last good "
                               f"checkpoint in {root} stays the newest. Lower train.lr or check the data, then resume")
-    tmp = Path(world.from_main(_fresh_folder, root, final))
-    save_sharded(tmp, model, optimizer)
-    weights = full_model_state(model)
+    # Named after rank 0's process like the single-process saves, so a folder left by a crash is seen as abandoned.
+    tmp = root / f"{checkpoint.TMP_PREFIX}{final.name}-{world.from_main(os.getpid)}"
+    manifest = {"step": step, "layout": SHARDED, "world_size": world.size,
+                "config_hash": checkpoint.config_hash(cfg), "tokenizer_hash": tokenizer_hash}
+    try:
+        failure = _write_sharded(tmp, final, model, optimizer, trainer_state, manifest, world)
+    except BaseException:  # an interrupt: nothing half-written stays behind
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if failure is not None:
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        world.barrier()  # no rank stops (and gets the job torn down) before rank 0 has cleaned up
+        raise CheckpointError(checkpoint.write_failure_message(final, failure))
     if world.is_main:
-        from safetensors.torch import save_file
-
-        save_file(weights, str(tmp / "model.safetensors"))
-        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
-        _seal(tmp, final, {"step": step, "layout": SHARDED, "world_size": world.size,
-                           "config_hash": checkpoint.config_hash(cfg), "tokenizer_hash": tokenizer_hash})
         for old in checkpoint.list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     world.barrier()  # no rank goes on (and may save again) before the checkpoint is in place
     return final
+
+
+def _write_sharded(tmp: Path, final: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   trainer_state: dict[str, Any], manifest: dict[str, Any], world: World) -> str | None:
+    """Write the checkpoint into `tmp` and rename it to `final`; None when done, else why it failed (the same on
+    every rank, so that every rank stops at the same point)."""
+    failure = _on_main(world, _fresh_folder, tmp)
+    if failure is None:
+        failure = _save_shards(tmp, model, optimizer)
+    if failure is None:
+        weights = full_model_state(model)  # a collective: every rank takes part, rank 0 receives
+        failure = _on_main(world, _write_main_files, tmp, final, weights, trainer_state, manifest)
+    return failure
+
+
+def _on_main(world: World, write: Callable[..., None], *args: Any) -> str | None:
+    """Run `write(*args)` on rank 0 alone; every rank learns why it failed (None when it did not)."""
+    def attempt() -> str | None:
+        try:
+            write(*args)
+        except checkpoint.WRITE_ERRORS as e:
+            return checkpoint.failure_reason(e)
+        return None
+
+    return world.from_main(attempt)
+
+
+def _save_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """save_sharded, returning why it failed on the first rank that did (None when none did)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        save_sharded(folder, model, optimizer)
+    except CheckpointException as e:  # DCP gathers every rank's failure and raises them on all ranks
+        rank = min(e.failures)
+        error, _ = e.failures[rank]
+        return f"{checkpoint.failure_reason(error)} on rank {rank}"
+    return None
 
 
 def is_sharded(path: Path) -> bool:
@@ -304,13 +351,20 @@ def _all_finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in local]).all())
 
 
-def _fresh_folder(root: Path, final: Path) -> str:
-    """An empty temporary folder for the checkpoint `final`, named after this process (rank 0) like the
-    single-process saves, so a folder left by a crash is recognised as abandoned."""
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+def _fresh_folder(tmp: Path) -> None:
+    """An empty temporary folder for a checkpoint, after removing any that crashed saves left."""
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_abandoned_writes(tmp.parent)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return str(tmp)
+    tmp.mkdir()
+
+
+def _write_main_files(tmp: Path, final: Path, weights: dict[str, torch.Tensor], trainer_state: dict[str, Any],
+                      manifest: dict[str, Any]) -> None:
+    """Rank 0's part: the consolidated weights and trainer.json, then the manifest and the rename."""
+    save_file(weights, str(tmp / "model.safetensors"))
+    (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
+    _seal(tmp, final, manifest)
 
 
 def _seal(tmp: Path, final: Path, manifest: dict[str, Any]) -> None:
@@ -321,10 +375,7 @@ def _seal(tmp: Path, final: Path, manifest: dict[str, Any]) -> None:
         files[file.name] = {"bytes": file.stat().st_size, "sha256": checkpoint._sha256(file)}
     (tmp / checkpoint.MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=1))
     checkpoint._fsync(tmp / checkpoint.MANIFEST)
-    if final.exists():  # the same step saved again after a resume: replace it whole
-        shutil.rmtree(final)
-    tmp.rename(final)
-    checkpoint._fsync_dir(final.parent)
+    checkpoint.move_into_place(tmp, final)  # a checkpoint of this step saved before a resume goes only after
 
 
 def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
