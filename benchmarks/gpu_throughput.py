@@ -13,7 +13,7 @@ Rows:
     nextword llama-1b FSDP    the llama-1b preset (16 layers, d 2048, GQA 32/8, vocabulary 128256, context 2048)
                               under FSDP2 on one GPU with a bf16 compute / fp32 reduce policy, activation
                               checkpointing and torch.compile per block; micro-batches double until one does not
-                              fit, and the row of the largest that fits is kept
+                              fit; the fastest row is kept, and its note names the largest that fits
 
 Every row trains with the training loop's own step (`nextword.train.train_step`: forward, fp32 cross-entropy over
 all positions, backward, gradient clipping, AdamW) on one fixed random batch; nothing is read back to the host

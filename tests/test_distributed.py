@@ -4,6 +4,7 @@ and a failing rank that ends the job instead of hanging it."""
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -162,8 +163,10 @@ def test_the_gpu_benchmark_runs_at_a_tiny_shape_on_a_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     table = results.read_text()
     for row in ("| nextword gpt2-124m | 4 × 64 |", "| transformers GPT2LMHeadModel | 4 × 64 |",
-                "| nextword llama-1b FSDP | 2 × 64 |", "largest micro-batch that fits: 2"):
+                "largest micro-batch that fits: 2"):
         assert row in table
+    # The fastest FSDP micro-batch is kept; at this tiny shape timing noise decides between 1 and 2.
+    assert re.search(r"\| nextword llama-1b FSDP \| [12] × 64 \|", table)
 
 
 def test_a_sharded_checkpoint_round_trips_and_refuses_nan_weights(tmp_path):
