@@ -78,7 +78,7 @@ def crawl(tmp_path) -> Path:
     web.mkdir()
     near_copy = ARTICLES[0].replace("ten years", "twelve years")
     write_warc(web / "a.warc.gz", [ARTICLES[0], GERMAN, SPAM, BOILERPLATE, ARTICLES[1]])
-    write_warc(web / "b.warc.gz", [ARTICLES[0].upper(), near_copy, ARTICLES[2]])  # an exact and a near copy
+    write_warc(web / "b.warc.gz", [ARTICLES[0].lower(), near_copy, ARTICLES[2]])  # an exact and a near copy
     write_wet(web / "c.warc.wet.gz", [ARTICLES[3], ARTICLES[1]])
     return web
 

