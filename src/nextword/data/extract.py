@@ -2,7 +2,8 @@
 
 Two extractors, chosen by name:
 - "resiliparse": fast (C++), its main-content heuristics; the default.
-- "trafilatura": slower, the extractor FineWeb used (Penedo et al. 2024), with FineWeb's settings.
+- "trafilatura": slower, the extractor FineWeb used (Penedo et al. 2024), with FineWeb's settings and its text as
+  FineWeb had it.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def _trafilatura(html: str) -> str:
     import trafilatura
 
     # FineWeb's settings (datatrove's Trafilatura extractor): precision over recall, no comments, dedup of
-    # repeated segments within the page.
-    text = trafilatura.extract(html, favor_precision=True, include_comments=False, deduplicate=True)
-    return _tidy(text or "")
+    # repeated segments within the page. Its text is kept as it is, indentation of code included, so the rules
+    # see what FineWeb's saw.
+    return trafilatura.extract(html, favor_precision=True, include_comments=False, deduplicate=True) or ""
 
 
 def _tidy(text: str) -> str:
