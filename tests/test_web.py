@@ -201,3 +201,15 @@ def test_angle_brackets_around_the_target_uri_are_removed(tmp_path):
     path.write_bytes(data)  # as wget writes it; the record length does not count WARC headers
     [doc] = read_web(path, SkipLog())
     assert doc.meta["url"] == "http://example.test/0"
+
+
+def test_trafilatura_text_is_kept_as_it_returns_it(tmp_path):
+    pytest.importorskip("trafilatura")
+    body = "The river that runs through the old town floods almost every spring, and farmers plant late. " * 4
+    code_block = "<pre>def flood_level(year):\n    return levels[year]\n</pre>"
+    payload = page("Floods", body).replace("</p>", f"</p>{code_block}<p>{body}</p>").encode()
+    write_warc(tmp_path / "a.warc.gz", [("http://example.test/floods", payload, "text/html")])
+    [traf] = read_web(tmp_path / "a.warc.gz", SkipLog(), extractor="trafilatura")
+    [resili] = read_web(tmp_path / "a.warc.gz", SkipLog(), extractor="resiliparse")
+    assert "def flood_level(year):\n    return levels[year]" in traf.text  # the code's indentation, as FineWeb has it
+    assert "def flood_level(year):\nreturn levels[year]" in resili.text  # resiliparse's lines are tidied
