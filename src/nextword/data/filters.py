@@ -222,12 +222,11 @@ def gopher_repetition(text: str, cfg: CleanConfig) -> tuple[str, str | None]:
     for n, limit in zip((2, 3, 4), cfg.top_ngram_max_char_ratios):
         if _top_ngram_chars(ids, lengths, n) / len(text) > limit:
             return text, f"gopher_repetition:top_{n}gram"
+    positions = np.arange(len(ids))  # where an n-gram may occur more than once
     for n, limit in zip(range(5, 11), cfg.dup_ngram_max_char_ratios):
-        chars = _repeated_ngram_chars(ids, lengths, n)
+        chars, positions = _repeated_ngram_chars(ids, lengths, n, positions)
         if chars / len(text) > limit:
             return text, f"gopher_repetition:dup_{n}gram"
-        if chars == 0:  # no n-gram repeats, so no longer one can
-            break
     return text, None
 
 
@@ -244,22 +243,24 @@ def _top_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int) -> int:
     return int(counts.max()) * (int(lengths[top:top + n].sum()) + n - 1)
 
 
-def _repeated_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int) -> int:
-    """Characters of the n-grams that repeat an earlier one (datatrove's find_all_duplicate).
+def _repeated_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int,
+                          positions: np.ndarray) -> tuple[int, np.ndarray]:
+    """Characters of the n-grams that repeat an earlier one (datatrove's find_all_duplicate), and where n-grams
+    occur more than once. Only `positions` are looked at: where the (n-1)-grams occur more than once, since an
+    n-gram can only repeat where its first n-1 words do.
 
     Walks the n-grams left to right and jumps over each repeat, so characters of overlapping repeats count once.
+    Only n-grams that occur more than once matter: the walk over the others changes nothing.
     """
     keys = ngram_keys(ids, n)
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    # Only n-grams that occur more than once matter: the walk over the others changes nothing.
-    candidates = np.flatnonzero(counts[inverse] > 1)
-    if len(candidates) == 0:
-        return 0
+    positions = positions[positions < len(keys)]
+    _, inverse, counts = np.unique(keys[positions], return_inverse=True, return_counts=True)
+    positions = positions[counts[inverse] > 1]
     ends = np.cumsum(lengths)
     ngram_chars = ends[n - 1:] - np.concatenate(([0], ends[:-n]))
     seen: set[int] = set()
     chars = next_start = 0
-    for i, key in zip(candidates.tolist(), keys[candidates].tolist()):
+    for i, key in zip(positions.tolist(), keys[positions].tolist()):
         if i < next_start:  # inside a repeat already counted
             continue
         if key in seen:
@@ -267,7 +268,7 @@ def _repeated_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int) -> int:
             next_start = i + n
         else:
             seen.add(key)
-    return chars
+    return chars, positions
 
 
 def gopher_quality(text: str, cfg: CleanConfig) -> tuple[str, str | None]:
