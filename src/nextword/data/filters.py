@@ -290,7 +290,7 @@ def gopher_quality(text: str, cfg: CleanConfig) -> tuple[str, str | None]:
         return text, "gopher_quality:bullet_lines"
     if lines and sum(line.endswith(ELLIPSES) for line in lines) / len(lines) > cfg.max_ellipsis_lines_ratio:
         return text, "gopher_quality:ellipsis_lines"
-    with_letters = sum(count for word, count in counts.items() if any(c.isalpha() for c in word))
+    with_letters = sum(count for word, count in counts.items() if word.isalpha() or any(map(str.isalpha, word)))
     if with_letters / len(words) < cfg.min_alpha_words_ratio:  # punctuation marks count as words without letters
         return text, "gopher_quality:alpha_words"
     if len(STOP_WORDS.intersection(word.lower() for word in counts)) < cfg.min_stop_words:
@@ -355,7 +355,11 @@ def fineweb(text: str, cfg: CleanConfig) -> tuple[str, str | None]:
         return text, "fineweb:short_line_ratio"
     if _repeats(lines)[1] / len(text.replace("\n", "")) > cfg.fineweb_max_dup_line_char_ratio:
         return text, "fineweb:dup_line_char_ratio"
-    if text.count("\n") / len(words_of(text)) > cfg.fineweb_max_newline_word_ratio:
+    # Every whitespace-separated chunk holds at least one word, so when newlines are few enough per chunk they
+    # are few enough per word, and the words need not be counted.
+    newlines = text.count("\n")
+    if newlines / len(text.split()) > cfg.fineweb_max_newline_word_ratio and \
+            newlines / len(words_of(text)) > cfg.fineweb_max_newline_word_ratio:
         return text, "fineweb:newline_word_ratio"
     return text, None
 
