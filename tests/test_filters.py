@@ -140,6 +140,13 @@ def test_fineweb_drops():
     assert fineweb(many_lines, CFG)[1] == "fineweb:newline_word_ratio"
 
 
+def test_fineweb_newlines_per_word_count_punctuation_marks_as_words():
+    # 4 chunks and 8 words a line, 2 newlines after each: 0.45 newlines a chunk, but 0.225 a word (FineWeb's 0.3).
+    text = "\n\n".join(f"Supercalifragilistic{i}, expialidocious, marvellous, wonderful." for i in range(10))
+    assert fineweb(text, CFG)[1] is None
+    assert fineweb(text.replace(",", ""), CFG)[1] == "fineweb:newline_word_ratio"
+
+
 def test_fineweb_line_ends_are_sentence_final_marks_not_quotes():
     quoted = "\n".join(f'Line {i} of the story, as the old man told it, ends with "a quote."' for i in range(10))
     assert fineweb(quoted, CFG)[1] == "fineweb:line_punct_ratio"
