@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from nextword import cli
@@ -33,3 +37,14 @@ def test_overrides_reach_the_config():
     cfg = cli.config_from_args(args)
     assert cfg.train.lr == 3e-4 and cfg.model.n_layers == 3 and cfg.model.d_model == 64
     assert cfg.data.sources == ["a", "b"]
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(preset, expected):
+    # A fresh interpreter: the setting only works if it is made before torch loads OpenMP.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    probe = "import os, sys, nextword.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [expected, "False"]
