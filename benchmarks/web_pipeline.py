@@ -316,8 +316,9 @@ def print_table(results: dict[str, list[Result]], pages: int, megabytes: float, 
         wall = statistics.median(r.wall_s for r in runs)
         kept = agree = overlap = "—"
         if name != EXTRACTION_ONLY:
-            pairs = list(zip(runs, reference))
             kept = str(len(runs[0].kept))
+        if name not in (EXTRACTION_ONLY, DATATROVE):
+            pairs = list(zip(runs, reference))
             agree = f"{statistics.median(decision_agreement(r.kept, ref.kept, pages) for r, ref in pairs):.3f}"
             overlap = f"{statistics.median(kept_overlap(r.kept, ref.kept) for r, ref in pairs):.3f}"
         print(f"| {name} | {kept} | {speed:.1f} | {speed * megabytes / pages:.2f} | {wall:.2f} | "
