@@ -197,8 +197,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     The plain way (logits → fp32 copy → log-softmax → loss, and the same three steps backward) writes and reads
     the [rows, vocab] logits about six times in fp32; with an 8192-token vocabulary that is most of a small
     model's step on a CPU. Here the logits are made once in the compute dtype, then turned chunk by chunk, in
-    fp32 and in cache, into the loss and into ∂loss/∂logits = (softmax − one_hot) / rows, written over the
-    logits. Backward is then two matrix multiplies. The loss is exact fp32 cross-entropy; the gradient has the
+    fp32 and in cache, into the loss and into rows·∂loss/∂logits = softmax − one_hot, written over the logits.
+    Backward is then two matrix multiplies, scaled by 1/rows after them. The loss is exact fp32 cross-entropy; the gradient has the
     rounding of the compute dtype, as it would under autocast anyway.
     """
 
