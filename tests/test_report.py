@@ -1,7 +1,6 @@
 import json
 import math
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
