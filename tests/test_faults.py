@@ -5,6 +5,7 @@ is lost and nothing foreign is let in."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import filecmp
 import json
@@ -28,6 +29,7 @@ from nextword import checkpoint, cli
 from nextword.checkpoint import SAVE_DELAY_ENV, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from nextword.config import RunConfig
 from nextword.data.fetch import FetchOptions, download
+from nextword.data.loader import TokenLoader
 from nextword.errors import CheckpointError, DataError
 from nextword.model import GPT
 from nextword.train import build_optimizer
@@ -545,3 +547,102 @@ def test_a_rank_killed_mid_step_ends_the_job_naming_it_and_the_run_resumes(corpu
     for record in logged(run_dir, "train"):  # a step run before the kill and again after: the same loss
         assert record["loss"] == pytest.approx(by_step.setdefault(record["step"], record["loss"]), abs=1e-6)
     assert sorted(by_step) == list(range(1, STEPS + 1))
+
+
+# --- a loss spike in a distributed run --------------------------------------------------------------------------
+
+SPIKE_STEP, SPIKE_ROLLS_BACK_TO, SPIKE_RUN_STEPS = 18, 15, 30
+WINDOWS_PER_STEP = 2 * 4  # ranks × micro-batch, or micro-steps × micro-batch in one process
+
+
+def garbage_batches(next_batch, garbage: set[int], served: list[int]):
+    """TokenLoader.next_batch, but every training window at a global stream position in `garbage` is random
+    tokens, whichever rank or micro-step reads it; the positions served are appended to `served`."""
+    def next_batch_or_garbage(loader):
+        first = loader.epoch * loader.num_windows + loader.cursor + loader.rank
+        positions = [first + loader.world_size * row for row in range(loader.batch_size)]  # as next_batch reads them
+        x, y = next_batch(loader)
+        if loader.shards.split != "train":
+            return x, y
+        served.extend(positions)
+        for row, position in enumerate(positions):
+            if position in garbage:
+                tokens = torch.randint(0, 300, (x.shape[1] + 1,), generator=torch.Generator().manual_seed(position))
+                x[row], y[row] = tokens[:-1], tokens[1:]
+        return x, y
+
+    return next_batch_or_garbage
+
+
+# Each rank of the job runs this: `nextword train` with garbage windows, writing the positions it read at exit.
+SPIKING_RANK = """
+import atexit, json, os, sys
+from pathlib import Path
+from nextword import cli
+from nextword.data.loader import TokenLoader
+from test_faults import garbage_batches
+
+served = []
+TokenLoader.next_batch = garbage_batches(TokenLoader.next_batch, set(json.loads(os.environ["GARBAGE"])), served)
+atexit.register(lambda: Path(os.environ["SERVED"] + os.environ["RANK"]).write_text(json.dumps(served)))
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def spike_args(tmp_path: Path, run: str) -> list[str]:
+    """Steps of 8 windows, a checkpoint every 5 steps, spikes measured against the last 5 logged losses. Half of a
+    step's windows of random tokens raise its loss by half as much, so the limit is 3 deviations, not 6."""
+    return train_args(tmp_path, run, steps=SPIKE_RUN_STEPS) + [
+        "--train.batch_tokens", str(WINDOWS_PER_STEP * 32), "--train.spike_rollback", "true",
+        "--train.spike_window", "5", "--train.spike_sigmas", "3", "--train.keep_last", "10", "--eval.every", "1000"]
+
+
+def run_job(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a torchrun job; if it hangs, kill its ranks (each in a session of its own), then torchrun, and fail."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = process.communicate(timeout=TRAIN_TIMEOUT_S * 2)
+    except subprocess.TimeoutExpired:
+        for pid in [*rank_processes(process.pid).values(), process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, err = process.communicate()
+        pytest.fail(f"the job hung: {' '.join(command)}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def test_a_loss_spike_on_one_rank_rolls_every_rank_back_together(corpus, tmp_path, monkeypatch):
+    """DDP over 2 gloo processes. Rank 1's windows of step 18 are random tokens, rank 0's are not: only the loss
+    averaged over the ranks spikes. A rank that decided from its own loss alone would roll back while the other
+    went on, and the job would hang in mismatched collectives."""
+    first = (SPIKE_STEP - 1) * WINDOWS_PER_STEP
+    garbage = set(range(first + 1, first + WINDOWS_PER_STEP, 2))  # the odd positions: rank 1's
+    served: list[int] = []
+    monkeypatch.setattr(TokenLoader, "next_batch", garbage_batches(TokenLoader.next_batch, garbage, served))
+    assert cli.main(spike_args(tmp_path, "single")) == 0  # one process, two micro-steps: the same global batch
+    (script := tmp_path / "spiking_rank.py").write_text(SPIKING_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GARBAGE": json.dumps(sorted(garbage)),
+           "SERVED": str(tmp_path / "served-rank"), "PYTHONPATH": str(Path(__file__).parent)}
+    done = run_job([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script), *spike_args(tmp_path, "ddp")], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (rollback,) = logged(tmp_path / "ddp", "rollback")  # counted once, in rank 0's log
+    assert (rollback["step"], rollback["to_step"], rollback["rollbacks"]) == (SPIKE_STEP, SPIKE_ROLLS_BACK_TO, 1)
+    assert logged(tmp_path / "ddp", "summary")[0]["spike_rollbacks"] == 1
+    # Both ranks went back to the same checkpoint: each wrote the same warning ...
+    warning = (f"loss spike at step {SPIKE_STEP}: {rollback['loss']:.3f}, above {rollback['limit']:.3f} "
+               f"(the mean + 3 standard deviations of the last 5 logged losses); back to "
+               f"step_{SPIKE_ROLLS_BACK_TO:07d}, skipping the data of the 3 steps since it")
+    assert done.stderr.count(warning) == 2, done.stderr[-3000:]
+    # ... and read on past the skipped data, each window of its share once.
+    steps_read = SPIKE_RUN_STEPS + SPIKE_STEP - SPIKE_ROLLS_BACK_TO
+    for rank in (0, 1):
+        read = json.loads((tmp_path / f"served-rank{rank}").read_text())
+        assert read == list(range(rank, steps_read * WINDOWS_PER_STEP, 2)), rank
+    # Together they trained as one process does on the same global batch, spike and rollback included.
+    assert served == list(range(steps_read * WINDOWS_PER_STEP))
+    assert logged(tmp_path / "single", "rollback")[0]["to_step"] == SPIKE_ROLLS_BACK_TO
+    single, ddp = logged(tmp_path / "single", "train"), logged(tmp_path / "ddp", "train")
+    assert [r["step"] for r in ddp] == [r["step"] for r in single]
+    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single], rel=1e-5)
