@@ -1,6 +1,7 @@
 """Fault injection, the broad version of tests/test_faults.py: how many runs survive what, and at what cost.
 
     .venv/bin/python benchmarks/faults.py [--kill-trials 50] [--rank-trials 10] [--fuzz-inputs 10000] [--memory-mb 2000]
+    .venv/bin/python benchmarks/faults.py --only spike sharded-disk     # some rows alone
 
 Prints one table: fault, trials, survived, steps lost beyond the last checkpoint, bytes of accepted data lost,
 and the worst time to recover (restart to the first new training step, or the rerun that finishes the job).
@@ -15,8 +16,10 @@ import filecmp
 import gzip
 import io
 import json
+import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -70,8 +73,8 @@ def nextword(*args: str) -> list[str]:
     return [sys.executable, "-m", "nextword", *args]
 
 
-def train_command(work: Path, run: str) -> list[str]:
-    return nextword("train", "--source", str(work / "corpus"), "--run-dir", str(work / run), "--steps", str(STEPS),
+def train_command(work: Path, run: str, steps: int = STEPS) -> list[str]:
+    return nextword("train", "--source", str(work / "corpus"), "--run-dir", str(work / run), "--steps", str(steps),
                     "--precision", "fp32", "--compile", "off", "--quiet", "--model.n_layers", "2",
                     "--model.d_model", "32", "--model.n_heads", "2", "--model.context", "32",
                     "--data.vocab_size", "300", "--data.val_fraction", "0.2", "--data.data_dir", str(work / "data"),
@@ -100,6 +103,12 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> bool
             return False
         time.sleep(0.002)
     return True
+
+
+def reference_losses(work: Path) -> dict[int, float]:
+    """{step: loss} of an uninterrupted run, which every killed and restarted run must repeat."""
+    subprocess.run(train_command(work, "reference"), check=True, capture_output=True)
+    return {r["step"]: r["loss"] for r in records(work / "reference", "train")}
 
 
 def restart_and_check(work: Path, run_dir: Path, reference: dict[int, float], saved_step: int) -> tuple[bool, int, float]:
@@ -231,6 +240,120 @@ def full_disk_trial(work: Path) -> Row:
     survived = (work / "rc").read_text().strip() == "2" and len(one_line) == 1 and intact and any(kept.iterdir())
     row.add(survived)
     return row
+
+
+def sharded_full_disk_trial(work: Path) -> Row:
+    """FSDP over 2 gloo processes with the checkpoints folder on a 1 MB tmpfs, as in the test: the step-5
+    checkpoint fits, the step-10 one does not. Survived: a non-zero exit, the same one-line error on each rank,
+    the step-5 checkpoint alone left and it verifies (no temporary folder either)."""
+    row = Row("disk full while saving a sharded checkpoint (FSDP, 2 gloo processes, 1 MB tmpfs)")
+    run_dir = work / "sharded-full"
+    mount = run_dir / "checkpoints"
+    mount.mkdir(parents=True)
+    kept = work / "sharded-full-kept"
+    command = " ".join(f"'{a}'" for a in train_command(work, run_dir.name, steps=12)
+                       + ["--nproc", "2", "--train.parallel", "fsdp", "--train.batch_tokens", str(2 * 4 * 32)])
+    rc = work / "sharded-rc"
+    script = f"mount -t tmpfs -o size=1000k tmpfs {mount} && {command}; echo $? > {rc}; cp -a {mount} {kept}"
+    began = time.monotonic()
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seconds = time.monotonic() - began
+    if not rc.exists():
+        row.note = "not run: cannot mount a tmpfs here"
+        return row
+    from nextword.checkpoint import verify
+
+    errors = re.findall(r"nextword train: \S+/step_0000010: checkpoint not written \(No space left on device on "
+                        r"rank \d; [^)]*\); the earlier checkpoints are intact", done.stderr)
+    left = sorted(p.name for p in kept.iterdir())
+    intact = left == ["step_0000005"] and verify(kept / "step_0000005") is None
+    row.add(rc.read_text().strip() != "0" and len(errors) == 2 and intact)
+    row.note = (f"exit {rc.read_text().strip()} after {seconds:.1f} s; {len(errors)} ranks gave the one-line error; "
+                f"left: {', '.join(left) or 'nothing'}")
+    return row
+
+
+# Runs `nextword train` with random tokens in the training windows at the global stream positions listed in
+# NEXTWORD_GARBAGE (whichever rank reads them), as tests/test_faults.py injects a loss spike.
+SPIKING_TRAIN = """
+import os, sys
+import torch
+from nextword import cli
+from nextword.data.loader import TokenLoader
+
+garbage = {int(p) for p in os.environ["NEXTWORD_GARBAGE"].split(",") if p}
+next_batch = TokenLoader.next_batch
+
+def next_batch_or_garbage(loader):
+    first = loader.epoch * loader.num_windows + loader.cursor + loader.rank
+    positions = [first + loader.world_size * row for row in range(loader.batch_size)]
+    x, y = next_batch(loader)
+    for row, position in enumerate(positions):
+        if loader.shards.split == "train" and position in garbage:
+            tokens = torch.randint(0, 300, (x.shape[1] + 1,), generator=torch.Generator().manual_seed(position))
+            x[row], y[row] = tokens[:-1], tokens[1:]
+    return x, y
+
+TokenLoader.next_batch = next_batch_or_garbage
+sys.exit(cli.main(sys.argv[1:]))
+"""
+SPIKE_STEP = 43  # after the default 20-loss window has filled; checkpoints every 5 steps, so back to step 40
+
+
+def spike_trial(work: Path, row: Row, run: str, garbage: list[int], nproc: int, extra: list[str]) -> None:
+    """Train with the windows in `garbage` replaced by random tokens and train.spike_rollback on, and once more
+    without them. Survived: both exit 0, the spiking run rolled back once, to the newest checkpoint before the
+    spike, and its final validation loss is finite and within 2% of the other's."""
+    script = work / "spiking_train.py"
+    script.write_text(SPIKING_TRAIN)
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                                   if nproc > 1 else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    val_loss = {}
+    for name, windows in ((f"{run}-spiked", garbage), (f"{run}-clean", [])):
+        args = train_command(work, name)[len(nextword()):]  # what follows `python -m nextword`
+        command = launcher + [str(script), *args, "--train.spike_rollback", "true", *extra]
+        done = subprocess.run(command, capture_output=True, text=True,
+                              env={**env, "NEXTWORD_GARBAGE": ",".join(map(str, windows))})
+        if done.returncode != 0:
+            row.add(False)
+            row.note = f"{name} failed: {done.stderr.strip().splitlines()[-1]}"
+            return
+        val_loss[name] = records(work / name, "eval")[-1]["val_loss"]
+    spiked, clean = val_loss[f"{run}-spiked"], val_loss[f"{run}-clean"]
+    rollbacks = records(work / f"{run}-spiked", "rollback")
+    if len(rollbacks) != 1:
+        row.add(False)
+        row.note = f"{len(rollbacks)} rollbacks"
+        return
+    (rollback,) = rollbacks
+    trained = records(work / f"{run}-spiked", "train")
+    # From the spike's log line to the first step after the rollback: the check, the reload and one step.
+    spike = [r for r in trained if r["time"] <= rollback["time"]][-1]
+    after = next(r for r in trained if r["time"] > rollback["time"])
+    row.add(rollback["to_step"] == SPIKE_STEP - 3 and math.isfinite(spiked) and abs(spiked - clean) <= 0.02 * clean,
+            steps_lost=SPIKE_STEP - 3 - rollback["to_step"], recover_s=after["time"] - spike["time"])
+    row.note = (f"step {rollback['step']}: loss {rollback['loss']:.2f} above {rollback['limit']:.2f}, back to step "
+                f"{rollback['to_step']}, {rollback['skipped_steps']} steps of data skipped; final val loss "
+                f"{spiked:.3f} vs {clean:.3f} without the spike; "
+                f"{(after['time'] - spike['time']) * 1000:.0f} ms from the spike's step to the next")
+
+
+def spike_rows(work: Path) -> list[Row]:
+    """A loss spike with train.spike_rollback on: one process fed a whole batch of random tokens at step 43, and
+    FSDP over 2 gloo processes where only rank 1's half of step 43's batch is random tokens, so that only the loss
+    averaged over the ranks spikes."""
+    single = Row("loss spike, spike_rollback on (1 process)")
+    windows = 4  # micro_batch 4, one micro-step
+    spike_trial(work, single, "spike", list(range((SPIKE_STEP - 1) * windows, SPIKE_STEP * windows)), 1, [])
+    # Half a batch of random tokens raises the loss by half as much: measured against 3 deviations, not 6.
+    sharded = Row("loss spike on rank 1 only, spike_rollback on, spike_sigmas 3 (FSDP, 2 gloo processes)")
+    windows = 2 * 4  # 2 ranks × micro_batch 4
+    first = (SPIKE_STEP - 1) * windows
+    spike_trial(work, sharded, "spike-fsdp", list(range(first + 1, first + windows, 2)), 2,
+                ["--train.parallel", "fsdp", "--train.batch_tokens", str(windows * 32), "--train.spike_sigmas", "3"])
+    return [single, sharded]
 
 
 def prepare_trials(work: Path, trials: int, rng: random.Random) -> Row:
@@ -461,6 +584,9 @@ def print_table(rows: list[Row]) -> None:
         print(f"| {r.fault} | {r.trials} | {r.survived} | {r.steps_lost} | {r.bytes_lost} | {recover} | {r.note} |")
 
 
+ROW_GROUPS = ("kill", "save-kill", "disk", "sharded-disk", "prepare", "download", "fuzz", "rank", "spike", "memory")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kill-trials", type=int, default=8)
@@ -469,6 +595,8 @@ def main() -> None:
     parser.add_argument("--rank-trials", type=int, default=2)
     parser.add_argument("--fuzz-inputs", type=int, default=1000)
     parser.add_argument("--memory-mb", type=int, default=200)
+    parser.add_argument("--only", nargs="+", choices=ROW_GROUPS, default=ROW_GROUPS, metavar="ROWS",
+                        help=f"run these rows alone, of: {' '.join(ROW_GROUPS)}")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -477,16 +605,18 @@ def main() -> None:
         work = Path(folder)
         os.environ["NEXTWORD_CACHE"] = str(work / "cache")
         make_corpus(work / "corpus")
-        subprocess.run(train_command(work, "reference"), check=True, capture_output=True)
-        reference = {r["step"]: r["loss"] for r in records(work / "reference", "train")}
-        rows = [kill_trials(work, args.kill_trials, reference, rng),
-                kill_in_save_trials(work, args.save_kill_trials, reference, rng),
-                full_disk_trial(work),
-                prepare_trials(work, args.prepare_trials, rng),
-                *download_rows(work),
-                *fuzz_rows(work, args.fuzz_inputs, rng),
-                rank_kill_trials(work, args.rank_trials, rng),
-                memory_row(work, args.memory_mb)]
+        reference = reference_losses(work) if {"kill", "save-kill"} & set(args.only) else {}
+        groups = {"kill": lambda: [kill_trials(work, args.kill_trials, reference, rng)],
+                  "save-kill": lambda: [kill_in_save_trials(work, args.save_kill_trials, reference, rng)],
+                  "disk": lambda: [full_disk_trial(work)],
+                  "sharded-disk": lambda: [sharded_full_disk_trial(work)],
+                  "prepare": lambda: [prepare_trials(work, args.prepare_trials, rng)],
+                  "download": lambda: download_rows(work),
+                  "fuzz": lambda: fuzz_rows(work, args.fuzz_inputs, rng),
+                  "rank": lambda: [rank_kill_trials(work, args.rank_trials, rng)],
+                  "spike": lambda: spike_rows(work),
+                  "memory": lambda: [memory_row(work, args.memory_mb)]}
+        rows = [row for name in ROW_GROUPS if name in args.only for row in groups[name]()]
     print_table(rows)
     print(f"\n{time.monotonic() - began:.0f} s on {os.cpu_count()} cores; seed {args.seed}")
 
