@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="a WARC/WET file or folder, code:REPO, or a text/JSONL/parquet source (repeatable)")
     clean.add_argument("--out", required=True, help="output folder (parts, shards, stats.json, report.md)")
     clean.add_argument("--workers", type=int, default=0, help="worker processes (0: every core)")
-    clean.add_argument("--task-index", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)))
+    clean.add_argument("--task-index", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", "0")))
     clean.add_argument("--num-tasks", type=int, default=1)
     clean.add_argument("--merge", action="store_true", help="only merge the parts the tasks wrote")
 
