@@ -17,9 +17,12 @@ ranks through torch.distributed.checkpoint in safetensors files, so a run can re
 from __future__ import annotations
 
 import contextlib
+import gc
+import importlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -162,6 +165,10 @@ def join(world: World, mode: str, device: str) -> bool:
         torch.cuda.set_device(world.local_rank)
     # gloo stays beside NCCL for the small objects and CPU tensors that checkpointing moves.
     backend = "cpu:gloo,cuda:nccl" if on_cuda else "gloo"
+    # This module binds `group.WORLD` as a default argument when first imported (torch._dynamo imports it, and
+    # torch.distributed.checkpoint imports torch._dynamo). Imported after the group exists, it would hold the group
+    # for good: destroy_process_group could not free it, and its threads would still run while the interpreter exits.
+    importlib.import_module("torch.distributed.nn.functional")
     if world.size == 1 and "MASTER_ADDR" not in os.environ:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=TIMEOUT)
     else:
@@ -170,8 +177,43 @@ def join(world: World, mode: str, device: str) -> bool:
 
 
 def leave() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group and let go of what torch still holds of it, so that the group is freed and its
+    threads (gloo's workers and socket loop) are joined now, while the interpreter is whole.
+
+    A group that outlives destroy_process_group lives until the process exits, and its threads with it: a worker
+    that drops a finished collective's tensors while the interpreter shuts down must take the GIL, is ended inside
+    a C++ destructor instead, and the process aborts ("terminate called without an active exception") after a run
+    that succeeded.
+    """
+    if not dist.is_initialized():
+        return
+    dist.destroy_process_group()
+    _clear_dtensor_caches()
+    gc.collect()  # FSDP's modules and their sharding states refer to each other: only the collector frees them
+
+
+# DTensor's caches whose entries hold device meshes (a mesh holds its process groups): (module, what to call).
+_MESH_HOLDING_CACHES = (
+    ("torch.distributed.tensor.debug", "_clear_sharding_prop_cache"),
+    ("torch.distributed.tensor._redistribute", "_gen_transform_infos.cache_clear"),
+    ("torch.distributed.tensor._redistribute", "_planner_cache.clear"),
+    ("torch.distributed.tensor._collective_utils", "MeshTopoInfo.build_from_mesh.cache_clear"),
+)
+
+
+def _clear_dtensor_caches() -> None:
+    """Empty the caches of sharding and redistribution plans that FSDP filled, so that they let go of the group."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return  # no DTensor was made, so nothing is cached
+    for module_name, path in _MESH_HOLDING_CACHES:
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ImportError:  # an older torch keeps its caches elsewhere; its group then lives until exit
+            continue
+        for name in path.split("."):
+            target = getattr(target, name, None)
+        if callable(target):
+            target()
 
 
 def rank_seed(seed: int, world: World, step: int) -> int:
