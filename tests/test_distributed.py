@@ -1,6 +1,7 @@
 """Training over several processes (gloo on CPU): the same losses as one process, resume at another world size,
 and a failing rank that ends the job instead of hanging it."""
 
+import contextlib
 import copy
 import json
 import os
@@ -74,12 +75,41 @@ def test_ddp_over_two_processes_gives_the_single_process_losses(setup):
                                                                    rel=1e-5)
 
 
+def gloo_threads() -> list[str]:
+    """The names of this process's threads that gloo started (its workers and its socket loop)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended while being listed
+            names.append((task / "comm").read_text().strip())
+    return [name for name in names if "gloo" in name]
+
+
+# `nextword train`, then how many of gloo's threads are still running once training has returned.
+REPORTS_GLOO_THREADS = """
+import contextlib, pathlib, sys
+from nextword import cli
+
+code = cli.main(sys.argv[1:])
+names = []
+for task in pathlib.Path("/proc/self/task").iterdir():
+    with contextlib.suppress(FileNotFoundError):
+        names.append((task / "comm").read_text())
+print(f"gloo threads left: {sum('gloo' in name for name in names)}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
 def test_fsdp_saved_at_two_processes_resumes_in_one_with_the_same_losses(setup):
     tmp, env, _ = setup
     run_dir = tmp / "fsdp"
-    done, _ = launch(torchrun("-m", "nextword", "train", "--config", str(tmp / "config.toml"), "--run-dir",
-                              str(run_dir), "--train.parallel", "fsdp", "--stop-after", str(STOP_AT), "--quiet"), env)
+    script = tmp / "reports_gloo_threads.py"
+    script.write_text(REPORTS_GLOO_THREADS)
+    done, _ = launch(torchrun(str(script), "train", "--config", str(tmp / "config.toml"), "--run-dir", str(run_dir),
+                              "--train.parallel", "fsdp", "--stop-after", str(STOP_AT), "--quiet"), env)
     assert done.returncode == 0, done.stderr[-3000:]
+    # Each rank freed its process group before the interpreter began to shut down: a gloo thread still running
+    # then can abort the process ("terminate called without an active exception") after a run that succeeded.
+    assert done.stderr.count("gloo threads left: 0") == 2, done.stderr[-3000:]
     checkpoint = latest_checkpoint(run_dir)
     assert read_manifest(checkpoint)["world_size"] == 2 and read_manifest(checkpoint)["layout"] == "sharded"
 
@@ -104,6 +134,16 @@ def test_a_single_process_checkpoint_resumes_under_fsdp(setup, monkeypatch):
     train(cfg, progress=False)
     assert losses(tmp / "single-then-fsdp", "run", "parallel") == ["none", "fsdp"]
     assert losses(tmp / "single-then-fsdp") == pytest.approx(losses(tmp / "single"), rel=1e-5)
+
+
+def test_training_under_fsdp_frees_its_process_group(setup, monkeypatch):
+    tmp, env, cfg = setup
+    monkeypatch.setenv("NEXTWORD_CACHE", env["NEXTWORD_CACHE"])
+    cfg = copy.deepcopy(cfg)
+    cfg.train.run_dir, cfg.train.parallel, cfg.train.steps = str(tmp / "fsdp-frees-group"), "fsdp", 2
+    before = gloo_threads()
+    train(cfg, progress=False)  # a group of one, sharded checkpoint included
+    assert gloo_threads() == before
 
 
 FAILING_RANK = """
