@@ -14,7 +14,7 @@ from nextword.config import RunConfig, TrainConfig
 from nextword.data.loader import TokenLoader
 from nextword.errors import CheckpointError
 from nextword.machine import Machine, resolve_precision
-from nextword.schedule import learning_rate
+from nextword.schedule import learning_rate, warmup_length
 from nextword.train import LossSpikeError, spike_limit, train
 
 WORDS = ("def return import class self value the model token data while for if else print list dict "
@@ -136,14 +136,24 @@ def test_a_time_budget_is_kept_and_ends_on_the_annealed_rate(tiny, tmp_path):
 
 def test_schedules_warm_up_and_end_at_their_minimum():
     for schedule in ("wsd", "cosine"):
-        rates = [learning_rate(s, 100, peak=1.0, min_ratio=0.1, schedule=schedule, warmup_frac=0.1,
-                               decay_frac=0.2) for s in range(100)]
+        rates = [learning_rate(s, 100, peak=1.0, min_ratio=0.1, schedule=schedule, warmup_steps=0,
+                               warmup_frac=0.1, decay_frac=0.2) for s in range(100)]
         assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
         assert rates[-1] == pytest.approx(0.1)
         assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
-    wsd = [learning_rate(s, 100, peak=1.0, min_ratio=0.0, schedule="wsd", warmup_frac=0.1, decay_frac=0.2)
-           for s in range(100)]
+    wsd = [learning_rate(s, 100, peak=1.0, min_ratio=0.0, schedule="wsd", warmup_steps=0, warmup_frac=0.1,
+                         decay_frac=0.2) for s in range(100)]
     assert wsd[79] == 1.0 and wsd[80] < 1.0
+
+
+def test_warmup_has_a_floor_in_steps_that_short_runs_keep():
+    assert warmup_length(480, warmup_steps=100, warmup_frac=0.05) == 100  # 5% would be 24
+    assert warmup_length(20_000, warmup_steps=100, warmup_frac=0.05) == 1000  # a long run: its fraction
+    assert warmup_length(200, warmup_steps=100, warmup_frac=0.05) == 50  # never more than a quarter of a run
+    assert warmup_length(480, warmup_steps=0, warmup_frac=0.05) == 24
+    rates = [learning_rate(s, 480, peak=1.0, min_ratio=0.1, schedule="wsd", warmup_steps=100, warmup_frac=0.05,
+                           decay_frac=0.2) for s in range(480)]
+    assert rates[49] == pytest.approx(0.5) and rates[99] == 1.0 and rates[98] < 1.0
 
 
 def test_a_config_that_cannot_work_fails_in_one_line(capsys):
@@ -211,7 +221,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoint(tiny, tmp_
     tiny.train.steps, tiny.train.ckpt_every = 30, 2
     tiny.train.on_nonfinite = "stop"
     train(copy.deepcopy(tiny), progress=False, stop_after=2)  # a good checkpoint at step 2
-    tiny.train.lr, tiny.train.grad_clip, tiny.train.warmup_frac = 1e6, 0.0, 0.0
+    tiny.train.lr, tiny.train.grad_clip, tiny.train.warmup_steps, tiny.train.warmup_frac = 1e6, 0.0, 0, 0.0
     closed, close = [], RunLog.close
     monkeypatch.setattr(RunLog, "close", lambda log: closed.append(log.path) or close(log))
     with pytest.raises(NonFiniteError, match="on_nonfinite = stop"):

@@ -98,7 +98,8 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     schedule: str = "wsd"  # wsd | cosine | constant
-    warmup_frac: float = 0.05
+    warmup_steps: int = 100  # the learning rate rises linearly over at least this many updates...
+    warmup_frac: float = 0.05  # ...or over this fraction of the run, when that is longer
     decay_frac: float = 0.2  # WSD: the last fraction of steps, where the rate anneals to its minimum
     weight_decay: float = 0.1
     decay_embeddings: bool = False
@@ -335,6 +336,8 @@ def validate(cfg: RunConfig) -> None:
             f"train.batch_tokens = {t.batch_tokens} must be a multiple of train.micro_batch × model.context "
             f"= {t.micro_batch * m.context}"
         )
+    if t.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps = {t.warmup_steps} must be 0 or more")
     if not 0.0 <= t.warmup_frac < 1.0 or not 0.0 <= t.decay_frac <= 1.0 or t.warmup_frac + t.decay_frac > 1.0:
         raise ConfigError("train.warmup_frac and train.decay_frac must be in [0, 1] and add up to at most 1")
     if not 0.0 <= t.min_lr_ratio <= 1.0:

@@ -505,10 +505,11 @@ class _Loop:
 
     def _learning_rate(self) -> float:
         state, t = self.state, self.run.cfg.train
-        if not state.planned_steps:  # while the budget is being measured: the warmup of a long run
-            return t.lr * min(1.0, (state.step + 1) / 100)
+        if not state.planned_steps:  # while the budget is being measured: the warmup's floor, the same in any plan
+            return t.lr * min(1.0, (state.step + 1) / max(1, t.warmup_steps))
         return learning_rate(state.step, state.planned_steps, peak=t.lr, min_ratio=t.min_lr_ratio,
-                             schedule=t.schedule, warmup_frac=t.warmup_frac, decay_frac=t.decay_frac)
+                             schedule=t.schedule, warmup_steps=t.warmup_steps, warmup_frac=t.warmup_frac,
+                             decay_frac=t.decay_frac)
 
     def _step(self) -> _StepResult:
         run, state = self.run, self.state
