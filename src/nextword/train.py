@@ -350,7 +350,8 @@ def _choose_precision(cfg: RunConfig, world: World, machine: Machine, model: GPT
 def _resume(run: _Run) -> Progress:
     """The progress of the newest valid checkpoint, with its model, optimizer and loader state loaded; a fresh
     Progress when there is none."""
-    checkpoint = latest_checkpoint(run.run_dir)
+    # Rank 0 alone verifies and chooses, so every rank loads the same one and the files are hashed once.
+    checkpoint = run.world.from_main(latest_checkpoint, run.run_dir)
     if checkpoint is None:
         return Progress()
     check_compatible(checkpoint, run.cfg, run.tokenizer.hash)
@@ -601,7 +602,7 @@ class _Loop:
             raise LossSpikeError(f"{spike} after {state.spike_rollbacks} rollback(s), as many as "
                                  f"train.max_spike_rollbacks allows; lower train.lr or check the data. The checkpoints "
                                  f"in {run.run_dir / 'checkpoints'} are kept")
-        checkpoint = latest_checkpoint(run.run_dir, at_most=last_good_step)
+        checkpoint = run.world.from_main(latest_checkpoint, run.run_dir, last_good_step)
         if checkpoint is None:
             print(f"\nwarning: {spike}; no checkpoint from before it to go back to, so training goes on",
                   file=sys.stderr)
