@@ -146,6 +146,28 @@ def test_training_under_fsdp_frees_its_process_group(setup, monkeypatch):
     assert gloo_threads() == before
 
 
+def test_a_run_that_fails_under_fsdp_frees_its_process_group_too(setup, monkeypatch):
+    from nextword.data.loader import TokenLoader
+
+    tmp, env, cfg = setup
+    monkeypatch.setenv("NEXTWORD_CACHE", env["NEXTWORD_CACHE"])
+    cfg = copy.deepcopy(cfg)
+    cfg.train.run_dir, cfg.train.parallel, cfg.train.steps = str(tmp / "fsdp-fails"), "fsdp", 4
+    original, calls = TokenLoader.next_batch, []
+
+    def next_batch(loader):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk vanished")
+        return original(loader)
+
+    monkeypatch.setattr(TokenLoader, "next_batch", next_batch)
+    before = gloo_threads()
+    with pytest.raises(RuntimeError, match="disk vanished"):
+        train(cfg, progress=False)
+    assert gloo_threads() == before  # the failed run's frames no longer hold the model, and with it the group
+
+
 FAILING_RANK = """
 import os, sys
 from nextword import cli

@@ -22,6 +22,7 @@ import signal
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +212,12 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
         with _quiet_unless(world.is_main):
             return _train(cfg, world, mode, device, start_time=start_time, stop_after=stop_after,
                           progress=progress and world.is_main, bf16_probe=bf16_probe)
+    except BaseException as error:
+        # The failed run's frames hold its model, and through it the process group, which leave() must free
+        # while the interpreter is whole. Their local variables go; the traceback keeps its files and lines.
+        if joined:
+            traceback.clear_frames(error.__traceback__)
+        raise
     finally:
         if joined:
             distributed.leave()
