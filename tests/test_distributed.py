@@ -27,7 +27,9 @@ STEPS, STOP_AT = 16, 8
 def setup(tmp_path_factory):
     """A tiny config saved as TOML, its data prepared, and the single-process run every other run must match."""
     tmp = tmp_path_factory.mktemp("distributed")
-    env = {**os.environ, "NEXTWORD_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    # The scripts the ranks run import their helpers from this folder.
+    env = {**os.environ, "NEXTWORD_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     cfg = RunConfig()
     cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context = 2, 32, 2, 32
     cfg.data.sources, cfg.data.vocab_size, cfg.data.val_fraction = [str(make_corpus(tmp / "corpus"))], 300, 0.2
@@ -86,15 +88,12 @@ def gloo_threads() -> list[str]:
 
 # `nextword train`, then how many of gloo's threads are still running once training has returned.
 REPORTS_GLOO_THREADS = """
-import contextlib, pathlib, sys
+import sys
 from nextword import cli
+from test_distributed import gloo_threads
 
 code = cli.main(sys.argv[1:])
-names = []
-for task in pathlib.Path("/proc/self/task").iterdir():
-    with contextlib.suppress(FileNotFoundError):
-        names.append((task / "comm").read_text())
-print(f"gloo threads left: {sum('gloo' in name for name in names)}", file=sys.stderr)
+print(f"gloo threads left: {len(gloo_threads())}", file=sys.stderr)
 sys.exit(code)
 """
 
@@ -146,6 +145,19 @@ def test_training_under_fsdp_frees_its_process_group(setup, monkeypatch):
     assert gloo_threads() == before
 
 
+def fails_on_call(next_batch, call: int, message: str):
+    """TokenLoader.next_batch, but its `call`-th call raises RuntimeError(message)."""
+    calls = []
+
+    def next_batch_or_fail(loader):
+        calls.append(1)
+        if len(calls) == call:
+            raise RuntimeError(message)
+        return next_batch(loader)
+
+    return next_batch_or_fail
+
+
 def test_a_run_that_fails_under_fsdp_frees_its_process_group_too(setup, monkeypatch):
     from nextword.data.loader import TokenLoader
 
@@ -153,15 +165,7 @@ def test_a_run_that_fails_under_fsdp_frees_its_process_group_too(setup, monkeypa
     monkeypatch.setenv("NEXTWORD_CACHE", env["NEXTWORD_CACHE"])
     cfg = copy.deepcopy(cfg)
     cfg.train.run_dir, cfg.train.parallel, cfg.train.steps = str(tmp / "fsdp-fails"), "fsdp", 4
-    original, calls = TokenLoader.next_batch, []
-
-    def next_batch(loader):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("disk vanished")
-        return original(loader)
-
-    monkeypatch.setattr(TokenLoader, "next_batch", next_batch)
+    monkeypatch.setattr(TokenLoader, "next_batch", fails_on_call(TokenLoader.next_batch, 3, "disk vanished"))
     before = gloo_threads()
     with pytest.raises(RuntimeError, match="disk vanished"):
         train(cfg, progress=False)
@@ -172,17 +176,10 @@ FAILING_RANK = """
 import os, sys
 from nextword import cli
 from nextword.data.loader import TokenLoader
+from test_distributed import fails_on_call
 
 if os.environ["RANK"] == "1":
-    original, calls = TokenLoader.next_batch, []
-
-    def next_batch(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("disk vanished under rank 1")
-        return original(self)
-
-    TokenLoader.next_batch = next_batch
+    TokenLoader.next_batch = fails_on_call(TokenLoader.next_batch, 3, "disk vanished under rank 1")
 sys.exit(cli.main(sys.argv[1:]))
 """
 
