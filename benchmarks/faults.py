@@ -275,29 +275,18 @@ def sharded_full_disk_trial(work: Path) -> Row:
 
 
 # Runs `nextword train` with random tokens in the training windows at the global stream positions listed in
-# NEXTWORD_GARBAGE (whichever rank reads them), as tests/test_faults.py injects a loss spike.
+# NEXTWORD_GARBAGE (whichever rank reads them), with the loss-spike test's own injection.
 SPIKING_TRAIN = """
 import os, sys
-import torch
 from nextword import cli
 from nextword.data.loader import TokenLoader
+from test_faults import garbage_batches
 
 garbage = {int(p) for p in os.environ["NEXTWORD_GARBAGE"].split(",") if p}
-next_batch = TokenLoader.next_batch
-
-def next_batch_or_garbage(loader):
-    first = loader.epoch * loader.num_windows + loader.cursor + loader.rank
-    positions = [first + loader.world_size * row for row in range(loader.batch_size)]
-    x, y = next_batch(loader)
-    for row, position in enumerate(positions):
-        if loader.shards.split == "train" and position in garbage:
-            tokens = torch.randint(0, 300, (x.shape[1] + 1,), generator=torch.Generator().manual_seed(position))
-            x[row], y[row] = tokens[:-1], tokens[1:]
-    return x, y
-
-TokenLoader.next_batch = next_batch_or_garbage
+TokenLoader.next_batch = garbage_batches(TokenLoader.next_batch, garbage, served=[])
 sys.exit(cli.main(sys.argv[1:]))
 """
+TESTS = Path(__file__).resolve().parents[1] / "tests"
 SPIKE_STEP = 43  # after the default 20-loss window has filled; checkpoints every 5 steps, so back to step 40
 
 
@@ -309,7 +298,8 @@ def spike_trial(work: Path, row: Row, run: str, garbage: list[int], nproc: int, 
     script.write_text(SPIKING_TRAIN)
     launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                                    if nproc > 1 else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
     val_loss = {}
     for name, windows in ((f"{run}-spiked", garbage), (f"{run}-clean", [])):
         args = train_command(work, name)[len(nextword()):]  # what follows `python -m nextword`
