@@ -263,6 +263,22 @@ def test_fingerprint_sees_a_same_size_edit_through_mtime(tmp_path):
     assert sources_fingerprint([str(path)], EXTENSIONS) != before
 
 
+def test_broken_links_in_a_folder_are_counted_skips_and_part_of_the_fingerprint(tmp_path):
+    (tmp_path / "good.txt").write_text("a readable document")
+    for name in ("gone.txt", "gone.jsonl", "gone.warc.gz"):
+        (tmp_path / name).symlink_to(tmp_path / "missing" / name)
+    extensions = EXTENSIONS + [".jsonl", ".warc.gz"]
+
+    docs, skips = read([tmp_path], extensions)
+
+    assert [d.text for d in docs] == ["a readable document"]
+    assert skips.by_reason == {"unreadable": 3}
+    before = sources_fingerprint([str(tmp_path)], extensions)
+    (tmp_path / "missing").mkdir()
+    (tmp_path / "missing" / "gone.txt").write_text("now it is there")
+    assert sources_fingerprint([str(tmp_path)], extensions) != before
+
+
 def test_default_corpus_fingerprint_is_stable_and_differs_from_paths(tmp_path):
     (tmp_path / "a.txt").write_text("text")
     default = sources_fingerprint([], EXTENSIONS)

@@ -366,7 +366,13 @@ def _read_file(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
 
 
 def _is_empty(path: Path, skips: SkipLog) -> bool:
-    if path.stat().st_size == 0:
+    """True after counting the file as empty or unreadable (a broken link, a link loop)."""
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        skips.skip(path, f"unreadable ({error.strerror or error})")
+        return True
+    if size == 0:
         skips.skip(path, "empty")
         return True
     return False
@@ -440,6 +446,10 @@ def sources_fingerprint(sources: list[str], extensions: list[str]) -> str:
             continue
         path = _existing_path(source).resolve()
         for file in _folder_files(path, extensions) if path.is_dir() else [path]:
-            stat = file.stat()
+            try:
+                stat = file.stat()
+            except OSError:  # a broken link: the readers count it as unreadable, the key notes that it is
+                add(file, "unreadable")
+                continue
             add(file, stat.st_size, stat.st_mtime_ns)
     return digest.hexdigest()

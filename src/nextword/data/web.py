@@ -56,7 +56,12 @@ class _RawRecord:
 def read_web(path: Path, skips: SkipLog, extractor: str = "resiliparse") -> Iterator[Document]:
     """Documents from one WARC or WET file (plain or gzip-per-record); everything dropped is counted in `skips`."""
     path = Path(path)
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+    except OSError as error:  # a broken link, a link loop
+        skips.skip(path, f"unreadable ({error.strerror or error})")
+        return
+    if size == 0:
         skips.skip(path, "empty file")
         return
     for record in _records(path, skips):
