@@ -74,3 +74,16 @@ def test_exact_only_when_minhash_is_off():
     assert dedup.check("x", exact_key("same"), None).keep
     assert not dedup.check("y", exact_key("same"), None).keep
     assert dedup.check("z", exact_key("different"), None).keep
+
+
+def test_copies_that_share_an_id_are_still_duplicates():
+    """JSONL files often number their records 0, 1, 2, ...: the same id in two files is two documents."""
+    hasher = MinHasher()
+    text = article(20)
+    dedup = Deduplicator(hasher)
+    assert dedup.check("0", exact_key(text), hasher.signature(text)).keep
+    exact = dedup.check("0", exact_key(text), hasher.signature(text))
+    near_text = edited(text, 0.02, seed=3)
+    near = dedup.check("0", exact_key(near_text), hasher.signature(near_text))
+    assert (exact.keep, exact.reason) == (False, "exact")
+    assert (near.keep, near.reason) == (False, "near")

@@ -92,15 +92,18 @@ class Deduplicator:
         self._buckets: list[dict[int, str]] = [dict() for _ in range(hasher.bands)] if hasher else []
 
     def check(self, doc_id: str, exact_hash: bytes, signature: np.ndarray | None) -> Verdict:
+        # A key already seen means an earlier document; ids are not compared, as records from different files
+        # may share one (JSONL ids 0, 1, 2, ... in every file).
         if self.exact:
-            first = self._exact_seen.setdefault(exact_hash, doc_id)
-            if first != doc_id:
-                return Verdict(False, "exact", first)
+            if exact_hash in self._exact_seen:
+                return Verdict(False, "exact", self._exact_seen[exact_hash])
+            self._exact_seen[exact_hash] = doc_id
         if self.hasher is None or signature is None:
             return Verdict(True)
-        match = ""
+        match = None
         for bucket, key in zip(self._buckets, self.hasher.band_keys(signature)):
-            first = bucket.setdefault(key, doc_id)
-            if first != doc_id and not match:
-                match = first
-        return Verdict(False, "near", match) if match else Verdict(True)
+            if key not in bucket:
+                bucket[key] = doc_id
+            elif match is None:
+                match = bucket[key]
+        return Verdict(False, "near", match) if match is not None else Verdict(True)
