@@ -35,6 +35,12 @@ def test_eos_is_only_added_by_the_writer(tokenizer):
     assert tokenizer.eos_id not in tokenizer.encode(TEXTS[4])
 
 
+def test_a_vocabulary_too_large_to_train_is_a_one_line_error_not_an_abort():
+    # Asked for 10**9 tokens, the trainer tried to reserve 70 GB and aborted the whole process.
+    with pytest.raises(DataError, match=r"vocab_size = 1,000,000,000 .*set data.vocab_size lower"):
+        Tokenizer.train(TEXTS, vocab_size=10**9)
+
+
 def test_vocab_size_and_merges(tokenizer):
     assert tokenizer.vocab_size == 320
     assert len(tokenizer.encode(TEXTS[0])) < len(TEXTS[0].encode("utf-8"))  # merges were learned

@@ -21,6 +21,9 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from nextword.errors import DataError
 
 EOS = "<|endoftext|>"
+# The trainer reserves memory in proportion to the vocabulary it is asked for (about 70 bytes a token) and aborts
+# the process when it cannot; tokenizers in use have 32K to 256K tokens.
+MAX_TRAINED_VOCAB = 2**24
 
 
 class Tokenizer:
@@ -44,6 +47,9 @@ class Tokenizer:
         """Learn `vocab_size` tokens (256 bytes, `<|endoftext|>`, and merges) from an iterator of texts."""
         if vocab_size < 257:
             raise DataError(f"vocab_size = {vocab_size} must be at least 257 (256 bytes + {EOS})")
+        if vocab_size > MAX_TRAINED_VOCAB:
+            raise DataError(f"vocab_size = {vocab_size:,} is more than a tokenizer is trained with here "
+                            f"({MAX_TRAINED_VOCAB:,}); set data.vocab_size lower (common sizes: 32K to 256K)")
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
