@@ -124,6 +124,13 @@ def test_same_output_with_workers_and_tasks_and_resume(crawl, tmp_path):
     assert final_ids(single) == final_ids(parallel)
 
 
+
+def test_a_file_in_place_of_the_output_folder_is_a_clear_error(crawl, tmp_path):
+    in_the_way = tmp_path / "out"
+    in_the_way.write_text("notes")
+    with pytest.raises(DataError, match=r"out: cannot make the output folder .*give --out a folder"):
+        clean([str(crawl)], in_the_way, CleanConfig(), log=lambda line: None)
+
 def test_merge_refuses_missing_parts_and_other_settings(crawl, tmp_path):
     out = tmp_path / "out"
     clean([str(crawl)], out, CleanConfig(), task_index=0, num_tasks=2, log=lambda line: None)

@@ -106,3 +106,10 @@ def test_fetch_cc_command_downloads_and_reports_errors_in_one_line(server, tmp_p
     assert main([*args, "--files", "9"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("nextword data:") and "fewer than --files 9" in error and "\n" not in error
+
+
+def test_a_file_in_place_of_the_download_folder_is_a_clear_error(tmp_path):
+    in_the_way = tmp_path / "cc"
+    in_the_way.write_text("notes")
+    with pytest.raises(DataError, match=r"cc: cannot make the download folder .*give --out a folder"):
+        fetch_cc(CRAWL, 1, in_the_way, FetchOptions(base_url="http://127.0.0.1:9/", retries=0), log=lambda line: None)

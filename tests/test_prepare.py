@@ -121,6 +121,14 @@ def test_folder_without_usable_documents_is_a_clear_error(tmp_path):
     assert not (tmp_path / "data" / "index.json").exists()
 
 
+
+def test_a_file_in_place_of_the_data_dir_is_a_clear_error(tmp_path):
+    in_the_way = tmp_path / "data"
+    in_the_way.write_text("notes")
+    with pytest.raises(DataError, match=r"data: cannot make the data folder .*give --data-dir a folder"):
+        prepare(config(make_corpus(tmp_path / "corpus"), in_the_way), progress=False)
+    assert in_the_way.read_text() == "notes"
+
 ARTICLES = [
     """The river that runs through the old town floods almost every spring. Farmers along its banks have learned
 to plant late, after the water has gone down again. In the nineteenth century the town built a stone wall to

@@ -116,7 +116,11 @@ def _write_manifest(out: Path, inputs: list[Input], cfg: CleanConfig, extensions
             raise DataError(f"{path}: this folder was made from other sources or settings; "
                             "use a new --out folder or delete this one")
         return
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name, a read-only place
+        raise DataError(f"{out}: cannot make the output folder ({e.strerror or e}); give --out a folder you can "
+                        "write to") from None
     _write_atomic(path, json.dumps(manifest, indent=1))
 
 

@@ -44,7 +44,11 @@ def fetch_cc(crawl: str, files: int, out_dir: str | Path, options: FetchOptions 
     """Download the first `files` WET files of `crawl` into `out_dir`; files already complete are kept."""
     options = options or FetchOptions()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name, a read-only place
+        raise DataError(f"{out}: cannot make the download folder ({e.strerror or e}); give --out a folder you "
+                        "can write to") from None
     listing = download(_url(options, f"crawl-data/{crawl}/wet.paths.gz"), out / "wet.paths.gz", options, log)
     try:
         text = gzip.decompress(listing.read_bytes()).decode("utf-8")

@@ -71,7 +71,7 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
         return Prepared(data_dir, Tokenizer.load(data_dir / TOKENIZER_NAME), index, reused=True)
 
     started = time.perf_counter()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _make_data_dir(data_dir)
     _remove_previous_output(data_dir)
     skips = SkipLog()
     clean_dir = resolve_clean_dir(cfg, data_dir, cleaned_from)
@@ -181,6 +181,14 @@ def _finished_index(data_dir: Path, key: str) -> dict[str, Any] | None:
     except DataError:
         return None
     return index
+
+
+def _make_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name, a read-only place
+        raise DataError(f"{data_dir}: cannot make the data folder ({e.strerror or e}); give --data-dir a folder "
+                        "you can write to") from None
 
 
 def _remove_previous_output(data_dir: Path) -> None:
