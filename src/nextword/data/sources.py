@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zstandard
-
 from nextword.errors import DataError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a text file larger than this is skipped: it is likely a dump, not prose or code
@@ -208,6 +206,8 @@ def _zstd_chunks(path: Path) -> Iterator[bytes]:
     zstandard's stream reader ends quietly at a truncated frame, so this checks that the last frame was
     complete and raises EOFError if it was not.
     """
+    import zstandard  # here, not at the top: only .zst inputs need it, and training images may lack it
+
     decompressor = zstandard.ZstdDecompressor()
     frame = decompressor.decompressobj()
     frame_has_input = False
@@ -215,7 +215,11 @@ def _zstd_chunks(path: Path) -> Iterator[bytes]:
         while chunk := file.read(READ_CHUNK_BYTES):
             while chunk:
                 frame_has_input = True
-                yield frame.decompress(chunk)
+                try:
+                    decompressed = frame.decompress(chunk)
+                except zstandard.ZstdError as error:
+                    raise EOFError(f"corrupt zstd frame ({error})") from error
+                yield decompressed
                 if not frame.eof:
                     break
                 chunk = frame.unused_data
@@ -259,7 +263,7 @@ def _read_jsonl(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
                 raw = next(lines)
             except StopIteration:
                 return
-            except (EOFError, OSError, zlib.error, zstandard.ZstdError):
+            except (EOFError, OSError, zlib.error):
                 skips.skip(path, f"corrupt {kind} after line {line_number}")
                 return
             line_number += 1
