@@ -114,6 +114,23 @@ def test_declared_charset_is_used_for_html(tmp_path):
     assert "café au lait" in doc.text
 
 
+
+@pytest.mark.parametrize("meta", ['<meta charset="windows-1252">',
+                                  '<meta http-equiv="Content-Type" content="text/html; charset=windows-1252">'])
+def test_a_charset_declared_in_a_meta_tag_is_used_when_the_header_gives_none(tmp_path, meta):
+    path = tmp_path / "e.warc.gz"
+    body = "Un café au lait, s\u2019il vous plaît, avec une tartine et du beurre."
+    declared = page("Café", body).replace("<head>", f"<head>{meta}").encode("cp1252")
+    overridden = page("Thé", "Un thé vert, très chaud, servi avec du miel.").replace(
+        "<head>", '<head><meta charset="iso-8859-1">').encode("utf-8")
+    write_warc(path, [("http://x.test/cafe", declared, "text/html"),
+                      ("http://x.test/the", overridden, "text/html; charset=utf-8")])
+    skips = SkipLog()
+    cafe, the = read_web(path, skips)
+    assert "café au lait, s\u2019il vous plaît" in cafe.text
+    assert "Un thé vert, très chaud" in the.text  # the HTTP header wins over the page's own claim
+    assert skips.to_dict()["by_reason"] == {"warcinfo record ignored": 1}
+
 def test_empty_file_is_counted(tmp_path):
     path = tmp_path / "empty.warc.gz"
     path.write_bytes(b"")

@@ -36,7 +36,7 @@ MAX_SKIP_EXAMPLES = 20
 NAMES_PER_REASON = 3  # file names shown per reason in the summary line
 
 # Bump when a reader changes what it yields, so prepared data made by the old readers is not reused.
-READER_VERSION = 2
+READER_VERSION = 3
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 WEB_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".warc.wet.gz")

@@ -33,6 +33,10 @@ WEB_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 GZIP_MAGIC = b"\x1f\x8b\x08"
 WARC_HEADER = re.compile(rb"(?:^|\n)WARC/1\.[01]\r?\n")
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+CHARSET = re.compile(r"charset=[\"']?([\w.:-]+)", re.IGNORECASE)
+# <meta charset="windows-1252"> or <meta http-equiv="Content-Type" content="text/html; charset=windows-1252">
+META_CHARSET = re.compile(r"<meta[^>]*?charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
+META_PRESCAN_BYTES = 1024
 READ_CHUNK = 1 << 20
 
 
@@ -85,7 +89,7 @@ def _to_document(path: Path, record: _RawRecord, skips: SkipLog, extractor: str)
             skips.skip(path, "response is not HTML")
             return None
         payload = _decompress(path, record.payload, record.http_content_encoding, skips)
-        html = None if payload is None else _decode(path, payload, _charset(record.http_content_type), skips)
+        html = None if payload is None else _decode(path, payload, _charset(record.http_content_type, payload), skips)
         if html is None:
             return None
         text = extract_text(html, extractor)
@@ -105,8 +109,10 @@ def _to_document(path: Path, record: _RawRecord, skips: SkipLog, extractor: str)
     return Document(id=f"{path}:{record.offset}", text=text, source=source, meta=meta)
 
 
-def _charset(content_type: str) -> str:
-    match = re.search(r"charset=[\"']?([\w.:-]+)", content_type, re.IGNORECASE)
+def _charset(content_type: str, html: bytes) -> str:
+    """The page's character set as a browser finds it: the HTTP header's, else one a <meta> tag declares in the
+    first 1024 bytes (the WHATWG prescan), else UTF-8."""
+    match = CHARSET.search(content_type) or META_CHARSET.search(html[:META_PRESCAN_BYTES].decode("latin-1"))
     return match.group(1).lower() if match else "utf-8"
 
 
