@@ -149,6 +149,8 @@ def jsonl_payload() -> bytes:
         ("data.jsonl", lambda data: data),
         ("data.jsonl.gz", gzip.compress),
         ("data.jsonl.zst", lambda data: zstandard.ZstdCompressor().compress(data)),
+        ("books-0000.json.gz", gzip.compress),  # Dolma's and C4's name for the same thing
+        ("c4-train.00000.json.zst", lambda data: zstandard.ZstdCompressor().compress(data)),
     ],
 )
 def test_jsonl_reads_records_and_counts_bad_lines(tmp_path, name, compress):

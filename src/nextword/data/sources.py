@@ -38,7 +38,8 @@ NAMES_PER_REASON = 3  # file names shown per reason in the summary line
 # Bump when a reader changes what it yields, so prepared data made by the old readers is not reused.
 READER_VERSION = 3
 
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+# Dolma and C4 name their compressed JSON-lines files .json.gz; a plain .json may be one JSON document, not lines.
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
 WEB_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".warc.wet.gz")
 PARQUET_SUFFIX = ".parquet"
 DEFAULT_CORPUS_NAME = "stdlib"
