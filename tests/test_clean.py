@@ -212,3 +212,28 @@ def test_data_clean_command_with_overrides(crawl, tmp_path, capsys):
     args.overrides = {"clean.min_words": "many"}
     with pytest.raises(ConfigError, match="--clean.min_words: 'many' is not a valid int"):
         commands.run(args)
+
+
+def test_merge_command_uses_the_settings_the_tasks_ran_with(crawl, tmp_path, capsys):
+    import argparse
+
+    from nextword.data import commands
+
+    parser = argparse.ArgumentParser()
+    commands.configure(parser)
+    out = str(tmp_path / "o")
+    settings = {"clean.minhash_bands": "10", "clean.exact_dedup": "false"}
+    for task in ("0", "1"):
+        args = parser.parse_args(["clean", "--source", str(crawl), "--out", out, "--workers", "1",
+                                  "--task-index", task, "--num-tasks", "2"])
+        args.overrides = settings
+        assert commands.run(args) == 0
+    merge_args = parser.parse_args(["clean", "--merge", "--out", out])  # as the tasks' last line says to run it
+    merge_args.overrides = {}
+    assert commands.run(merge_args) == 0
+    single = tmp_path / "single"
+    clean([str(crawl)], single, commands.clean_config(settings), log=lambda line: None)
+    assert final_ids(Path(out)) == final_ids(single)
+    merge_args.overrides = {"clean.minhash_bands": "12"}
+    with pytest.raises(DataError, match="cleaned with other settings"):
+        commands.run(merge_args)

@@ -205,7 +205,11 @@ def merge(out_dir: str | Path, cfg: CleanConfig | None = None) -> dict:
     if not manifest_path.exists():
         raise DataError(f"{out}: no manifest.json; run `nextword data clean --out {out}` on the sources first")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    cfg = cfg or CleanConfig(**manifest["clean"])
+    if cfg is not None and json.loads(json.dumps(dataclasses.asdict(cfg))) != manifest["clean"]:
+        # Signatures made with other MinHash settings cannot be compared, and other rules would not match the parts.
+        raise DataError(f"{manifest_path}: the parts were cleaned with other settings; merge with the ones the "
+                        "tasks used (give the same --clean.FIELD options, or none)")
+    cfg = CleanConfig(**manifest["clean"])
     inputs = manifest["inputs"]
     missing = [inp["spec"] for i, inp in enumerate(inputs) if not (out / "parts" / f"{i:05d}.json").exists()]
     if missing:

@@ -47,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from nextword.data.clean import clean, merge
 
-    cfg = clean_config(getattr(args, "overrides", {}) or {})
+    overrides = getattr(args, "overrides", {}) or {}
+    cfg = clean_config(overrides)
     if args.merge:
-        stats = merge(args.out, cfg)
+        stats = merge(args.out, cfg if overrides else None)  # None: the settings the tasks recorded
     else:
         if not args.sources:
             raise ConfigError("nextword data clean: give at least one --source (or --merge)")
