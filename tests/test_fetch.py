@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from nextword.data.fetch import FetchOptions, fetch_cc
-from nextword.errors import DataError
+from nextword.errors import ConfigError, DataError
 
 CRAWL = "CC-MAIN-2024-22"
 WET_PATHS = [f"crawl-data/{CRAWL}/segments/1/wet/file{i}.warc.wet.gz" for i in range(3)]
@@ -113,3 +113,11 @@ def test_a_file_in_place_of_the_download_folder_is_a_clear_error(tmp_path):
     in_the_way.write_text("notes")
     with pytest.raises(DataError, match=r"cc: cannot make the download folder .*give --out a folder"):
         fetch_cc(CRAWL, 1, in_the_way, FetchOptions(base_url="http://127.0.0.1:9/", retries=0), log=lambda line: None)
+
+
+@pytest.mark.parametrize(("files", "retries", "message"), [(-1, 2, "--files -1"), (0, 2, "--files 0"),
+                                                           (1, -1, "--retries -1")])
+def test_a_count_below_its_least_is_an_error_before_any_download(server, tmp_path, files, retries, message):
+    with pytest.raises(ConfigError, match=message):
+        fetch_cc(CRAWL, files, tmp_path, FetchOptions(base_url=server, retries=retries), log=lambda line: None)
+    assert CrawlServer.requests == [] and not list(tmp_path.iterdir())

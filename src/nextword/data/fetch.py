@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nextword.errors import DataError
+from nextword.errors import ConfigError, DataError
 
 DEFAULT_BASE_URL = "https://data.commoncrawl.org/"
 CHUNK_BYTES = 1 << 20
@@ -43,6 +43,10 @@ def fetch_cc(crawl: str, files: int, out_dir: str | Path, options: FetchOptions 
              log: Callable[[str], None] = print) -> list[Path]:
     """Download the first `files` WET files of `crawl` into `out_dir`; files already complete are kept."""
     options = options or FetchOptions()
+    if files < 1:  # a negative count would slice the listing from its end: the whole crawl but a few files
+        raise ConfigError(f"--files {files}: give the number of WET files to download, 1 or more")
+    if options.retries < 0:
+        raise ConfigError(f"--retries {options.retries}: give 0 or more")
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
