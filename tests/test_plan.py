@@ -221,6 +221,15 @@ def test_cli_moe_and_bad_input(capsys):
         plan_run(tiny("gpt2"), 1e6, moe=Moe(experts=4, active=5))
 
 
+
+@pytest.mark.parametrize("flag, value", [("--gpus", "0"), ("--mfu", "0"), ("--peak-flops", "0"),
+                                         ("--memory-gb", "0"), ("--peak-flops", "-1e15"), ("--price", "-1")])
+def test_a_zero_or_negative_hardware_flag_is_refused_not_replaced_by_the_default(capsys, flag, value):
+    assert cli.main(["plan", "--preset", "tiny", f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_memory_model_against_the_cuda_allocator():
     """fp32 weights, AdamW and bf16 autocast, as nextword trains on a GPU ("amp")."""

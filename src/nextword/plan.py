@@ -528,9 +528,14 @@ def plan_run(cfg: ModelConfig, tokens: float, *, gpu: Gpu | str = "h100", gpus: 
     gpu = gpu_spec(gpu)
     check_model(cfg, moe)
     if tokens <= 0 or gpus < 1 or not 0 < mfu <= 1 or micro_batch < 1:
-        raise ConfigError("tokens, --gpus and --micro-batch must be positive and --mfu in (0, 1]")
+        raise ConfigError(f"tokens {tokens:g}, --gpus {gpus} and --micro-batch {micro_batch} must be above 0, "
+                          f"and --mfu {mfu:g} a fraction in (0, 1]")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if not (gpu.peak_flops > 0 and gpu.memory_gib > 0):
+        raise ConfigError(f"--peak-flops {gpu.peak_flops:g} and --memory-gb {gpu.memory_gib:g} must be above 0")
+    if price is not None and not price >= 0:
+        raise ConfigError(f"--price {price:g} must be 0 or more (USD per GPU-hour)")
     price = gpu.price_per_hour if price is None else price
     params = count_params(cfg, moe)
     flops = count_flops(cfg, params, tokens)
@@ -620,23 +625,28 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg, moe, defaults = model_from_args(args)
     gpu = gpu_spec(args.gpu or defaults.get("gpu", "h100"))
-    if args.peak_flops or args.memory_gb:
+    if args.peak_flops is not None or args.memory_gb is not None:
         gpu = dataclasses.replace(gpu, name=f"{gpu.name} (overridden)", source=f"{gpu.source}; overridden",
-                                  peak_flops=args.peak_flops or gpu.peak_flops,
-                                  memory_gib=args.memory_gb or gpu.memory_gib)
+                                  peak_flops=_given(args.peak_flops, gpu.peak_flops),
+                                  memory_gib=_given(args.memory_gb, gpu.memory_gib))
     tokens = parse_count(args.tokens, "--tokens") if args.tokens else defaults.get("tokens")
     if tokens is None:
         tokens = TOKENS_PER_PARAM * count_params(cfg, moe).active
-    mfu = args.mfu or defaults.get("mfu", DEFAULT_MFU)
+    mfu = _given(args.mfu, defaults.get("mfu", DEFAULT_MFU))
     # Published GPU-hours only compare with an estimate on the same GPU as the run.
     same_gpu = args.run and gpu == GPUS[RUNS[args.run].gpu]
-    plan = plan_run(cfg, tokens, gpu=gpu, gpus=args.gpus or defaults.get("gpus", 1), mfu=mfu, price=args.price,
+    plan = plan_run(cfg, tokens, gpu=gpu, gpus=_given(args.gpus, defaults.get("gpus", 1)), mfu=mfu, price=args.price,
                     moe=moe, precision=args.precision, micro_batch=args.micro_batch, flash=not args.no_flash,
                     run_name=args.run if same_gpu else None, from_run=args.from_run)
     if args.run and not same_gpu:
         plan.notes.append(f"the published comparison is left out: the GPU differs from the run's {RUNS[args.run].gpu}")
     print(json.dumps(plan.to_dict(), indent=2) if args.json else render(plan))
     return 0
+
+
+def _given(value: Any, default: Any) -> Any:
+    """A flag's value where the user gave one, so that a 0 reaches validation instead of meaning 'the default'."""
+    return default if value is None else value
 
 
 def model_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Moe | None, dict[str, Any]]:
