@@ -174,6 +174,13 @@ def test_jsonl_in_a_folder_is_picked_by_its_extension(tmp_path):
     assert [(d.id, d.text) for d in docs] == [("part.jsonl.gz:1", "from a shard")]
 
 
+
+def test_a_byte_order_mark_does_not_cost_the_first_record(tmp_path):
+    path = tmp_path / "saved_on_windows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + jsonl_bytes([{"text": "first"}, {"text": "second"}]))
+    docs, skips = read([path])
+    assert [d.text for d in docs] == ["first", "second"] and skips.total == 0
+
 def many_records(count: int) -> bytes:
     return jsonl_bytes([{"text": f"document number {i} " + "padding " * 30} for i in range(count)])
 

@@ -280,7 +280,8 @@ def _read_jsonl(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
 
 def _jsonl_document(raw: bytes, line_number: int, path: Path, display: str, skips: SkipLog) -> Document | None:
     try:
-        record = json.loads(raw.decode("utf-8"))
+        # utf-8-sig on the first line: a file saved by a Windows editor starts with a byte-order mark.
+        record = json.loads(raw.decode("utf-8-sig" if line_number == 1 else "utf-8"))
     except UnicodeDecodeError:
         skips.skip(path, f"line {line_number}: not valid UTF-8")
         return None
