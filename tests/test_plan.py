@@ -230,6 +230,17 @@ def test_a_zero_or_negative_hardware_flag_is_refused_not_replaced_by_the_default
     assert flag in err and len(err.strip().splitlines()) == 1
 
 
+
+@pytest.mark.parametrize("flags, named", [(["--heads=0"], "model.n_heads"), (["--kv-heads=-2"], "model.n_kv_heads"),
+                                          (["--d-ff=-1"], "model.d_ff"), (["--experts=0"], "--experts 0"),
+                                          (["--experts=-2"], "--experts -2"),
+                                          (["--experts=4", "--shared-experts=-1"], "--shared-experts -1")])
+def test_an_impossible_model_shape_is_refused_before_any_arithmetic(capsys, flags, named):
+    assert cli.main(["plan", "--preset", "tiny", *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_memory_model_against_the_cuda_allocator():
     """fp32 weights, AdamW and bf16 autocast, as nextword trains on a GPU ("amp")."""

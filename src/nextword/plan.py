@@ -569,13 +569,19 @@ def check_model(cfg: ModelConfig, moe: Moe | None) -> None:
     for name in ("n_layers", "d_model", "n_heads", "context", "vocab_size"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"model.{name} = {getattr(cfg, name)} must be greater than 0")
+    for name in ("n_kv_heads", "d_ff"):  # 0 means the default: as many as the heads, the family's usual width
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"model.{name} = {getattr(cfg, name)} must be 0 (the default) or more")
     if cfg.arch not in ("gpt2", "llama"):
         raise ConfigError(f"model.arch = {cfg.arch!r} is not one of: gpt2, llama")
     if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.kv_heads:
         raise ConfigError(f"d_model = {cfg.d_model}, heads = {cfg.n_heads}, kv_heads = {cfg.kv_heads}: d_model must "
                           "be divisible by heads and heads by kv_heads")
+    if moe and moe.experts < 1:
+        raise ConfigError(f"--experts {moe.experts} must be at least 1 (leave it out for a dense model)")
     if moe and not (1 <= moe.active <= moe.experts and moe.shared >= 0):
-        raise ConfigError(f"--active-experts {moe.active} must be between 1 and --experts {moe.experts}")
+        raise ConfigError(f"--active-experts {moe.active} must be between 1 and --experts {moe.experts}, and "
+                          f"--shared-experts {moe.shared} 0 or more")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -681,8 +687,9 @@ def model_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Moe | None, 
         wrapper = RunConfig(model=cfg)
         apply_overrides(wrapper, overrides)
         cfg = wrapper.model
-    if args.experts:
+    if args.experts is not None:
         moe = Moe(args.experts, args.active_experts, args.shared_experts)
+    check_model(cfg, moe)
     return cfg, moe, defaults
 
 
