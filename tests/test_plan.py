@@ -189,6 +189,16 @@ def test_from_run_uses_the_measured_speed(tmp_path, capsys):
     assert measured["cluster"]["gpu_hours"] == pytest.approx(plan["flops"]["total"] / (989.4e12 * 0.3) / 3600)
 
 
+def test_from_run_reads_a_log_whose_last_line_is_cut_short(tmp_path, capsys):
+    cfg = tiny("gpt2")
+    write_run(tmp_path / "run", cfg, [100.0, 1900.0, 2000.0, 2100.0], mfu=0.3,
+              flops_per_token=GPT(cfg).flops_per_token())
+    with open(tmp_path / "run" / "log.jsonl", "a") as log:
+        log.write('{"kind": "train", "step": 50, "tok')  # a run still writing, or killed mid-line
+    assert cli.main(["plan", "--from-run", str(tmp_path / "run"), "--tokens", "1M", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["measured"]["tokens_per_s"] == 2000.0
+
+
 def test_from_run_without_a_log_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="log.jsonl"):
         plan_run(tiny("gpt2"), 1e6, from_run=tmp_path)

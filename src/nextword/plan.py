@@ -30,6 +30,7 @@ from nextword.config import (
     DataConfig, ModelConfig, RunConfig, apply_overrides, load, model_preset, parse_count,
 )
 from nextword.errors import ConfigError, DataError
+from nextword.runlog import read_log
 
 # ---------------------------------------------------------------------------------------------------------------
 # Hardware
@@ -466,13 +467,8 @@ def read_run_log(run_dir: Path) -> tuple[dict, list[dict]]:
     if not path.is_file():
         raise DataError(f"{path}: no such file; --from-run takes a run directory that `nextword train` wrote")
     run, steps = None, []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"{path}:{number}: not a JSON line; the log is damaged") from None
+    # A run still writing, or killed mid-line, leaves its last line cut short: read_log leaves it out.
+    for record in read_log(path):
         if record.get("kind") == "run":
             run = record
         elif record.get("kind") == "train" and record.get("tokens_per_s"):
