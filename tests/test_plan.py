@@ -232,6 +232,12 @@ def test_cli_moe_and_bad_input(capsys):
 
 
 
+@pytest.mark.parametrize("tokens", ["inf", "1e400"])
+def test_an_infinite_token_count_is_a_clear_error(capsys, tokens):
+    assert cli.main(["plan", "--preset", "tiny", "--tokens", tokens]) == 2
+    assert "is not a count" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag, value", [("--gpus", "0"), ("--mfu", "0"), ("--peak-flops", "0"),
                                          ("--memory-gb", "0"), ("--peak-flops", "-1e15"), ("--price", "-1")])
 def test_a_zero_or_negative_hardware_flag_is_refused_not_replaced_by_the_default(capsys, flag, value):

@@ -383,7 +383,7 @@ def parse_count(text: str | int | float, name: str = "tokens") -> int:
     unit = raw[-1:] if raw[-1:].isalpha() and raw[-1:] in _COUNT_UNITS else ""
     try:
         count = int(float(raw[: len(raw) - len(unit)]) * _COUNT_UNITS[unit])
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf" or "1e400"
         raise ConfigError(f"{name} = {text!r} is not a count; write e.g. 300000, 20M or 1.5B") from None
     if count <= 0:
         raise ConfigError(f"{name} = {text!r} must be more than zero")
