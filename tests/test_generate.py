@@ -76,6 +76,15 @@ def test_top_k_and_temperature_reshape_the_distribution():
     torch.testing.assert_close(probs, expected / expected.sum())
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-45])
+def test_a_tiny_temperature_draws_the_most_likely_token(temperature):
+    logits = torch.tensor([1.0, 3.0, 2.0, -40.0])
+    torch.testing.assert_close(next_token_probs(logits, temperature=temperature), torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    model = tiny_model()
+    greedy = list(sample(model, [7], 10, temperature=0))
+    assert list(sample(model, [7], 10, temperature=temperature, seed=1)) == greedy
+
+
 def test_sampling_follows_the_distribution():
     model = tiny_model(vocab=VOCAB)
     with torch.no_grad():
@@ -136,3 +145,12 @@ def test_sample_command_streams_the_continuation(tmp_path, tokenizer, capsys):
                            stop_id=tokenizer.eos_id))
     assert out.out == tokenizer.decode(tokenizer.encode("def main") + expected) + "\n"
     assert "tokens/s" in out.err
+
+
+@pytest.mark.parametrize("flag", ["--temperature=nan", "--temperature=-1", "--top-p=0", "--top-p=nan"])
+def test_sample_refuses_a_bad_setting_in_one_line(tmp_path, capsys, flag):
+    from nextword import cli
+
+    assert cli.main(["sample", str(tmp_path), flag]) == 2
+    err = capsys.readouterr().err
+    assert "--temperature" in err and len(err.strip().splitlines()) == 1

@@ -70,7 +70,9 @@ def pick(logits: Tensor, temperature: float, top_k: int, top_p: float, generator
 def next_token_probs(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """The distribution a token is drawn from: softmax(logits / temperature), restricted to the top_k most likely
     tokens (0: all), then to the smallest set of the most likely whose probability reaches top_p, renormalised."""
-    logits = logits.float() / temperature
+    # Dividing after subtracting the largest logit keeps a tiny temperature from overflowing to inf (and softmax
+    # to nan): the most likely token stays at 0, the others go towards −inf, and the draw tends to greedy.
+    logits = (logits.float() - logits.max().float()) / temperature
     if 0 < top_k < logits.shape[-1]:
         kth_largest = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 1:
         raise ConfigError(f"--max-tokens {args.max_tokens} must be at least 1")
-    if args.temperature < 0 or args.top_k < 0 or not 0.0 < args.top_p <= 1.0:
+    if not args.temperature >= 0 or args.top_k < 0 or not 0.0 < args.top_p <= 1.0:  # `not >=` catches nan
         raise ConfigError("--temperature and --top-k must be 0 or more, and --top-p in (0, 1]")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model, tokenizer, _ = load_for_inference(args.run_dir, device)
