@@ -154,3 +154,12 @@ def test_sample_refuses_a_bad_setting_in_one_line(tmp_path, capsys, flag):
     assert cli.main(["sample", str(tmp_path), flag]) == 2
     err = capsys.readouterr().err
     assert "--temperature" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("device", ["foo", "tpu", "cuda:7" if torch.cuda.is_available() else "cuda"])
+def test_sample_refuses_a_device_this_machine_lacks_in_one_line(tmp_path, capsys, device):
+    from nextword import cli
+
+    assert cli.main(["sample", str(tmp_path), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert f"--device = {device!r}" in err and len(err.strip().splitlines()) == 1

@@ -98,27 +98,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", metavar="FILE", help="a UTF-8 text file to score; default: the run's validation split")
     parser.add_argument("--shard-dir", metavar="DIR", help="a prepared data dir to score (its val split)")
     parser.add_argument("--batches", type=int, default=50, help="batches of the split to score (default 50)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from nextword.checkpoint import load_for_inference
+    from nextword.machine import resolve_device
 
-    model, tokenizer, cfg = load_for_inference(args.run, args.device)
+    device = str(resolve_device(args.device, "--device"))
+    model, tokenizer, cfg = load_for_inference(args.run, device)
     if args.text:
         path = Path(args.text)
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
-        result, what = evaluate_text(model, tokenizer, text, cfg.model.context, args.device), str(path)
+        result, what = evaluate_text(model, tokenizer, text, cfg.model.context, device), str(path)
     else:
         data_dir = Path(args.shard_dir or cfg.data.data_dir)
         split = TokenShards(data_dir, "val")
         if split.tokenizer_hash != tokenizer.hash:
             raise DataError(f"{data_dir}: tokenized with another tokenizer than the run's; score it with --text")
-        result = evaluate_loss(model, split, cfg.train.micro_batch, cfg.model.context, args.batches, args.device)
+        result = evaluate_loss(model, split, cfg.train.micro_batch, cfg.model.context, args.batches, device)
         what = f"{data_dir} (validation split)"
     if args.json:
         print(json.dumps(result))

@@ -125,12 +125,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nextword.checkpoint import load_for_inference
     from nextword.errors import ConfigError
+    from nextword.machine import resolve_device
 
     if args.max_tokens < 1:
         raise ConfigError(f"--max-tokens {args.max_tokens} must be at least 1")
     if not args.temperature >= 0 or args.top_k < 0 or not 0.0 < args.top_p <= 1.0:  # `not >=` catches nan
         raise ConfigError("--temperature and --top-k must be 0 or more, and --top-p in (0, 1]")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = str(resolve_device(args.device, "--device"))
     model, tokenizer, _ = load_for_inference(args.run_dir, device)
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eos_id]
     decoder = StreamDecoder(tokenizer)

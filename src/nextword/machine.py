@@ -68,20 +68,33 @@ def cpu_bf16_native() -> bool:
         return False
 
 
-def detect(device: str = "auto", threads: int = 0, bf16_probe: Callable[[], bool] = cpu_bf16_native) -> Machine:
-    """Pick the device and thread count. `bf16_probe` is injectable so both CPU paths can be tested anywhere."""
+def resolve_device(device: str, setting: str = "train.device") -> torch.device:
+    """'auto' (the GPU where there is one, else the CPU), 'cpu', 'cuda' or 'cuda:N' as a device this machine has;
+    anything else is a one-line error naming `setting`, the flag or config field the value came from."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{setting} = {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{setting} = {device!r}, but this machine has no CUDA GPU; use auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{setting} = {device!r}, but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                          "use cuda:0 or cuda")
+    return dev
+
+
+def detect(device: str = "auto", threads: int = 0, bf16_probe: Callable[[], bool] = cpu_bf16_native) -> Machine:
+    """Pick the device and thread count. `bf16_probe` is injectable so both CPU paths can be tested anywhere."""
+    dev = resolve_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device = {device!r}, but this machine has no CUDA GPU; use auto or cpu")
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)
         return Machine(dev, torch.cuda.get_device_name(index), f"sm_{major}{minor}", usable_cores(),
                        torch.cuda.is_bf16_supported())
-    if dev.type != "cpu":
-        raise ConfigError(f"train.device = {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     n = threads or usable_cores()
     torch.set_num_threads(n)
     return Machine(dev, cpu_model(), torch.backends.cpu.get_cpu_capability(), n, bf16_probe())
