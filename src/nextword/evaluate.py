@@ -53,12 +53,15 @@ def evaluate_loss(model: torch.nn.Module, split: TokenShards, batch_size: int, c
 
 @torch.no_grad()
 def evaluate_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, context: int,
-                  device: torch.device | str) -> dict[str, float]:
-    """Loss over every token of `text` (after the first), in windows of `context` tokens, and its bits per byte."""
+                  device: torch.device | str, where: str = "the text") -> dict[str, float]:
+    """Loss over every token of `text`, in windows of `context` tokens, and its bits per byte."""
     ids = tokenizer.encode(text)
-    if len(ids) < 2:
-        raise DataError("the text is shorter than two tokens; there is nothing to predict")
+    if not ids:
+        raise DataError(f"{where}: empty, so there is nothing to score; give a file with some text in it")
     model.eval()
+    # The first token is predicted from the end-of-text token, as every document follows one in training: so
+    # the loss covers every byte of the text, the bytes that bits per byte divides by.
+    ids = [tokenizer.eos_id] + ids
     tokens = torch.tensor(ids, dtype=torch.long, device=device)
     nats, predicted = 0.0, 0
     for begin in range(0, len(ids) - 1, context):
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
-        result, what = evaluate_text(model, tokenizer, text, cfg.model.context, device), str(path)
+        result, what = evaluate_text(model, tokenizer, text, cfg.model.context, device, str(path)), str(path)
     else:
         data_dir = Path(args.shard_dir or cfg.data.data_dir)
         split = TokenShards(data_dir, "val")
