@@ -77,3 +77,9 @@ def test_eval_refuses_a_device_this_machine_lacks_in_one_line(tmp_path, capsys, 
     assert cli.main(["eval", str(tmp_path), "--device", device]) == 2
     err = capsys.readouterr().err
     assert f"--device = {device!r}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("batches", ["0", "-5"])
+def test_eval_refuses_fewer_than_one_batch(tmp_path, capsys, batches):
+    assert cli.main(["eval", str(tmp_path), f"--batches={batches}"]) == 2
+    assert f"--batches {batches}" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from nextword.config import EvalConfig
 from nextword.data.loader import TokenLoader
 from nextword.data.shards import TokenShards
 from nextword.data.tokenizer import Tokenizer
-from nextword.errors import DataError
+from nextword.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from nextword.distributed import World
@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     from nextword.checkpoint import load_for_inference
     from nextword.machine import resolve_device
 
+    if args.batches < 1:
+        raise ConfigError(f"--batches {args.batches} must be at least 1")
     device = str(resolve_device(args.device, "--device"))
     model, tokenizer, cfg = load_for_inference(args.run, device)
     if args.text:
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
+            raise DataError(f"{path}: cannot read as UTF-8 text ({e}); pass a UTF-8 text file") from None
         result, what = evaluate_text(model, tokenizer, text, cfg.model.context, device, str(path)), str(path)
     else:
         data_dir = Path(args.shard_dir or cfg.data.data_dir)
