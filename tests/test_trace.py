@@ -204,11 +204,9 @@ def test_html_page_renders_in_a_headless_browser(tmp_path, tokenizer):
     assert pixels.std() > 0.01  # something is drawn, not a blank page
 
 
-def test_trace_command_on_a_run(tmp_path, tokenizer, capsys):
+def write_run(run_dir: Path, tokenizer: Tokenizer) -> Path:
+    """A run directory with one checkpoint of tiny_model, as `nextword train` leaves it."""
     checkpoint = pytest.importorskip("nextword.checkpoint")
-    from nextword import cli
-
-    run_dir = tmp_path / "run"
     run_dir.mkdir()
     cfg = RunConfig()
     cfg.model = tiny_model(tokenizer).cfg
@@ -217,7 +215,13 @@ def test_trace_command_on_a_run(tmp_path, tokenizer, capsys):
     tokenizer.save(run_dir / "tokenizer.json")
     checkpoint.save_checkpoint(run_dir, 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, cfg,
                                tokenizer.hash, keep_last=1)
+    return run_dir
 
+
+def test_trace_command_on_a_run(tmp_path, tokenizer, capsys):
+    from nextword import cli
+
+    run_dir = write_run(tmp_path / "run", tokenizer)
     page = tmp_path / "trace.html"
     assert cli.main(["trace", str(run_dir), "--text", TEXT, "--json", "--html", str(page)]) == 0
     record = json.loads(capsys.readouterr().out)
@@ -233,3 +237,19 @@ def test_trace_command_on_a_run(tmp_path, tokenizer, capsys):
     assert "5. The same prediction after the step" in out and "\x1b[" not in out
     assert cli.main(["trace", str(run_dir), "--file", str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("page", ["missing-folder/trace.html", "."])
+def test_an_html_page_that_cannot_be_written_is_a_one_line_error(tmp_path, tokenizer, capsys, page):
+    from nextword import cli
+
+    run_dir = write_run(tmp_path / "run", tokenizer)
+    assert cli.main(["trace", str(run_dir), "--text", TEXT, "--html", str(tmp_path / page)]) == 2
+    err = capsys.readouterr().err
+    assert "--html" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("lr", [math.nan, math.inf])
+def test_a_learning_rate_that_is_not_a_finite_number_is_refused(tokenizer, lr):
+    with pytest.raises(ConfigError, match="--lr"):
+        trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=lr)

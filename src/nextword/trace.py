@@ -103,8 +103,8 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
     """
     if optimizer not in ("sgd", "adamw"):
         raise ConfigError(f"--optimizer {optimizer!r}: choose sgd or adamw")
-    if lr <= 0 or top_k < 1:
-        raise ConfigError(f"--lr {lr} must be above 0 and --top-k {top_k} at least 1")
+    if not 0 < lr < math.inf or top_k < 1:  # written so that a nan lr fails it too
+        raise ConfigError(f"--lr {lr} must be a finite number above 0 and --top-k {top_k} at least 1")
     ids = tokenizer.encode(text)[: model.cfg.context + 1]  # one training window at most
     if len(ids) < 2:
         raise DataError(f"the text {text!r} is {len(ids)} token(s); a training step needs at least 2 "
@@ -378,7 +378,11 @@ def run(args: argparse.Namespace) -> int:
         colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         print(render_text(result, Style(colour)))
     if args.html:
-        Path(args.html).write_text(render_html(result), encoding="utf-8")
+        try:
+            Path(args.html).write_text(render_html(result), encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"{args.html}: cannot write the page ({e.strerror}); give --html a file path in a "
+                            "folder that exists") from None
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
