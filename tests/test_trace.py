@@ -253,3 +253,15 @@ def test_an_html_page_that_cannot_be_written_is_a_one_line_error(tmp_path, token
 def test_a_learning_rate_that_is_not_a_finite_number_is_refused(tokenizer, lr):
     with pytest.raises(ConfigError, match="--lr"):
         trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=lr)
+
+
+def test_a_text_longer_than_the_context_is_cut_to_one_window_and_says_so(tmp_path, tokenizer, capsys):
+    from nextword import cli
+
+    run_dir = write_run(tmp_path / "run", tokenizer)
+    long_text = " ".join([TEXT] * 10)
+    assert len(tokenizer.encode(long_text)) > 33
+    assert cli.main(["trace", str(run_dir), "--text", long_text, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["tokens"]) == 33  # context 32 + 1
+    assert f"is {len(tokenizer.encode(long_text)):,} tokens" in captured.err and "the first 33" in captured.err

@@ -75,11 +75,12 @@ class TraceResult:
     grad_norm: float  # ‖∇θ‖ over all parameters
     update_ratio: float  # ‖Δθ‖ / ‖θ‖ over all parameters
     focus: int | None = None  # the one position to show, if chosen
+    text_tokens: int = 0  # the whole text's length in tokens; more than len(tokens) when it outgrew one window
 
     def to_dict(self) -> dict:
         """The JSON other tools read (the fields of issue #4, nothing else)."""
         record = asdict(self)
-        del record["focus"]
+        del record["focus"], record["text_tokens"]
         return record
 
     @property
@@ -105,7 +106,8 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
         raise ConfigError(f"--optimizer {optimizer!r}: choose sgd or adamw")
     if not 0 < lr < math.inf or top_k < 1:  # written so that a nan lr fails it too
         raise ConfigError(f"--lr {lr} must be a finite number above 0 and --top-k {top_k} at least 1")
-    ids = tokenizer.encode(text)[: model.cfg.context + 1]  # one training window at most
+    text_ids = tokenizer.encode(text)
+    ids = text_ids[: model.cfg.context + 1]  # one training window at most
     if len(ids) < 2:
         raise DataError(f"the text {text!r} is {len(ids)} token(s); a training step needs at least 2 "
                         "(a prefix and a next token); give a longer --text")
@@ -140,7 +142,7 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
         tokens=[TokenInfo(i, tokenizer.token_text(i)) for i in ids], positions=positions,
         loss_before=sum(p.loss_before for p in positions) / len(positions),
         loss_after=sum(p.loss_after for p in positions) / len(positions),
-        grad_norm=grad_norm, update_ratio=update_ratio, focus=focus,
+        grad_norm=grad_norm, update_ratio=update_ratio, focus=focus, text_tokens=len(text_ids),
     )
 
 
@@ -372,6 +374,9 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else (DEFAULT_SGD_LR if args.optimizer == "sgd" else train.lr)
     result = trace_step(model, tokenizer, text, lr=lr, optimizer=args.optimizer, top_k=args.top_k,
                         position=args.position, train=train)
+    if result.text_tokens > len(result.tokens):
+        print(f"trace: the text is {result.text_tokens:,} tokens and one training window holds context + 1 = "
+              f"{len(result.tokens)}, so the step uses the first {len(result.tokens)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=1))
     else:
