@@ -135,6 +135,16 @@ def test_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path, capsys):
     assert "holds no training records" in capsys.readouterr().err
 
 
+
+def test_an_out_folder_that_cannot_be_made_is_a_one_line_error(tmp_path, capsys):
+    write_log(tmp_path / "run", [{"kind": "run", "device": "cpu"}, train_record(1, 5.0)])
+    (tmp_path / "a_file").write_text("not a folder")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "report"):
+        assert cli.main(["report", str(tmp_path / "run"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and str(out) in err and "--out" in err
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium for a headless screenshot")
 def test_a_browser_draws_the_page_with_its_plots(tmp_path):
     run_dir = tmp_path / "run"

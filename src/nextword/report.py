@@ -19,7 +19,7 @@ from typing import Any, Callable
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
-from nextword.errors import CheckpointError
+from nextword.errors import CheckpointError, DataError
 from nextword.runlog import read_log
 
 FIGURE_SIZE = (6.4, 4.0)  # inches; at 100 dpi 640 × 400 pixels, two side by side on a wide screen
@@ -320,6 +320,14 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     """Draw the plots and write the page; return the page's path."""
     history = read_history(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    try:
+        return _write_page(history, out)
+    except OSError as e:
+        raise DataError(f"{out}: cannot write the report there ({e.strerror}); give --out a folder you can "
+                        "write to") from None
+
+
+def _write_page(history: RunHistory, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plot_files: dict[str, str | None] = {}
     for name, (file, _, draw, _) in PLOTS.items():
