@@ -291,3 +291,16 @@ def test_memory_model_against_the_cuda_allocator():
     peak = torch.cuda.max_memory_allocated() - baseline - x.numel() * x.element_size()
     # Activations are an estimate (temporaries and allocator rounding come on top); the peak must land near it.
     assert peak == pytest.approx(row.total, rel=0.35)
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`nextword plan --list | head -1`: the reader closes the pipe; no traceback, as with Unix tools."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "nextword", "plan", "--run", "llama3.1-405b"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        process.stdout.close()  # before the plan is printed, so its print meets a closed pipe
+        err = process.stderr.read().decode()
+    assert process.returncode == 141  # 128 + SIGPIPE, as a Unix tool killed by the closed pipe
+    assert "Traceback" not in err and "BrokenPipeError" not in err
