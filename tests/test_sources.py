@@ -318,6 +318,32 @@ def test_web_archives_go_to_the_web_reader(tmp_path):
     assert all(d.source != "file" for d in routed)
 
 
+
+def test_a_folder_of_dataset_files_is_read_whatever_the_text_extensions(tmp_path):
+    """A downloaded dataset is a folder of JSONL, parquet or WARC/WET files: `extensions` only picks which text
+    and code files a folder contributes, so the folder is not read as empty."""
+    pytest.importorskip("nextword.data.web", reason="the WARC/WET reader is not in this tree yet")
+    (tmp_path / "shard_0.jsonl").write_text(json.dumps({"text": "a line of jsonl text"}) + "\n")
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "p.json.gz").write_bytes(gzip.compress(b'{"text": "a dolma record"}\n'))
+    pq.write_table(pa.table({"text": ["a parquet row"]}), tmp_path / "part" / "q.parquet")
+    body = b"A page of plain English text about rivers and the towns along them. " * 5
+    (tmp_path / "crawl.wet.gz").write_bytes(gzip.compress(
+        b"WARC/1.0\r\nWARC-Type: conversion\r\nWARC-Target-URI: http://example.com/rivers\r\n"
+        b"WARC-Date: 2024-01-01T00:00:00Z\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-000000000002>\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body + b"\r\n\r\n"))
+    (tmp_path / "notes.csv").write_text("neither,a,dataset,format,nor,listed\n")
+
+    docs, skips = read([tmp_path], extensions=[".txt"])
+
+    assert sorted(d.text.strip()[:14] for d in docs) == sorted(
+        ["A page of plai", "a dolma record", "a line of json", "a parquet row"])
+    assert skips.total == 0
+    before = sources_fingerprint([str(tmp_path)], [".txt"])
+    (tmp_path / "shard_1.jsonl").write_text(json.dumps({"text": "one more"}) + "\n")
+    assert sources_fingerprint([str(tmp_path)], [".txt"]) != before
+
+
 def test_skip_summary_names_each_file_once_and_marks_more():
     skips = SkipLog()
     for line in (3, 9):

@@ -42,6 +42,8 @@ READER_VERSION = 3
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
 WEB_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz", ".warc.wet.gz")
 PARQUET_SUFFIX = ".parquet"
+# A folder contributes these whatever data.extensions says: a downloaded dataset is a folder of such files.
+DATA_FORMAT_SUFFIXES = (*JSONL_SUFFIXES, *WEB_SUFFIXES, PARQUET_SUFFIX)
 DEFAULT_CORPUS_NAME = "stdlib"
 
 # Folders of the standard library that are not library code: installed packages, bytecode, and test suites.
@@ -386,11 +388,12 @@ def _is_empty(path: Path, skips: SkipLog) -> bool:
 
 def _matches(name: str, extensions: list[str]) -> bool:
     lowered = name.lower()
-    return any(lowered.endswith(extension.lower()) for extension in extensions)
+    return lowered.endswith(DATA_FORMAT_SUFFIXES) or any(lowered.endswith(ext.lower()) for ext in extensions)
 
 
 def _folder_files(root: Path, extensions: list[str]) -> list[Path]:
-    """Files under `root` whose names end with one of `extensions`, sorted by relative path.
+    """Files under `root` in a data format (JSONL, parquet, WARC/WET) or whose names end with one of
+    `extensions` (which text and code files to take), sorted by relative path.
 
     Hidden folders (.git, .venv) and bytecode caches are not walked: they hold tooling, not the user's text.
     """
@@ -412,7 +415,8 @@ def _existing_path(source: str) -> Path:
 
 def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> Iterator[Document]:
     """Documents from each source in order: "stdlib" (also what [] means) is the default corpus; a folder is
-    read recursively for files ending with one of `extensions`; a single file is read whatever its extension.
+    read recursively for JSONL, parquet and WARC/WET files and for files ending with one of `extensions`; a
+    single file is read whatever its extension.
 
     Raises DataError for a source that does not exist, before reading anything.
     """
