@@ -105,6 +105,10 @@ def test_an_adamw_step_is_the_training_loops_step(tokenizer):
     result = trace_step(model, tokenizer, TEXT, lr=train.lr, optimizer="adamw", train=train)
 
     assert result.optimizer == "adamw"
+    # A first AdamW step moves each weight by about lr whatever its gradient (m̂/√v̂ = g/|g|), as the page says.
+    assert "first step" in render_text(result) and "first step" in render_html(result)
+    moved = torch.cat([(a - b).abs().flatten() for a, b in zip(model.parameters(), tiny_model(tokenizer).parameters())])
+    assert moved.median().item() == pytest.approx(train.lr, rel=0.05)
     after = dict(model.named_parameters())
     for name, theta in reference.named_parameters():
         torch.testing.assert_close(after[name].detach(), theta.detach(), rtol=1e-6, atol=1e-9, msg=name)

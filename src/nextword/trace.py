@@ -34,6 +34,7 @@ from nextword.model import GPT
 
 DEFAULT_TEXT = "The function returns a new list of the keys in the dictionary."
 DEFAULT_SGD_LR = 0.01
+ADAMW_RULE = "AdamW as the training loop takes its first step (moments start at zero: each weight moves by about lr)"
 
 
 @dataclass
@@ -100,7 +101,8 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
     The model runs in fp32 with dropout off, so the numbers are exact and repeatable. "sgd" updates every weight
     by exactly −lr·grad (no momentum, clipping or weight decay). "adamw" takes the training loop's step: AdamW
     with the parameter groups, betas, eps and weight decay of `train` (default: TrainConfig()), after clipping
-    the gradient norm to train.grad_clip.
+    the gradient norm to train.grad_clip. Its moments start at zero, as at the loop's first step, where each
+    weight moves by about lr whatever its gradient's size; later in a run, the moments make steps smaller.
     """
     if optimizer not in ("sgd", "adamw"):
         raise ConfigError(f"--optimizer {optimizer!r}: choose sgd or adamw")
@@ -258,7 +260,7 @@ def render_text(result: TraceResult, style: Style | None = None) -> str:
     out += [f"   {line}" for line in explain_loss(r)]
     out.append("")
 
-    rule = "θ ← θ − lr·∇θ, exactly" if r.optimizer == "sgd" else "AdamW, as the training loop takes it"
+    rule = "θ ← θ − lr·∇θ, exactly" if r.optimizer == "sgd" else ADAMW_RULE
     out.append(s.bold(f"4. One optimizer step: {rule}"))
     out.append(f"   gradient norm ‖∇θ‖ = {r.grad_norm:.4g}")
     out.append(f"   update size ‖Δθ‖/‖θ‖ = {r.update_ratio:.3g}: the weights moved by {100 * r.update_ratio:.3g}% "
@@ -322,7 +324,7 @@ def render_html(result: TraceResult) -> str:
             f"<td><code>{esc(shown(pos.target.text))}</code></td><td>{top}</td>"
             f'<td class="num">{pos.p_before:.4g}</td><td class="num">{pos.loss_before:.4f}</td>'
             f'<td class="num {verdict}">{pos.p_after:.4g}</td><td class="num {verdict}">{pos.loss_after:.4f}</td></tr>')
-    rule = "θ ← θ − lr·∇θ, exactly" if r.optimizer == "sgd" else "AdamW, as the training loop takes it"
+    rule = "θ ← θ − lr·∇θ, exactly" if r.optimizer == "sgd" else ADAMW_RULE
     explanation = "".join(f"<p>{esc(line)}</p>" for line in explain_loss(r))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>nextword trace</title><style>{PAGE_CSS}</style></head>
@@ -360,7 +362,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help=f"learning rate (default: {DEFAULT_SGD_LR} for sgd, the run's "
                         "train.lr for adamw)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd (default): the update "
-                        "is exactly −lr·gradient; adamw: the training loop's optimizer")
+                        "is exactly −lr·gradient; adamw: the training loop's optimizer, taking a first step from "
+                        "zero moments")
     parser.add_argument("--top-k", type=int, default=5, help="predictions to show per position (default 5)")
     parser.add_argument("--position", type=int, help="show only this position (the mean is still over all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the freshly initialised model (default 0)")
