@@ -7,6 +7,7 @@ Every error names the field and says what would work, in one line.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -282,6 +283,7 @@ CHOICES = {
 
 def validate(cfg: RunConfig) -> None:
     """Reject a config that cannot work, naming the field and a value that would."""
+    _validate_numbers(cfg)
     for dotted, allowed in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
@@ -347,6 +349,27 @@ def validate(cfg: RunConfig) -> None:
     _validate_spike_rollback(t)
 
 
+def _validate_numbers(cfg: RunConfig) -> None:
+    """Ranges that torch or the sampler would otherwise reject with a traceback, or accept and go wrong with."""
+    for section in ("model", "train", "eval"):
+        for f in fields(getattr(cfg, section)):
+            value = getattr(getattr(cfg, section), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{f.name} = {value} must be a finite number")
+    m, t, e = cfg.model, cfg.train, cfg.eval
+    for name, value in {"model.norm_eps": m.norm_eps, "model.rope_theta": m.rope_theta}.items():
+        if value <= 0:
+            raise ConfigError(f"{name} = {value} must be greater than 0")
+    for name, value in {"model.init_std": m.init_std, "train.weight_decay": t.weight_decay, "train.eps": t.eps,
+                        "eval.temperature": e.temperature, "eval.top_k": e.top_k,
+                        "eval.sample_tokens": e.sample_tokens}.items():
+        if value < 0:
+            raise ConfigError(f"{name} = {value} must be 0 or more")
+    for name, value in {"train.beta1": t.beta1, "train.beta2": t.beta2}.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name} = {value} must be in [0, 1), e.g. 0.9 or 0.95")
+
+
 def _validate_spike_rollback(t: TrainConfig) -> None:
     if t.spike_window < 2:
         raise ConfigError(f"train.spike_window = {t.spike_window} must be at least 2 (a spread needs two losses)")
@@ -371,7 +394,9 @@ def parse_duration(text: str, name: str = "budget") -> float:
     try:
         seconds = float(number) * _DURATION_UNITS[unit]
     except ValueError:
-        raise ConfigError(f"{name} = {text!r} is not a duration; write e.g. 90s, 10m or 2h") from None
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{name} = {text!r} is not a duration; write e.g. 90s, 10m or 2h")
     if seconds <= 0:
         raise ConfigError(f"{name} = {text!r} must be longer than zero")
     return seconds
