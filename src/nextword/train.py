@@ -333,6 +333,9 @@ def _prepare_data(cfg: RunConfig, world: World, progress: bool) -> tuple[Any, To
 def _choose_precision(cfg: RunConfig, world: World, machine: Machine, model: GPT) -> tuple[str, str]:
     """The precision to train in and why; where it is measured, copies of the model race on rank 0."""
     t = cfg.train
+    if t.precision == "fp16" and not machine.is_cuda:
+        raise ConfigError("train.precision = fp16 trains on a CUDA GPU only (the model's fused loss has no fp16 CPU "
+                          "kernel); on a CPU use auto, bf16 or fp32")
     racers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
     race_batch = torch.randint(0, cfg.model.vocab_size, (t.micro_batch, cfg.model.context + 1),
                                device=machine.device)
