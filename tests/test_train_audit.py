@@ -2,10 +2,13 @@
 what the run is, and folders that cannot be written. Each case ends in one line naming the file or field and
 the fix, never a traceback and never a silently different run."""
 
+import copy
+
 import pytest
 from test_train import tiny  # noqa: F401  (a fixture)
 
 from nextword import cli
+from nextword.checkpoint import checkpoint_step, list_checkpoints
 from nextword.errors import ConfigError
 from nextword.train import train
 
@@ -33,3 +36,22 @@ def test_fp16_on_a_cpu_is_one_line_instead_of_a_crash_in_the_first_step(tiny):
     tiny.train.steps, tiny.train.precision, tiny.train.device = 2, "fp16", "cpu"
     with pytest.raises(ConfigError, match="fp16 trains on a CUDA GPU only.*use auto, bf16 or fp32"):
         train(tiny, progress=False)
+
+
+@pytest.mark.parametrize("option", ["--steps", "--stop-after", "--nproc"])
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_a_count_option_below_one_is_refused_by_the_parser(option, value, capsys):
+    # --steps 0 used to fall back to the 10-minute budget, --stop-after 0 to never stop, --nproc -1 to a traceback.
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["train", "--preset", "tiny", "--dump-config", option, value])
+    assert exit.value.code == 2
+    assert f"argument {option}: '{value}' is not a whole number of 1 or more" in capsys.readouterr().err
+
+
+def test_stop_after_a_step_the_run_has_passed_trains_nothing(tiny, tmp_path, capsys):
+    tiny.train.steps = 10
+    train(copy.deepcopy(tiny), progress=False, stop_after=6)
+    again = train(copy.deepcopy(tiny), progress=False, stop_after=4)
+    assert again["steps"] == 6 and not again["interrupted"]
+    assert "already at or past --stop-after 4: nothing to train" in capsys.readouterr().out
+    assert [checkpoint_step(p) for p in list_checkpoints(tmp_path / "run")] == [6]

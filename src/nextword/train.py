@@ -91,17 +91,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("how long (exactly one governs; default --budget 10m)")
     group.add_argument("--budget", help="wall-clock time for the whole command, e.g. 90s, 10m, 2h")
     group.add_argument("--tokens", help="tokens to train on, e.g. 20M")
-    group.add_argument("--steps", type=int, help="optimizer steps")
+    group.add_argument("--steps", type=_positive_int, help="optimizer steps")
     parser.add_argument("--run-dir", help="where the run lives (config, log, checkpoints); default runs/default")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default auto: measured")
     parser.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile; default auto")
-    parser.add_argument("--stop-after", type=int, metavar="N",
+    parser.add_argument("--stop-after", type=_positive_int, metavar="N",
                         help="save and stop once step N is reached; run the same command again to resume")
     parser.add_argument("--dump-config", action="store_true", help="print the resolved config as TOML and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--nproc", type=int, metavar="N",
+    parser.add_argument("--nproc", type=_positive_int, metavar="N",
                         help="train with N processes on this machine, one per GPU (starts torchrun for you; "
                              "for several machines run torchrun yourself, see docs/scale.md)")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a count of 1 or more (0 would silently mean "not given", a negative count nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -242,6 +253,10 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
         print(f"{run.run_dir} is a finished run ({state.step:,} steps); its model is ready for `nextword sample "
               f"{run.run_dir}`. Start another with --run-dir DIR.")
         return {"run_dir": str(run.run_dir), "steps": state.step, "finished_before": True}
+    if stop_after is not None and state.step >= stop_after:
+        print(f"{run.run_dir} is at step {state.step:,}, already at or past --stop-after {stop_after:,}: nothing to "
+              "train. Run without --stop-after, or with a later step, to go on.")
+        return {"run_dir": str(run.run_dir), "steps": state.step, "interrupted": False}
     if world.size > 1:
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, world, state.step))  # dropout differs between ranks
     if world.is_main:
