@@ -9,7 +9,7 @@ from test_train import tiny  # noqa: F401  (a fixture)
 
 from nextword import cli
 from nextword.checkpoint import checkpoint_step, list_checkpoints
-from nextword.errors import ConfigError
+from nextword.errors import CheckpointError, ConfigError
 from nextword.train import train
 
 
@@ -55,3 +55,25 @@ def test_stop_after_a_step_the_run_has_passed_trains_nothing(tiny, tmp_path, cap
     assert again["steps"] == 6 and not again["interrupted"]
     assert "already at or past --stop-after 4: nothing to train" in capsys.readouterr().out
     assert [checkpoint_step(p) for p in list_checkpoints(tmp_path / "run")] == [6]
+
+
+def other_corpus(folder):
+    folder.mkdir(parents=True)
+    for i in range(30):
+        (folder / f"other_{i:03d}.txt").write_text(" ".join(f"word{(i * j) % 97}" for j in range(300)) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("change", ["other data, same tokenizer", "another seed"])
+def test_resuming_on_another_data_stream_is_refused(change, tiny, tmp_path):
+    tiny.train.steps = 10
+    train(copy.deepcopy(tiny), progress=False, stop_after=5)
+    if change == "another seed":
+        tiny.train.seed += 1
+    else:
+        tiny.data.sources = [str(other_corpus(tmp_path / "other"))]
+        tiny.data.tokenizer = str(tmp_path / "run" / "tokenizer.json")
+        tiny.data.data_dir = str(tmp_path / "other_data")
+    with pytest.raises(CheckpointError, match="step_0000005: saved while training on other data or with another "
+                                              "train.seed .* resume with the run's own config"):
+        train(tiny, progress=False)

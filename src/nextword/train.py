@@ -15,6 +15,8 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -43,9 +45,9 @@ from nextword.checkpoint import (
 from nextword.config import RunConfig, TrainConfig, parse_count, parse_duration
 from nextword.data.loader import TokenLoader
 from nextword.data.prepare import prepare
-from nextword.data.shards import TokenShards
+from nextword.data.shards import TokenShards, read_index
 from nextword.distributed import World
-from nextword.errors import ConfigError, NextwordError
+from nextword.errors import CheckpointError, ConfigError, NextwordError
 from nextword.evaluate import evaluate_loss, samples
 from nextword.machine import (
     DTYPES,
@@ -84,6 +86,9 @@ class Progress:
     recent_losses: list[list[float]] = field(default_factory=list)
     spike_rollbacks: int = 0
     spike_skipped_steps: int = 0
+    # The train split and seed the loader's position counts windows of: resuming on other data would silently read
+    # a different stream from a position that means nothing there.
+    data_stream: str = ""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -377,14 +382,28 @@ def _resume(run: _Run) -> Progress:
     Progress when there is none."""
     # Rank 0 alone verifies and chooses, so every rank loads the same one and the files are hashed once.
     checkpoint = run.world.from_main(latest_checkpoint, run.run_dir)
+    stream = _data_stream(run.cfg)
     if checkpoint is None:
-        return Progress()
+        return Progress(data_stream=stream)
     check_compatible(checkpoint, run.cfg, run.tokenizer.hash)
     state = Progress(**_load(run, checkpoint))
+    if state.data_stream and state.data_stream != stream:
+        raise CheckpointError(
+            f"{checkpoint}: saved while training on other data or with another train.seed than this config gives "
+            f"(the train split of {run.cfg.data.data_dir}, seed {run.cfg.train.seed}); resume with the run's own "
+            f"config ({run.run_dir / 'config.toml'}) or start a new --run-dir")
+    state.data_stream = stream  # a checkpoint from before the stream was recorded is taken as it is
     run.loader.load_state_dict(state.loader)
     if not _finished(state):
         print(f"resuming {run.run_dir} from step {state.step:,} of {state.planned_steps:,}")
     return state
+
+
+def _data_stream(cfg: RunConfig) -> str:
+    """A short hash of what decides the windows the loader reads: the train split's shards and the seed."""
+    train_split = read_index(cfg.data.data_dir)["splits"]["train"]
+    stream = json.dumps({"train": train_split, "seed": cfg.train.seed}, sort_keys=True)
+    return hashlib.sha256(stream.encode()).hexdigest()[:16]
 
 
 def _finished(state: Progress) -> bool:
