@@ -77,3 +77,18 @@ def test_resuming_on_another_data_stream_is_refused(change, tiny, tmp_path):
     with pytest.raises(CheckpointError, match="step_0000005: saved while training on other data or with another "
                                               "train.seed .* resume with the run's own config"):
         train(tiny, progress=False)
+
+
+@pytest.mark.parametrize("governs, value", [("steps", 20), ("tokens", "1000")])
+def test_resuming_with_another_length_is_refused_and_leaves_the_config(governs, value, tiny, tmp_path):
+    tiny.train.steps = 10
+    train(copy.deepcopy(tiny), progress=False, stop_after=5)
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    tiny.train.steps = 0
+    setattr(tiny.train, governs, value)
+    with pytest.raises(ConfigError, match=f"run is at step 5 of the 10 it was planned for, but train.{governs} = "
+                                          f"{value} asks for [0-9]+ steps"):
+        train(copy.deepcopy(tiny), progress=False)
+    assert (tmp_path / "run" / "config.toml").read_text() == saved
+    tiny.train.tokens, tiny.train.steps = "", 10
+    assert train(tiny, progress=False)["steps"] == 10

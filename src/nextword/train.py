@@ -262,11 +262,12 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
         print(f"{run.run_dir} is at step {state.step:,}, already at or past --stop-after {stop_after:,}: nothing to "
               "train. Run without --stop-after, or with a later step, to go on.")
         return {"run_dir": str(run.run_dir), "steps": state.step, "interrupted": False}
+    governs, limit = _governing(cfg.train)
+    _refuse_another_length(run, state, governs, limit)
     if world.size > 1:
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, world, state.step))  # dropout differs between ranks
     if world.is_main:
         _write_run_files(run.run_dir, cfg, run.tokenizer)
-    governs, limit = _governing(cfg.train)
     planner = _plan_length(run, state, governs, limit, start)
     # Rank 0 alone keeps the run's log; the other ranks write theirs nowhere.
     with RunLog(run.run_dir / "log.jsonl" if world.is_main else os.devnull) as log:  # closed however the run ends
@@ -430,13 +431,31 @@ def _save(run: _Run, state: Progress) -> Path:
 def _plan_length(run: _Run, state: Progress, governs: str, limit: float, start: float) -> BudgetPlanner | None:
     """Set the planned steps of a step or token count; for a new budgeted run, the planner that will set them
     once it has timed a few steps (a resumed run keeps the total it planned)."""
-    if not state.planned_steps and governs == "steps":
-        state.planned_steps = limit
-    elif not state.planned_steps and governs == "tokens":
-        state.planned_steps = math.ceil(limit / run.tokens_per_step)
+    if not state.planned_steps:
+        state.planned_steps = _steps_asked(run, governs, limit)
     if governs == "budget" and not state.planned_steps:
         return BudgetPlanner(start + limit, limit, run.cfg.train.decay_frac, run.cfg.train.ckpt_every)
     return None
+
+
+def _steps_asked(run: _Run, governs: str, limit: float) -> int:
+    """The steps that a step or token count comes to; 0 for a time budget, which plans them once timed."""
+    if governs == "steps":
+        return int(limit)
+    if governs == "tokens":
+        return math.ceil(limit / run.tokens_per_step)
+    return 0
+
+
+def _refuse_another_length(run: _Run, state: Progress, governs: str, limit: float) -> None:
+    """A resumed run keeps the length it was planned for, as its learning rate is scheduled over it; a step or
+    token count that asks for another would otherwise be written to config.toml and then ignored."""
+    asked = _steps_asked(run, governs, limit)
+    if state.planned_steps and asked and asked != state.planned_steps:
+        raise ConfigError(
+            f"{run.run_dir}: the run is at step {state.step:,} of the {state.planned_steps:,} it was planned for, "
+            f"but train.{governs} = {getattr(run.cfg.train, governs)} asks for {asked:,} steps; a run keeps its "
+            f"length once started: resume with the run's own length, or start another with --run-dir DIR")
 
 
 def _announce(run: _Run, state: Progress, log: RunLog, governs: str, limit: float) -> None:
