@@ -3,13 +3,16 @@ what the run is, and folders that cannot be written. Each case ends in one line 
 the fix, never a traceback and never a silently different run."""
 
 import copy
+import errno
+import os
 
 import pytest
 from test_train import tiny  # noqa: F401  (a fixture)
 
 from nextword import cli
 from nextword.checkpoint import checkpoint_step, list_checkpoints
-from nextword.errors import CheckpointError, ConfigError
+from nextword.errors import CheckpointError, ConfigError, NextwordError
+from nextword.runlog import RunLog
 from nextword.train import train
 
 
@@ -92,3 +95,26 @@ def test_resuming_with_another_length_is_refused_and_leaves_the_config(governs, 
     assert (tmp_path / "run" / "config.toml").read_text() == saved
     tiny.train.tokens, tiny.train.steps = "", 10
     assert train(tiny, progress=False)["steps"] == 10
+
+
+def test_a_run_dir_under_a_file_is_one_line(tiny, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    tiny.train.steps, tiny.train.run_dir = 2, str(tmp_path / "a_file" / "run")
+    with pytest.raises(NextwordError, match=r"a_file/run: Not a directory; free disk space, fix the permissions or "
+                                            r"choose another --run-dir"):
+        train(tiny, progress=False)
+
+
+def test_a_full_disk_while_logging_stops_with_one_line_and_keeps_the_checkpoint(tiny, tmp_path, monkeypatch):
+    tiny.train.steps, tiny.train.ckpt_every = 6, 3
+    write = RunLog.write
+
+    def disk_full_after_step_4(self, **record):
+        if record.get("step", 0) > 4:  # as a write to an open file fails: with no file name
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(self, **record)
+
+    monkeypatch.setattr(RunLog, "write", disk_full_after_step_4)
+    with pytest.raises(NextwordError, match="run: No space left on device; .* Checkpoints already saved are intact"):
+        train(tiny, progress=False)
+    assert [checkpoint_step(p) for p in list_checkpoints(tmp_path / "run")] == [3]

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -239,6 +240,25 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
             distributed.leave()
 
 
+# Why a run directory's files (config, tokenizer, log, TensorBoard) may fail to be written: a full disk or quota,
+# no permission, a read-only file system, or a file where a folder should be.
+RUN_DIR_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
+
+
+@contextlib.contextmanager
+def _unwritable_run_dir_is_one_line(run_dir: Path):
+    """A run directory that cannot be written stops the run with one line naming the file (or the folder: a failed
+    write to an open file names none), not a traceback."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in RUN_DIR_ERRNOS:
+            raise
+        raise NextwordError(f"{error.filename or run_dir}: {error.strerror}; free disk space, fix the permissions or "
+                            f"choose another --run-dir than {run_dir}, then run the same command again. "
+                            "Checkpoints already saved are intact") from None
+
+
 @contextlib.contextmanager
 def _quiet_unless(is_main: bool):
     """Only rank 0 prints; the other ranks' stdout goes nowhere (their errors still reach stderr)."""
@@ -267,10 +287,13 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start_time: 
     if world.size > 1:
         torch.manual_seed(distributed.rank_seed(cfg.train.seed, world, state.step))  # dropout differs between ranks
     if world.is_main:
-        _write_run_files(run.run_dir, cfg, run.tokenizer)
+        with _unwritable_run_dir_is_one_line(run.run_dir):
+            _write_run_files(run.run_dir, cfg, run.tokenizer)
     planner = _plan_length(run, state, governs, limit, start)
-    # Rank 0 alone keeps the run's log; the other ranks write theirs nowhere.
-    with RunLog(run.run_dir / "log.jsonl" if world.is_main else os.devnull) as log:  # closed however the run ends
+    # Rank 0 alone keeps the run's log; the other ranks write theirs nowhere. The log is closed however the run
+    # ends, and a log that cannot be written, TensorBoard's included, ends it in one line.
+    with (_unwritable_run_dir_is_one_line(run.run_dir),
+          RunLog(run.run_dir / "log.jsonl" if world.is_main else os.devnull) as log):
         _announce(run, state, log, governs, limit)
         eval_seconds = _evaluate(run, log, state) if state.step == 0 else 0.0
         loop = _Loop(run, state, log, planner, start=start, stop_after=stop_after, eval_seconds=eval_seconds)
@@ -310,7 +333,8 @@ def _set_up(cfg: RunConfig, world: World, mode: str, device: str, progress: bool
     """Measure the machine, prepare the data, build the model, choose the precision and wrap the model."""
     t = cfg.train
     run_dir = Path(t.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with _unwritable_run_dir_is_one_line(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     machine = detect(device, distributed.cpu_threads(t.threads, world), bf16_probe)
     torch.manual_seed(t.seed)  # the same on every rank: FSDP needs every rank to start from the same weights
 
