@@ -5,15 +5,18 @@ the fix, never a traceback and never a silently different run."""
 import copy
 import errno
 import os
+from pathlib import Path
 
 import pytest
 from test_train import tiny  # noqa: F401  (a fixture)
 
-from nextword import cli
+from nextword import checkpoint, cli
 from nextword.checkpoint import checkpoint_step, list_checkpoints
+from nextword.config import ModelConfig, RunConfig, TrainConfig
 from nextword.errors import CheckpointError, ConfigError, NextwordError
+from nextword.model import GPT
 from nextword.runlog import RunLog
-from nextword.train import train
+from nextword.train import build_optimizer, train
 
 
 @pytest.mark.parametrize("override, field", [
@@ -118,3 +121,19 @@ def test_a_full_disk_while_logging_stops_with_one_line_and_keeps_the_checkpoint(
     with pytest.raises(NextwordError, match="run: No space left on device; .* Checkpoints already saved are intact"):
         train(tiny, progress=False)
     assert [checkpoint_step(p) for p in list_checkpoints(tmp_path / "run")] == [3]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, where every write fails for space")
+def test_a_full_disk_under_the_optimizer_state_is_named_as_such(tmp_path, monkeypatch):
+    # torch.save reports a failed write as "unexpected pos N vs M"; the message must say the disk is full.
+    model = GPT(ModelConfig(n_layers=1, d_model=16, n_heads=2, context=8, vocab_size=300))
+    optimizer = build_optimizer(model, TrainConfig())
+
+    def state_onto_a_full_disk(path, mode="r", *args, **kwargs):
+        writing_state = Path(path).name == "state.pt" and "w" in mode
+        return open("/dev/full" if writing_state else path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "open", state_onto_a_full_disk, raising=False)
+    with pytest.raises(CheckpointError, match=r"step_0000003: checkpoint not written \(No space left on device;"):
+        checkpoint.save_checkpoint(tmp_path, 3, model, optimizer, {}, RunConfig(), "hash", keep_last=2)
+    assert list((tmp_path / "checkpoints").iterdir()) == []

@@ -69,7 +69,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
         remove_abandoned_writes(root)
         tmp.mkdir()
         save_model(_unwrap(model), str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "state.pt")
+        _save_state({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "state.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
         files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
         for name in files:
@@ -88,6 +88,36 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+class _WriteErrorKeeper:
+    """A file for torch.save that keeps the OSError of a failed write: torch reports that as a RuntimeError about
+    zip positions ("unexpected pos 452928 vs 452880"), which says nothing of a full disk."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as file:
+        keeper = _WriteErrorKeeper(file)
+        try:
+            torch.save(state, keeper)
+        except RuntimeError:
+            if keeper.error is not None:
+                raise keeper.error from None
+            raise
 
 
 def _refuse_nonfinite(model: torch.nn.Module, optimizer: torch.optim.Optimizer, final: Path) -> None:
