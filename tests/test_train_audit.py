@@ -137,3 +137,19 @@ def test_a_full_disk_under_the_optimizer_state_is_named_as_such(tmp_path, monkey
     with pytest.raises(CheckpointError, match=r"step_0000003: checkpoint not written \(No space left on device;"):
         checkpoint.save_checkpoint(tmp_path, 3, model, optimizer, {}, RunConfig(), "hash", keep_last=2)
     assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_export_refuses_the_run_directory_itself_and_a_file(tiny, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    tiny.train.steps = 2
+    train(tiny, progress=False)
+    run_dir = tmp_path / "run"
+    tokenizer = (run_dir / "tokenizer.json").read_bytes()
+    assert cli.main(["export", str(run_dir), "--hf", f"{run_dir}/"]) == 2
+    assert "is the run directory itself" in capsys.readouterr().err
+    assert (run_dir / "tokenizer.json").read_bytes() == tokenizer
+    (tmp_path / "a_file").write_text("in the way")
+    assert cli.main(["export", str(run_dir), "--hf", str(tmp_path / "a_file")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith("a_file: cannot write the model there (File exists); give --hf a "
+                                                 "folder you can write to")

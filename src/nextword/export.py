@@ -122,7 +122,6 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
         raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                               f"{cfg.vocab_size}; they do not belong together")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config = hf_config(cfg, tokenizer.eos_id)
     hf_model = getattr(transformers, config.architectures[0])(config)
     missing, unexpected = hf_model.load_state_dict(to_hf_state_dict(model), strict=False)
@@ -134,11 +133,16 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
     hf_model.generation_config.bos_token_id = tokenizer.eos_id
     hf_model.generation_config.eos_token_id = tokenizer.eos_id
     hf_model.generation_config.pad_token_id = tokenizer.eos_id
-    hf_model.save_pretrained(out, safe_serialization=True)
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=HFTokenizer.from_str(tokenizer.to_json()), bos_token=EOS, eos_token=EOS,
         pad_token=EOS, model_max_length=cfg.context, clean_up_tokenization_spaces=False)
-    fast.save_pretrained(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        hf_model.save_pretrained(out, safe_serialization=True)
+        fast.save_pretrained(out)
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot write the model there ({e.strerror or e}); give --hf a folder you can "
+                          "write to") from None
     return out
 
 
@@ -275,6 +279,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nextword.checkpoint import load_for_inference
 
+    if Path(args.hf).resolve() == Path(args.run_dir).resolve():
+        raise ConfigError(f"--hf {args.hf} is the run directory itself, whose tokenizer.json the export would "
+                          f"replace; give another folder, e.g. --hf {Path(args.run_dir) / 'hf'}")
     model, tokenizer, _ = load_for_inference(args.run_dir)
     out = export_model(model, tokenizer, args.hf)
     print(f"wrote {out} ({hf_architecture(model.cfg)}); load it with "
