@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from test_train import tiny  # noqa: F401  (a fixture)
+import torch
+from test_train import read_log, tiny  # noqa: F401  (tiny is a fixture)
 
 from nextword import checkpoint, cli
 from nextword.checkpoint import checkpoint_step, list_checkpoints
@@ -153,3 +154,12 @@ def test_export_refuses_the_run_directory_itself_and_a_file(tiny, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.endswith("a_file: cannot write the model there (File exists); give --hf a "
                                                  "folder you can write to")
+
+
+def test_a_compiled_run_trains(tiny, tmp_path, monkeypatch):
+    # The eager backend traces the model as a real compile does, without the minutes a C++ build takes on a CPU.
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compile(model, backend="eager"))
+    tiny.train.steps, tiny.train.compile = 2, "on"
+    assert train(tiny, progress=False)["steps"] == 2
+    assert read_log(tmp_path / "run", "run")[0]["compile"] is True

@@ -878,7 +878,8 @@ def _parallel_model(model: GPT, mode: str, world: World, precision: str, cfg: Ru
     net = distributed.wrap(model, mode, world, precision=precision,
                            activation_checkpointing=t.activation_checkpointing, compile_blocks=False)
     compiled, why = _maybe_compile(net, cfg, machine)
-    return compiled or net, compiled is not None, why
+    # Not `compiled or net`: a compiled module's truth value asks the model for its len(), which a GPT has not.
+    return (net if compiled is None else compiled), compiled is not None, why
 
 
 def _stop_agreed(stop: _StopRequest, world: World, at_log_step: bool) -> bool:
