@@ -163,3 +163,11 @@ def test_a_compiled_run_trains(tiny, tmp_path, monkeypatch):
     tiny.train.steps, tiny.train.compile = 2, "on"
     assert train(tiny, progress=False)["steps"] == 2
     assert read_log(tmp_path / "run", "run")[0]["compile"] is True
+
+
+def test_stop_after_the_last_step_finishes_the_run_with_its_summary(tiny, tmp_path, capsys):
+    tiny.train.steps = 4
+    summary = train(tiny, progress=False, stop_after=4)
+    assert summary["steps"] == 4 and summary["val_loss"] is not None
+    assert "run the same command to resume" not in capsys.readouterr().out
+    assert len(read_log(tmp_path / "run", "summary")) == 1 and not read_log(tmp_path / "run", "stop")

@@ -576,7 +576,7 @@ class _Loop:
             asked_to_stop = stopping or state.step == self.stop_after
             if at_end or (t.ckpt_every and state.step % t.ckpt_every == 0) or asked_to_stop:
                 path = self._checkpoint(at_end)
-                if asked_to_stop:
+                if asked_to_stop and not at_end:  # a stop asked for at the last step: the run is finished
                     return self._stopped(path, interrupted=stopping)
         return self._finish()
 
