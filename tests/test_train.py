@@ -12,7 +12,7 @@ from nextword import cli
 from nextword.checkpoint import latest_checkpoint, list_checkpoints, load_for_inference
 from nextword.config import RunConfig, TrainConfig
 from nextword.data.loader import TokenLoader
-from nextword.errors import CheckpointError
+from nextword.errors import CheckpointError, DataError
 from nextword.machine import Machine, resolve_precision
 from nextword.schedule import learning_rate, warmup_length
 from nextword.train import LossSpikeError, spike_limit, train
@@ -322,3 +322,16 @@ def test_a_spike_is_measured_in_standard_deviations_of_the_recent_losses():
     recent = [3.0, 3.2, 3.4, 3.2]
     assert spike_limit(recent, 6.0) == pytest.approx(3.2 + 6 * statistics.pstdev(recent))
     assert spike_limit([2.0] * 5, 6.0) == pytest.approx(2.0 + 6 * 0.02)  # a plateau: at least 1% of the mean
+
+
+def test_a_validation_split_shorter_than_a_window_stops_the_run_before_any_measuring(tiny, monkeypatch):
+    """One document of validation text is fewer tokens than a 1,024-token window: the run must say so before
+    the precision race, which at a long context can take minutes, and before training."""
+    tiny.model.context, tiny.data.val_fraction = 1024, 0.01
+
+    def race_ran(*args, **kwargs):
+        raise AssertionError("the precision race ran before the data was checked")
+
+    monkeypatch.setattr("nextword.train._choose_precision", race_ran)
+    with pytest.raises(DataError, match="the val split has .* tokens, but one window needs context"):
+        train(tiny, progress=False)

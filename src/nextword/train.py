@@ -345,6 +345,8 @@ def _set_up(cfg: RunConfig, world: World, mode: str, device: str, progress: bool
     # single process would.
     loader = TokenLoader(train_split, t.micro_batch, cfg.model.context, rank=world.rank, world_size=world.size,
                          seed=t.seed, device=machine.device)
+    # The validation split must hold a window too: say so now, not after the precision race and the first steps.
+    TokenLoader(val_split, 1, cfg.model.context)
     accumulation = _accumulation(t, cfg.model.context, world.size)
 
     precision, precision_reason = _choose_precision(cfg, world, machine, model)
