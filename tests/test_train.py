@@ -335,3 +335,18 @@ def test_a_validation_split_shorter_than_a_window_stops_the_run_before_any_measu
     monkeypatch.setattr("nextword.train._choose_precision", race_ran)
     with pytest.raises(DataError, match="the val split has .* tokens, but one window needs context"):
         train(tiny, progress=False)
+
+
+def test_a_resumed_budgeted_run_says_it_follows_its_first_plan_not_a_new_budget(tiny, capsys):
+    tiny.train.budget, tiny.eval.every = "20s", 1000
+    train(copy.deepcopy(tiny), progress=False, stop_after=15)
+    capsys.readouterr()
+    tiny.train.budget = "1h"
+    train(tiny, progress=False, stop_after=16)
+
+    out = capsys.readouterr().out
+    records = map(json.loads, open(f"{tiny.train.run_dir}/log.jsonl").read().splitlines())
+    planned = [record for record in records if record["kind"] == "run"][-1]["planned_steps"]
+    assert planned > 16
+    assert f"resuming at step 15 of the {planned:,} steps planned when the run began" in out
+    assert "budget 3600 s" not in out

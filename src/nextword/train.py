@@ -505,7 +505,7 @@ def _announce(run: _Run, state: Progress, log: RunLog, governs: str, limit: floa
     print(f"batch: {run.tokens_per_step:,} tokens per step ({t.micro_batch} × {cfg.model.context}"
           f"{f' × {run.accumulation} micro-steps' if run.accumulation > 1 else ''}"
           f"{f' × {world.size} ranks' if world.size > 1 else ''}); "
-          f"{_describe_limit(governs, limit)}")
+          f"{_describe_limit(governs, limit, state)}")
 
 
 def _evaluate(run: _Run, log: RunLog, state: Progress) -> float:
@@ -912,7 +912,12 @@ def _governing(t) -> tuple[str, float]:
     return "budget", parse_duration(t.budget or DEFAULT_BUDGET, "train.budget")
 
 
-def _describe_limit(governs: str, limit: float) -> str:
+def _describe_limit(governs: str, limit: float, state: Progress) -> str:
+    if governs == "budget" and state.step and state.planned_steps:
+        # The plan was made when the run began and its learning rate is scheduled over it; a budget given now
+        # would be printed but not followed.
+        return (f"resuming at step {state.step:,} of the {state.planned_steps:,} steps planned when the run "
+                "began (train.budget sizes new runs)")
     if governs == "budget":
         return f"budget {limit:.0f} s of wall clock (steps planned from measured speed)"
     return f"{limit:,.0f} {governs}"
