@@ -6,7 +6,8 @@
 #      benchmarks/RESULTS.md and copied to the output folder.
 #
 #   benchmarks/gpu_session.sh [OUT]          # on the GPU machine; OUT defaults to $OUT, else /tmp/nextword-gpu
-#   benchmarks/gpu_session.sh --cpu [OUT]    # the same steps at tiny shapes on a CPU, to check the script first
+#   benchmarks/gpu_session.sh --cpu [OUT]    # the same steps at tiny shapes on a CPU, compiled as on a GPU, to
+#                                            # check the script first
 #
 # It needs no network and no setup.sh: it runs from the source tree with the machine's own python3 (set
 # NEXTWORD_PYTHON to choose another), which must have torch, tokenizers, safetensors, numpy and transformers.
@@ -37,7 +38,7 @@ step machine "$python" -c "import torch; print(torch.__version__, torch.version.
     torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA GPU')"
 if $cpu; then
     step tests "$python" -m pytest -q -p no:cacheprovider tests/test_plan.py -k cuda_allocator
-    step train "$python" -m nextword train --run-dir "$out/run" --steps 20 --model.n_layers 2 --quiet
+    step train "$python" -m nextword train --run-dir "$out/run" --steps 20 --model.n_layers 2 --train.compile on --quiet
     step throughput "$python" benchmarks/gpu_throughput.py --device cpu --tiny --steps 2 --warmup 1 \
         --max-fsdp-batch 2 --append "$out/gpu_results.md"
 else
