@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,19 @@ def test_tokenizer_without_eos_is_refused(tokenizer, tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(DataError, match="no <\\|endoftext\\|> token"):
         Tokenizer.load(path)
+
+
+def test_a_save_that_fails_leaves_the_old_file_and_no_temporary_one(tokenizer, tmp_path, monkeypatch):
+    path = tmp_path / "tokenizer.json"
+    path.write_text("the earlier tokenizer")
+
+    def disk_fills(self, text, encoding=None):
+        with open(self, "w", encoding=encoding) as file:
+            file.write(text[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_fills)
+    with pytest.raises(OSError, match="No space left"):
+        tokenizer.save(path)
+    assert path.read_text() == "the earlier tokenizer"
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]

@@ -95,8 +95,12 @@ class Tokenizer:
         """Write tokenizer.json whole or not at all (a temporary file renamed into place)."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)
+        try:
+            tmp.write_text(self.to_json(), encoding="utf-8")
+            tmp.replace(path)
+        except BaseException:  # a full disk or an interrupt: leave no half-written file behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     def encode(self, text: str) -> list[int]:
         return self._hf.encode(text, add_special_tokens=False).ids
