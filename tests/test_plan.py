@@ -257,6 +257,20 @@ def test_an_impossible_model_shape_is_refused_before_any_arithmetic(capsys, flag
     assert named in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("flag", ["--layers=3", "--d-model=512", "--heads=7", "--kv-heads=2", "--d-ff=1000"])
+def test_params_with_a_dimension_is_refused_instead_of_ignoring_the_dimension(capsys, flag):
+    assert cli.main(["plan", "--params", "7B", flag]) == 2
+    err = capsys.readouterr().err
+    assert flag.split("=")[0] in err and len(err.strip().splitlines()) == 1
+
+
+def test_params_keeps_the_arch_vocab_and_context_it_is_given(capsys):
+    assert cli.main(["plan", "--params", "1e8", "--arch", "llama", "--vocab", "1000", "--context", "512",
+                     "--json"]) == 0
+    model = json.loads(capsys.readouterr().out)["model"]
+    assert (model["arch"], model["vocab_size"], model["context"]) == ("llama", 1000, 512)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_memory_model_against_the_cuda_allocator():
     """fp32 weights, AdamW and bf16 autocast, as nextword trains on a GPU ("amp")."""

@@ -676,6 +676,13 @@ def model_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Moe | None, 
     if not cfg.vocab_size:
         cfg.vocab_size = DataConfig().vocab_size
     if args.params:
+        # --params picks depth, width and heads itself: dimensions given beside it would be silently replaced.
+        shape_flags = {"--layers": args.layers, "--d-model": args.d_model, "--heads": args.heads,
+                       "--kv-heads": args.kv_heads, "--d-ff": args.d_ff}
+        given = [flag for flag, value in shape_flags.items() if value is not None]
+        if given:
+            raise ConfigError(f"--params {args.params} picks the shape itself, so {', '.join(given)} would be "
+                              "ignored; give either --params or the dimensions")
         target = parse_count(args.params, "--params")
         cfg = shape_for_params(target, cfg.arch, cfg.vocab_size, cfg.context)
     overrides = getattr(args, "overrides", None) or {}
