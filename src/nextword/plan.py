@@ -608,8 +608,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--peak-flops", type=float, help="peak dense FLOP/s of one GPU, instead of the table's")
     data.add_argument("--memory-gb", type=float, help="memory of one GPU in GiB, instead of the table's")
     data.add_argument("--gpus", type=int, help="number of GPUs (default 1, or the published run's)")
-    data.add_argument("--mfu", type=float, help=f"model FLOPs utilisation, a fraction (default {DEFAULT_MFU}, the "
-                                                "published run's stated figure, or the --from-run measurement)")
+    data.add_argument("--mfu", type=float, help=f"model FLOPs utilisation, a fraction (default {DEFAULT_MFU}, or the "
+                                                "published run's stated figure; --from-run adds the run's measured "
+                                                "MFU beside it)")
     data.add_argument("--price", type=float, help="USD per GPU-hour (default: the table's rough rental price)")
     data.add_argument("--from-run", metavar="RUN", help="a nextword run directory: use its model and measured speed")
     memory = parser.add_argument_group("memory")
