@@ -123,6 +123,23 @@ def test_fsdp_saved_at_two_processes_resumes_in_one_with_the_same_losses(setup):
     assert losses(run_dir) == pytest.approx(losses(tmp / "single"), rel=1e-5)
 
 
+def test_a_run_without_batch_tokens_keeps_its_global_batch_when_resumed_in_one_process(setup):
+    tmp, env, _ = setup
+    run_dir = tmp / "no-batch-tokens"
+    # Without train.batch_tokens a step is one micro-batch per rank: at two ranks, the single run's global batch.
+    tokens = str(STEPS * 4 * 32 * 2)
+    done, _ = launch(torchrun("-m", "nextword", "train", "--config", str(tmp / "config.toml"), "--run-dir",
+                              str(run_dir), "--train.batch_tokens", "0", "--tokens", tokens, "--stop-after",
+                              str(STOP_AT), "--quiet"), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    done, _ = launch([sys.executable, "-m", "nextword", "train", "--run-dir", str(run_dir), "--quiet"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert losses(run_dir, "run", "tokens_per_step") == [256, 256]
+    assert losses(run_dir, "run", "accumulation") == [1, 2]
+    assert losses(run_dir) == pytest.approx(losses(tmp / "single"), rel=1e-5)
+
+
 def test_a_single_process_checkpoint_resumes_under_fsdp(setup, monkeypatch):
     tmp, env, cfg = setup
     monkeypatch.setenv("NEXTWORD_CACHE", env["NEXTWORD_CACHE"])

@@ -90,6 +90,9 @@ class Progress:
     # The train split and seed the loader's position counts windows of: resuming on other data would silently read
     # a different stream from a position that means nothing there.
     data_stream: str = ""
+    # The global batch the run began with: resumed at another world size without train.batch_tokens, one
+    # micro-batch per rank would change it under a length and learning rate planned for it.
+    tokens_per_step: int = 0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -420,10 +423,26 @@ def _resume(run: _Run) -> Progress:
             f"(the train split of {run.cfg.data.data_dir}, seed {run.cfg.train.seed}); resume with the run's own "
             f"config ({run.run_dir / 'config.toml'}) or start a new --run-dir")
     state.data_stream = stream  # a checkpoint from before the stream was recorded is taken as it is
+    _keep_global_batch(run, state)
     run.loader.load_state_dict(state.loader)
     if not _finished(state):
         print(f"resuming {run.run_dir} from step {state.step:,} of {state.planned_steps:,}")
     return state
+
+
+def _keep_global_batch(run: _Run, state: Progress) -> None:
+    """Without train.batch_tokens, a run resumed at another world size keeps the tokens per step it was saved
+    with, by accumulating micro-steps where it has fewer ranks than before."""
+    saved, t = state.tokens_per_step, run.cfg.train
+    if not saved or saved == run.tokens_per_step or t.batch_tokens:
+        return
+    per_micro_step = t.micro_batch * run.cfg.model.context * run.world.size
+    if saved % per_micro_step:
+        raise ConfigError(f"{run.run_dir}: the run trains on {saved:,} tokens per step, which micro_batch × context "
+                          f"× ranks = {t.micro_batch} × {run.cfg.model.context} × {run.world.size} = "
+                          f"{per_micro_step:,} does not divide; resume with a number of processes that divides it, "
+                          f"or set train.batch_tokens = {saved} and a train.micro_batch that divides it")
+    run.accumulation, run.tokens_per_step = saved // per_micro_step, saved
 
 
 def _data_stream(cfg: RunConfig) -> str:
@@ -446,6 +465,7 @@ def _load(run: _Run, checkpoint: Path) -> dict[str, Any]:
 
 def _save(run: _Run, state: Progress) -> Path:
     state.loader = run.loader.state_dict()
+    state.tokens_per_step = run.tokens_per_step
     t = run.cfg.train
     if run.mode == "none":
         return save_checkpoint(run.run_dir, state.step, run.model, run.optimizer, _asdict(state), run.cfg,
