@@ -65,7 +65,7 @@ class DataConfig:
     """Where the text comes from and how it becomes token shards."""
 
     sources: list[str] = field(default_factory=list)  # empty: the embedded default corpus (Python's stdlib)
-    weights: list[float] = field(default_factory=list)  # one per source: its share of the text (UTF-8 bytes); empty: as read
+    weights: list[float] = field(default_factory=list)  # one per source: its share of the bytes; empty: as read
     clean: bool = False  # run the [clean] step (extract, filter, deduplicate) on the sources before tokenizing
     data_dir: str = ""  # "": a folder in the cache named by a hash of the sources and these settings
     vocab_size: int = 8192
