@@ -213,6 +213,18 @@ def test_a_failing_rank_stops_the_job_with_its_error(setup):
     assert "rank: 1" in done.stderr  # torchrun's failure report names the rank
 
 
+def test_a_rank_stopped_by_bad_input_leaves_torchrun_its_one_line_not_a_traceback(tmp_path, monkeypatch):
+    from nextword import cli
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))  # as torchrun sets it for each rank
+    code = cli.main(["train", "--run-dir", str(tmp_path / "run"), "--train.parallel", "nonsense"])
+    assert code == 2
+    report = json.loads(error_file.read_text())["message"]["extraInfo"]["py_callstack"]
+    assert "train.parallel" in report and "Traceback" not in report
+    assert len(report.splitlines()) == 1
+
+
 def test_the_global_batch_is_the_same_at_every_world_size():
     cfg = RunConfig()
     cfg.train.micro_batch, cfg.train.batch_tokens = 4, 4 * 32 * 8

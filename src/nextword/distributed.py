@@ -17,12 +17,14 @@ ranks through torch.distributed.checkpoint in safetensors files, so a run can re
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib
 import json
 import os
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from nextword import checkpoint
-from nextword.errors import CheckpointError, ConfigError
+from nextword.errors import CheckpointError, ConfigError, NextwordError
 from nextword.machine import usable_cores
 
 # A collective that waits longer than this raises instead of hanging: long enough for rank 0 to prepare a
@@ -116,6 +118,31 @@ def world_from_env() -> World:
     except ValueError as e:
         raise ConfigError(f"RANK, LOCAL_RANK, WORLD_SIZE or LOCAL_WORLD_SIZE is not a number ({e}); "
                           "start the job with torchrun") from None
+
+
+def recording_errors(run: Callable[..., T]) -> Callable[..., T]:
+    """`run` wrapped so that a rank that fails leaves torchrun's failure report why: for a NextwordError (bad
+    input, a full disk) the one line the user is told, for anything else its traceback (torch's `record`)."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    recorded = record(run)
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return recorded(*args, **kwargs)
+        except NextwordError as error:
+            _write_error_file(f"nextword: {error}")  # in place of the traceback `record` wrote
+            raise
+
+    return wrapper
+
+
+def _write_error_file(message: str) -> None:
+    """The error file torchrun reads for its failure report, in the layout torch's own error handler writes."""
+    error = {"message": message, "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}
+    with contextlib.suppress(OSError):  # the report then lacks the reason; the rank's stderr still has it
+        Path(os.environ["TORCHELASTIC_ERROR_FILE"]).write_text(json.dumps({"message": error}))
 
 
 def parallel_mode(requested: str, world: World) -> str:

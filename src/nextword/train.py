@@ -128,9 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc and "LOCAL_RANK" not in os.environ:
         _relaunch_under_torchrun(args.nproc)
     if "TORCHELASTIC_ERROR_FILE" in os.environ:  # under torchrun: a failing rank's error goes into its report
-        from torch.distributed.elastic.multiprocessing.errors import record
-
-        return record(_run)(args)
+        return distributed.recording_errors(_run)(args)
     return _run(args)
 
 
