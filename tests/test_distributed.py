@@ -69,6 +69,8 @@ def test_ddp_over_two_processes_gives_the_single_process_losses(setup):
                "--run-dir", str(tmp / "ddp"), "--quiet"]
     done, _ = launch(command, env)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The job it starts, printed as a command one can run oneself
+    assert f"torchrun --standalone --nproc_per_node=2 -m nextword train --config {tmp / 'config.toml'}" in done.stderr
     assert done.stdout.count("done:") == 1  # rank 0 alone prints
     run_line = losses(tmp / "ddp", "run", "parallel")
     assert run_line == ["ddp"]

@@ -2,6 +2,7 @@ import copy
 import json
 import math
 import shutil
+import signal
 import statistics
 import time
 
@@ -15,7 +16,7 @@ from nextword.data.loader import TokenLoader
 from nextword.errors import CheckpointError, DataError
 from nextword.machine import Machine, resolve_precision
 from nextword.schedule import learning_rate, warmup_length
-from nextword.train import LossSpikeError, spike_limit, train
+from nextword.train import LossSpikeError, _StopRequest, spike_limit, train
 
 WORDS = ("def return import class self value the model token data while for if else print list dict "
          "loss learning next word predicts each step").split()
@@ -350,3 +351,27 @@ def test_a_resumed_budgeted_run_says_it_follows_its_first_plan_not_a_new_budget(
     assert planned > 16
     assert f"resuming at step 15 of the {planned:,} steps planned when the run began" in out
     assert "budget 3600 s" not in out
+
+
+def test_a_repeated_sigterm_still_saves_but_a_second_ctrl_c_stops_at_once():
+    """A scheduler ending a job signals every process and torchrun passes its own SIGTERM on, so a worker gets
+    two: the save must go on. Only a second Ctrl-C means "stop now"."""
+    terminated = _StopRequest()
+    terminated(signal.SIGTERM, None)
+    terminated(signal.SIGTERM, None)
+    assert terminated.signal == signal.SIGTERM
+
+    interrupted = _StopRequest()
+    interrupted(signal.SIGINT, None)
+    interrupted(signal.SIGTERM, None)  # torchrun passing the same Ctrl-C on
+    with pytest.raises(KeyboardInterrupt):
+        interrupted(signal.SIGINT, None)
+
+
+def test_the_closing_lines_count_a_small_run_and_say_how_to_go_on_after_stop_after(tiny, capsys):
+    tiny.train.steps, tiny.eval.every = 6, 1000
+    train(copy.deepcopy(tiny), progress=False, stop_after=3)
+    assert "run the same command without --stop-after (or with a later step) to resume" in capsys.readouterr().out
+    train(tiny, progress=False)
+    tokens_per_step = tiny.train.micro_batch * tiny.model.context  # one micro-step a step in this config
+    assert f"done: 6 steps, {6 * tokens_per_step:,} tokens in " in capsys.readouterr().out

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -174,7 +175,7 @@ def _relaunch_under_torchrun(nproc: int) -> NoReturn:
             break
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "nextword", *rest]
-    print(" ".join(command[1:]), file=sys.stderr)
+    print(shlex.join(["torchrun", *command[3:]]), file=sys.stderr)  # the same job, as one would type it
     sys.stdout.flush()
     os.execv(sys.executable, command)
 
@@ -192,9 +193,12 @@ class _StopRequest:
         self.signal: int | None = None
 
     def __call__(self, signum: int, frame: Any) -> None:
-        if self.signal == signum:  # a second Ctrl-C: the user means it
+        if signum == self.signal == signal.SIGINT:  # a second Ctrl-C: the user means it
             raise KeyboardInterrupt
-        if self.signal is not None:  # torchrun passing a Ctrl-C on as SIGTERM: the save is already under way
+        # Any other second signal repeats the first while its save is under way: torchrun passes a Ctrl-C on as
+        # SIGTERM, and a scheduler that ends a job (SLURM's scancel) signals every process of it, which torchrun
+        # then passes on again.
+        if self.signal is not None:
             return
         self.signal = signum
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint, then stopping…", file=sys.stderr)
@@ -751,7 +755,8 @@ class _Loop:
 
     def _stopped(self, path: Path, interrupted: bool) -> dict[str, Any]:
         self.bar.close()
-        print(f"saved {path}; run the same command to resume")
+        again = "the same command" if interrupted else "the same command without --stop-after (or with a later step)"
+        print(f"saved {path}; run {again} to resume")
         summary = {"interrupted": interrupted, "step": self.state.step, "checkpoint": str(path)}
         self.log.write(kind="stop", **summary)
         return summary
@@ -941,6 +946,14 @@ def _describe_limit(governs: str, limit: float, state: Progress) -> str:
     return f"{limit:,.0f} {governs}"
 
 
+def _count(tokens: float) -> str:
+    """1.2M, 20.5k or 512: a short count that never rounds a small run to 0.0M."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if tokens >= size:
+            return f"{tokens / size:.1f}{unit}"
+    return f"{tokens:,.0f}"
+
+
 def _progress_bar(enabled: bool, state: Progress):
     from tqdm import tqdm
 
@@ -979,7 +992,7 @@ def _summary(run_dir: Path, state: Progress, start: float, precision: str, why: 
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    print(f"\ndone: {summary['steps']:,} steps, {summary['tokens'] / 1e6:.1f}M tokens in "
+    print(f"\ndone: {summary['steps']:,} steps, {_count(summary['tokens'])} tokens in "
           f"{summary['wall_seconds']:.0f} s; validation loss {summary['val_loss']:.3f}, "
           f"{summary['val_bpb']:.3f} bits per byte")
     if summary["spike_rollbacks"]:
