@@ -72,6 +72,7 @@ def test_ddp_over_two_processes_gives_the_single_process_losses(setup):
     # The job it starts, printed as a command one can run oneself
     assert f"torchrun --standalone --nproc_per_node=2 -m nextword train --config {tmp / 'config.toml'}" in done.stderr
     assert done.stdout.count("done:") == 1  # rank 0 alone prints
+    assert done.stderr.count("prepare: reusing") == 1
     run_line = losses(tmp / "ddp", "run", "parallel")
     assert run_line == ["ddp"]
     assert losses(tmp / "ddp") == pytest.approx(losses(tmp / "single"), rel=1e-5)

@@ -369,9 +369,20 @@ def _set_up(cfg: RunConfig, world: World, mode: str, device: str, progress: bool
                 flops_per_token=flops_per_token, peak=world.from_main(peak_flops, machine))
 
 
+@contextlib.contextmanager
+def _silent_unless(speaking: bool):
+    """Hold back what is printed to stderr inside, unless `speaking` (errors still propagate as exceptions)."""
+    if speaking:
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stderr(nowhere):
+        yield
+
+
 def _prepare_data(cfg: RunConfig, world: World, progress: bool) -> tuple[Any, TokenShards, TokenShards]:
     """The tokenizer and the train and validation splits; sets the model's vocabulary to the tokenizer's."""
-    with world.main_first():  # rank 0 prepares (or finds) the data; the others then find it ready
+    # Rank 0 prepares (or finds) the data and says so; the others then find it ready, without a word.
+    with world.main_first(), _silent_unless(world.is_main):
         prepared = prepare(cfg.data, clean=cfg.clean, progress=progress)
     tokenizer = prepared.tokenizer
     cfg.data.data_dir = str(prepared.data_dir)
