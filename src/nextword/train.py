@@ -265,12 +265,14 @@ def _unwritable_run_dir_is_one_line(run_dir: Path):
 
 
 @contextlib.contextmanager
-def _quiet_unless(is_main: bool):
-    """Only rank 0 prints; the other ranks' stdout goes nowhere (their errors still reach stderr)."""
+def _quiet_unless(is_main: bool, *, stderr: bool = False):
+    """Only rank 0 prints; the other ranks' stdout goes nowhere, and with `stderr` their stderr too (their errors
+    still reach the user: as exceptions, which the command line prints)."""
     if is_main:
         yield
         return
-    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere):
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere), \
+            (contextlib.redirect_stderr(nowhere) if stderr else contextlib.nullcontext()):
         yield
 
 
@@ -369,20 +371,10 @@ def _set_up(cfg: RunConfig, world: World, mode: str, device: str, progress: bool
                 flops_per_token=flops_per_token, peak=world.from_main(peak_flops, machine))
 
 
-@contextlib.contextmanager
-def _silent_unless(speaking: bool):
-    """Hold back what is printed to stderr inside, unless `speaking` (errors still propagate as exceptions)."""
-    if speaking:
-        yield
-        return
-    with open(os.devnull, "w") as nowhere, contextlib.redirect_stderr(nowhere):
-        yield
-
-
 def _prepare_data(cfg: RunConfig, world: World, progress: bool) -> tuple[Any, TokenShards, TokenShards]:
     """The tokenizer and the train and validation splits; sets the model's vocabulary to the tokenizer's."""
     # Rank 0 prepares (or finds) the data and says so; the others then find it ready, without a word.
-    with world.main_first(), _silent_unless(world.is_main):
+    with world.main_first(), _quiet_unless(world.is_main, stderr=True):
         prepared = prepare(cfg.data, clean=cfg.clean, progress=progress)
     tokenizer = prepared.tokenizer
     cfg.data.data_dir = str(prepared.data_dir)
