@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from nextword.data.dedup import Deduplicator, MinHasher, exact_key
 from nextword.data.filters import EXAMPLE_CHARS, CleanConfig, FilterChain, RuleStats
 from nextword.data.sources import Document, SkipLog, read_sources
-from nextword.errors import DataError
+from nextword.errors import DataError, make_folder
 
 CODE_PREFIX = "code:"
 PART_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
@@ -116,11 +116,7 @@ def _write_manifest(out: Path, inputs: list[Input], cfg: CleanConfig, extensions
             raise DataError(f"{path}: this folder was made from other sources or settings; "
                             "use a new --out folder or delete this one")
         return
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file of that name, a read-only place
-        raise DataError(f"{out}: cannot make the output folder ({e.strerror or e}); give --out a folder you can "
-                        "write to") from None
+    make_folder(out, "output", "--out")
     _write_atomic(path, json.dumps(manifest, indent=1))
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nextword.errors import ConfigError, DataError
+from nextword.errors import ConfigError, DataError, make_folder
 
 DEFAULT_BASE_URL = "https://data.commoncrawl.org/"
 CHUNK_BYTES = 1 << 20
@@ -48,11 +48,7 @@ def fetch_cc(crawl: str, files: int, out_dir: str | Path, options: FetchOptions 
     if options.retries < 0:
         raise ConfigError(f"--retries {options.retries}: give 0 or more")
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file of that name, a read-only place
-        raise DataError(f"{out}: cannot make the download folder ({e.strerror or e}); give --out a folder you "
-                        "can write to") from None
+    make_folder(out, "download", "--out")
     listing = download(_url(options, f"crawl-data/{crawl}/wet.paths.gz"), out / "wet.paths.gz", options, log)
     try:
         text = gzip.decompress(listing.read_bytes()).decode("utf-8")

@@ -37,7 +37,7 @@ from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWrite
                                   split_of, token_dtype, write_index)
 from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
 from nextword.data.tokenizer import Tokenizer
-from nextword.errors import ConfigError, DataError
+from nextword.errors import ConfigError, DataError, make_folder
 
 TOKENIZER_NAME = "tokenizer.json"
 CHUNK_BYTES = 1 << 20  # text sent to a worker at a time: large enough to keep the pickling cost small
@@ -71,7 +71,7 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
         return Prepared(data_dir, Tokenizer.load(data_dir / TOKENIZER_NAME), index, reused=True)
 
     started = time.perf_counter()
-    _make_data_dir(data_dir)
+    make_folder(data_dir, "data", "--data-dir")
     _remove_previous_output(data_dir)
     skips = SkipLog()
     clean_dir = resolve_clean_dir(cfg, data_dir, cleaned_from)
@@ -181,14 +181,6 @@ def _finished_index(data_dir: Path, key: str) -> dict[str, Any] | None:
     except DataError:
         return None
     return index
-
-
-def _make_data_dir(data_dir: Path) -> None:
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file of that name, a read-only place
-        raise DataError(f"{data_dir}: cannot make the data folder ({e.strerror or e}); give --data-dir a folder "
-                        "you can write to") from None
 
 
 def _remove_previous_output(data_dir: Path) -> None:
