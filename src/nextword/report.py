@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 from nextword.errors import CheckpointError, DataError
-from nextword.runlog import read_log
+from nextword.runlog import read_log, short_count
 
 FIGURE_SIZE = (6.4, 4.0)  # inches; at 100 dpi 640 × 400 pixels, two side by side on a wide screen
 DPI = 100
@@ -241,7 +241,7 @@ def render_html(history: RunHistory, plot_files: dict[str, str | None]) -> str:
 
 def _headline(history: RunHistory) -> str:
     last_train = history.train[-1] if history.train else {}
-    parts = [f"{last_train.get('step', 0):,} steps, {_tokens(last_train.get('tokens', 0))} tokens"]
+    parts = [f"{last_train.get('step', 0):,} steps, {short_count(last_train.get('tokens', 0))} tokens"]
     evals = [r for r in history.evals if r.get("val_loss") is not None]
     if evals:
         first, last = evals[0], evals[-1]
@@ -264,7 +264,7 @@ def _samples_html(history: RunHistory) -> str:
     esc = html.escape
     sections = []
     for record in history.evals:
-        numbers = f"{_tokens(record.get('tokens', 0))} tokens seen"
+        numbers = f"{short_count(record.get('tokens', 0))} tokens seen"
         if record.get("val_loss") is not None:
             numbers += f", validation loss {record['val_loss']:.3f} nats"
         samples = "".join(f'<div class="sample"><span class="prompt">{esc(s.get("prompt", ""))}</span>'
@@ -305,13 +305,6 @@ def _value(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _tokens(count: float) -> str:
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if count >= size:
-            return f"{count / size:.3g}{unit}"
-    return f"{count:,.0f}"
 
 
 # ---- Writing it -------------------------------------------------------------------------------------------------

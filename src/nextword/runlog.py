@@ -170,3 +170,11 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return records
+
+
+def short_count(count: float, spec: str = ".3g") -> str:
+    """A count of tokens as people write it: 3.38M, 20.5k, 768 (`spec` formats the number before the unit)."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if count >= size:
+            return f"{count / size:{spec}}{unit}"
+    return f"{count:,.0f}"

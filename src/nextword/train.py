@@ -60,7 +60,7 @@ from nextword.machine import (
     resolve_precision,
 )
 from nextword.model import GPT
-from nextword.runlog import RunLog, read_log
+from nextword.runlog import RunLog, read_log, short_count
 from nextword.schedule import learning_rate
 
 DEFAULT_BUDGET = "10m"
@@ -949,14 +949,6 @@ def _describe_limit(governs: str, limit: float, state: Progress) -> str:
     return f"{limit:,.0f} {governs}"
 
 
-def _count(tokens: float) -> str:
-    """1.2M, 20.5k or 512: a short count that never rounds a small run to 0.0M."""
-    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if tokens >= size:
-            return f"{tokens / size:.1f}{unit}"
-    return f"{tokens:,.0f}"
-
-
 def _progress_bar(enabled: bool, state: Progress):
     from tqdm import tqdm
 
@@ -995,7 +987,7 @@ def _summary(run_dir: Path, state: Progress, start: float, precision: str, why: 
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    print(f"\ndone: {summary['steps']:,} steps, {_count(summary['tokens'])} tokens in "
+    print(f"\ndone: {summary['steps']:,} steps, {short_count(summary['tokens'], '.1f')} tokens in "
           f"{summary['wall_seconds']:.0f} s; validation loss {summary['val_loss']:.3f}, "
           f"{summary['val_bpb']:.3f} bits per byte")
     if summary["spike_rollbacks"]:
