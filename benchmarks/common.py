@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nextword.machine import cpu_model, usable_cores
+from nextword.training.machine import cpu_model, usable_cores
 
 
 def header(title: str, extra: Sequence[str] = ()) -> list[str]:

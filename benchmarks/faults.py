@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from nextword.checkpoint import SAVE_DELAY_ENV, latest_checkpoint
+from nextword.training.checkpoint import SAVE_DELAY_ENV, latest_checkpoint
 from nextword.config import ConfigError, load
 from nextword.data.fetch import FetchOptions, download
 from nextword.data.sources import SkipLog, read_sources
@@ -234,7 +234,7 @@ def full_disk_trial(work: Path) -> Row:
         row.note = "not run: cannot mount a tmpfs here"
         return row
     one_line = [line for line in done.stderr.splitlines() if line.startswith("nextword train:")]
-    from nextword.checkpoint import verify
+    from nextword.training.checkpoint import verify
 
     intact = all(verify(p) is None for p in kept.iterdir())
     survived = (work / "rc").read_text().strip() == "2" and len(one_line) == 1 and intact and any(kept.iterdir())
@@ -262,7 +262,7 @@ def sharded_full_disk_trial(work: Path) -> Row:
     if not rc.exists():
         row.note = "not run: cannot mount a tmpfs here"
         return row
-    from nextword.checkpoint import verify
+    from nextword.training.checkpoint import verify
 
     errors = re.findall(r"nextword train: \S+/step_0000010: checkpoint not written \(No space left on device on "
                         r"rank \d; [^)]*\); the earlier checkpoints are intact", done.stderr)

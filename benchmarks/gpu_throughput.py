@@ -15,11 +15,11 @@ Rows:
                               checkpointing and torch.compile per block; micro-batches double until one does not
                               fit; the fastest row is kept, and its note names the largest that fits
 
-Every row trains with the training loop's own step (`nextword.train.train_step`: forward, fp32 cross-entropy over
+Every row trains with the training loop's own step (`nextword.training.trainer.train_step`: forward, fp32 cross-entropy over
 all positions, backward, gradient clipping, AdamW) on one fixed random batch; nothing is read back to the host
 inside the timed steps, and the clock stops after a device synchronisation. MFU is training FLOPs per token
 (6·N + 12·L·T·d, `GPT.flops_per_token`) × tokens/s over this device's measured dense bf16 matmul rate
-(`nextword.machine.matmul_flops`, the figure `nextword train` reports MFU against). Peak memory is
+(`nextword.training.machine.matmul_flops`, the figure `nextword train` reports MFU against). Peak memory is
 torch.cuda.max_memory_allocated over the timed steps (not reported on a CPU).
 """
 
@@ -38,11 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from common import HFModel
-from nextword import distributed
+from nextword.training import distributed
 from nextword.config import ModelConfig, TrainConfig, model_preset
-from nextword.machine import DTYPES, matmul_flops
+from nextword.training.machine import DTYPES, matmul_flops
 from nextword.model import GPT
-from nextword.train import autocast_for, build_optimizer, scaler_for, train_step
+from nextword.training.optimizer import build_optimizer
+from nextword.training.precision import autocast_for, scaler_for
+from nextword.training.step import train_step
 
 TINY = {"gpt2": {"arch": "gpt2", "n_layers": 2, "d_model": 64, "n_heads": 4, "context": 64, "vocab_size": 512},
         "llama": {"arch": "llama", "n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "d_ff": 128,
@@ -70,7 +72,7 @@ def transformers_twin(model: GPT) -> HFModel:
     same function through PyTorch's fused kernel, so transformers is not slowed by an activation in Python."""
     import transformers
 
-    from nextword.export import hf_config, to_hf_state_dict
+    from nextword.model.hf import hf_config, to_hf_state_dict
 
     config = hf_config(model.cfg, eos_id=0)
     config.activation_function = "gelu_pytorch_tanh"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common import markdown_table
-from nextword.machine import cpu_model
+from nextword.training.machine import cpu_model
 from nextword.model import linear_cross_entropy
 
 SHAPES = {  # name: (rows = batch × context, d_model, vocabulary)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/precision.py [--repeats 5] [--no-compile]
 
 For the default model (ModelConfig() with vocabulary 8192, TrainConfig's micro-batch), this measures:
-- the matmul ceilings in fp32 and bf16 (`nextword.machine.matmul_flops`, the figures MFU is measured against);
+- the matmul ceilings in fp32 and bf16 (`nextword.training.machine.matmul_flops`, the figures MFU is measured against);
 - what `resolve_precision("auto", …)` picks, by the training loop's own race (a few `train_step`s of a copy of
   the model in each precision), run afresh in an empty cache folder so no earlier verdict is reused;
 - training tokens/s in fp32 and bf16, eager and `torch.compile`d, the four taking turns step by step (the
@@ -11,7 +11,7 @@ For the default model (ModelConfig() with vocabulary 8192, TrainConfig's micro-b
   empty kernel cache) is reported apart from the steady speed;
 - whether auto's eager speed is within 5% of the faster fixed eager choice.
 
-Each step is the training loop's own: `nextword.train.train_step` with `build_optimizer`'s AdamW, `autocast_for`
+Each step is the training loop's own: `nextword.training.trainer.train_step` with `build_optimizer`'s AdamW, `autocast_for`
 and `scaler_for`, on one fixed random batch.
 """
 
@@ -28,9 +28,11 @@ import torch
 
 from common import empty_nextword_cache, header, interleaved, markdown_table, median, spread
 from nextword.config import ModelConfig, TrainConfig
-from nextword.machine import DTYPES, Machine, detect, matmul_flops, resolve_precision
+from nextword.training.machine import DTYPES, Machine, detect, matmul_flops, resolve_precision
 from nextword.model import GPT
-from nextword.train import autocast_for, build_optimizer, scaler_for, train_step
+from nextword.training.optimizer import build_optimizer
+from nextword.training.precision import autocast_for, scaler_for
+from nextword.training.step import train_step
 
 WITHIN = 0.05  # auto should be at most this much slower than the best fixed choice
 
@@ -66,7 +68,7 @@ def main() -> None:
 
     machine = detect("cpu", args.threads)
     ceilings = {p: matmul_flops(machine.device, DTYPES[p], seconds=1.0) for p in ("fp32", "bf16")}
-    # As nextword.machine.peak_flops: emulated bf16 is no ceiling to measure against.
+    # As nextword.training.machine.peak_flops: emulated bf16 is no ceiling to measure against.
     peak = max(ceilings.values()) if machine.bf16_native else ceilings["fp32"]
 
     torch.manual_seed(0)

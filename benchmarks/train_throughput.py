@@ -10,12 +10,12 @@ Shapes:
     gpt2-124m   the gpt2-124m preset (12 layers, d 768, vocabulary 50257), cut to --small-context tokens and
                 --small-batch sequences so a few steps fit in minutes on a CPU  vs  GPT2LMHeadModel
 
-The transformers model is built from nextword's own export config (`nextword.export.hf_config`, attention
+The transformers model is built from nextword's own export config (`nextword.tools.export.hf_config`, attention
 "sdpa", dropout 0, tied embeddings) and loaded with the nextword model's weights, so both start identical (their
 first losses are checked to agree). GPT-2's "gelu_new" is swapped for "gelu_pytorch_tanh", the same function
 through PyTorch's fused kernel, so transformers is not slowed by an activation written in Python.
 
-Both models are trained by the training loop's own step, `nextword.train.train_step` (forward, fp32
+Both models are trained by the training loop's own step, `nextword.training.trainer.train_step` (forward, fp32
 cross-entropy over all T positions, backward, gradient clipping, AdamW), with `build_optimizer`'s AdamW (fused
 where torch has it) over the same two parameter groups. Steps take turns A, B, A, B… on one fixed batch, and the
 table gives medians and their ratio: the machine may be shared, so a burst of load then slows both alike.
@@ -23,7 +23,7 @@ table gives medians and their ratio: the machine may be shared, so a burst of lo
 Precision: the one `resolve_precision("auto", …)` picks for that shape on this machine (the train loop's own
 timed race, run afresh in an empty cache folder), and fp32 (or bf16 when auto picks fp32 and the CPU
 has native bf16) as a second row. MFU is training FLOPs per token (`GPT.flops_per_token`) × tokens/s over this
-machine's measured matmul peak (`nextword.machine.peak_flops`).
+machine's measured matmul peak (`nextword.training.machine.peak_flops`).
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ from torch import Tensor, nn
 
 from common import HFModel, empty_nextword_cache, header, interleaved, markdown_table, median, spread
 from nextword.config import ModelConfig, TrainConfig, model_preset
-from nextword.export import hf_config, to_hf_state_dict
-from nextword.machine import Machine, detect, peak_flops, resolve_precision
+from nextword.model.hf import hf_config, to_hf_state_dict
+from nextword.training.machine import Machine, detect, peak_flops, resolve_precision
 from nextword.model import GPT
-from nextword.train import autocast_for, build_optimizer, scaler_for, train_step
+from nextword.training.optimizer import build_optimizer
+from nextword.training.precision import autocast_for, scaler_for
+from nextword.training.step import train_step
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 import pytest
 
-from nextword.budget import SAFETY_MARGIN, BudgetPlanner
+from nextword.training.budget import SAFETY_MARGIN, BudgetPlanner
 
 
 class Clock:

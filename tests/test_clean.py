@@ -200,7 +200,7 @@ def test_mix_realises_weights_deterministically():
 def test_data_clean_command_with_overrides(crawl, tmp_path, capsys):
     import argparse
 
-    from nextword.data import commands
+    from nextword.cli import data as commands
 
     parser = argparse.ArgumentParser()
     commands.configure(parser)
@@ -217,7 +217,7 @@ def test_data_clean_command_with_overrides(crawl, tmp_path, capsys):
 def test_merge_command_uses_the_settings_the_tasks_ran_with(crawl, tmp_path, capsys):
     import argparse
 
-    from nextword.data import commands
+    from nextword.cli import data as commands
 
     parser = argparse.ArgumentParser()
     commands.configure(parser)

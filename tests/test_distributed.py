@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from test_train import make_corpus
 
-from nextword.checkpoint import latest_checkpoint, load_for_inference, read_manifest
+from nextword.training.checkpoint import latest_checkpoint, load_for_inference, read_manifest
 from nextword.config import RunConfig
-from nextword.distributed import World, parallel_mode
+from nextword.training.distributed import World, parallel_mode
 from nextword.errors import CheckpointError, ConfigError
-from nextword.train import _accumulation, train
+from nextword.training.trainer import _accumulation, train
 
 STEPS, STOP_AT = 16, 8
 
@@ -263,7 +263,7 @@ def test_the_gpu_benchmark_runs_at_a_tiny_shape_on_a_cpu(tmp_path):
 def test_a_sharded_checkpoint_round_trips_and_refuses_nan_weights(tmp_path):
     import torch
 
-    from nextword.distributed import load_checkpoint, save_checkpoint
+    from nextword.training.distributed import load_checkpoint, save_checkpoint
     from nextword.model import GPT
 
     cfg = RunConfig()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from nextword import cli
 from nextword.config import ModelConfig, RunConfig
 from nextword.data.tokenizer import Tokenizer
-from nextword.evaluate import evaluate_text
+from nextword.tools.evaluate import evaluate_text
 from nextword.model import GPT
 
 CONTEXT = 8
@@ -27,7 +27,7 @@ def tiny_model(tokenizer: Tokenizer) -> GPT:
 
 @pytest.fixture
 def run_dir(tmp_path, tokenizer):
-    checkpoint = pytest.importorskip("nextword.checkpoint")
+    checkpoint = pytest.importorskip("nextword.training.checkpoint")
     cfg = RunConfig()
     model = tiny_model(tokenizer)
     cfg.model = model.cfg

@@ -6,7 +6,8 @@ import torch
 from nextword.config import ModelConfig
 from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import CheckpointError
-from nextword.export import export_model, load_hf_model
+from nextword.model.hf import load_hf_model
+from nextword.tools.export import export_model
 from nextword.model import GPT
 
 transformers = pytest.importorskip("transformers")

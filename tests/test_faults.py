@@ -25,14 +25,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from nextword import checkpoint, cli
-from nextword.checkpoint import SAVE_DELAY_ENV, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from nextword import cli
+from nextword.training import checkpoint
+from nextword.training.checkpoint import SAVE_DELAY_ENV, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from nextword.config import RunConfig
 from nextword.data.fetch import FetchOptions, download
 from nextword.data.loader import TokenLoader
 from nextword.errors import CheckpointError, DataError
 from nextword.model import GPT
-from nextword.train import build_optimizer
+from nextword.training.optimizer import build_optimizer
 
 WORDS = ("def return import class self value the model token data while for if else print list dict "
          "loss learning next word predicts each step").split()
@@ -260,7 +261,7 @@ def test_permission_denied_while_saving_keeps_earlier_checkpoints(tmp_path, monk
 def test_a_sharded_save_that_fails_leaves_earlier_checkpoints_and_nothing_else(tmp_path, monkeypatch, where):
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-    from nextword import distributed
+    from nextword.training import distributed
 
     model, optimizer, cfg = tiny_model_and_optimizer()
 
@@ -347,7 +348,7 @@ def test_a_state_file_crafted_to_run_code_is_refused_without_running_it(tmp_path
 
 
 def test_hugging_face_import_reads_no_pickle_and_no_remote_code(tmp_path):
-    from nextword.export import load_hf_model
+    from nextword.model.hf import load_hf_model
 
     marker = tmp_path / "pwned"
     hf = tmp_path / "hf"

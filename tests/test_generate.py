@@ -5,7 +5,8 @@ import torch
 
 from nextword.config import ModelConfig, RunConfig
 from nextword.data.tokenizer import Tokenizer
-from nextword.generate import StreamDecoder, next_token_probs, sample
+from nextword.model.sampling import next_token_probs, sample
+from nextword.tools.generate import StreamDecoder
 from nextword.model import GPT
 
 VOCAB = 61
@@ -124,7 +125,7 @@ def test_stream_decoder_holds_back_a_split_character(tokenizer):
 
 
 def test_sample_command_streams_the_continuation(tmp_path, tokenizer, capsys):
-    checkpoint = pytest.importorskip("nextword.checkpoint")
+    checkpoint = pytest.importorskip("nextword.training.checkpoint")
     from nextword import cli
 
     cfg = RunConfig()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nextword.config import ModelConfig
-from nextword import model as model_module
+from nextword.model import network as model_module
 from nextword.model import GPT, linear_cross_entropy
 
 VOCAB = 97
@@ -222,12 +222,12 @@ def test_missing_vocab_size_is_refused():
 
 def test_repeating_kv_heads_gives_the_same_attention(monkeypatch):
     """Older torch (< 2.5) has no enable_gqa in SDPA; the model then repeats the shared kv heads."""
-    import nextword.model
+    import nextword.model.network
 
     model = build(CONFIGS["llama-gqa-qknorm"])
     idx = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         native, _ = model(idx)
-        monkeypatch.setattr(nextword.model, "SDPA_HAS_GQA", False)
+        monkeypatch.setattr(nextword.model.network, "SDPA_HAS_GQA", False)
         repeated, _ = model(idx)
     torch.testing.assert_close(repeated, native, rtol=0, atol=1e-6)

@@ -7,7 +7,7 @@ from nextword import cli
 from nextword.config import ModelConfig, RunConfig
 from nextword.errors import ConfigError, DataError
 from nextword.model import GPT
-from nextword.plan import (
+from nextword.tools.plan import (
     GPUS, RUNS, Moe, chinchilla_loss, compute_time, count_flops, count_params, layer_activation_bytes,
     memory_plan, plan_run, shape_for_params,
 )

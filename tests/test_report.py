@@ -10,8 +10,8 @@ from matplotlib.image import imread
 
 from nextword import cli
 from nextword.config import RunConfig
-from nextword.report import VAL_COLOUR, read_history, render_html, write_report
-from nextword.train import train
+from nextword.tools.report import VAL_COLOUR, read_history, render_html, write_report
+from nextword.training.trainer import train
 
 WORDS = "def return import class self value the model token data while for if else print list dict".split()
 CHROMIUM = Path("/usr/bin/chromium")

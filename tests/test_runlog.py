@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nextword.runlog import RunLog, read_log
+from nextword.training.runlog import RunLog, read_log
 
 
 def write_short_run(log: RunLog, resumed_from: int = 0, steps: range = range(1, 5),
@@ -113,7 +113,7 @@ def test_a_log_to_the_null_device_writes_no_tensorboard_files(tmp_path, monkeypa
 
 
 def test_a_line_cut_short_by_a_crash_does_not_swallow_the_next_record(tmp_path):
-    from nextword.runlog import RunLog, read_log
+    from nextword.training.runlog import RunLog, read_log
 
     path = tmp_path / "log.jsonl"
     path.write_text('{"kind": "train", "step": 1}\n{"kind": "train", "st')

@@ -13,7 +13,7 @@ from nextword.config import ModelConfig, RunConfig, TrainConfig
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import ConfigError, DataError
 from nextword.model import GPT
-from nextword.trace import Style, render_html, render_text, trace_step
+from nextword.tools.trace import Style, render_html, render_text, trace_step
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps."
 
@@ -210,7 +210,7 @@ def test_html_page_renders_in_a_headless_browser(tmp_path, tokenizer):
 
 def write_run(run_dir: Path, tokenizer: Tokenizer) -> Path:
     """A run directory with one checkpoint of tiny_model, as `nextword train` leaves it."""
-    checkpoint = pytest.importorskip("nextword.checkpoint")
+    checkpoint = pytest.importorskip("nextword.training.checkpoint")
     run_dir.mkdir()
     cfg = RunConfig()
     cfg.model = tiny_model(tokenizer).cfg

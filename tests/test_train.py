@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from nextword import cli
-from nextword.checkpoint import latest_checkpoint, list_checkpoints, load_for_inference
+from nextword.training.checkpoint import latest_checkpoint, list_checkpoints, load_for_inference
 from nextword.config import RunConfig, TrainConfig
 from nextword.data.loader import TokenLoader
 from nextword.errors import CheckpointError, DataError
-from nextword.machine import Machine, resolve_precision
-from nextword.schedule import learning_rate, warmup_length
-from nextword.train import LossSpikeError, _StopRequest, spike_limit, train
+from nextword.training.machine import Machine, resolve_precision
+from nextword.training.schedule import learning_rate, warmup_length
+from nextword.training.trainer import LossSpikeError, _StopRequest, spike_limit, train
 
 WORDS = ("def return import class self value the model token data while for if else print list dict "
          "loss learning next word predicts each step").split()
@@ -169,7 +169,7 @@ def test_a_config_that_cannot_work_fails_in_one_line(capsys):
 
 def test_continued_pretraining_starts_from_an_exported_model(tiny, tmp_path):
     pytest.importorskip("transformers")
-    from nextword.export import export_model
+    from nextword.tools.export import export_model
 
     tiny.train.steps = 30
     first = train(copy.deepcopy(tiny), progress=False)
@@ -196,7 +196,9 @@ def test_a_finished_run_is_left_as_it_is(tiny, tmp_path, capsys):
 def test_an_update_with_a_nonfinite_gradient_is_skipped_on_the_device():
     from nextword.config import ModelConfig, TrainConfig
     from nextword.model import GPT
-    from nextword.train import autocast_for, build_optimizer, scaler_for, train_step
+    from nextword.training.optimizer import build_optimizer
+    from nextword.training.precision import autocast_for, scaler_for
+    from nextword.training.step import train_step
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layers=1, d_model=16, n_heads=2, context=8, vocab_size=50))
@@ -216,8 +218,8 @@ def test_an_update_with_a_nonfinite_gradient_is_skipped_on_the_device():
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoint(tiny, tmp_path, monkeypatch):
-    from nextword.runlog import RunLog
-    from nextword.train import NonFiniteError
+    from nextword.training.runlog import RunLog
+    from nextword.training.trainer import NonFiniteError
 
     tiny.train.steps, tiny.train.ckpt_every = 30, 2
     tiny.train.on_nonfinite = "stop"
@@ -288,7 +290,7 @@ def test_a_loss_spike_rolls_back_to_the_checkpoint_before_it_and_skips_its_data(
 
 def move_loader(checkpoint_dir, cursor: int) -> None:
     """Set a checkpoint's loader position, and its manifest to match."""
-    from nextword.checkpoint import _sha256
+    from nextword.training.checkpoint import _sha256
 
     trainer = checkpoint_dir / "trainer.json"
     trainer.write_text(json.dumps({**json.loads(trainer.read_text()), "loader": {"epoch": 0, "cursor": cursor}}))
@@ -333,7 +335,7 @@ def test_a_validation_split_shorter_than_a_window_stops_the_run_before_any_measu
     def race_ran(*args, **kwargs):
         raise AssertionError("the precision race ran before the data was checked")
 
-    monkeypatch.setattr("nextword.train._choose_precision", race_ran)
+    monkeypatch.setattr("nextword.training.trainer._choose_precision", race_ran)
     with pytest.raises(DataError, match="the val split has .* tokens, but one window needs context"):
         train(tiny, progress=False)
 

@@ -11,13 +11,15 @@ import pytest
 import torch
 from test_train import read_log, tiny  # noqa: F401  (tiny is a fixture)
 
-from nextword import checkpoint, cli
-from nextword.checkpoint import checkpoint_step, list_checkpoints
+from nextword import cli
+from nextword.training import checkpoint
+from nextword.training.checkpoint import checkpoint_step, list_checkpoints
 from nextword.config import ModelConfig, RunConfig, TrainConfig
 from nextword.errors import CheckpointError, ConfigError, NextwordError
 from nextword.model import GPT
-from nextword.runlog import RunLog
-from nextword.train import build_optimizer, train
+from nextword.training.runlog import RunLog
+from nextword.training.trainer import train
+from nextword.training.optimizer import build_optimizer
 
 
 @pytest.mark.parametrize("override, field", [

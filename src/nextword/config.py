@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from nextword.data.filters import CleanConfig
 from nextword.errors import ConfigError
+from nextword.files import write_text_atomically
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -151,7 +152,7 @@ class RunConfig:
         return to_toml(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_toml(), encoding="utf-8")
+        write_text_atomically(path, self.to_toml())
 
 
 # Model shapes by name. Published shapes keep their published vocabulary, which nextword pads a smaller

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from nextword.data.dedup import Deduplicator, MinHasher, exact_key
 from nextword.data.filters import EXAMPLE_CHARS, CleanConfig, FilterChain, RuleStats
 from nextword.data.sources import Document, SkipLog, read_sources
 from nextword.errors import DataError, make_folder
+from nextword.files import atomic_write, write_text_atomically
 
 CODE_PREFIX = "code:"
 PART_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
@@ -117,13 +117,7 @@ def _write_manifest(out: Path, inputs: list[Input], cfg: CleanConfig, extensions
                             "use a new --out folder or delete this one")
         return
     make_folder(out, "output", "--out")
-    _write_atomic(path, json.dumps(manifest, indent=1))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(manifest, indent=1))
 
 
 # ---- stage one: one input → one part ---------------------------------------------------------------------
@@ -165,13 +159,12 @@ def _process_input(index: int, inp: Input, cfg: CleanConfig, parts_dir: str, ext
         rows["exact"].append(exact_key(text))
         rows["minhash"].append(None if signature is None else signature.tobytes())
     part = Path(parts_dir) / f"{index:05d}"
-    tmp = part.with_suffix(f".parquet.tmp{os.getpid()}")
-    pq.write_table(pa.table(rows, schema=PART_SCHEMA), tmp)
-    os.replace(tmp, part.with_suffix(".parquet"))
+    with atomic_write(part.with_suffix(".parquet")) as tmp:
+        pq.write_table(pa.table(rows, schema=PART_SCHEMA), tmp)
     stats = {"input": inp.spec, "kind": inp.kind, "docs_read": read_docs, "bytes_read": read_bytes,
              "docs_kept": len(rows["id"]), "bytes_kept": sum(len(t.encode("utf-8")) for t in rows["text"]),
              "rules": {name: s.to_dict() for name, s in chain.stats.items()}, "skips": skips.to_dict()}
-    _write_atomic(part.with_suffix(".json"), json.dumps(stats))
+    write_text_atomically(part.with_suffix(".json"), json.dumps(stats))
     return f"clean: {inp.spec}: {read_docs} documents read, {len(rows['id'])} kept by the rules"
 
 
@@ -243,8 +236,8 @@ def merge(out_dir: str | Path, cfg: CleanConfig | None = None) -> dict:
         per_input.append(part_stats)
     shards = writer.close()
     stats = _summarise(per_input, dedup_stats, shards, cfg)
-    _write_atomic(out / "stats.json", json.dumps(stats, indent=1))
-    _write_atomic(out / "report.md", render_report(stats))
+    write_text_atomically(out / "stats.json", json.dumps(stats, indent=1))
+    write_text_atomically(out / "report.md", render_report(stats))
     return stats
 
 
@@ -267,9 +260,8 @@ class _ShardWriter:
 
     def _flush(self) -> None:
         name = f"docs_{len(self.names):05d}.parquet"
-        tmp = self.out / (name + ".tmp")
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=DOC_SCHEMA), tmp)
-        os.replace(tmp, self.out / name)
+        with atomic_write(self.out / name) as tmp:
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=DOC_SCHEMA), tmp)
         self.names.append(name)
         self.rows = []
 

@@ -186,7 +186,8 @@ def _finished_index(data_dir: Path, key: str) -> dict[str, Any] | None:
 def _remove_previous_output(data_dir: Path) -> None:
     """Remove the index first, so an interrupted run never leaves a data dir that looks finished."""
     (data_dir / INDEX_NAME).unlink(missing_ok=True)
-    (data_dir / f"{INDEX_NAME}.tmp").unlink(missing_ok=True)
+    for path in data_dir.glob(f"{INDEX_NAME}.tmp*"):  # left by a process killed while writing it
+        path.unlink()
     for path in data_dir.iterdir():
         if SHARD_FILE.fullmatch(path.name):
             path.unlink()

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from nextword.errors import DataError
+from nextword.files import atomic_write, replace_atomically, write_text_atomically
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -37,12 +37,6 @@ def split_of(doc_id: str, val_fraction: float) -> str:
     digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
     position = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
     return "val" if position < val_fraction else "train"
-
-
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
 
 
 class ShardWriter:
@@ -106,11 +100,9 @@ class ShardWriter:
         name = self._name()
         self._file.close()
         self._file = None
-        docs_tmp = self.data_dir / f"{name}.docs.npy.tmp"
-        with open(docs_tmp, "wb") as f:
+        with atomic_write(self.data_dir / f"{name}.docs.npy") as docs_tmp, open(docs_tmp, "wb") as f:
             np.save(f, np.asarray(self._doc_starts, dtype=np.int64))
-        _replace_atomically(docs_tmp, self.data_dir / f"{name}.docs.npy")
-        _replace_atomically(self.data_dir / f"{name}.bin.tmp", self.data_dir / f"{name}.bin")
+        replace_atomically(self.data_dir / f"{name}.bin.tmp", self.data_dir / f"{name}.bin")
         self.shards.append({"file": f"{name}.bin", "docs": f"{name}.docs.npy", "tokens": self._shard_tokens,
                             "documents": len(self._doc_starts)})
 
@@ -120,10 +112,7 @@ def write_index(data_dir: str | Path, *, vocab_size: int, eos_id: int, tokenizer
     """Write index.json (atomically, and after every shard it names): the mark of a finished data dir."""
     index = {"format_version": FORMAT_VERSION, "dtype": token_dtype(vocab_size).name, "vocab_size": vocab_size,
              "eos_id": eos_id, "tokenizer_hash": tokenizer_hash, "splits": splits, **extra}
-    path = Path(data_dir) / INDEX_NAME
-    tmp = path.with_name(INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
-    _replace_atomically(tmp, path)
+    write_text_atomically(Path(data_dir) / INDEX_NAME, json.dumps(index, indent=1) + "\n")
     return index
 
 

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from nextword.errors import DataError
+from nextword.files import write_text_atomically
 
 EOS = "<|endoftext|>"
 # The trainer reserves memory in proportion to the vocabulary it is asked for (about 70 bytes a token) and aborts
@@ -93,14 +94,7 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json whole or not at all (a temporary file renamed into place)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(self.to_json(), encoding="utf-8")
-            tmp.replace(path)
-        except BaseException:  # a full disk or an interrupt: leave no half-written file behind
-            tmp.unlink(missing_ok=True)
-            raise
+        write_text_atomically(path, self.to_json())
 
     def encode(self, text: str) -> list[int]:
         return self._hf.encode(text, add_special_tokens=False).ids

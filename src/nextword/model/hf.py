@@ -1,20 +1,15 @@
-"""Write a trained run as a Hugging Face transformers model directory, and read one back.
+"""The same network under Hugging Face transformers' names: weights and config, both ways.
 
-`nextword export RUN --hf OUT` writes OUT with config.json, generation_config.json, model.safetensors and a fast
-tokenizer (tokenizer.json, tokenizer_config.json), which AutoModelForCausalLM.from_pretrained(OUT) and
-AutoTokenizer.from_pretrained(OUT) load with no custom code:
+    gpt2 arch               ↔ GPT2LMHeadModel (q, k, v fused into c_attn; Conv1D weights stored transposed)
+    llama arch              ↔ LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
+    llama arch with qk_norm ↔ Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
 
-    gpt2 arch               → GPT2LMHeadModel (q, k, v fused into c_attn; Conv1D weights stored transposed)
-    llama arch              → LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
-    llama arch with qk_norm → Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
-
-The other direction, `load_hf_model(path)`, reads such a directory (these three architectures, and Mistral
-without a sliding window) into a nextword GPT with safetensors alone, for `[model] init_from`.
+`load_hf_model(path)` also reads MistralForCausalLM without a sliding window, with safetensors alone, for
+`[model] init_from`. Writing a whole model directory (with its tokenizer) is `nextword export`'s job.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -23,13 +18,11 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from nextword.config import ModelConfig
-from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import CheckpointError, ConfigError
-from nextword.model import GPT
+from nextword.model.network import GPT
 
 # ---------------------------------------------------------------------------------------------------------------
 # nextword → Hugging Face
-
 
 def hf_architecture(cfg: ModelConfig) -> str:
     if cfg.arch == "gpt2":
@@ -108,42 +101,6 @@ LLAMA_LAYER_NAMES = {
     "mlp.up_proj.weight": "mlp.up.weight",
     "mlp.down_proj.weight": "mlp.down.weight",
 }
-
-
-def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
-    """Write `model` and `tokenizer` as a transformers model directory (fp32 weights in safetensors)."""
-    try:
-        import transformers
-        from tokenizers import Tokenizer as HFTokenizer
-    except ImportError:
-        raise ConfigError("exporting needs the transformers package: pip install 'nextword[hf]'") from None
-    cfg = model.cfg
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                              f"{cfg.vocab_size}; they do not belong together")
-    out = Path(out_dir)
-    config = hf_config(cfg, tokenizer.eos_id)
-    hf_model = getattr(transformers, config.architectures[0])(config)
-    missing, unexpected = hf_model.load_state_dict(to_hf_state_dict(model), strict=False)
-    # Tied heads and GPT-2's causal-mask buffers are not weights of their own.
-    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_embeddings) and not k.endswith(".attn.bias")]
-    if missing or unexpected:
-        raise CheckpointError(f"weight names do not line up with {config.architectures[0]}: "
-                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    hf_model.generation_config.bos_token_id = tokenizer.eos_id
-    hf_model.generation_config.eos_token_id = tokenizer.eos_id
-    hf_model.generation_config.pad_token_id = tokenizer.eos_id
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=HFTokenizer.from_str(tokenizer.to_json()), bos_token=EOS, eos_token=EOS,
-        pad_token=EOS, model_max_length=cfg.context, clean_up_tokenization_spaces=False)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        hf_model.save_pretrained(out, safe_serialization=True)
-        fast.save_pretrained(out)
-    except OSError as e:
-        raise ConfigError(f"{out}: cannot write the model there ({e.strerror or e}); give --hf a folder you can "
-                          "write to") from None
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,25 +222,3 @@ def from_hf_state_dict(cfg: ModelConfig, hf: dict[str, Tensor]) -> dict[str, Ten
             raise CheckpointError("config says the output head is untied, but the weights have no lm_head.weight")
         sd["lm_head.weight"] = hf["lm_head.weight"]
     return sd
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN", help="a run directory written by `nextword train`")
-    parser.add_argument("--hf", required=True, metavar="OUT_DIR", help="where to write the transformers model")
-
-
-def run(args: argparse.Namespace) -> int:
-    from nextword.checkpoint import load_for_inference
-
-    if Path(args.hf).resolve() == Path(args.run_dir).resolve():
-        raise ConfigError(f"--hf {args.hf} is the run directory itself, whose tokenizer.json the export would "
-                          f"replace; give another folder, e.g. --hf {Path(args.run_dir) / 'hf'}")
-    model, tokenizer, _ = load_for_inference(args.run_dir)
-    out = export_model(model, tokenizer, args.hf)
-    print(f"wrote {out} ({hf_architecture(model.cfg)}); load it with "
-          f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r})")
-    return 0

@@ -37,9 +37,9 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 
-from nextword import checkpoint
+from nextword.training import checkpoint
 from nextword.errors import CheckpointError, ConfigError, NextwordError
-from nextword.machine import usable_cores
+from nextword.training.machine import usable_cores
 
 # A collective that waits longer than this raises instead of hanging: long enough for rank 0 to prepare a
 # small corpus or write a large checkpoint while the others wait, short enough that a stuck job ends.

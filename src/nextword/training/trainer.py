@@ -34,9 +34,10 @@ from typing import Any, NamedTuple, NoReturn
 
 import torch
 
-from nextword import cli, distributed
-from nextword.budget import EVALS_PER_RUN, BudgetPlanner
-from nextword.checkpoint import (
+from nextword import cli
+from nextword.training import distributed
+from nextword.training.budget import EVALS_PER_RUN, BudgetPlanner
+from nextword.training.checkpoint import (
     check_compatible,
     checkpoint_step,
     latest_checkpoint,
@@ -48,11 +49,10 @@ from nextword.config import RunConfig, TrainConfig, parse_count, parse_duration
 from nextword.data.loader import TokenLoader
 from nextword.data.prepare import prepare
 from nextword.data.shards import TokenShards, read_index
-from nextword.distributed import World
+from nextword.training.distributed import World
 from nextword.errors import CheckpointError, ConfigError, NextwordError
-from nextword.evaluate import evaluate_loss, samples
-from nextword.machine import (
-    DTYPES,
+from nextword.training.evaluator import evaluate_loss, samples
+from nextword.training.machine import (
     Machine,
     cpu_bf16_native,
     detect,
@@ -60,8 +60,11 @@ from nextword.machine import (
     resolve_precision,
 )
 from nextword.model import GPT
-from nextword.runlog import RunLog, read_log, short_count
-from nextword.schedule import learning_rate
+from nextword.training.runlog import RunLog, read_log, short_count
+from nextword.training.optimizer import build_optimizer
+from nextword.training.precision import autocast_for, scaler_for
+from nextword.training.schedule import learning_rate
+from nextword.training.step import train_step
 
 DEFAULT_BUDGET = "10m"
 TIMED_WARMUP_STEPS = 3  # steps not timed: the first ones pay for allocation and lazy initialisation
@@ -779,7 +782,7 @@ def _pretrained(cfg: RunConfig) -> GPT | None:
     """With `model.init_from`, the Hugging Face model to continue from; its shape and tokenizer become the run's."""
     if not cfg.model.init_from:
         return None
-    from nextword.export import load_hf_model
+    from nextword.model.hf import load_hf_model
 
     source = Path(cfg.model.init_from)
     model = load_hf_model(source)
@@ -813,70 +816,6 @@ def _remove_checkpoints_after(run: _Run, step: int) -> None:
         for path in list_checkpoints(run.run_dir):
             if checkpoint_step(path) > step:
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _skip_update_if(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -> None:
-    """Make the next optimizer step a no-op when `nonfinite` is 1, without reading it back to the host.
-
-    The fused AdamW kernel takes a `found_inf` flag and skips the whole update on the device (the same mechanism
-    loss scaling uses); the unfused fallback has no such flag, so there the flag is read back.
-    """
-    if optimizer.defaults.get("fused"):
-        optimizer.found_inf = nonfinite
-    elif bool(nonfinite):
-        optimizer.zero_grad(set_to_none=True)  # an optimizer step with no gradients changes nothing
-
-
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], tuple],
-               accumulation: int, lr: float, grad_clip: float, autocast: contextlib.AbstractContextManager,
-               scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer update over `accumulation` micro-batches: (mean loss, gradient norm, 1.0 if skipped).
-
-    Nothing here reads a value back to the host, so on a GPU the step runs without a synchronisation.
-    """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    total = None
-    for micro_step in range(accumulation):
-        x, y = next_batch()
-        # Over several processes, gradients are averaged across ranks once, in the last micro-step's backward.
-        with distributed.gradient_sync(model, micro_step == accumulation - 1):
-            with autocast:
-                _, loss = model(x, y)
-            scaler.scale(loss / accumulation).backward()
-        total = loss.detach() if total is None else total + loss.detach()
-    scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-    if hasattr(norm, "full_tensor"):  # under FSDP: a DTensor that every rank holds whole
-        norm = norm.full_tensor()
-    nonfinite = (~torch.isfinite(norm)).float()
-    if not scaler.is_enabled():
-        _skip_update_if(optimizer, nonfinite)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return total / accumulation, norm, nonfinite
-
-
-def build_optimizer(model: GPT, t: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the model's two parameter groups (decayed matrices; undecayed norms, biases, embeddings)."""
-    groups = model.optimizer_groups(t.weight_decay, t.decay_embeddings)
-    kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)  # one kernel for all parameters
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, foreach=True, **kwargs)
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
-
-
-def scaler_for(device: torch.device, precision: str) -> torch.amp.GradScaler:
-    """Loss scaling is only needed for fp16, whose narrow exponent underflows small gradients."""
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
 
 
 def _accumulation(t: TrainConfig, context: int, world_size: int) -> int:
@@ -961,9 +900,7 @@ def _asdict(state: Progress) -> dict[str, Any]:
 
 
 def _write_run_files(run_dir: Path, cfg: RunConfig, tokenizer) -> None:
-    tmp = run_dir / "config.toml.tmp"
-    cfg.save(tmp)
-    tmp.replace(run_dir / "config.toml")
+    cfg.save(run_dir / "config.toml")
     tokenizer.save(run_dir / "tokenizer.json")
 
 

@@ -407,7 +407,7 @@ def _read_text(args: argparse.Namespace) -> str:
 def _load_model(run_dir: str | None, seed: int):
     """The run's model, tokenizer and training settings; without a run, a fresh default model."""
     if run_dir is not None:
-        from nextword.checkpoint import load_for_inference
+        from nextword.training.checkpoint import load_for_inference
 
         model, tokenizer, cfg = load_for_inference(run_dir, "cpu")
         return model, tokenizer, cfg.train

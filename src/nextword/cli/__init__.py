@@ -30,14 +30,14 @@ PROCESS_START = time.monotonic()  # a time budget counts the whole command, impo
 # name: (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("nextword.data.prepare", "sources → tokenizer → token shards, with a stats report"),
-    "data": ("nextword.data.commands", "web-scale data: fetch Common Crawl, clean and deduplicate a corpus"),
-    "train": ("nextword.train", "pretrain a model; resumes from the run directory if a checkpoint is there"),
-    "sample": ("nextword.generate", "generate text from a trained run"),
-    "eval": ("nextword.evaluate", "loss, perplexity and bits per byte on held-out text"),
-    "trace": ("nextword.trace", "walk one training step with its real numbers"),
-    "plan": ("nextword.plan", "FLOPs, memory, GPU-hours and cost of a run, from first principles"),
-    "export": ("nextword.export", "write a Hugging Face transformers model directory"),
-    "report": ("nextword.report", "plots and a page for a run"),
+    "data": ("nextword.cli.data", "web-scale data: fetch Common Crawl, clean and deduplicate a corpus"),
+    "train": ("nextword.training.trainer", "pretrain a model; resumes from the run directory if a checkpoint is there"),
+    "sample": ("nextword.tools.generate", "generate text from a trained run"),
+    "eval": ("nextword.tools.evaluate", "loss, perplexity and bits per byte on held-out text"),
+    "trace": ("nextword.tools.trace", "walk one training step with its real numbers"),
+    "plan": ("nextword.tools.plan", "FLOPs, memory, GPU-hours and cost of a run, from first principles"),
+    "export": ("nextword.tools.export", "write a Hugging Face transformers model directory"),
+    "report": ("nextword.tools.report", "plots and a page for a run"),
 }
 
 EPILOG = """\

@@ -30,7 +30,7 @@ from nextword.config import (
     DataConfig, ModelConfig, RunConfig, apply_overrides, load, model_preset, parse_count,
 )
 from nextword.errors import ConfigError, DataError
-from nextword.runlog import read_log
+from nextword.training.runlog import read_log
 
 # ---------------------------------------------------------------------------------------------------------------
 # Hardware
@@ -76,7 +76,7 @@ def this_machine() -> Gpu:
     """This computer's CPU as the 'GPU': its fastest measured dense matmul rate and its RAM."""
     import os
 
-    from nextword import machine
+    from nextword.training import machine
 
     found = machine.detect("cpu")
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from nextword.errors import ConfigError
+from nextword.files import write_text_atomically
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -120,9 +121,7 @@ def cached(machine: Machine, key: str, compute: Callable[[], float | str]) -> fl
         table[full_key] = compute()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(table, indent=1))
-            tmp.replace(path)
+            write_text_atomically(path, json.dumps(table, indent=1))
         except OSError:
             pass  # a read-only cache only costs a re-measurement next time
     return table[full_key]

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 from nextword.errors import CheckpointError, DataError
-from nextword.runlog import read_log, short_count
+from nextword.training.runlog import read_log, short_count
 
 FIGURE_SIZE = (6.4, 4.0)  # inches; at 100 dpi 640 × 400 pixels, two side by side on a wide screen
 DPI = 100

@@ -1,0 +1,57 @@
+"""One optimizer update: forward, −log p of the tokens that came next, backward, clip, update.
+
+This is the code a learner reads first. Everything around it (when to evaluate, save, stop; the learning rate's
+schedule; how ranks share the work) lives in the training loop and its components.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from nextword.training import distributed
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], tuple],
+               accumulation: int, lr: float, grad_clip: float, autocast: contextlib.AbstractContextManager,
+               scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer update over `accumulation` micro-batches: (mean loss, gradient norm, 1.0 if skipped).
+
+    Nothing here reads a value back to the host, so on a GPU the step runs without a synchronisation.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    total = None
+    for micro_step in range(accumulation):
+        x, y = next_batch()
+        # Over several processes, gradients are averaged across ranks once, in the last micro-step's backward.
+        with distributed.gradient_sync(model, micro_step == accumulation - 1):
+            with autocast:
+                _, loss = model(x, y)
+            scaler.scale(loss / accumulation).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # under FSDP: a DTensor that every rank holds whole
+        norm = norm.full_tensor()
+    nonfinite = (~torch.isfinite(norm)).float()
+    if not scaler.is_enabled():
+        _skip_update_if(optimizer, nonfinite)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total / accumulation, norm, nonfinite
+
+
+def _skip_update_if(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -> None:
+    """Make the next optimizer step a no-op when `nonfinite` is 1, without reading it back to the host.
+
+    The fused AdamW kernel takes a `found_inf` flag and skips the whole update on the device (the same mechanism
+    loss scaling uses); the unfused fallback has no such flag, so there the flag is read back.
+    """
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = nonfinite
+    elif bool(nonfinite):
+        optimizer.zero_grad(set_to_none=True)  # an optimizer step with no gradients changes nothing
