@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Make .venv with nextword and its dependencies. Safe to run again: it only installs what is missing.
 #
-# PyTorch: a plain `pip install torch` on a machine without one pulls several GB of CUDA packages, so a CPU build
-# is installed first: the local wheel cache's build where pip finds one, else PyTorch's CPU index. A machine
-# that already has torch (a GPU box) keeps its own when run as `NEXTWORD_PYTHON=python3 ./setup.sh`.
+# PyTorch is installed first, in the build that fits the machine (scripts/install_torch.py): a wheel already on
+# disk, else the CUDA build only where an NVIDIA GPU is, else the CPU build, so that the dependency on torch
+# below finds it installed and downloads no CUDA packages. A machine that already has torch (a GPU box) keeps its
+# own when run as `NEXTWORD_PYTHON=python3 ./setup.sh`.
 set -euo pipefail
 cd "$(dirname "$0")"
 python=${NEXTWORD_PYTHON:-python3}
@@ -12,9 +13,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip=(.venv/bin/python -m pip --quiet --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    echo "setup: installing PyTorch (CPU build)"
-    "${pip[@]}" install "torch==2.13.0" 2>/dev/null \
-        || "${pip[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
+    "$python" scripts/install_torch.py .venv/bin/python
 fi
 stamp=.venv/.nextword-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
