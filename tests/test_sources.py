@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -209,6 +210,16 @@ def test_zstd_with_several_frames_reads_them_all(tmp_path):
     path.write_bytes(frames)
     docs, skips = read([path])
     assert [d.text for d in docs] == ["one", "two"] and skips.total == 0
+
+
+def test_zstd_without_its_package_names_the_extra_to_install(tmp_path, monkeypatch):
+    """zstandard is an optional extra: without it a .zst input stops with one line, not a traceback or a skip."""
+    path = tmp_path / "data.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes([{"text": "one"}])))
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard now raises ImportError
+    with pytest.raises(DataError, match=r"data\.jsonl\.zst: reading \.zst files needs the zstandard package: "
+                                        r"pip install 'nextword\[zstd\]'"):
+        read([path])
 
 
 # --- parquet ---------------------------------------------------------------------------------------------

@@ -209,7 +209,11 @@ def _zstd_chunks(path: Path) -> Iterator[bytes]:
     zstandard's stream reader ends quietly at a truncated frame, so this checks that the last frame was
     complete and raises EOFError if it was not.
     """
-    import zstandard  # here, not at the top: only .zst inputs need it, and training images may lack it
+    try:  # here, not at the top: only .zst inputs need it, an optional extra
+        import zstandard
+    except ImportError:
+        raise DataError(f"{path}: reading .zst files needs the zstandard package: "
+                        "pip install 'nextword[zstd]'") from None
 
     decompressor = zstandard.ZstdDecompressor()
     frame = decompressor.decompressobj()
