@@ -73,8 +73,14 @@ def test_tensorboard_gets_the_scalars_against_step_and_tokens_and_the_samples(tm
     assert run_line["tensorboard"] == str(tmp_path / "tensorboard")
 
 
-def test_a_resumed_run_hides_the_steps_logged_after_its_checkpoint(tmp_path):
+def test_a_resumed_run_hides_the_steps_logged_after_its_checkpoint(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer import event_file_writer
+
+    # Event files of one process are numbered by a counter that earlier writers have advanced (other tests, or a
+    # program that trained before): from 9, the interrupted run's files end in .9 and .10, the resumed run's in
+    # .11 and .12, which sort as text before .9 when opened in the same second.
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
     write_short_run(RunLog(tmp_path / "log.jsonl"), steps=range(1, 5))  # interrupted after step 4
     write_short_run(RunLog(tmp_path / "log.jsonl"), resumed_from=2, steps=range(3, 7),
                     loss_offset=0.25)  # resumed from its checkpoint at step 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ TOKEN_TAGS = {
     "eval": {"val_loss": "by_tokens/val_loss", "val_bpb": "by_tokens/val_bits_per_byte"},
 }
 FLUSH_SECONDS = 10  # a live `tensorboard --logdir` sees new points this soon (the library's default is 120)
+# An event file's name: events.out.tfevents.SECOND.HOST.PID.COUNTER (tensorboard's event_file_writer).
+EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
 
 
 class RunLog:
@@ -141,8 +144,28 @@ class TensorBoard:
     def _open(self, axis: str, first_x: int) -> Any:
         # A resumed run's first point comes just after its checkpoint: points an interrupted run logged from there
         # on are hidden, so TensorBoard does not draw two lines over the same steps.
-        purge = first_x if self.resumed else None
-        return self.writer_class(str(self.folder / axis), purge_step=purge, flush_secs=FLUSH_SECONDS)
+        folder = self.folder / axis
+        purge = None
+        if self.resumed:
+            purge = first_x
+            _wait_past_the_newest_event_file(folder)
+        return self.writer_class(str(folder), purge_step=purge, flush_secs=FLUSH_SECONDS)
+
+
+def _wait_past_the_newest_event_file(folder: Path) -> None:
+    """Wait, for at most a second, until the clock has passed the second the newest event file was opened in.
+
+    TensorBoard reads a folder's event files in the order of their names, compared as text: the second each was
+    opened, then the host, the process id and a per-process counter ("...10" sorts before "...9"). A resumed run's
+    file must be read after the interrupted run's, or its purge of the steps past the checkpoint comes first and
+    hides nothing. Opened in a later second, it always sorts last; only a resume within the same second as the
+    interrupted run's start (a program that trains twice in a row) ever waits.
+    """
+    seconds = [int(match.group(1)) for path in folder.glob("events.out.tfevents.*")
+               if (match := EVENT_FILE.match(path.name))]
+    delay = max(seconds, default=0) + 1 - time.time()
+    if 0 < delay <= 1:
+        time.sleep(delay)
 
 
 def _samples_markdown(samples: list[dict[str, str]]) -> str:
