@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from nextword.data.shards import ShardWriter, TokenShards, split_of, token_dtype, write_index
+from nextword.data.shards import ShardWriter, TokenShards, token_dtype, write_index
+from nextword.data.split import split_of
 from nextword.errors import DataError
 
 EOS = 0

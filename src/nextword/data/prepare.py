@@ -34,8 +34,9 @@ from nextword.data.clean import MixReport, clean, mix_documents, plan_inputs, re
 from nextword.data.code import LANGUAGES
 from nextword.data.filters import CleanConfig
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
-                                  split_of, token_dtype, write_index)
+                                  token_dtype, write_index)
 from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
+from nextword.data.split import BY_TAILS, choose_rule, split_pieces
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import ConfigError, DataError, make_folder
 
@@ -77,10 +78,13 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
     clean_dir = resolve_clean_dir(cfg, data_dir, cleaned_from)
     cleaned = _clean_sources(cfg, clean_cfg, clean_dir, cleaned_from) if clean_cfg else None
     mix = MixReport(dict(zip(cfg.sources, cfg.weights))) if cfg.weights else None
-    documents = _documents(cfg, cleaned, clean_dir, mix, skips)
-    tokenizer, documents, tokenizer_note = _get_tokenizer(cfg, documents, skips, progress)
+    sample, documents = _read_sample(_documents(cfg, cleaned, clean_dir, mix, skips), cfg, progress)
+    if not sample:
+        raise DataError(_no_documents_message(cfg, skips))
+    held_out = choose_rule(((d.id, len(d.text.encode("utf-8"))) for d in sample), cfg.val_fraction)
+    tokenizer, tokenizer_note = _get_tokenizer(cfg, sample, held_out, progress)
     tokenizer.save(data_dir / TOKENIZER_NAME)
-    splits, tokens_by_source = _write_shards(data_dir, cfg, tokenizer, documents, progress)
+    splits, tokens_by_source = _write_shards(data_dir, cfg, tokenizer, documents, held_out, progress)
     if splits["train"]["documents"] + splits["val"]["documents"] == 0:
         raise DataError(_no_documents_message(cfg, skips))
     extra = {}
@@ -89,7 +93,8 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
     if mix is not None:
         extra["mix"] = _mix_summary(mix, tokens_by_source)
     index = write_index(data_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
-                        tokenizer_hash=tokenizer.hash, splits=splits, key=key,
+                        tokenizer_hash=tokenizer.hash, splits=splits, key=key, val_held_out=held_out,
+                        val_fraction=cfg.val_fraction,
                         sources=cfg.sources or ["stdlib"], tokenizer=tokenizer_note, skipped=skips.to_dict(),
                         **extra)
     for line in summary_lines(data_dir, index, skips, time.perf_counter() - started):
@@ -267,36 +272,39 @@ def _tag_with_source(documents: Iterable[Document], source: str) -> Iterator[Doc
 # --- the tokenizer ---------------------------------------------------------------------------------------------
 
 
-def _get_tokenizer(cfg: DataConfig, documents: Iterator[Document], skips: SkipLog,
-                   progress: bool) -> tuple[Tokenizer, Iterator[Document], dict[str, Any]]:
-    """Load cfg.tokenizer, or train one on the first cfg.tokenizer_train_bytes of text.
-
-    The documents read for training are kept in memory and put back in front of the rest, so the sources are
-    read once. Returns (tokenizer, all documents, a note for the index on where the tokenizer came from).
-    """
-    if cfg.tokenizer:
-        tokenizer = Tokenizer.load(cfg.tokenizer)
-        return tokenizer, documents, {"loaded_from": str(Path(cfg.tokenizer).resolve())}
-    head: list[Document] = []
-    head_bytes = 0
-    with tqdm(desc="read for tokenizer", unit="B", unit_scale=True, disable=_bar_off(progress), leave=False) as bar:
+def _read_sample(documents: Iterator[Document], cfg: DataConfig,
+                 progress: bool) -> tuple[list[Document], Iterator[Document]]:
+    """The first cfg.tokenizer_train_bytes of documents, in memory, and all the documents: the sample is put back in
+    front of the rest, so the sources are read once. The tokenizer is trained on the sample, and the way the
+    validation split is held out is chosen from it."""
+    sample: list[Document] = []
+    sample_bytes = 0
+    with tqdm(desc="read a sample", unit="B", unit_scale=True, disable=_bar_off(progress), leave=False) as bar:
         for document in documents:
-            head.append(document)
+            sample.append(document)
             size = len(document.text.encode("utf-8"))
-            head_bytes += size
+            sample_bytes += size
             bar.update(size)
-            if head_bytes >= cfg.tokenizer_train_bytes:
+            if sample_bytes >= cfg.tokenizer_train_bytes:
                 break
-    if not head:
-        raise DataError(_no_documents_message(cfg, skips))
-    # Only training documents teach the tokenizer, so nothing about the validation text leaks into it.
-    train_texts = [d.text for d in head if split_of(d.id, cfg.val_fraction) == "train"] or [d.text for d in head]
+    return sample, itertools.chain(sample, documents)
+
+
+def _get_tokenizer(cfg: DataConfig, sample: list[Document], held_out: str,
+                   progress: bool) -> tuple[Tokenizer, dict[str, Any]]:
+    """Load cfg.tokenizer, or train one on the sample's training text; and a note for the index on where the
+    tokenizer came from."""
+    if cfg.tokenizer:
+        return Tokenizer.load(cfg.tokenizer), {"loaded_from": str(Path(cfg.tokenizer).resolve())}
+    # Only training text teaches the tokenizer, so nothing about the validation text leaks into it.
+    pieces = split_pieces(((d.id, d.text, "") for d in sample), held_out, cfg.val_fraction)
+    train_texts = [text for split, text, _ in pieces if split == "train"] or [d.text for d in sample]
     started = time.perf_counter()
     tokenizer = Tokenizer.train(train_texts, cfg.vocab_size, progress=progress and sys.stderr.isatty())
     note = {"trained_on_bytes": sum(len(t.encode("utf-8")) for t in train_texts)}
     report(f"prepare: trained a {tokenizer.vocab_size:,}-token tokenizer on {note['trained_on_bytes'] / 1e6:.1f} MB "
           f"in {time.perf_counter() - started:.1f} s")
-    return tokenizer, itertools.chain(head, documents), note
+    return tokenizer, note
 
 
 def _bar_off(progress: bool) -> bool | None:
@@ -315,11 +323,12 @@ def _no_documents_message(cfg: DataConfig, skips: SkipLog) -> str:
 
 
 def _write_shards(data_dir: Path, cfg: DataConfig, tokenizer: Tokenizer, documents: Iterable[Document],
-                  progress: bool) -> tuple[dict[str, dict[str, Any]], Counter]:
+                  held_out: str, progress: bool) -> tuple[dict[str, dict[str, Any]], Counter]:
     """Each split's shard figures, and the tokens (EOS included) written from each mixed source."""
     writers = {split: ShardWriter(data_dir, split, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)
                for split in SPLITS}
-    labelled = ((split_of(d.id, cfg.val_fraction), d.text, d.meta.get(MIXED_FROM, "")) for d in documents)
+    labelled = split_pieces(((d.id, d.text, d.meta.get(MIXED_FROM, "")) for d in documents), held_out,
+                            cfg.val_fraction)
     workers = cfg.workers or len(os.sched_getaffinity(0))
     tokens_by_source: Counter = Counter()
     with tqdm(desc=f"encode ({workers} workers)", unit="B", unit_scale=True, disable=_bar_off(progress)) as bar:
@@ -407,7 +416,9 @@ def _encode_chunk(chunk: list[tuple[str, str, str]]) -> list[tuple[str, int, np.
 
 def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds: float) -> list[str]:
     train, val = index["splits"]["train"], index["splits"]["val"]
-    documents = train["documents"] + val["documents"]
+    by_tails = index.get("val_held_out") == BY_TAILS
+    # Held out by tails, a document's head and tail are one document in each split.
+    documents = train["documents"] if by_tails else train["documents"] + val["documents"]
     text_bytes = train["bytes"] + val["bytes"]
     tokens = train["tokens"] + val["tokens"]
     note = index["tokenizer"]
@@ -421,6 +432,9 @@ def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds
         f"{text_bytes / max(tokens, 1):.2f} bytes per token (EOS included)",
         f"  vocabulary  {index['vocab_size']:,} tokens, {index['dtype']} shards, tokenizer {made}",
     ]
+    if by_tails:
+        lines.append(f"  val         the last {index['val_fraction']:.0%} of each document, cut at a paragraph or line "
+                     "break (too few documents to hold out whole ones)")
     lines += [f"  {line}" for line in skips.summary_lines()]
     if "clean" in index:
         c = index["clean"]

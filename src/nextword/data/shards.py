@@ -10,7 +10,6 @@ leaves a half-written shard that looks finished.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,13 +29,6 @@ MAX_SHARD_TOKENS = 100_000_000
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned little-endian type that holds every id of the vocabulary."""
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
-
-
-def split_of(doc_id: str, val_fraction: float) -> str:
-    """"val" for a stable `val_fraction` of document ids, "train" for the rest, whatever order they come in."""
-    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-    position = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
-    return "val" if position < val_fraction else "train"
 
 
 class ShardWriter:
