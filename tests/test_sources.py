@@ -365,3 +365,30 @@ def test_skip_summary_names_each_file_once_and_marks_more():
     assert line == (
         "skipped 6 files or records: 4 empty (docs/b.txt, docs/c.txt, docs/d.txt, …), 2 not JSON (data/a.jsonl)"
     )
+
+
+# --- code repositories without the clean step ----------------------------------------------------------------
+
+
+def test_a_code_repository_is_read_without_the_clean_step(tmp_path):
+    """`code:PATH` names a repository for `nextword train --source` as for `data clean`: its source files, one
+    document each, with its .gitignore honoured."""
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "util.py").write_text("def twice(x):\n    return 2 * x\n", encoding="utf-8")
+    (repo / "notes.bin").write_bytes(b"\0\1")
+    (repo / "build").mkdir()
+    (repo / "build" / "out.py").write_text("ignored = True\n", encoding="utf-8")
+    (repo / ".gitignore").write_text("build/\n", encoding="utf-8")
+
+    docs, skips = read([f"code:{repo}"])
+
+    assert [(d.id, d.source, d.meta["language"]) for d in docs] == [("repo:pkg/util.py", "code", "python")]
+    before = sources_fingerprint([f"code:{repo}"], [".txt"])
+    (repo / "pkg" / "util.py").write_text("def thrice(x):\n    return 3 * x\n", encoding="utf-8")
+    assert sources_fingerprint([f"code:{repo}"], [".txt"]) != before
+
+
+def test_a_code_source_that_is_not_a_folder_is_one_line(tmp_path):
+    with pytest.raises(DataError, match=r"code:.*missing: not a folder; `code:` takes a repository folder"):
+        read([f"code:{tmp_path / 'missing'}"])

@@ -31,11 +31,10 @@ import pyarrow.parquet as pq
 
 from nextword.data.dedup import Deduplicator, MinHasher, exact_key
 from nextword.data.filters import EXAMPLE_CHARS, CleanConfig, FilterChain, RuleStats
-from nextword.data.sources import Document, SkipLog, read_sources
+from nextword.data.sources import Document, SkipLog, code_repository, read_sources
 from nextword.errors import DataError, make_folder
 from nextword.files import atomic_write, write_text_atomically
 
-CODE_PREFIX = "code:"
 PART_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
                          ("meta", pa.string()), ("exact", pa.binary(16)), ("minhash", pa.binary())])
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("meta", pa.string())])
@@ -57,11 +56,9 @@ def plan_inputs(sources: list[str]) -> list[Input]:
 
     inputs: list[Input] = []
     for spec in sources:
-        if spec.startswith(CODE_PREFIX):
-            path = Path(spec[len(CODE_PREFIX):])
-            if not path.is_dir():
-                raise DataError(f"{spec}: not a folder; `code:` takes a repository folder or git checkout")
-            inputs.append(Input(spec, "code", str(path)))
+        repository = code_repository(spec)
+        if repository is not None:
+            inputs.append(Input(spec, "code", str(repository)))
             continue
         path = Path(spec)
         if not path.exists():

@@ -31,7 +31,7 @@ BINARY_SNIFF_BYTES = 8192
 def read_code_repo(root: Path, skips: SkipLog, max_file_bytes: int = 1_000_000) -> Iterator[Document]:
     """Source files under `root` in path order, language from the extension; what is left out is counted."""
     root = Path(root)
-    for relative in _listed_files(root):
+    for relative in listed_files(root):
         path = root / relative
         reason = _skip_reason(relative, path, max_file_bytes)
         if reason:
@@ -50,7 +50,8 @@ def read_code_repo(root: Path, skips: SkipLog, max_file_bytes: int = 1_000_000) 
                        meta={"path": str(path), "repo": str(root), "language": language})
 
 
-def _listed_files(root: Path) -> list[str]:
+def listed_files(root: Path) -> list[str]:
+    """The repository's files (relative paths, sorted) that its .gitignore rules do not leave out."""
     if (root / ".git").exists():
         listing = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
                                   "--exclude-standard"], capture_output=True, check=True)
@@ -61,7 +62,7 @@ def _listed_files(root: Path) -> list[str]:
         return files
     import pathspec
 
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", ignore.read_text(encoding="utf-8").splitlines())
+    spec = pathspec.GitIgnoreSpec.from_lines(ignore.read_text(encoding="utf-8").splitlines())
     return [name for name in files if not spec.match_file(name)]
 
 

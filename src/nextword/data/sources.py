@@ -28,6 +28,8 @@ from typing import Any
 
 from nextword.errors import DataError
 
+CODE_PREFIX = "code:"  # a source spec naming a code repository: code:PATH
+
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a text file larger than this is skipped: it is likely a dump, not prose or code
 BINARY_SNIFF_BYTES = 8192  # a NUL byte this early marks a file as binary
 READ_CHUNK_BYTES = 1 << 20
@@ -408,6 +410,16 @@ def _folder_files(root: Path, extensions: list[str]) -> list[Path]:
     return sorted(files, key=lambda path: path.relative_to(root).as_posix())
 
 
+def code_repository(source: str) -> Path | None:
+    """The folder a `code:PATH` source names (a repository or git checkout); None for any other source."""
+    if not source.startswith(CODE_PREFIX):
+        return None
+    path = Path(source[len(CODE_PREFIX):]).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{source}: not a folder; `code:` takes a repository folder or git checkout")
+    return path
+
+
 def _existing_path(source: str) -> Path:
     path = Path(source).expanduser()
     if not path.exists():
@@ -418,18 +430,24 @@ def _existing_path(source: str) -> Path:
 
 
 def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> Iterator[Document]:
-    """Documents from each source in order: "stdlib" (also what [] means) is the default corpus; a folder is
-    read recursively for JSONL, parquet and WARC/WET files and for files ending with one of `extensions`; a
-    single file is read whatever its extension.
+    """Documents from each source in order: "stdlib" (also what [] means) is the default corpus; `code:PATH` a
+    code repository, one document per source file; a folder is read recursively for JSONL, parquet and WARC/WET
+    files and for files ending with one of `extensions`; a single file is read whatever its extension.
 
     Raises DataError for a source that does not exist, before reading anything.
     """
     if not sources:
         yield from default_corpus(skips)
         return
-    paths = [None if source == DEFAULT_CORPUS_NAME else _existing_path(source) for source in sources]
-    for path in paths:
-        if path is None:
+    repositories = [code_repository(source) for source in sources]
+    paths = [None if source == DEFAULT_CORPUS_NAME or repository else _existing_path(source)
+             for source, repository in zip(sources, repositories)]
+    for path, repository in zip(paths, repositories):
+        if repository is not None:
+            from nextword.data.code import read_code_repo  # here: the code reader builds on this module
+
+            yield from read_code_repo(repository, skips)
+        elif path is None:
             yield from default_corpus(skips)
         elif path.is_dir():
             for file in _folder_files(path, extensions):
@@ -458,8 +476,15 @@ def sources_fingerprint(sources: list[str], extensions: list[str]) -> str:
             files.append(root / PYDOC_TOPICS)
             add("stdlib", sys.version, root, len(files), sum(path.stat().st_size for path in files if path.exists()))
             continue
-        path = _existing_path(source).resolve()
-        for file in _folder_files(path, extensions) if path.is_dir() else [path]:
+        repository = code_repository(source)
+        if repository is not None:
+            from nextword.data.code import listed_files
+
+            files = [repository.resolve() / name for name in listed_files(repository)]
+        else:
+            path = _existing_path(source).resolve()
+            files = _folder_files(path, extensions) if path.is_dir() else [path]
+        for file in files:
             try:
                 stat = file.stat()
             except OSError:  # a broken link: the readers count it as unreadable, the key notes that it is
