@@ -287,3 +287,31 @@ def test_with_clean_the_summary_still_counts_what_the_readers_skipped(tmp_path, 
                                   vocab_size=300, workers=1), progress=False)
     assert prepared.index["clean"]["skipped"] == 2
     assert "2 files or records skipped while reading; see" in capsys.readouterr().err
+
+
+def test_a_tokenizer_with_a_beginning_token_frames_every_document_with_both(tmp_path):
+    """A Llama-3-style tokenizer.json: each document is <|begin_of_text|> text <|end_of_text|> in the shards, and the
+    summary says so."""
+    from families import llama3_tokenizer
+
+    from nextword.data.prepare import summary_lines
+    from nextword.data.sources import SkipLog
+
+    corpus = make_corpus(tmp_path / "corpus")
+    path = llama3_tokenizer(tmp_path / "llama3")
+    prepared = prepare(config(corpus, tmp_path / "data", tokenizer=str(path)), progress=False)
+    tokenizer = prepared.tokenizer
+    assert prepared.index["bos_id"] == tokenizer.bos_id
+    texts = sorted(p.read_bytes().decode("utf-8") for p in corpus.iterdir())
+    decoded = []
+    for split in ("train", "val"):
+        shards = TokenShards(prepared.data_dir, split)
+        tokens = np.concatenate(shards.arrays)
+        starts = shards.doc_starts[0]
+        assert (tokens[starts] == tokenizer.bos_id).all() and (tokens[starts[1:] - 1] == tokenizer.eos_id).all()
+        ends = np.append(starts[1:], len(tokens))
+        decoded += [tokenizer.decode(tokens[s + 1:e - 1].tolist()) for s, e in zip(starts, ends)]
+    assert sorted(decoded) == texts
+    lines = summary_lines(prepared.data_dir, prepared.index, SkipLog(), 1.0)
+    assert any("each document is <|begin_of_text|> text <|end_of_text|>" in line for line in lines)
+    assert prepare(config(corpus, tmp_path / "data", tokenizer=str(path)), progress=False).reused

@@ -94,3 +94,71 @@ def test_a_save_that_fails_leaves_the_old_file_and_no_temporary_one(tokenizer, t
         tokenizer.save(path)
     assert path.read_text() == "the earlier tokenizer"
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]
+
+
+# --- tokenizers of other families, with their own special tokens ---------------------------------------------
+
+
+def test_a_llama3_style_tokenizer_brings_its_own_document_tokens(tmp_path):
+    from families import llama3_tokenizer
+
+    tokenizer = Tokenizer.load(llama3_tokenizer(tmp_path / "llama3"))
+    assert (tokenizer.eos_token, tokenizer.bos_token) == ("<|end_of_text|>", "<|begin_of_text|>")
+    assert tokenizer.document_start == [tokenizer.bos_id] and tokenizer.lossless
+    text = "   leading spaces, <|end_of_text|> as text, naïve 🙂"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert tokenizer.eos_id not in tokenizer.encode(text)  # only the shard writer puts the real one in
+
+
+def test_a_mistral_style_tokenizer_is_read_and_said_to_be_lossy(tmp_path):
+    from families import mistral_tokenizer
+
+    tokenizer = Tokenizer.load(mistral_tokenizer(tmp_path / "mistral"))
+    assert (tokenizer.eos_token, tokenizer.bos_token) == ("</s>", "<s>")  # the bos as an AddedToken entry
+    assert not tokenizer.lossless  # its decoder drops the space it puts in front
+    assert tokenizer.decode(tokenizer.encode("no leading space, 日本語\n")) == "no leading space, 日本語\n"
+
+
+def test_special_tokens_come_from_the_config_files_by_id_or_from_the_settings(tmp_path):
+    from families import llama3_tokenizer
+
+    path = llama3_tokenizer(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer_config.json").unlink()
+    assert Tokenizer.load(path).bos_token is None  # nothing names one: none is used
+    hf = json.loads(path.read_text())
+    ids = {token["content"]: token["id"] for token in hf["added_tokens"]}
+    (tmp_path / "hf" / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": ids["<|begin_of_text|>"], "eos_token_id": [ids["<|end_of_text|>"]]}))
+    by_id = Tokenizer.load(path)
+    assert (by_id.eos_token, by_id.bos_token) == ("<|end_of_text|>", "<|begin_of_text|>")
+    given = Tokenizer.load(path, eos_token="<|begin_of_text|>", bos_token="")
+    assert given.eos_token == "<|begin_of_text|>" and given.bos_token is None  # the same token cannot be both
+    assert len({by_id.hash, given.hash, Tokenizer.load(path, bos_token="<|end_of_text|>").hash}) == 3
+
+
+def test_saved_and_loaded_back_the_special_tokens_stay(tmp_path):
+    from families import mistral_tokenizer
+
+    original = Tokenizer.load(mistral_tokenizer(tmp_path / "mistral"))
+    (tmp_path / "run").mkdir()
+    original.save(tmp_path / "run" / "tokenizer.json")
+    again = Tokenizer.load(tmp_path / "run" / "tokenizer.json")
+    assert (again.eos_id, again.bos_id, again.hash) == (original.eos_id, original.bos_id, original.hash)
+
+
+def test_a_tokenizer_without_an_end_of_text_token_names_the_setting(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    bare = HFTokenizer(models.BPE())
+    bare.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(DataError, match=r"tokenizer\.json: the tokenizer has no <\|endoftext\|> token; .*data\.eos_token"):
+        Tokenizer.load(tmp_path / "tokenizer.json")
+
+
+def test_the_default_tokenizers_hash_is_what_it_was(tokenizer):
+    """Runs prepared before special tokens were configurable keep resuming: the hash of a tokenizer with nextword's
+    own special token is the hash of its JSON alone."""
+    import hashlib
+
+    assert tokenizer.hash == hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()

@@ -71,6 +71,10 @@ class DataConfig:
     data_dir: str = ""  # "": a folder in the cache named by a hash of the sources and these settings
     vocab_size: int = 8192
     tokenizer: str = ""  # a tokenizer.json to use as it is; "": train one on the corpus
+    # The tokenizer's end-of-document token, and its beginning one in families that use one (Llama 3, Mistral);
+    # "": as the files beside tokenizer.json name them (tokenizer_config.json, generation_config.json, config.json)
+    eos_token: str = ""
+    bos_token: str = ""
     tokenizer_train_bytes: int = 20_000_000  # train the tokenizer on at most this much text
     val_fraction: float = 0.05
     workers: int = 0  # 0: every core this process may use

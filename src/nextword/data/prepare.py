@@ -37,7 +37,7 @@ from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWrite
                                   token_dtype, write_index)
 from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
 from nextword.data.split import BY_TAILS, choose_rule, split_pieces
-from nextword.data.tokenizer import Tokenizer
+from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import ConfigError, DataError, make_folder
 
 TOKENIZER_NAME = "tokenizer.json"
@@ -92,9 +92,9 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
         extra["clean"] = _clean_summary(cleaned, clean_dir)
     if mix is not None:
         extra["mix"] = _mix_summary(mix, tokens_by_source)
-    index = write_index(data_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
+    index = write_index(data_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id,
                         tokenizer_hash=tokenizer.hash, splits=splits, key=key, val_held_out=held_out,
-                        val_fraction=cfg.val_fraction,
+                        val_fraction=cfg.val_fraction, tokenizer_lossless=tokenizer.lossless,
                         sources=cfg.sources or ["stdlib"], tokenizer=tokenizer_note, skipped=skips.to_dict(),
                         **extra)
     for line in summary_lines(data_dir, index, skips, time.perf_counter() - started):
@@ -115,6 +115,9 @@ def cache_key(cfg: DataConfig, cleaned_from: str = "") -> str:
     clean_fingerprint when cfg.clean is on."""
     if cfg.tokenizer:
         tokenizer = {"file": hashlib.sha256(_read_bytes(Path(cfg.tokenizer))).hexdigest()}
+        loaded = Tokenizer.load(cfg.tokenizer, eos_token=cfg.eos_token, bos_token=cfg.bos_token)
+        if (loaded.eos_token, loaded.bos_token) != (EOS, None):  # the shards hold their ids
+            tokenizer["specials"] = [loaded.eos_token, loaded.bos_token]
     else:
         tokenizer = {"vocab_size": cfg.vocab_size, "train_bytes": cfg.tokenizer_train_bytes}
     settings: dict[str, Any] = {"format": FORMAT_VERSION, "tokenizer": tokenizer, "val_fraction": cfg.val_fraction}
@@ -295,7 +298,10 @@ def _get_tokenizer(cfg: DataConfig, sample: list[Document], held_out: str,
     """Load cfg.tokenizer, or train one on the sample's training text; and a note for the index on where the
     tokenizer came from."""
     if cfg.tokenizer:
-        return Tokenizer.load(cfg.tokenizer), {"loaded_from": str(Path(cfg.tokenizer).resolve())}
+        tokenizer = Tokenizer.load(cfg.tokenizer, eos_token=cfg.eos_token, bos_token=cfg.bos_token)
+        note = {"loaded_from": str(Path(cfg.tokenizer).resolve()), "eos_token": tokenizer.eos_token,
+                "bos_token": tokenizer.bos_token}
+        return tokenizer, note
     # Only training text teaches the tokenizer, so nothing about the validation text leaks into it.
     pieces = split_pieces(((d.id, d.text, "") for d in sample), held_out, cfg.val_fraction)
     train_texts = [text for split, text, _ in pieces if split == "train"] or [d.text for d in sample]
@@ -325,8 +331,8 @@ def _no_documents_message(cfg: DataConfig, skips: SkipLog) -> str:
 def _write_shards(data_dir: Path, cfg: DataConfig, tokenizer: Tokenizer, documents: Iterable[Document],
                   held_out: str, progress: bool) -> tuple[dict[str, dict[str, Any]], Counter]:
     """Each split's shard figures, and the tokens (EOS included) written from each mixed source."""
-    writers = {split: ShardWriter(data_dir, split, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id)
-               for split in SPLITS}
+    writers = {split: ShardWriter(data_dir, split, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
+                                  bos_id=tokenizer.bos_id) for split in SPLITS}
     labelled = split_pieces(((d.id, d.text, d.meta.get(MIXED_FROM, "")) for d in documents), held_out,
                             cfg.val_fraction)
     workers = cfg.workers or len(os.sched_getaffinity(0))
@@ -364,11 +370,12 @@ def encode_in_order(chunks: Iterable[list[tuple[str, str, str]]], tokenizer: Tok
     dtype = token_dtype(tokenizer.vocab_size)
     if workers <= 1:
         with _tokenizers_parallelism_off():
-            _start_worker(tokenizer.to_json(), dtype.str)
+            _start_worker(tokenizer.to_json(), tokenizer.eos_token, tokenizer.bos_token, dtype.str)
             yield from map(_encode_chunk, chunks)
         return
     with _tokenizers_parallelism_off(), get_context("fork").Pool(
-            workers, initializer=_start_worker, initargs=(tokenizer.to_json(), dtype.str)) as pool:
+            workers, initializer=_start_worker,
+            initargs=(tokenizer.to_json(), tokenizer.eos_token, tokenizer.bos_token, dtype.str)) as pool:
         pending: deque = deque()
         for chunk in chunks:
             pending.append(pool.apply_async(_encode_chunk, (chunk,)))
@@ -398,9 +405,9 @@ _worker_tokenizer: Tokenizer | None = None
 _worker_dtype: np.dtype | None = None
 
 
-def _start_worker(tokenizer_json: str, dtype: str) -> None:
+def _start_worker(tokenizer_json: str, eos_token: str, bos_token: str | None, dtype: str) -> None:
     global _worker_tokenizer, _worker_dtype
-    _worker_tokenizer = Tokenizer.from_json(tokenizer_json)
+    _worker_tokenizer = Tokenizer.from_json(tokenizer_json, eos_token=eos_token, bos_token=bos_token)
     _worker_dtype = np.dtype(dtype)
 
 
@@ -424,6 +431,10 @@ def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds
     note = index["tokenizer"]
     made = (f"trained on {note['trained_on_bytes'] / 1e6:.1f} MB"
             if "trained_on_bytes" in note else f"loaded from {note['loaded_from']}")
+    if note.get("bos_token"):
+        made += f"; each document is {note['bos_token']} text {note['eos_token']}"
+    elif note.get("eos_token", EOS) != EOS:
+        made += f"; {note['eos_token']} ends each document"
     lines = [
         f"prepared {data_dir} in {seconds:.1f} s ({text_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s)",
         f"  documents   {documents:,} (train {train['documents']:,}, val {val['documents']:,})",
@@ -432,6 +443,9 @@ def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds
         f"{text_bytes / max(tokens, 1):.2f} bytes per token (EOS included)",
         f"  vocabulary  {index['vocab_size']:,} tokens, {index['dtype']} shards, tokenizer {made}",
     ]
+    if not index.get("tokenizer_lossless", True):
+        lines.append("  note        this tokenizer does not give back every text it encodes (decode(encode(text)) can "
+                     "differ, e.g. in spaces); bits per byte still count the original text's bytes")
     if by_tails:
         lines.append(f"  val         the last {index['val_fraction']:.0%} of each document, cut at a paragraph or line "
                      "break (too few documents to hold out whole ones)")

@@ -2,6 +2,7 @@
 
 A data dir holds, per split ("train", "val"):
   {split}_00000.bin       token ids, little-endian uint16 (vocab ≤ 65536) or uint32, EOS after every document
+                          (and the tokenizer's beginning token before it, in families that use one)
   {split}_00000.docs.npy  int64 offsets where each document starts in that shard
 and one `index.json` naming every file with its token count, written last: a data dir without a complete
 index is unfinished. Files are written under a temporary name and renamed when complete, so a crash never
@@ -38,12 +39,13 @@ class ShardWriter:
     document longer than `max_tokens` gets a shard of its own).
     """
 
-    def __init__(self, data_dir: str | Path, split: str, *, vocab_size: int, eos_id: int,
+    def __init__(self, data_dir: str | Path, split: str, *, vocab_size: int, eos_id: int, bos_id: int | None = None,
                  max_tokens: int = MAX_SHARD_TOKENS) -> None:
         self.data_dir = Path(data_dir)
         self.split = split
         self.vocab_size = vocab_size
         self.eos_id = eos_id
+        self.start = [] if bos_id is None else [bos_id]  # what each document begins with
         self.dtype = token_dtype(vocab_size)
         self.max_tokens = max_tokens
         self.shards: list[dict[str, Any]] = []
@@ -55,13 +57,15 @@ class ShardWriter:
         self._shard_tokens = 0
 
     def add(self, ids: Sequence[int] | np.ndarray, num_bytes: int) -> None:
-        """Append one document's ids (EOS is added here) and count the UTF-8 bytes of its text."""
+        """Append one document's ids (the beginning token, where the tokenizer has one, and EOS are added here) and
+        count the UTF-8 bytes of its text."""
         ids = np.asarray(ids)
         if len(ids) and (int(ids.max()) >= self.vocab_size or int(ids.min()) < 0):
             raise DataError(f"{self.split}: token ids {int(ids.min())}..{int(ids.max())} fall outside the "
                             f"vocabulary of {self.vocab_size}; the tokenizer does not match the shards")
-        tokens = np.empty(len(ids) + 1, dtype=self.dtype)
-        tokens[:-1] = ids
+        tokens = np.empty(len(self.start) + len(ids) + 1, dtype=self.dtype)
+        tokens[:len(self.start)] = self.start
+        tokens[len(self.start):-1] = ids
         tokens[-1] = self.eos_id
         if self._file is not None and self._shard_tokens + len(tokens) > self.max_tokens:
             self._finish_shard()
@@ -99,11 +103,13 @@ class ShardWriter:
                             "documents": len(self._doc_starts)})
 
 
-def write_index(data_dir: str | Path, *, vocab_size: int, eos_id: int, tokenizer_hash: str,
+def write_index(data_dir: str | Path, *, vocab_size: int, eos_id: int, tokenizer_hash: str, bos_id: int | None = None,
                 splits: dict[str, dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """Write index.json (atomically, and after every shard it names): the mark of a finished data dir."""
     index = {"format_version": FORMAT_VERSION, "dtype": token_dtype(vocab_size).name, "vocab_size": vocab_size,
              "eos_id": eos_id, "tokenizer_hash": tokenizer_hash, "splits": splits, **extra}
+    if bos_id is not None:
+        index["bos_id"] = bos_id
     write_text_atomically(Path(data_dir) / INDEX_NAME, json.dumps(index, indent=1) + "\n")
     return index
 
