@@ -1,7 +1,7 @@
 """The package's architecture, checked: imports point one way, and only the command line parses arguments or sets
 process-wide environment.
 
-    __main__  →  cli  →  tools  →  training  →  data, model  →  config  →  errors, files
+    __main__  →  cli  →  tools  →  training  →  data, model  →  config  →  files  →  errors
 
 A module may import its own package and the packages to its right; data and model, side by side, do not import
 each other. Every import counts, also one inside a function.
@@ -15,7 +15,7 @@ from pathlib import Path
 import nextword
 
 PACKAGE = Path(nextword.__file__).parent
-LAYERS = [{"__main__"}, {"cli"}, {"tools"}, {"training"}, {"data", "model"}, {"config"}, {"errors", "files"},
+LAYERS = [{"__main__"}, {"cli"}, {"tools"}, {"training"}, {"data", "model"}, {"config"}, {"files"}, {"errors"},
           {"__init__"}]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 

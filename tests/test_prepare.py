@@ -315,3 +315,14 @@ def test_a_tokenizer_with_a_beginning_token_frames_every_document_with_both(tmp_
     lines = summary_lines(prepared.data_dir, prepared.index, SkipLog(), 1.0)
     assert any("each document is <|begin_of_text|> text <|end_of_text|>" in line for line in lines)
     assert prepare(config(corpus, tmp_path / "data", tokenizer=str(path)), progress=False).reused
+
+
+def test_a_data_dir_being_written_by_another_process_is_refused(tmp_path):
+    from nextword.files import FolderInUse, folder_lock
+
+    corpus = make_corpus(tmp_path / "corpus")
+    (tmp_path / "data").mkdir()
+    with folder_lock(tmp_path / "data", "the data folder", "--data-dir"):
+        with pytest.raises(FolderInUse, match=r"data: the data folder in use by process \d+ .*--data-dir"):
+            prepare(config(corpus, tmp_path / "data"), progress=False)
+    assert not prepare(config(corpus, tmp_path / "data"), progress=False).reused

@@ -39,6 +39,7 @@ from nextword.data.sources import Document, SkipLog, read_sources, sources_finge
 from nextword.data.split import BY_TAILS, choose_rule, split_pieces
 from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import ConfigError, DataError, make_folder
+from nextword.files import folder_lock
 
 TOKENIZER_NAME = "tokenizer.json"
 CHUNK_BYTES = 1 << 20  # text sent to a worker at a time: large enough to keep the pickling cost small
@@ -71,8 +72,15 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
         report(f"prepare: reusing {data_dir} (made from the same sources and settings)")
         return Prepared(data_dir, Tokenizer.load(data_dir / TOKENIZER_NAME), index, reused=True)
 
-    started = time.perf_counter()
     make_folder(data_dir, "data", "--data-dir")
+    with folder_lock(data_dir, "the data folder", "--data-dir"):  # one writer; a finished one is read without it
+        return _make(data_dir, key, cfg, clean_cfg, cleaned_from, progress)
+
+
+def _make(data_dir: Path, key: str, cfg: DataConfig, clean_cfg: CleanConfig | None, cleaned_from: str,
+          progress: bool) -> Prepared:
+    """Write the data dir: clean, mix, sample, tokenizer, shards, then the index that marks it finished."""
+    started = time.perf_counter()
     _remove_previous_output(data_dir)
     skips = SkipLog()
     clean_dir = resolve_clean_dir(cfg, data_dir, cleaned_from)
