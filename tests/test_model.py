@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nextword.config import ModelConfig
-from nextword.model import network as model_module
+from nextword.model import loss as loss_module
 from nextword.model import GPT, linear_cross_entropy
 
 VOCAB = 97
@@ -73,7 +73,7 @@ def fused_loss_and_grads(x, weight, targets, scale):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_loss_and_gradients_equal_the_plain_ones_across_chunks(monkeypatch, dtype):
     # 7 rows a chunk over 3·10 rows: several chunks and a short last one.
-    monkeypatch.setitem(model_module.LOSS_CHUNK_BYTES, "cpu", 7 * 4 * VOCAB)
+    monkeypatch.setitem(loss_module.LOSS_CHUNK_BYTES, "cpu", 7 * 4 * VOCAB)
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(3, 10, 16, generator=generator)
     weight = torch.randn(VOCAB, 16, generator=generator)

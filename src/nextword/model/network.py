@@ -39,27 +39,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nextword.config import ModelConfig
+from nextword.model.kv_cache import KVCache
+from nextword.model.loss import linear_cross_entropy
 
 # SDPA's enable_gqa (torch >= 2.5) attends with shared kv heads without copying them: on CPU (torch 2.13,
 # 8 query heads over 2 kv heads) forward + backward took about half the time of repeating the kv heads.
 SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
-
-
-class KVCache:
-    """Keys and values of the tokens seen so far, per layer, preallocated to `max_len` positions.
-
-    k[i] and v[i] have shape [batch, kv_heads, max_len, head_dim]; the first `length` positions are filled.
-    """
-
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
-        if not 0 < max_len <= cfg.context:
-            raise ValueError(f"a KV cache holds 1 to context = {cfg.context} positions, not {max_len}")
-        shape = (batch_size, cfg.kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.max_len = max_len
-        self.length = 0
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -181,69 +166,6 @@ class Block(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
-
-# Rows of the output layer's logits handled at once by the fused loss: on a CPU about 4 MiB of fp32, which stays in
-# cache (2-core EPYC, default shape: 184 ms against 219 ms for 16 MiB chunks and 337 ms for the plain loss). Each
-# chunk is a few short parallel regions, so this relies on OpenMP threads sleeping while they wait (the CLI sets
-# OMP_WAIT_POLICY=PASSIVE): with spinning threads and another process on the cores, 4 MiB chunks took twice as
-# long as the plain loss. On a GPU about 256 MiB: fewer kernel launches, memory still bounded.
-LOSS_CHUNK_BYTES = {"cpu": 1 << 22, "cuda": 1 << 28}
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of `targets` under the logits `x @ weightᵀ`, with its gradient computed in the forward.
-
-    The plain way (logits → fp32 copy → log-softmax → loss, and the same three steps backward) writes and reads
-    the [rows, vocab] logits about six times in fp32; with an 8192-token vocabulary that is most of a small
-    model's step on a CPU. Here the logits are made once in the compute dtype, then turned chunk by chunk, in
-    fp32 and in cache, into the loss and into rows·∂loss/∂logits = softmax − one_hot, written over the logits.
-    Backward is then two matrix multiplies, scaled by 1/rows after them. The loss is exact fp32 cross-entropy; the gradient has the
-    rounding of the compute dtype, as it would under autocast anyway.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, dtype: torch.dtype) -> Tensor:
-        x, weight = x.to(dtype), weight.to(dtype)
-        logits = x @ weight.t()  # [rows, vocab], overwritten below by the gradient
-        rows, vocab = logits.shape
-        chunk = max(1, LOSS_CHUNK_BYTES.get(x.device.type, 1 << 28) // (4 * vocab))
-        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        total = torch.zeros((), device=x.device, dtype=torch.float32)
-        grad_log_p = torch.zeros(min(chunk, rows), vocab, device=x.device) if want_grad else None
-        for begin in range(0, rows, chunk):
-            part = logits[begin:begin + chunk]
-            target = targets[begin:begin + chunk, None]
-            log_p = torch.log_softmax(part, dim=-1, dtype=torch.float32)
-            total -= log_p.gather(-1, target).sum()
-            if want_grad:
-                grad_log_p.scatter_(-1, target, -1.0)
-                # rows·∂loss/∂logits = p − one_hot, by aten's own log-softmax backward kernel (the 1/rows is
-                # applied after the multiplies in backward, so that fp16 gradients do not underflow)
-                part.copy_(torch.ops.aten._log_softmax_backward_data(grad_log_p[:len(part)], log_p, -1, dtype))
-                grad_log_p.scatter_(-1, target, 0.0)
-        if want_grad:
-            ctx.save_for_backward(x, weight, logits)
-            ctx.rows = rows
-        return total / rows
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss: Tensor):
-        x, weight, grad_logits = ctx.saved_tensors
-        scale = (grad_loss / ctx.rows).to(grad_logits.dtype)
-        grad_x = (grad_logits @ weight) * scale if ctx.needs_input_grad[0] else None
-        grad_weight = (grad_logits.t() @ x) * scale if ctx.needs_input_grad[1] else None
-        return grad_x, grad_weight, None, None
-
-
-def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of the logits x @ weightᵀ against targets, in fp32, without the fp32 logits.
-    x: [..., d], weight: [V, d], targets: [...]. Under autocast the multiplies run in the autocast dtype."""
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    with torch.autocast(device, enabled=False):
-        return LinearCrossEntropy.apply(x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), dtype)
 
 
 class GPT(nn.Module):
