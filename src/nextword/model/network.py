@@ -1,4 +1,5 @@
-"""The decoder-only transformer: one model, two families, chosen by `ModelConfig.arch`.
+"""The decoder-only transformer: one model, two families, chosen by `ModelConfig.arch` (`config.FAMILIES` says
+what each family builds; the code below asks `cfg.family`, never the arch's name).
 
     "gpt2"   learned absolute positions, LayerNorm (with bias), GELU MLP, biases on every linear layer
     "llama"  rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases, grouped-query attention, optional QK-norm
@@ -65,16 +66,17 @@ def rope_tables(cfg: ModelConfig) -> tuple[Tensor, Tensor]:
     return angles.cos().float(), angles.sin().float()
 
 
+NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+
+
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
-    if cfg.arch == "llama":
-        return nn.RMSNorm(dim, eps=cfg.norm_eps)
-    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=True)
+    return NORMS[cfg.family.norm](dim, eps=cfg.norm_eps)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        bias = cfg.arch == "gpt2"
+        bias = cfg.family.bias
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.q = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=bias)
         self.k = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=bias)
@@ -127,7 +129,7 @@ class Attention(nn.Module):
         return self.o(y)
 
 
-class MLP(nn.Module):
+class GeluMLP(nn.Module):
     """gpt2: proj(gelu(fc(x))). GPT-2 used the tanh approximation of GELU."""
 
     def __init__(self, cfg: ModelConfig):
@@ -154,13 +156,16 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
+MLPS = {"gelu": GeluMLP, "swiglu": SwiGLU}
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.attn_norm = make_norm(cfg, cfg.d_model)
         self.attn = Attention(cfg)
         self.mlp_norm = make_norm(cfg, cfg.d_model)
-        self.mlp = SwiGLU(cfg) if cfg.arch == "llama" else MLP(cfg)
+        self.mlp = MLPS[cfg.family.mlp](cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
@@ -175,9 +180,8 @@ class GPT(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building the model")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        if cfg.arch == "gpt2":
-            self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
-        else:
+        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.family.positions == "learned" else None
+        if cfg.family.positions == "rotary":
             cos, sin = rope_tables(cfg)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
@@ -212,7 +216,7 @@ class GPT(nn.Module):
             raise ValueError(f"{T} new tokens do not fit a KV cache holding {start} of {cache.max_len} positions")
         x = self.tok_emb(idx)
         rope = None
-        if self.cfg.arch == "gpt2":
+        if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
@@ -237,9 +241,9 @@ class GPT(nn.Module):
         return KVCache(self.cfg, batch_size, max_len or self.cfg.context, device=weight.device, dtype=weight.dtype)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
-        """The lookup tables: token and (gpt2) position embeddings."""
+        """The lookup tables: token and (learned positions) position embeddings."""
         tables = [self.tok_emb.weight]
-        if self.cfg.arch == "gpt2":
+        if self.pos_emb is not None:
             tables.append(self.pos_emb.weight)
         return tables
 
