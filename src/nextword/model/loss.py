@@ -1,8 +1,8 @@
 """The output layer and the loss in one step: the mean cross-entropy of the next tokens under the logits
 x @ weightᵀ, computed without ever holding the [rows, vocab] logits in fp32.
 
-`GPT.forward(idx, targets)` ends here. Callers that want the logits themselves (sampling, evaluation by hand) ask
-the model for them and take `F.cross_entropy` over them instead; the two losses agree to fp32 rounding.
+`GPT.forward(idx, targets)` ends here. A caller that wants the logits as well takes `GPT.logits_and_loss`, the
+plain cross-entropy over the logits; the two losses agree to fp32 rounding.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ what each family builds; the code below asks `cfg.family`, never the arch's name
     "gpt2"   learned absolute positions, LayerNorm (with bias), GELU MLP, biases on every linear layer
     "llama"  rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases, grouped-query attention, optional QK-norm
 
-Both are pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)); logits = head(norm(x)).
+Both are pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)); logits = head(norm(x)). `model(idx)` gives the
+logits; `model(idx, targets)` the mean cross-entropy, through the fused output layer and loss of loss.py.
 
 State-dict keys (stable; the Hugging Face exporter maps them one to one):
 
@@ -204,12 +205,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, *, cache: KVCache | None = None,
-                return_logits: bool = False) -> tuple[Tensor | None, Tensor | None]:
-        """idx: [B, T] token ids. Returns (logits [B, T, V], None), or with targets [B, T] (None, the mean
-        cross-entropy in fp32 even under bf16 autocast); `return_logits` gives both. Without logits the loss
-        comes from the fused `linear_cross_entropy`, which is faster and lighter. With a cache, idx holds only
-        the new tokens, which sit at positions cache.length ...; their keys and values are appended to it."""
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, cache: KVCache | None = None) -> Tensor:
+        """idx: [B, T] token ids. Without targets: the logits, [B, T, V]. With targets [B, T]: the mean
+        cross-entropy, in fp32 even under bf16 autocast, from the fused output layer and loss
+        (`linear_cross_entropy`), which is faster and lighter than taking it over the logits.
+
+        With a cache, idx holds only the new tokens, which sit at positions cache.length ...; their keys and
+        values are appended to it."""
         T = idx.shape[1]
         start = 0 if cache is None else cache.length
         if cache is not None and start + T > cache.max_len:
@@ -227,13 +229,15 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length = start + T
         head = self.tok_emb.weight if self.cfg.tie_embeddings else self.lm_head.weight
-        if targets is not None and not return_logits:
-            return None, linear_cross_entropy(x, head, targets)
-        logits = F.linear(x, head)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+        if targets is None:
+            return F.linear(x, head)
+        return linear_cross_entropy(x, head, targets)
+
+    def logits_and_loss(self, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The logits [B, T, V] and the mean cross-entropy taken over them the plain way, for the few callers
+        that look at both. Training takes forward's fused loss instead, which never holds the fp32 logits."""
+        logits = self(idx)
+        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for this model, on its device and in its dtype."""
