@@ -102,16 +102,16 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 class HFModel(nn.Module):
-    """A transformers causal LM behind nextword's interface: forward(idx, targets) → (logits, fp32 mean loss),
+    """A transformers causal LM behind nextword's interface: forward(idx, targets) → the fp32 mean loss,
     and the same two AdamW parameter groups (matrices decay; norms, biases and embeddings do not)."""
 
     def __init__(self, hf: nn.Module):
         super().__init__()
         self.hf = hf
 
-    def forward(self, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, idx: Tensor, targets: Tensor) -> Tensor:
         logits = self.hf(input_ids=idx, use_cache=False).logits
-        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
     def optimizer_groups(self, weight_decay: float, decay_embeddings: bool) -> list[dict]:
         embeddings = {id(m.weight) for m in self.hf.modules() if isinstance(m, nn.Embedding)}

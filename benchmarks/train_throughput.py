@@ -79,7 +79,7 @@ def transformers_twin(model: GPT) -> HFModel:
 
 def check_same_loss(a: nn.Module, b: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
     with torch.no_grad():
-        loss_a, loss_b = float(a(x, y)[1]), float(b(x, y)[1])
+        loss_a, loss_b = float(a(x, y)), float(b(x, y))
     if not math.isclose(loss_a, loss_b, rel_tol=1e-3):
         raise SystemExit(f"the two models disagree on the same weights ({loss_a:.4f} vs {loss_b:.4f}): "
                          "their shapes or computations differ, so a speed comparison would mean nothing")

@@ -271,7 +271,7 @@ def test_a_sharded_checkpoint_round_trips_and_refuses_nan_weights(tmp_path):
     torch.manual_seed(0)
     model = GPT(cfg.model)
     optimizer = torch.optim.AdamW(model.parameters())
-    model(torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.long))[1].backward()
+    model(torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)).backward()
     optimizer.step()
     path = save_checkpoint(tmp_path, 1, model, optimizer, {"step": 1}, cfg, "tok", keep_last=2, world=World())
     assert read_manifest(path)["layout"] == "sharded" and latest_checkpoint(tmp_path) == path

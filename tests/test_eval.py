@@ -49,7 +49,7 @@ def test_bits_per_byte_of_a_text_counts_every_token_and_every_byte(tokenizer, te
     with torch.no_grad():
         for begin in range(0, len(ids) - 1, CONTEXT):
             window = torch.tensor(ids[begin: begin + CONTEXT + 1])
-            logits, _ = model(window[None, :-1])
+            logits = model(window[None, :-1])
             nats += F.cross_entropy(logits[0].double(), window[1:], reduction="sum").item()
     result = evaluate_text(model, tokenizer, text, CONTEXT, "cpu")
     assert result["tokens"] == len(ids) - 1

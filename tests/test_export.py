@@ -56,19 +56,19 @@ def test_export_loads_in_transformers_with_the_same_logits(family, tokenizer, tm
     assert (out / "model.safetensors").is_file() and (out / "generation_config.json").is_file()
     ids = torch.randint(0, tokenizer.vocab_size, (2, cfg.context), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = model(ids)[0]
+        ours = model(ids)
         theirs = hf(ids).logits
         assert (ours - theirs).abs().max().item() < 1e-4
 
         prompt = ids[:1, :5]
-        expected = greedy(lambda x: model(x)[0], prompt, 10)
+        expected = greedy(model, prompt, 10)
         generated = hf.generate(prompt, max_new_tokens=10, do_sample=False, min_new_tokens=10,
                                 attention_mask=torch.ones_like(prompt), pad_token_id=tokenizer.eos_id)
         assert generated[0, 5:].tolist() == expected
 
         back = load_hf_model(out)
         assert back.cfg.arch == cfg.arch and back.cfg.qk_norm == cfg.qk_norm
-        assert (back(ids)[0] - ours).abs().max().item() < 1e-5
+        assert (back(ids) - ours).abs().max().item() < 1e-5
 
 
 def test_exported_tokenizer_is_a_fast_tokenizer_with_eos(tokenizer, tmp_path):

@@ -234,7 +234,7 @@ def tiny_model_and_optimizer() -> tuple[GPT, torch.optim.Optimizer, RunConfig]:
     model = GPT(cfg.model)
     optimizer = build_optimizer(model, cfg.train)
     x = torch.randint(0, 64, (2, 9))
-    model(x[:, :-1], x[:, 1:])[1].backward()
+    model(x[:, :-1], x[:, 1:]).backward()
     optimizer.step()
     return model, optimizer, cfg
 

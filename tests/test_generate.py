@@ -26,7 +26,7 @@ def test_greedy_is_the_argmax_chain():
     expected = []
     with torch.no_grad():
         for _ in range(30):  # past the context, so the window slides
-            logits, _ = model(torch.tensor([tokens[-CONTEXT:]]))
+            logits = model(torch.tensor([tokens[-CONTEXT:]]))
             expected.append(int(logits[0, -1].argmax()))
             tokens.append(expected[-1])
     assert list(sample(model, [3, 14, 15], 30, temperature=0)) == expected
@@ -89,7 +89,7 @@ def test_a_tiny_temperature_draws_the_most_likely_token(temperature):
 def test_sampling_follows_the_distribution():
     model = tiny_model(vocab=VOCAB)
     with torch.no_grad():
-        logits, _ = model(torch.tensor([[9]]))
+        logits = model(torch.tensor([[9]]))
     probs = next_token_probs(logits[0, -1])
     draws = [next(sample(model, [9], 1, temperature=1.0, seed=s)) for s in range(400)]
     top = int(probs.argmax())

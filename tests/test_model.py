@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nextword.config import ModelConfig
-from nextword.model import network as model_module
+from nextword.model import loss as loss_module
 from nextword.model import GPT, linear_cross_entropy
 
 VOCAB = 97
@@ -37,8 +37,8 @@ def test_changing_a_later_token_leaves_earlier_logits_unchanged(name):
     changed = idx.clone()
     changed[:, 9] = (changed[:, 9] + 1) % VOCAB
     with torch.no_grad():
-        before, _ = model(idx)
-        after, _ = model(changed)
+        before = model(idx)
+        after = model(changed)
     assert before.shape == (2, 16, VOCAB)
     torch.testing.assert_close(before[:, :9], after[:, :9], rtol=0, atol=0)
     assert not torch.allclose(before[:, 9:], after[:, 9:])
@@ -50,7 +50,7 @@ def test_loss_at_initialisation_is_close_to_ln_vocab(arch):
     idx = torch.randint(0, 512, (4, 24), generator=torch.Generator().manual_seed(2))
     targets = torch.randint(0, 512, (4, 24), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        logits, loss = model(idx, targets, return_logits=True)
+        logits, loss = model.logits_and_loss(idx, targets)
     assert abs(loss.item() - math.log(512)) / math.log(512) < 0.05
     expected = F.cross_entropy(logits.double().view(-1, 512), targets.view(-1))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -73,7 +73,7 @@ def fused_loss_and_grads(x, weight, targets, scale):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_loss_and_gradients_equal_the_plain_ones_across_chunks(monkeypatch, dtype):
     # 7 rows a chunk over 3·10 rows: several chunks and a short last one.
-    monkeypatch.setitem(model_module.LOSS_CHUNK_BYTES, "cpu", 7 * 4 * VOCAB)
+    monkeypatch.setitem(loss_module.LOSS_CHUNK_BYTES, "cpu", 7 * 4 * VOCAB)
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(3, 10, 16, generator=generator)
     weight = torch.randn(VOCAB, 16, generator=generator)
@@ -94,12 +94,12 @@ def test_model_loss_without_logits_matches_the_loss_with_them(name):
     model = build(CONFIGS[name]).train()
     idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(6))
     targets = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(7))
-    logits, loss = model(idx, targets)
-    assert logits is None
+    loss = model(idx, targets)
+    assert loss.shape == ()  # the loss alone, without logits
     loss.backward()
     fused_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    logits, plain = model(idx, targets, return_logits=True)
+    logits, plain = model.logits_and_loss(idx, targets)
     plain.backward()
     assert logits.shape == (2, 16, VOCAB)
     torch.testing.assert_close(loss, plain, rtol=1e-6, atol=1e-6)
@@ -114,7 +114,7 @@ def test_tiny_model_overfits_one_batch(arch):
     x, y = data[:, :-1], data[:, 1:]
     optimizer = torch.optim.AdamW(model.optimizer_groups(0.0, False), lr=1e-2)
     for _ in range(300):
-        _, loss = model(x, y)
+        loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -198,11 +198,11 @@ def test_cached_forward_token_by_token_equals_uncached(name):
     model = build(CONFIGS[name])
     idx = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        full, _ = model(idx)
+        full = model(idx)
         cache = model.new_cache(batch_size=2)
-        prefill, _ = model(idx[:, :6], cache=cache)
-        steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(6, 17)]
-        chunk, _ = model(idx[:, 17:], cache=cache)  # several new tokens after a filled cache
+        prefill = model(idx[:, :6], cache=cache)
+        steps = [model(idx[:, t:t + 1], cache=cache) for t in range(6, 17)]
+        chunk = model(idx[:, 17:], cache=cache)  # several new tokens after a filled cache
     cached = torch.cat([prefill, *steps, chunk], dim=1)
     assert cache.length == 20
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
@@ -227,7 +227,7 @@ def test_repeating_kv_heads_gives_the_same_attention(monkeypatch):
     model = build(CONFIGS["llama-gqa-qknorm"])
     idx = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
-        native, _ = model(idx)
+        native = model(idx)
         monkeypatch.setattr(nextword.model.network, "SDPA_HAS_GQA", False)
-        repeated, _ = model(idx)
+        repeated = model(idx)
     torch.testing.assert_close(repeated, native, rtol=0, atol=1e-6)

@@ -43,7 +43,7 @@ def test_every_number_before_the_step_recomputes_in_float64(tokenizer, arch):
     result = trace_step(model, tokenizer, TEXT, lr=1e-3, top_k=4)
     x, y = batch(tokenizer)
     with torch.no_grad():
-        logits, training_loss = original(x, y, return_logits=True)
+        logits, training_loss = original.logits_and_loss(x, y)
     probs = torch.softmax(logits[0].double(), dim=-1)
 
     assert [t.id for t in result.tokens] == tokenizer.encode(TEXT)
@@ -68,7 +68,7 @@ def test_an_sgd_step_moves_every_parameter_by_minus_lr_times_its_gradient(tokeni
     model = tiny_model(tokenizer, "llama")
     reference = copy.deepcopy(model).eval()
     x, y = batch(tokenizer)
-    _, loss = reference(x, y)
+    loss = reference(x, y)
     loss.backward()
     result = trace_step(model, tokenizer, TEXT, lr=lr)
 
@@ -84,7 +84,7 @@ def test_an_sgd_step_moves_every_parameter_by_minus_lr_times_its_gradient(tokeni
     assert result.update_ratio == pytest.approx(lr * grad_norm / weight_norm, rel=1e-4)
 
     with torch.no_grad():
-        logits_after, _ = model(x)
+        logits_after = model(x)
     probs_after = torch.softmax(logits_after[0].double(), dim=-1)
     for t, pos in enumerate(result.positions):
         assert pos.p_after == pytest.approx(probs_after[t, int(y[0, t])].item(), rel=1e-9)
@@ -97,7 +97,7 @@ def test_an_adamw_step_is_the_training_loops_step(tokenizer):
     model = tiny_model(tokenizer)
     reference = copy.deepcopy(model).eval()
     x, y = batch(tokenizer)
-    _, loss = reference(x, y)
+    loss = reference(x, y)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(reference.parameters(), train.grad_clip)
     torch.optim.AdamW(reference.optimizer_groups(train.weight_decay, train.decay_embeddings), lr=train.lr,

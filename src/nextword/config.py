@@ -11,7 +11,7 @@ import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from nextword.data.filters import CleanConfig
 from nextword.errors import ConfigError
@@ -23,10 +23,28 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+@dataclass(frozen=True)
+class Family:
+    """What one value of `ModelConfig.arch` builds: the choices that set one family of blocks apart from another.
+    The network, the parameter and memory planner and the config's own defaults and checks ask this, never the
+    arch's name."""
+
+    norm: Literal["layernorm", "rmsnorm"]  # LayerNorm has a bias, RMSNorm does not
+    bias: bool  # biases on the attention and MLP linear layers
+    mlp: Literal["gelu", "swiglu"]  # proj(gelu(fc(x))), or down(silu(gate(x)) · up(x))
+    positions: Literal["learned", "rotary"]  # a learned embedding per position, or RoPE applied to q and k
+
+
+FAMILIES = {
+    "gpt2": Family(norm="layernorm", bias=True, mlp="gelu", positions="learned"),
+    "llama": Family(norm="rmsnorm", bias=False, mlp="swiglu", positions="rotary"),
+}
+
+
 @dataclass
 class ModelConfig:
-    """The network's shape. `arch` picks the block: "gpt2" (learned positions, LayerNorm, GELU MLP, biases)
-    or "llama" (RoPE, RMSNorm, SwiGLU MLP, no biases, grouped-query attention)."""
+    """The network's shape. `arch` picks the block (see FAMILIES): "gpt2" (learned positions, LayerNorm, GELU MLP,
+    biases) or "llama" (RoPE, RMSNorm, SwiGLU MLP, no biases, grouped-query attention)."""
 
     arch: str = "gpt2"
     n_layers: int = 4
@@ -53,10 +71,16 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     @property
+    def family(self) -> Family:
+        if self.arch not in FAMILIES:
+            raise ConfigError(f"model.arch = {self.arch!r} is not one of: {', '.join(FAMILIES)}")
+        return FAMILIES[self.arch]
+
+    @property
     def ffn_dim(self) -> int:
         if self.d_ff:
             return self.d_ff
-        if self.arch == "llama":
+        if self.family.mlp == "swiglu":  # three matrices to GELU's two: 2/3 of the width keeps their parameters
             return 64 * -(-int(8 * self.d_model / 3) // 64)
         return 4 * self.d_model
 
@@ -277,7 +301,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
 
 
 CHOICES = {
-    "model.arch": ("gpt2", "llama"),
+    "model.arch": tuple(FAMILIES),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.compile": ("auto", "on", "off"),
     "train.schedule": ("wsd", "cosine", "constant"),
@@ -312,7 +336,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"model.d_model = {m.d_model} must be divisible by model.n_heads = {m.n_heads}")
     if m.n_heads % m.kv_heads:
         raise ConfigError(f"model.n_heads = {m.n_heads} must be divisible by model.n_kv_heads = {m.kv_heads}")
-    if m.arch == "llama" and m.head_dim % 2:
+    if m.family.positions == "rotary" and m.head_dim % 2:
         raise ConfigError(f"model.d_model / model.n_heads = {m.head_dim} must be even for rotary positions")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")

@@ -4,13 +4,16 @@
     llama arch              ↔ LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
     llama arch with qk_norm ↔ Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
 
-`load_hf_model(path)` also reads MistralForCausalLM without a sliding window, with safetensors alone, for
-`[model] init_from`. Writing a whole model directory (with its tokenizer) is `nextword export`'s job.
+Each family's Hugging Face layout (its architecture names, config fields and weight names, both ways) is one
+class below, GPT2Layout or LlamaLayout, found from `ModelConfig.arch` in LAYOUTS. `load_hf_model(path)` also reads
+MistralForCausalLM without a sliding window, with safetensors alone, for `[model] init_from`. Writing a whole
+model directory (with its tokenizer) is `nextword export`'s job.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,86 +24,190 @@ from nextword.config import ModelConfig
 from nextword.errors import CheckpointError, ConfigError
 from nextword.model.network import GPT
 
-# ---------------------------------------------------------------------------------------------------------------
-# nextword → Hugging Face
+Refusal = Callable[[str], CheckpointError]  # a reason → the error that says nextword cannot read the model
 
-def hf_architecture(cfg: ModelConfig) -> str:
-    if cfg.arch == "gpt2":
+
+class GPT2Layout:
+    """The gpt2 family as GPT2LMHeadModel."""
+
+    reads = ("GPT2LMHeadModel",)  # the transformers architectures read as this family
+    # Linear layers other than q, k, v (which GPT-2 fuses into c_attn), and the norms: Hugging Face name → ours.
+    LINEARS = {"attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
+    NORMS = {"ln_1": "attn_norm", "ln_2": "mlp_norm"}
+
+    @staticmethod
+    def architecture(cfg: ModelConfig) -> str:
         if cfg.kv_heads != cfg.n_heads or cfg.qk_norm:
             raise ConfigError("a gpt2-arch model with grouped-query attention or qk_norm has no GPT-2 equivalent "
                               "in transformers; train it as arch = \"llama\" to export it")
         return "GPT2LMHeadModel"
-    return "Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"
 
+    @staticmethod
+    def config(cfg: ModelConfig, common: dict):
+        import transformers
 
-def hf_config(cfg: ModelConfig, eos_id: int):
-    """The transformers config object for this shape."""
-    import transformers
-
-    common = dict(vocab_size=cfg.vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
-                  tie_word_embeddings=cfg.tie_embeddings, architectures=[hf_architecture(cfg)])
-    if cfg.arch == "gpt2":
         return transformers.GPT2Config(
             n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.ffn_dim,
             n_positions=cfg.context, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
             resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, **common)
-    llama_like = dict(
-        hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.context, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-        hidden_act="silu", attention_bias=False, attention_dropout=cfg.dropout, **common)
-    if cfg.qk_norm:
-        return transformers.Qwen3Config(use_sliding_window=False, **llama_like)
-    return transformers.LlamaConfig(mlp_bias=False, **llama_like)
 
-
-def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
-    """nextword's weights under Hugging Face's names (see the key list in model.py)."""
-    cfg, sd = model.cfg, {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    out: dict[str, Tensor] = {}
-    if cfg.arch == "gpt2":
-        out["transformer.wte.weight"] = sd["tok_emb.weight"]
-        out["transformer.wpe.weight"] = sd["pos_emb.weight"]
+    @staticmethod
+    def to_hf(cfg: ModelConfig, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"]}
         for i in range(cfg.n_layers):
             src, dst = f"blocks.{i}.", f"transformer.h.{i}."
             # GPT-2's Conv1D keeps weights as [in, out], the transpose of nn.Linear's [out, in].
             qkv_w = torch.cat([sd[src + f"attn.{p}.weight"] for p in "qkv"], dim=0)
             out[dst + "attn.c_attn.weight"] = qkv_w.t().contiguous()
             out[dst + "attn.c_attn.bias"] = torch.cat([sd[src + f"attn.{p}.bias"] for p in "qkv"])
-            pairs = {"attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
-            for hf_name, name in pairs.items():
+            for hf_name, name in GPT2Layout.LINEARS.items():
                 out[dst + hf_name + ".weight"] = sd[src + name + ".weight"].t().contiguous()
                 out[dst + hf_name + ".bias"] = sd[src + name + ".bias"]
-            for hf_name, name in {"ln_1": "attn_norm", "ln_2": "mlp_norm"}.items():
+            for hf_name, name in GPT2Layout.NORMS.items():
                 out[dst + hf_name + ".weight"] = sd[src + name + ".weight"]
                 out[dst + hf_name + ".bias"] = sd[src + name + ".bias"]
         out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["norm.weight"], sd["norm.bias"]
-    else:
-        out["model.embed_tokens.weight"] = sd["tok_emb.weight"]
+        return out
+
+    @staticmethod
+    def from_hf(cfg: ModelConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
+        hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
+        sd = {"tok_emb.weight": hf["wte.weight"], "pos_emb.weight": hf["wpe.weight"]}
+        q_out = cfg.n_heads * cfg.head_dim
+        for i in range(cfg.n_layers):
+            src, dst = f"h.{i}.", f"blocks.{i}."
+            for name, w, b in zip("qkv", hf[src + "attn.c_attn.weight"].t().split(q_out, dim=0),
+                                  hf[src + "attn.c_attn.bias"].split(q_out)):
+                sd[dst + f"attn.{name}.weight"], sd[dst + f"attn.{name}.bias"] = w.contiguous(), b
+            for hf_name, name in GPT2Layout.LINEARS.items():
+                sd[dst + name + ".weight"] = hf[src + hf_name + ".weight"].t().contiguous()
+                sd[dst + name + ".bias"] = hf[src + hf_name + ".bias"]
+            for hf_name, name in GPT2Layout.NORMS.items():
+                sd[dst + name + ".weight"] = hf[src + hf_name + ".weight"]
+                sd[dst + name + ".bias"] = hf[src + hf_name + ".bias"]
+        sd["norm.weight"], sd["norm.bias"] = hf["ln_f.weight"], hf["ln_f.bias"]
+        return sd
+
+    @staticmethod
+    def model_config(raw: dict, refuse: Refusal) -> ModelConfig:
+        if raw.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise refuse(f"activation {raw.get('activation_function')!r} is not GPT-2's tanh GELU")
+        if raw.get("scale_attn_by_inverse_layer_idx") or not raw.get("scale_attn_weights", True):
+            raise refuse("attention scaling other than 1/sqrt(head_dim)")
+        d = raw["n_embd"]
+        return ModelConfig(arch="gpt2", n_layers=raw["n_layer"], d_model=d, n_heads=raw["n_head"],
+                           d_ff=raw.get("n_inner") or 4 * d, context=raw["n_positions"],
+                           vocab_size=raw["vocab_size"], tie_embeddings=raw.get("tie_word_embeddings", True),
+                           norm_eps=raw.get("layer_norm_epsilon", 1e-5))
+
+
+class LlamaLayout:
+    """The llama family as LlamaForCausalLM, or Qwen3ForCausalLM with qk_norm; Mistral is read as Llama."""
+
+    reads = ("LlamaForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")  # read as this family
+    # Each layer's weights, one to one: Hugging Face name → ours.
+    LAYER_NAMES = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "self_attn.q_proj.weight": "attn.q.weight",
+        "self_attn.k_proj.weight": "attn.k.weight",
+        "self_attn.v_proj.weight": "attn.v.weight",
+        "self_attn.o_proj.weight": "attn.o.weight",
+        "self_attn.q_norm.weight": "attn.q_norm.weight",
+        "self_attn.k_norm.weight": "attn.k_norm.weight",
+        "post_attention_layernorm.weight": "mlp_norm.weight",
+        "mlp.gate_proj.weight": "mlp.gate.weight",
+        "mlp.up_proj.weight": "mlp.up.weight",
+        "mlp.down_proj.weight": "mlp.down.weight",
+    }
+
+    @staticmethod
+    def architecture(cfg: ModelConfig) -> str:
+        return "Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"
+
+    @staticmethod
+    def config(cfg: ModelConfig, common: dict):
+        import transformers
+
+        llama_like = dict(
+            hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+            max_position_embeddings=cfg.context, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+            hidden_act="silu", attention_bias=False, attention_dropout=cfg.dropout, **common)
+        if cfg.qk_norm:
+            return transformers.Qwen3Config(use_sliding_window=False, **llama_like)
+        return transformers.LlamaConfig(mlp_bias=False, **llama_like)
+
+    @staticmethod
+    def to_hf(cfg: ModelConfig, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = {"model.embed_tokens.weight": sd["tok_emb.weight"]}
         for i in range(cfg.n_layers):
             src, dst = f"blocks.{i}.", f"model.layers.{i}."
-            for hf_name, name in LLAMA_LAYER_NAMES.items():
+            for hf_name, name in LlamaLayout.LAYER_NAMES.items():
                 if src + name in sd:
                     out[dst + hf_name] = sd[src + name]
         out["model.norm.weight"] = sd["norm.weight"]
+        return out
+
+    @staticmethod
+    def from_hf(cfg: ModelConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
+        hf = {k.removeprefix("model."): v for k, v in hf.items()}
+        sd = {"tok_emb.weight": hf["embed_tokens.weight"], "norm.weight": hf["norm.weight"]}
+        for i in range(cfg.n_layers):
+            for hf_name, name in LlamaLayout.LAYER_NAMES.items():
+                if f"layers.{i}.{hf_name}" in hf:
+                    sd[f"blocks.{i}.{name}"] = hf[f"layers.{i}.{hf_name}"]
+        return sd
+
+    @staticmethod
+    def model_config(raw: dict, refuse: Refusal) -> ModelConfig:
+        arch = raw["architectures"][0]
+        if raw.get("attention_bias") or raw.get("mlp_bias"):
+            raise refuse("biases in attention or MLP layers (nextword's llama blocks have none)")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise refuse(f"activation {raw.get('hidden_act')!r} instead of SiLU")
+        if arch == "MistralForCausalLM" and raw.get("sliding_window"):
+            raise refuse(f"sliding-window attention (window {raw['sliding_window']})")
+        if arch == "Qwen3ForCausalLM" and raw.get("use_sliding_window"):
+            raise refuse("sliding-window attention")
+        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise refuse(f"RoPE scaling {rope.get('rope_type') or rope.get('type')!r}")
+        d, heads = raw["hidden_size"], raw["num_attention_heads"]
+        if raw.get("head_dim") not in (None, d // heads):
+            raise refuse(f"head_dim {raw['head_dim']} differs from hidden_size / heads = {d // heads}")
+        return ModelConfig(arch="llama", n_layers=raw["num_hidden_layers"], d_model=d, n_heads=heads,
+                           n_kv_heads=raw.get("num_key_value_heads") or heads, d_ff=raw["intermediate_size"],
+                           context=raw.get("max_position_embeddings", 2048), vocab_size=raw["vocab_size"],
+                           tie_embeddings=raw.get("tie_word_embeddings", False), qk_norm=arch == "Qwen3ForCausalLM",
+                           rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+                           norm_eps=raw.get("rms_norm_eps", 1e-6))
+
+
+LAYOUTS = {"gpt2": GPT2Layout, "llama": LlamaLayout}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nextword → Hugging Face
+
+
+def hf_architecture(cfg: ModelConfig) -> str:
+    return LAYOUTS[cfg.arch].architecture(cfg)
+
+
+def hf_config(cfg: ModelConfig, eos_id: int):
+    """The transformers config object for this shape."""
+    common = dict(vocab_size=cfg.vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
+                  tie_word_embeddings=cfg.tie_embeddings, architectures=[hf_architecture(cfg)])
+    return LAYOUTS[cfg.arch].config(cfg, common)
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
+    """nextword's weights under Hugging Face's names (see the key list in network.py)."""
+    cfg, sd = model.cfg, {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    out = LAYOUTS[cfg.arch].to_hf(cfg, sd)
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
     return out
-
-
-LLAMA_LAYER_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn.q.weight",
-    "self_attn.k_proj.weight": "attn.k.weight",
-    "self_attn.v_proj.weight": "attn.v.weight",
-    "self_attn.o_proj.weight": "attn.o.weight",
-    "self_attn.q_norm.weight": "attn.q_norm.weight",
-    "self_attn.k_norm.weight": "attn.k_norm.weight",
-    "post_attention_layernorm.weight": "mlp_norm.weight",
-    "mlp.gate_proj.weight": "mlp.gate.weight",
-    "mlp.up_proj.weight": "mlp.up.weight",
-    "mlp.down_proj.weight": "mlp.down.weight",
-}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -142,38 +249,11 @@ def model_config_from_hf(raw: dict, path: Path) -> ModelConfig:
     def refuse(reason: str) -> CheckpointError:
         return CheckpointError(f"{where}: {reason}; nextword cannot represent this model")
 
-    if arch == "GPT2LMHeadModel":
-        if raw.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise refuse(f"activation {raw.get('activation_function')!r} is not GPT-2's tanh GELU")
-        if raw.get("scale_attn_by_inverse_layer_idx") or not raw.get("scale_attn_weights", True):
-            raise refuse("attention scaling other than 1/sqrt(head_dim)")
-        d = raw["n_embd"]
-        return ModelConfig(arch="gpt2", n_layers=raw["n_layer"], d_model=d, n_heads=raw["n_head"],
-                           d_ff=raw.get("n_inner") or 4 * d, context=raw["n_positions"],
-                           vocab_size=raw["vocab_size"], tie_embeddings=raw.get("tie_word_embeddings", True),
-                           norm_eps=raw.get("layer_norm_epsilon", 1e-5))
-    if arch not in ("LlamaForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"):
-        raise refuse("only GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM and MistralForCausalLM are read")
-    if raw.get("attention_bias") or raw.get("mlp_bias"):
-        raise refuse("biases in attention or MLP layers (nextword's llama blocks have none)")
-    if raw.get("hidden_act", "silu") != "silu":
-        raise refuse(f"activation {raw.get('hidden_act')!r} instead of SiLU")
-    if arch == "MistralForCausalLM" and raw.get("sliding_window"):
-        raise refuse(f"sliding-window attention (window {raw['sliding_window']})")
-    if arch == "Qwen3ForCausalLM" and raw.get("use_sliding_window"):
-        raise refuse("sliding-window attention")
-    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise refuse(f"RoPE scaling {rope.get('rope_type') or rope.get('type')!r}")
-    d, heads = raw["hidden_size"], raw["num_attention_heads"]
-    if raw.get("head_dim") not in (None, d // heads):
-        raise refuse(f"head_dim {raw['head_dim']} differs from hidden_size / heads = {d // heads}")
-    return ModelConfig(arch="llama", n_layers=raw["num_hidden_layers"], d_model=d, n_heads=heads,
-                       n_kv_heads=raw.get("num_key_value_heads") or heads, d_ff=raw["intermediate_size"],
-                       context=raw.get("max_position_embeddings", 2048), vocab_size=raw["vocab_size"],
-                       tie_embeddings=raw.get("tie_word_embeddings", False), qk_norm=arch == "Qwen3ForCausalLM",
-                       rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
-                       norm_eps=raw.get("rms_norm_eps", 1e-6))
+    layout = next((layout for layout in LAYOUTS.values() if arch in layout.reads), None)
+    if layout is None:
+        readable = [name for layout in LAYOUTS.values() for name in layout.reads]
+        raise refuse(f"only {', '.join(readable[:-1])} and {readable[-1]} are read")
+    return layout.model_config(raw, refuse)
 
 
 def read_hf_weights(path: Path) -> dict[str, Tensor]:
@@ -194,29 +274,8 @@ def read_hf_weights(path: Path) -> dict[str, Tensor]:
 
 def from_hf_state_dict(cfg: ModelConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
     """The inverse of to_hf_state_dict."""
-    hf = {k.removeprefix("model.") if cfg.arch == "llama" else k: v.float() for k, v in hf.items()}
-    sd: dict[str, Tensor] = {}
-    if cfg.arch == "gpt2":
-        hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
-        sd["tok_emb.weight"], sd["pos_emb.weight"] = hf["wte.weight"], hf["wpe.weight"]
-        q_out = cfg.n_heads * cfg.head_dim
-        for i in range(cfg.n_layers):
-            src, dst = f"h.{i}.", f"blocks.{i}."
-            for name, w, b in zip("qkv", hf[src + "attn.c_attn.weight"].t().split(q_out, dim=0),
-                                  hf[src + "attn.c_attn.bias"].split(q_out)):
-                sd[dst + f"attn.{name}.weight"], sd[dst + f"attn.{name}.bias"] = w.contiguous(), b
-            for hf_name, name in {"attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}.items():
-                sd[dst + name + ".weight"] = hf[src + hf_name + ".weight"].t().contiguous()
-                sd[dst + name + ".bias"] = hf[src + hf_name + ".bias"]
-            for hf_name, name in {"ln_1": "attn_norm", "ln_2": "mlp_norm"}.items():
-                sd[dst + name + ".weight"], sd[dst + name + ".bias"] = hf[src + hf_name + ".weight"], hf[src + hf_name + ".bias"]
-        sd["norm.weight"], sd["norm.bias"] = hf["ln_f.weight"], hf["ln_f.bias"]
-    else:
-        sd["tok_emb.weight"], sd["norm.weight"] = hf["embed_tokens.weight"], hf["norm.weight"]
-        for i in range(cfg.n_layers):
-            for hf_name, name in LLAMA_LAYER_NAMES.items():
-                if f"layers.{i}.{hf_name}" in hf:
-                    sd[f"blocks.{i}.{name}"] = hf[f"layers.{i}.{hf_name}"]
+    hf = {k: v.float() for k, v in hf.items()}
+    sd = LAYOUTS[cfg.arch].from_hf(cfg, hf)
     if not cfg.tie_embeddings:
         if "lm_head.weight" not in hf:
             raise CheckpointError("config says the output head is untied, but the weights have no lm_head.weight")

@@ -1,9 +1,11 @@
-"""The decoder-only transformer: one model, two families, chosen by `ModelConfig.arch`.
+"""The decoder-only transformer: one model, two families, chosen by `ModelConfig.arch` (`config.FAMILIES` says
+what each family builds; the code below asks `cfg.family`, never the arch's name).
 
     "gpt2"   learned absolute positions, LayerNorm (with bias), GELU MLP, biases on every linear layer
     "llama"  rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases, grouped-query attention, optional QK-norm
 
-Both are pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)); logits = head(norm(x)).
+Both are pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)); logits = head(norm(x)). `model(idx)` gives the
+logits; `model(idx, targets)` the mean cross-entropy, through the fused output layer and loss of loss.py.
 
 State-dict keys (stable; the Hugging Face exporter maps them one to one):
 
@@ -39,27 +41,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nextword.config import ModelConfig
+from nextword.model.kv_cache import KVCache
+from nextword.model.loss import linear_cross_entropy
 
 # SDPA's enable_gqa (torch >= 2.5) attends with shared kv heads without copying them: on CPU (torch 2.13,
 # 8 query heads over 2 kv heads) forward + backward took about half the time of repeating the kv heads.
 SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
-
-
-class KVCache:
-    """Keys and values of the tokens seen so far, per layer, preallocated to `max_len` positions.
-
-    k[i] and v[i] have shape [batch, kv_heads, max_len, head_dim]; the first `length` positions are filled.
-    """
-
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
-        if not 0 < max_len <= cfg.context:
-            raise ValueError(f"a KV cache holds 1 to context = {cfg.context} positions, not {max_len}")
-        shape = (batch_size, cfg.kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.max_len = max_len
-        self.length = 0
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -80,16 +67,17 @@ def rope_tables(cfg: ModelConfig) -> tuple[Tensor, Tensor]:
     return angles.cos().float(), angles.sin().float()
 
 
+NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+
+
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
-    if cfg.arch == "llama":
-        return nn.RMSNorm(dim, eps=cfg.norm_eps)
-    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=True)
+    return NORMS[cfg.family.norm](dim, eps=cfg.norm_eps)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        bias = cfg.arch == "gpt2"
+        bias = cfg.family.bias
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.q = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=bias)
         self.k = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=bias)
@@ -142,7 +130,7 @@ class Attention(nn.Module):
         return self.o(y)
 
 
-class MLP(nn.Module):
+class GeluMLP(nn.Module):
     """gpt2: proj(gelu(fc(x))). GPT-2 used the tanh approximation of GELU."""
 
     def __init__(self, cfg: ModelConfig):
@@ -169,81 +157,21 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
+MLPS = {"gelu": GeluMLP, "swiglu": SwiGLU}
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.attn_norm = make_norm(cfg, cfg.d_model)
         self.attn = Attention(cfg)
         self.mlp_norm = make_norm(cfg, cfg.d_model)
-        self.mlp = SwiGLU(cfg) if cfg.arch == "llama" else MLP(cfg)
+        self.mlp = MLPS[cfg.family.mlp](cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
-
-# Rows of the output layer's logits handled at once by the fused loss: on a CPU about 4 MiB of fp32, which stays in
-# cache (2-core EPYC, default shape: 184 ms against 219 ms for 16 MiB chunks and 337 ms for the plain loss). Each
-# chunk is a few short parallel regions, so this relies on OpenMP threads sleeping while they wait (the CLI sets
-# OMP_WAIT_POLICY=PASSIVE): with spinning threads and another process on the cores, 4 MiB chunks took twice as
-# long as the plain loss. On a GPU about 256 MiB: fewer kernel launches, memory still bounded.
-LOSS_CHUNK_BYTES = {"cpu": 1 << 22, "cuda": 1 << 28}
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of `targets` under the logits `x @ weightᵀ`, with its gradient computed in the forward.
-
-    The plain way (logits → fp32 copy → log-softmax → loss, and the same three steps backward) writes and reads
-    the [rows, vocab] logits about six times in fp32; with an 8192-token vocabulary that is most of a small
-    model's step on a CPU. Here the logits are made once in the compute dtype, then turned chunk by chunk, in
-    fp32 and in cache, into the loss and into rows·∂loss/∂logits = softmax − one_hot, written over the logits.
-    Backward is then two matrix multiplies, scaled by 1/rows after them. The loss is exact fp32 cross-entropy; the gradient has the
-    rounding of the compute dtype, as it would under autocast anyway.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, dtype: torch.dtype) -> Tensor:
-        x, weight = x.to(dtype), weight.to(dtype)
-        logits = x @ weight.t()  # [rows, vocab], overwritten below by the gradient
-        rows, vocab = logits.shape
-        chunk = max(1, LOSS_CHUNK_BYTES.get(x.device.type, 1 << 28) // (4 * vocab))
-        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        total = torch.zeros((), device=x.device, dtype=torch.float32)
-        grad_log_p = torch.zeros(min(chunk, rows), vocab, device=x.device) if want_grad else None
-        for begin in range(0, rows, chunk):
-            part = logits[begin:begin + chunk]
-            target = targets[begin:begin + chunk, None]
-            log_p = torch.log_softmax(part, dim=-1, dtype=torch.float32)
-            total -= log_p.gather(-1, target).sum()
-            if want_grad:
-                grad_log_p.scatter_(-1, target, -1.0)
-                # rows·∂loss/∂logits = p − one_hot, by aten's own log-softmax backward kernel (the 1/rows is
-                # applied after the multiplies in backward, so that fp16 gradients do not underflow)
-                part.copy_(torch.ops.aten._log_softmax_backward_data(grad_log_p[:len(part)], log_p, -1, dtype))
-                grad_log_p.scatter_(-1, target, 0.0)
-        if want_grad:
-            ctx.save_for_backward(x, weight, logits)
-            ctx.rows = rows
-        return total / rows
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss: Tensor):
-        x, weight, grad_logits = ctx.saved_tensors
-        scale = (grad_loss / ctx.rows).to(grad_logits.dtype)
-        grad_x = (grad_logits @ weight) * scale if ctx.needs_input_grad[0] else None
-        grad_weight = (grad_logits.t() @ x) * scale if ctx.needs_input_grad[1] else None
-        return grad_x, grad_weight, None, None
-
-
-def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of the logits x @ weightᵀ against targets, in fp32, without the fp32 logits.
-    x: [..., d], weight: [V, d], targets: [...]. Under autocast the multiplies run in the autocast dtype."""
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    with torch.autocast(device, enabled=False):
-        return LinearCrossEntropy.apply(x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), dtype)
 
 
 class GPT(nn.Module):
@@ -253,9 +181,8 @@ class GPT(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building the model")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        if cfg.arch == "gpt2":
-            self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
-        else:
+        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.family.positions == "learned" else None
+        if cfg.family.positions == "rotary":
             cos, sin = rope_tables(cfg)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
@@ -278,19 +205,20 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, *, cache: KVCache | None = None,
-                return_logits: bool = False) -> tuple[Tensor | None, Tensor | None]:
-        """idx: [B, T] token ids. Returns (logits [B, T, V], None), or with targets [B, T] (None, the mean
-        cross-entropy in fp32 even under bf16 autocast); `return_logits` gives both. Without logits the loss
-        comes from the fused `linear_cross_entropy`, which is faster and lighter. With a cache, idx holds only
-        the new tokens, which sit at positions cache.length ...; their keys and values are appended to it."""
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, cache: KVCache | None = None) -> Tensor:
+        """idx: [B, T] token ids. Without targets: the logits, [B, T, V]. With targets [B, T]: the mean
+        cross-entropy, in fp32 even under bf16 autocast, from the fused output layer and loss
+        (`linear_cross_entropy`), which is faster and lighter than taking it over the logits.
+
+        With a cache, idx holds only the new tokens, which sit at positions cache.length ...; their keys and
+        values are appended to it."""
         T = idx.shape[1]
         start = 0 if cache is None else cache.length
         if cache is not None and start + T > cache.max_len:
             raise ValueError(f"{T} new tokens do not fit a KV cache holding {start} of {cache.max_len} positions")
         x = self.tok_emb(idx)
         rope = None
-        if self.cfg.arch == "gpt2":
+        if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
@@ -301,13 +229,15 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length = start + T
         head = self.tok_emb.weight if self.cfg.tie_embeddings else self.lm_head.weight
-        if targets is not None and not return_logits:
-            return None, linear_cross_entropy(x, head, targets)
-        logits = F.linear(x, head)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+        if targets is None:
+            return F.linear(x, head)
+        return linear_cross_entropy(x, head, targets)
+
+    def logits_and_loss(self, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The logits [B, T, V] and the mean cross-entropy taken over them the plain way, for the few callers
+        that look at both. Training takes forward's fused loss instead, which never holds the fp32 logits."""
+        logits = self(idx)
+        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for this model, on its device and in its dtype."""
@@ -315,9 +245,9 @@ class GPT(nn.Module):
         return KVCache(self.cfg, batch_size, max_len or self.cfg.context, device=weight.device, dtype=weight.dtype)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
-        """The lookup tables: token and (gpt2) position embeddings."""
+        """The lookup tables: token and (learned positions) position embeddings."""
         tables = [self.tok_emb.weight]
-        if self.cfg.arch == "gpt2":
+        if self.pos_emb is not None:
             tables.append(self.pos_emb.weight)
         return tables
 

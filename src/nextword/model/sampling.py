@@ -42,9 +42,9 @@ def sample(model: GPT, prompt_ids: list[int], max_new_tokens: int, *, temperatur
             cache = None
         with torch.no_grad():
             if cache is not None:
-                logits, _ = model(torch.tensor([unseen], device=device), cache=cache)
+                logits = model(torch.tensor([unseen], device=device), cache=cache)
             else:
-                logits, _ = model(torch.tensor([tokens[-context:]], device=device))
+                logits = model(torch.tensor([tokens[-context:]], device=device))
         next_id = pick(logits[0, -1], temperature, top_k, top_p, generator)
         if next_id == stop_id:
             return

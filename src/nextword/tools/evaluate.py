@@ -36,7 +36,7 @@ def evaluate_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, conte
         x = tokens[begin: begin + context]
         y = tokens[begin + 1: begin + context + 1]
         x = x[: len(y)]
-        logits, _ = model(x[None])
+        logits = model(x[None])
         nats += float(F.cross_entropy(logits[0].float(), y, reduction="sum"))
         predicted += len(y)
     loss = nats / predicted

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nextword.config import (
-    DataConfig, ModelConfig, RunConfig, apply_overrides, load, model_preset, parse_count,
+    FAMILIES, DataConfig, ModelConfig, RunConfig, apply_overrides, load, model_preset, parse_count,
 )
 from nextword.errors import ConfigError, DataError
 from nextword.training.runlog import read_log
@@ -179,22 +179,22 @@ class Params:
 
 
 def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
-    """Parameter counts of nextword's GPT (see model.py for the layer list), from the shape alone."""
+    """Parameter counts of nextword's GPT (see model/network.py for the layer list), from the shape alone."""
     d, f, V = cfg.d_model, cfg.ffn_dim, cfg.vocab_size
-    gpt2 = cfg.arch == "gpt2"
+    family = cfg.family
     q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    norm = 2 * d if gpt2 else d  # LayerNorm has a bias, RMSNorm does not
+    norm = 2 * d if family.norm == "layernorm" else d  # LayerNorm has a bias, RMSNorm does not
 
     attn_weights = d * q_out + 2 * d * kv_out + q_out * d
-    attn_other = (q_out + 2 * kv_out + d if gpt2 else 0) + (2 * cfg.head_dim if cfg.qk_norm else 0)
-    mlp_weights = (2 if gpt2 else 3) * d * f
-    mlp_biases = f + d if gpt2 else 0
+    attn_other = (q_out + 2 * kv_out + d if family.bias else 0) + (2 * cfg.head_dim if cfg.qk_norm else 0)
+    mlp_weights = (3 if family.mlp == "swiglu" else 2) * d * f
+    mlp_biases = f + d if family.bias else 0
 
     experts, active, router = 1, 1, 0
     if moe:
         experts, active, router = moe.experts + moe.shared, moe.active + moe.shared, d * moe.experts
     per_layer = attn_weights + attn_other + experts * (mlp_weights + mlp_biases) + router + 2 * norm
-    embedding = V * d + (cfg.context * d if gpt2 else 0)
+    embedding = V * d + (cfg.context * d if family.positions == "learned" else 0)
     head = 0 if cfg.tie_embeddings else V * d
     total = cfg.n_layers * per_layer + norm + embedding + head
     inactive = cfg.n_layers * (experts - active) * (mlp_weights + mlp_biases)
@@ -307,12 +307,10 @@ def layer_activation_bytes(cfg: ModelConfig, moe: Moe | None, micro_batch: int, 
     dropout = cfg.dropout > 0
     routed = (moe.active + moe.shared) if moe else 1
     kv = cfg.kv_heads * cfg.head_dim
-    if cfg.arch == "gpt2":
-        mlp, rope = h + 2 * f, 0
-    else:
-        # SwiGLU keeps gate(x), silu(gate(x)), up(x) and their product; RoPE keeps q and k before rotation and
-        # their rotate_half copies.
-        mlp, rope = h + 4 * f, 2 * (h + kv)
+    # SwiGLU keeps gate(x), silu(gate(x)), up(x) and their product; RoPE keeps q and k before rotation and their
+    # rotate_half copies.
+    mlp = h + 4 * f if cfg.family.mlp == "swiglu" else h + 2 * f
+    rope = 2 * (h + kv) if cfg.family.positions == "rotary" else 0
     elements = tokens * (2 * h + 3 * h + 2 * kv + rope + routed * mlp)
     if flash:
         scores = 4.0 * a * s * b
@@ -568,8 +566,8 @@ def check_model(cfg: ModelConfig, moe: Moe | None) -> None:
     for name in ("n_kv_heads", "d_ff"):  # 0 means the default: as many as the heads, the family's usual width
         if getattr(cfg, name) < 0:
             raise ConfigError(f"model.{name} = {getattr(cfg, name)} must be 0 (the default) or more")
-    if cfg.arch not in ("gpt2", "llama"):
-        raise ConfigError(f"model.arch = {cfg.arch!r} is not one of: gpt2, llama")
+    if cfg.arch not in FAMILIES:
+        raise ConfigError(f"model.arch = {cfg.arch!r} is not one of: {', '.join(FAMILIES)}")
     if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.kv_heads:
         raise ConfigError(f"d_model = {cfg.d_model}, heads = {cfg.n_heads}, kv_heads = {cfg.kv_heads}: d_model must "
                           "be divisible by heads and heads by kv_heads")

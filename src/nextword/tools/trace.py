@@ -124,15 +124,15 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
 
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
-        logits, _ = model(x)
-    _, loss = model(x, y)  # the training loop's own loss and gradient
+        logits = model(x)
+    loss = model(x, y)  # the training loop's own loss and gradient
     loss.backward()
     grad_norm = _norm(p.grad for p in params if p.grad is not None)
     _optimizer_step(model, params, optimizer, lr, train or TrainConfig())
     update_ratio = _norm(p.detach() - b for p, b in zip(params, before)) / _norm(before)
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
-        logits_after, _ = model(x)
+        logits_after = model(x)
 
     log_p_before = torch.log_softmax(logits[0].detach().double(), dim=-1)
     log_p_after = torch.log_softmax(logits_after[0].double(), dim=-1)

@@ -38,7 +38,7 @@ def evaluate_loss(model: torch.nn.Module, split: TokenShards, batch_size: int, c
     total = torch.zeros((), device=device, dtype=torch.float64)
     for _ in range(own_batches):
         x, y = loader.next_batch()
-        _, loss = model(x, y)
+        loss = model(x, y)
         total += loss.double()
     model.train(was_training)
     mean = total / own_batches

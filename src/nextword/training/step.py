@@ -29,7 +29,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
         # Over several processes, gradients are averaged across ranks once, in the last micro-step's backward.
         with distributed.gradient_sync(model, micro_step == accumulation - 1):
             with autocast:
-                _, loss = model(x, y)
+                loss = model(x, y)
             scaler.scale(loss / accumulation).backward()
         total = loss.detach() if total is None else total + loss.detach()
     scaler.unscale_(optimizer)
