@@ -218,16 +218,3 @@ def test_cache_overflow_is_refused():
 def test_missing_vocab_size_is_refused():
     with pytest.raises(ValueError, match="vocab_size"):
         GPT(ModelConfig())
-
-
-def test_repeating_kv_heads_gives_the_same_attention(monkeypatch):
-    """Older torch (< 2.5) has no enable_gqa in SDPA; the model then repeats the shared kv heads."""
-    import nextword.model.network
-
-    model = build(CONFIGS["llama-gqa-qknorm"])
-    idx = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        native = model(idx)
-        monkeypatch.setattr(nextword.model.network, "SDPA_HAS_GQA", False)
-        repeated = model(idx)
-    torch.testing.assert_close(repeated, native, rtol=0, atol=1e-6)
