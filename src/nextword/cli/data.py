@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 def clean_config(overrides: dict[str, str]):
     """CleanConfig from --clean.FIELD VALUE overrides (lists are comma-separated)."""
-    from nextword.data.filters import CleanConfig
+    from nextword.config import CleanConfig
 
     cfg = CleanConfig()
     hints = get_type_hints(CleanConfig)

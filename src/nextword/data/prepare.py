@@ -29,10 +29,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from nextword.config import DataConfig
+from nextword.config import CleanConfig, DataConfig
 from nextword.data.clean import MixReport, clean, mix_documents, plan_inputs, read_cleaned
 from nextword.data.code import LANGUAGES
-from nextword.data.filters import CleanConfig
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
                                   token_dtype, write_index)
 from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
