@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from nextword import cli
+from nextword.cli import options
 
 
 def test_overview_lists_every_command(capsys):
@@ -31,10 +32,10 @@ def test_overrides_reach_the_config():
     import argparse
 
     parser = argparse.ArgumentParser()
-    cli.add_config_arguments(parser)
+    options.add_config_arguments(parser)
     args = parser.parse_args(["--preset", "tiny"])
     args.overrides = {"train.lr": "3e-4", "model.n_layers": "3", "data.sources": "a,b"}
-    cfg = cli.config_from_args(args)
+    cfg = options.config_from_args(args)
     assert cfg.train.lr == 3e-4 and cfg.model.n_layers == 3 and cfg.model.d_model == 64
     assert cfg.data.sources == ["a", "b"]
 
@@ -48,3 +49,4 @@ def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(preset, expect
     probe = "import os, sys, nextword.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == [expected, "False"]
+
