@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -291,64 +292,91 @@ def load(path: str | Path) -> RunConfig:
 
 
 def set_field(target: Any, section: str, key: str, value: Any, where: str = "config") -> None:
-    """Set one field, converting strings from the command line to the field's type."""
+    """Set one field from a config file's value (`where` names the file), converted to the field's type."""
+    kind = _field_type(target, section, key, where)
+    try:
+        setattr(target, key, coerce(value, kind))
+    except InvalidValue as e:
+        raise ConfigError(f"{where}: {section}.{key} = {e.value!r} is not a valid {e.type_name}") from None
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
+    """Apply `{"train.lr": "3e-4"}`-style overrides (from `--train.lr 3e-4`). Every command that takes
+    --SECTION.FIELD settings comes here, so they all accept the same spellings."""
+    for dotted, text in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"--{dotted}: overrides look like --SECTION.FIELD VALUE, with SECTION one of {', '.join(SECTIONS)}")
+        target = getattr(cfg, section)
+        kind = _field_type(target, section, key, "command line")
+        try:
+            setattr(target, key, coerce(text, kind))
+        except InvalidValue as e:
+            raise ConfigError(f"--{dotted}: {e.value!r} is not a valid {e.type_name}") from None
+    return cfg
+
+
+def _field_type(target: Any, section: str, key: str, where: str) -> Any:
     hints = get_type_hints(type(target))
     if key not in hints:
         names = ", ".join(f.name for f in fields(target))
         raise ConfigError(f"{where}: unknown field {section}.{key}; [{section}] has: {names}")
-    setattr(target, key, coerce(value, hints[key], f"{section}.{key}", where))
+    return hints[key]
 
 
-def coerce(value: Any, kind: Any, name: str, where: str) -> Any:
-    origin = get_origin(kind)
-    try:
-        if origin is list:
-            (item,) = get_args(kind)
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v] if value else []
-            if not isinstance(value, list):
-                raise TypeError
-            return [coerce(v, item, name, where) for v in value]
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-                return value.lower() in ("true", "1", "yes", "on")
-            raise TypeError
-        if kind is int:
-            if isinstance(value, bool):
-                raise TypeError
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, str):
-                return int(float(value)) if float(value).is_integer() else int(value)
-            if isinstance(value, int):
-                return value
-            raise TypeError
-        if kind is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if kind is str:
-            if not isinstance(value, str):
-                raise TypeError
+class InvalidValue(ValueError):
+    """A value that is not of its field's type: `value` is the part at fault (one item of a list)."""
+
+    def __init__(self, value: Any, kind: Any):
+        super().__init__(value)
+        self.value = value
+        self.type_name = getattr(kind, "__name__", str(kind))
+
+
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+LIST_SEPARATOR = re.compile(r"\s*,\s*")  # spaces around a comma separate too ("en, de"); those inside an item stay
+
+
+def coerce(value: Any, kind: Any) -> Any:
+    """`value` as a `kind` (bool, int, float, str or a list of one of those): a TOML value, or a string from the
+    command line. Booleans are spelled true/false, 1/0, yes/no or on/off in any case; an int may be written as a
+    whole float (1e6); a list is comma-separated. Raises InvalidValue."""
+    if get_origin(kind) is list:
+        (item,) = get_args(kind)
+        if isinstance(value, str):
+            value = [part for part in LIST_SEPARATOR.split(value) if part]
+        if not isinstance(value, list):
+            raise InvalidValue(value, kind)
+        return [coerce(v, item) for v in value]
+    if kind is bool:
+        if isinstance(value, bool):
             return value
-    except (TypeError, ValueError):
-        pass
-    else:
+        if isinstance(value, str) and value.lower() in TRUE_WORDS + FALSE_WORDS:
+            return value.lower() in TRUE_WORDS
+    if kind is int and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        number = _as_float(value)
+        if number is not None and number.is_integer():
+            return int(number)
+    if kind is float:
+        number = _as_float(value)
+        if number is not None:
+            return number
+    if kind is str and isinstance(value, str):
         return value
-    type_name = getattr(kind, "__name__", str(kind))
-    raise ConfigError(f"{where}: {name} = {value!r} is not a valid {type_name}")
+    raise InvalidValue(value, kind)
 
 
-def apply_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
-    """Apply `{"train.lr": "3e-4"}`-style overrides (from `--train.lr 3e-4`)."""
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        if section not in SECTIONS or not key:
-            raise ConfigError(f"--{dotted}: overrides look like --SECTION.FIELD VALUE, with SECTION one of {', '.join(SECTIONS)}")
-        set_field(getattr(cfg, section), section, key, value, where="command line")
-    return cfg
+def _as_float(value: Any) -> float | None:
+    """A number or a string that spells one, as a float; None for anything else (booleans included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 CHOICES = {
