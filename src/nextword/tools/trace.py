@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from nextword.config import TrainConfig
 from nextword.errors import ConfigError, DataError
 from nextword.model import GPT
+from nextword.training.optimizer import build_optimizer
 
 DEFAULT_TEXT = "The function returns a new list of the keys in the dictionary."
 DEFAULT_SGD_LR = 0.01
@@ -155,8 +156,7 @@ def _optimizer_step(model: GPT, params: list[torch.nn.Parameter], name: str, lr:
     if name == "sgd":
         torch.optim.SGD(params, lr=lr).step()
         return
-    groups = model.optimizer_groups(train.weight_decay, train.decay_embeddings)
-    adamw = torch.optim.AdamW(groups, lr=lr, betas=(train.beta1, train.beta2), eps=train.eps)
+    adamw = build_optimizer(model, replace(train, lr=lr))
     if train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
     adamw.step()
