@@ -118,7 +118,8 @@ def measured():
 
 def run_nextword(warc: Path, extractor: str) -> Result:
     from nextword.data.dedup import Deduplicator, MinHasher, exact_key
-    from nextword.data.filters import CleanConfig, FilterChain
+    from nextword.config import CleanConfig
+    from nextword.data.filters import FilterChain
     from nextword.data.sources import SkipLog
     from nextword.data.web import read_web
 

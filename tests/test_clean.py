@@ -17,8 +17,8 @@ warcio = pytest.importorskip("warcio")
 from warcio.statusandheaders import StatusAndHeaders  # noqa: E402
 from warcio.warcwriter import WARCWriter  # noqa: E402
 
+from nextword.config import CleanConfig  # noqa: E402
 from nextword.data.clean import MixReport, clean, merge, mix_documents, plan_inputs, read_cleaned  # noqa: E402
-from nextword.data.filters import CleanConfig  # noqa: E402
 from nextword.data.sources import Document  # noqa: E402
 from nextword.errors import ConfigError, DataError  # noqa: E402
 

@@ -1,10 +1,12 @@
 import os
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
 from nextword import cli
+from nextword.cli import options
 
 
 def test_overview_lists_every_command(capsys):
@@ -31,10 +33,10 @@ def test_overrides_reach_the_config():
     import argparse
 
     parser = argparse.ArgumentParser()
-    cli.add_config_arguments(parser)
+    options.add_config_arguments(parser)
     args = parser.parse_args(["--preset", "tiny"])
     args.overrides = {"train.lr": "3e-4", "model.n_layers": "3", "data.sources": "a,b"}
-    cfg = cli.config_from_args(args)
+    cfg = options.config_from_args(args)
     assert cfg.train.lr == 3e-4 and cfg.model.n_layers == 3 and cfg.model.d_model == 64
     assert cfg.data.sources == ["a", "b"]
 
@@ -48,3 +50,43 @@ def test_openmp_threads_sleep_while_waiting_unless_the_user_chose(preset, expect
     probe = "import os, sys, nextword.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == [expected, "False"]
+
+
+# One field of each kind in [clean], which both `nextword train` and `nextword data clean` take as --clean.FIELD.
+SPELLINGS = [
+    ("exact_dedup", "off", False), ("exact_dedup", "ON", True), ("exact_dedup", "yes", True),
+    ("exact_dedup", "0", False), ("exact_dedup", "False", False),
+    ("min_words", "30", 30), ("min_words", "1e2", 100), ("min_words", "2048.0", 2048),
+    ("min_language_score", "0.5", 0.5), ("min_language_score", "1", 1.0),
+    ("languages", "fr", ["fr"]), ("languages", "en,de", ["en", "de"]), ("languages", "en, de", ["en", "de"]),
+    ("languages", "en , de,", ["en", "de"]),
+    ("top_ngram_max_char_ratios", "0.2, 0.18,0.16", [0.2, 0.18, 0.16]),
+]
+MISSPELLINGS = [("exact_dedup", "maybe"), ("min_words", "2.5"), ("min_words", "many"),
+                ("min_language_score", "high"), ("top_ngram_max_char_ratios", "0.2, x, 0.16")]
+
+
+def train_config(tmp_path, option: str, text: str, capsys) -> tuple[int, dict, str]:
+    code = cli.main(["train", "--run-dir", str(tmp_path / "run"), "--dump-config", option, text])
+    captured = capsys.readouterr()
+    return code, (tomllib.loads(captured.out) if code == 0 else {}), captured.err
+
+
+@pytest.mark.parametrize("field, text, meaning", SPELLINGS)
+def test_train_and_data_clean_read_a_setting_the_same_way(tmp_path, capsys, field, text, meaning):
+    from nextword.cli.data import clean_config
+
+    code, dumped, _ = train_config(tmp_path, f"--clean.{field}", text, capsys)
+    assert code == 0 and dumped["clean"][field] == meaning
+    assert getattr(clean_config({f"clean.{field}": text}), field) == meaning
+
+
+@pytest.mark.parametrize("field, text", MISSPELLINGS)
+def test_train_and_data_clean_refuse_a_misspelling_with_the_same_line(tmp_path, capsys, field, text):
+    code, _, train_err = train_config(tmp_path, f"--clean.{field}", text, capsys)
+    assert code == 2
+    assert cli.main(["data", "clean", "--out", str(tmp_path / "clean"), f"--clean.{field}", text]) == 2
+    clean_err = capsys.readouterr().err
+    assert train_err.count("\n") == clean_err.count("\n") == 1
+    assert train_err.removeprefix("nextword train: ") == clean_err.removeprefix("nextword data: ")
+    assert train_err.startswith(f"nextword train: --clean.{field}: ")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nextword.data.filters import (CleanConfig, FilterChain, LanguageRule, c4, code, fineweb, gopher_quality,
+from nextword.config import CLEAN_RULES, CleanConfig
+from nextword.data.filters import (RULES, FilterChain, LanguageRule, c4, code, fineweb, gopher_quality,
                                    gopher_repetition, sentence_count)
 from nextword.data.words import split_words, words_of
 from nextword.errors import ConfigError
@@ -199,3 +200,8 @@ def test_chain_counts_documents_bytes_and_examples():
 def test_unknown_rule_is_a_config_error():
     with pytest.raises(ConfigError, match="clean.web_rules"):
         CleanConfig(web_rules=["gopher", "nope"]).validate()
+
+
+def test_the_config_knows_every_rule_by_the_name_the_filters_give_it():
+    """CleanConfig checks rule names against config.CLEAN_RULES, which cannot import the filters themselves."""
+    assert tuple(RULES) == CLEAN_RULES

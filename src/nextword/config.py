@@ -1,4 +1,4 @@
-"""The run config: four typed sections, loaded from TOML, overridden from the command line, checked once.
+"""The run config: five typed sections, loaded from TOML, overridden from the command line, checked once.
 
 A run directory keeps its resolved config as `config.toml`, so a run can be repeated from that file alone.
 Every error names the field and says what would work, in one line.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from nextword.data.filters import CleanConfig
 from nextword.errors import ConfigError
 from nextword.files import write_text_atomically
 
@@ -161,6 +161,82 @@ class EvalConfig:
     top_k: int = 50
 
 
+# The filter rules the clean step knows, by the names nextword.data.filters.RULES gives them.
+CLEAN_RULES = ("language", "gopher_repetition", "gopher_quality", "c4", "fineweb", "code")
+
+
+@dataclass
+class CleanConfig:
+    """Every setting of the clean step. Defaults are the published values, cited beside each."""
+
+    extractor: str = "resiliparse"  # resiliparse | trafilatura (FineWeb's choice)
+    # Which rules run on which kind of document, in order.
+    web_rules: list[str] = field(default_factory=lambda: [
+        "language", "gopher_repetition", "gopher_quality", "c4", "fineweb"])  # FineWeb's order
+    text_rules: list[str] = field(default_factory=lambda: ["language", "gopher_repetition", "gopher_quality"])
+    code_rules: list[str] = field(default_factory=lambda: ["code"])
+    # Language id. FineWeb keeps English with fastText score >= 0.65 (Penedo et al. 2024, section 3.1).
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    min_language_score: float = 0.65
+    # Gopher quality (Rae et al. 2021, appendix A.1.1).
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1  # "#", or ellipses, per word
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    min_alpha_words_ratio: float = 0.8  # words with at least one alphabetic character
+    min_stop_words: int = 2  # of: the, be, to, of, and, that, have, with
+    # Gopher repetition (Rae et al. 2021, table A1).
+    max_dup_line_ratio: float = 0.3
+    max_dup_para_ratio: float = 0.3
+    max_dup_line_char_ratio: float = 0.2
+    max_dup_para_char_ratio: float = 0.2
+    top_ngram_max_char_ratios: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])  # n = 2, 3, 4
+    dup_ngram_max_char_ratios: list[float] = field(
+        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10])  # n = 5 .. 10
+    # C4 (Raffel et al. 2020, section 2.2; datatrove C4QualityFilter defaults, which FineWeb used with the
+    # terminal-punctuation line rule off).
+    c4_min_words_per_line: int = 3
+    c4_max_word_length: int = 1000
+    c4_min_sentences: int = 5
+    c4_drop_lines_without_terminal_punct: bool = False
+    # FineWeb additions (datatrove FineWebQualityFilter defaults).
+    fineweb_min_line_punct_ratio: float = 0.12
+    fineweb_short_line_length: int = 30
+    fineweb_max_short_line_ratio: float = 0.67
+    fineweb_max_dup_line_char_ratio: float = 0.01
+    fineweb_max_newline_word_ratio: float = 0.3
+    # Code (Codex: mean line length > 100 or max > 1000 dropped; StarCoder: alphanumeric fraction < 0.25).
+    code_max_line_length: int = 1000
+    code_max_mean_line_length: float = 100.0
+    code_min_alnum_ratio: float = 0.25
+    code_max_file_bytes: int = 1_000_000  # The Stack v1 dropped files over 1 MB
+    # Deduplication: exact (normalised text) and MinHash LSH over word 5-grams, 14 bands x 8 hashes (FineWeb).
+    exact_dedup: bool = True
+    minhash_dedup: bool = True
+    minhash_ngram: int = 5
+    minhash_bands: int = 14
+    minhash_rows: int = 8
+    minhash_seed: int = 1
+    # Reporting and output.
+    examples_per_rule: int = 3
+    shard_docs: int = 50_000
+
+    def validate(self) -> "CleanConfig":
+        for name in ("web_rules", "text_rules", "code_rules"):
+            unknown = [rule for rule in getattr(self, name) if rule not in CLEAN_RULES]
+            if unknown:
+                raise ConfigError(f"clean.{name}: unknown rule(s) {unknown}; rules are {', '.join(CLEAN_RULES)}")
+        if len(self.top_ngram_max_char_ratios) != 3 or len(self.dup_ngram_max_char_ratios) != 6:
+            raise ConfigError("clean.top_ngram_max_char_ratios needs 3 values (n=2..4) and "
+                              "clean.dup_ngram_max_char_ratios 6 values (n=5..10)")
+        if self.minhash_bands < 1 or self.minhash_rows < 1 or self.minhash_ngram < 1:
+            raise ConfigError("clean.minhash_bands, clean.minhash_rows and clean.minhash_ngram must be >= 1")
+        return self
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -240,64 +316,91 @@ def load(path: str | Path) -> RunConfig:
 
 
 def set_field(target: Any, section: str, key: str, value: Any, where: str = "config") -> None:
-    """Set one field, converting strings from the command line to the field's type."""
+    """Set one field from a config file's value (`where` names the file), converted to the field's type."""
+    kind = _field_type(target, section, key, where)
+    try:
+        setattr(target, key, coerce(value, kind))
+    except InvalidValue as e:
+        raise ConfigError(f"{where}: {section}.{key} = {e.value!r} is not a valid {e.type_name}") from None
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
+    """Apply `{"train.lr": "3e-4"}`-style overrides (from `--train.lr 3e-4`). Every command that takes
+    --SECTION.FIELD settings comes here, so they all accept the same spellings."""
+    for dotted, text in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"--{dotted}: overrides look like --SECTION.FIELD VALUE, with SECTION one of {', '.join(SECTIONS)}")
+        target = getattr(cfg, section)
+        kind = _field_type(target, section, key, "command line")
+        try:
+            setattr(target, key, coerce(text, kind))
+        except InvalidValue as e:
+            raise ConfigError(f"--{dotted}: {e.value!r} is not a valid {e.type_name}") from None
+    return cfg
+
+
+def _field_type(target: Any, section: str, key: str, where: str) -> Any:
     hints = get_type_hints(type(target))
     if key not in hints:
         names = ", ".join(f.name for f in fields(target))
         raise ConfigError(f"{where}: unknown field {section}.{key}; [{section}] has: {names}")
-    setattr(target, key, coerce(value, hints[key], f"{section}.{key}", where))
+    return hints[key]
 
 
-def coerce(value: Any, kind: Any, name: str, where: str) -> Any:
-    origin = get_origin(kind)
-    try:
-        if origin is list:
-            (item,) = get_args(kind)
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v] if value else []
-            if not isinstance(value, list):
-                raise TypeError
-            return [coerce(v, item, name, where) for v in value]
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-                return value.lower() in ("true", "1", "yes", "on")
-            raise TypeError
-        if kind is int:
-            if isinstance(value, bool):
-                raise TypeError
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, str):
-                return int(float(value)) if float(value).is_integer() else int(value)
-            if isinstance(value, int):
-                return value
-            raise TypeError
-        if kind is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if kind is str:
-            if not isinstance(value, str):
-                raise TypeError
+class InvalidValue(ValueError):
+    """A value that is not of its field's type: `value` is the part at fault (one item of a list)."""
+
+    def __init__(self, value: Any, kind: Any):
+        super().__init__(value)
+        self.value = value
+        self.type_name = getattr(kind, "__name__", str(kind))
+
+
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+LIST_SEPARATOR = re.compile(r"\s*,\s*")  # spaces around a comma separate too ("en, de"); those inside an item stay
+
+
+def coerce(value: Any, kind: Any) -> Any:
+    """`value` as a `kind` (bool, int, float, str or a list of one of those): a TOML value, or a string from the
+    command line. Booleans are spelled true/false, 1/0, yes/no or on/off in any case; an int may be written as a
+    whole float (1e6); a list is comma-separated. Raises InvalidValue."""
+    if get_origin(kind) is list:
+        (item,) = get_args(kind)
+        if isinstance(value, str):
+            value = [part for part in LIST_SEPARATOR.split(value) if part]
+        if not isinstance(value, list):
+            raise InvalidValue(value, kind)
+        return [coerce(v, item) for v in value]
+    if kind is bool:
+        if isinstance(value, bool):
             return value
-    except (TypeError, ValueError):
-        pass
-    else:
+        if isinstance(value, str) and value.lower() in TRUE_WORDS + FALSE_WORDS:
+            return value.lower() in TRUE_WORDS
+    if kind is int and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        number = _as_float(value)
+        if number is not None and number.is_integer():
+            return int(number)
+    if kind is float:
+        number = _as_float(value)
+        if number is not None:
+            return number
+    if kind is str and isinstance(value, str):
         return value
-    type_name = getattr(kind, "__name__", str(kind))
-    raise ConfigError(f"{where}: {name} = {value!r} is not a valid {type_name}")
+    raise InvalidValue(value, kind)
 
 
-def apply_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
-    """Apply `{"train.lr": "3e-4"}`-style overrides (from `--train.lr 3e-4`)."""
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        if section not in SECTIONS or not key:
-            raise ConfigError(f"--{dotted}: overrides look like --SECTION.FIELD VALUE, with SECTION one of {', '.join(SECTIONS)}")
-        set_field(getattr(cfg, section), section, key, value, where="command line")
-    return cfg
+def _as_float(value: Any) -> float | None:
+    """A number or a string that spells one, as a float; None for anything else (booleans included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 CHOICES = {

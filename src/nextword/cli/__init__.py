@@ -1,7 +1,9 @@
 """`nextword <command>`: one thin layer over the library.
 
-Each command lives in its own module, which provides `configure(parser)` to declare its arguments and
-`run(args) -> int` to do the work. Only the chosen command's module is imported, so `nextword --help` is quick.
+Each command lives in its own module, cli/<command>.py, which provides `configure(parser)` to declare its
+arguments and `run(args) -> int` to do the work; its docstring is the command's --help description. The options
+several commands share are in cli/options.py. Only the chosen command's module is imported, so `nextword --help`
+is quick.
 """
 
 from __future__ import annotations
@@ -22,22 +24,22 @@ from typing import Sequence
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from nextword import __version__
-from nextword.config import RunConfig, apply_overrides, load, model_preset
+from nextword.cli.options import parse_overrides
 from nextword.errors import NextwordError
 
 PROCESS_START = time.monotonic()  # a time budget counts the whole command, imports included
 
 # name: (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("nextword.data.prepare", "sources → tokenizer → token shards, with a stats report"),
+    "prepare": ("nextword.cli.prepare", "sources → tokenizer → token shards, with a stats report"),
     "data": ("nextword.cli.data", "web-scale data: fetch Common Crawl, clean and deduplicate a corpus"),
     "train": ("nextword.training.trainer", "pretrain a model; resumes from the run directory if a checkpoint is there"),
-    "sample": ("nextword.tools.generate", "generate text from a trained run"),
-    "eval": ("nextword.tools.evaluate", "loss, perplexity and bits per byte on held-out text"),
-    "trace": ("nextword.tools.trace", "walk one training step with its real numbers"),
-    "plan": ("nextword.tools.plan", "FLOPs, memory, GPU-hours and cost of a run, from first principles"),
-    "export": ("nextword.tools.export", "write a Hugging Face transformers model directory"),
-    "report": ("nextword.tools.report", "plots and a page for a run"),
+    "sample": ("nextword.cli.sample", "generate text from a trained run"),
+    "eval": ("nextword.cli.eval", "loss, perplexity and bits per byte on held-out text"),
+    "trace": ("nextword.cli.trace", "walk one training step with its real numbers"),
+    "plan": ("nextword.cli.plan", "FLOPs, memory, GPU-hours and cost of a run, from first principles"),
+    "export": ("nextword.cli.export", "write a Hugging Face transformers model directory"),
+    "report": ("nextword.cli.report", "plots and a page for a run"),
 }
 
 EPILOG = """\
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module.configure(parser)
     args, unknown = parser.parse_known_args(rest)
-    args.overrides = _parse_overrides(parser, unknown)
+    args.overrides = parse_overrides(parser, unknown)
     try:
         return int(module.run(args) or 0)
     except NextwordError as e:
@@ -91,47 +93,3 @@ def _overview() -> str:
              "usage: nextword COMMAND [options]", "", "commands:"]
     lines += [f"  {n.ljust(width)}  {summary}" for n, (_, summary) in COMMANDS.items()]
     return "\n".join(lines + ["", EPILOG])
-
-
-def _parse_overrides(parser: argparse.ArgumentParser, unknown: list[str]) -> dict[str, str]:
-    """Turn `--train.lr 3e-4` and `--train.lr=3e-4` into {"train.lr": "3e-4"}; anything else is an error."""
-    overrides: dict[str, str] = {}
-    i = 0
-    while i < len(unknown):
-        token = unknown[i]
-        if not token.startswith("--") or "." not in token.split("=")[0]:
-            parser.error(f"unrecognized argument {token!r} (config fields are set as --SECTION.FIELD VALUE)")
-        if "=" in token:
-            key, value = token[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(unknown):
-                parser.error(f"{token} needs a value")
-            key, value = token[2:], unknown[i + 1]
-            i += 2
-        overrides[key] = value
-    return overrides
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every config-driven command shares."""
-    group = parser.add_argument_group("config")
-    group.add_argument("--config", metavar="FILE", help="a TOML run config ([model], [data], [train], [eval])")
-    group.add_argument("--preset", metavar="NAME", help="a model shape by name: tiny, small, gpt2-124m, "
-                       "gpt2-350m, llama-150m, llama-1b")
-    group.add_argument("--source", action="append", metavar="PATH", dest="sources",
-                       help="a folder, or a .txt, .jsonl[.gz|.zst], .parquet or WARC/WET file to read (repeatable); "
-                            "default: the embedded corpus, Python's standard library")
-    parser.epilog = ((parser.epilog or "") + "\nAny config field can be set as --SECTION.FIELD VALUE, "
-                     "e.g. --train.lr 3e-4 --model.n_layers 6.").strip()
-
-
-def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    """Config file (or `base`), then the preset, then named options, then --SECTION.FIELD overrides."""
-    cfg = load(args.config) if getattr(args, "config", None) else (base or RunConfig())
-    if getattr(args, "preset", None):
-        cfg.model = model_preset(args.preset)
-    if getattr(args, "sources", None):
-        cfg.data.sources = list(args.sources)
-    apply_overrides(cfg, getattr(args, "overrides", {}) or {})
-    return cfg.validate()

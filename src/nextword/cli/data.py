@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import Any, get_type_hints
 
+from nextword.config import CleanConfig, RunConfig, apply_overrides
 from nextword.errors import ConfigError
 
 
@@ -63,30 +63,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def clean_config(overrides: dict[str, str]):
-    """CleanConfig from --clean.FIELD VALUE overrides (lists are comma-separated)."""
-    from nextword.data.filters import CleanConfig
-
-    cfg = CleanConfig()
-    hints = get_type_hints(CleanConfig)
-    for key, text in overrides.items():
+def clean_config(overrides: dict[str, str]) -> CleanConfig:
+    """CleanConfig from --clean.FIELD VALUE overrides, read as `nextword train` reads its [clean] section."""
+    names = [f.name for f in dataclasses.fields(CleanConfig)]
+    for key in overrides:
         section, _, name = key.partition(".")
-        if section != "clean" or name not in hints:
-            raise ConfigError(f"--{key}: unknown setting; clean settings are --clean.FIELD "
-                              f"({', '.join(f.name for f in dataclasses.fields(CleanConfig))})")
-        setattr(cfg, name, _parse(hints[name], text, key))
-    return cfg.validate()
-
-
-def _parse(kind: Any, text: str, key: str) -> Any:
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if kind in (int, float, str):
-            return kind(text)
-        item = float if "float" in str(kind) else str
-        return [item(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"--{key}: {text!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+        if section != "clean" or name not in names:
+            raise ConfigError(f"--{key}: unknown setting; clean settings are --clean.FIELD ({', '.join(names)})")
+    return apply_overrides(RunConfig(), overrides).clean.validate()

@@ -29,8 +29,9 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nextword.config import CleanConfig
 from nextword.data.dedup import Deduplicator, MinHasher, exact_key
-from nextword.data.filters import EXAMPLE_CHARS, CleanConfig, FilterChain, RuleStats
+from nextword.data.filters import EXAMPLE_CHARS, FilterChain, RuleStats
 from nextword.data.sources import Document, SkipLog, code_repository, read_sources
 from nextword.errors import DataError, make_folder
 from nextword.files import atomic_write, write_text_atomically

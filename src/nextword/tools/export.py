@@ -1,6 +1,6 @@
-"""Write a trained run as a Hugging Face transformers model directory.
+"""Write a trained model as a Hugging Face transformers model directory.
 
-`nextword export RUN --hf OUT` writes OUT with config.json, generation_config.json, model.safetensors and a fast
+export_model(model, tokenizer, OUT) writes OUT with config.json, generation_config.json, model.safetensors and a fast
 tokenizer (tokenizer.json, tokenizer_config.json), which AutoModelForCausalLM.from_pretrained(OUT) and
 AutoTokenizer.from_pretrained(OUT) load with no custom code:
 
@@ -13,13 +13,12 @@ The names and layouts of both directions live in `nextword.model.hf`, which `[mo
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import CheckpointError, ConfigError
 from nextword.model import GPT
-from nextword.model.hf import hf_architecture, hf_config, to_hf_state_dict
+from nextword.model.hf import hf_config, to_hf_state_dict
 
 
 def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
@@ -56,25 +55,3 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
         raise ConfigError(f"{out}: cannot write the model there ({e.strerror or e}); give --hf a folder you can "
                           "write to") from None
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN", help="a run directory written by `nextword train`")
-    parser.add_argument("--hf", required=True, metavar="OUT_DIR", help="where to write the transformers model")
-
-
-def run(args: argparse.Namespace) -> int:
-    from nextword.training.checkpoint import load_for_inference
-
-    if Path(args.hf).resolve() == Path(args.run_dir).resolve():
-        raise ConfigError(f"--hf {args.hf} is the run directory itself, whose tokenizer.json the export would "
-                          f"replace; give another folder, e.g. --hf {Path(args.run_dir) / 'hf'}")
-    model, tokenizer, _ = load_for_inference(args.run_dir)
-    out = export_model(model, tokenizer, args.hf)
-    print(f"wrote {out} ({hf_architecture(model.cfg)}); load it with "
-          f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r})")
-    return 0

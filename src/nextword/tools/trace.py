@@ -3,7 +3,8 @@
 Pretraining is this, repeated: the model sees a prefix of the text and predicts a probability for every
 possible next token; the loss is the negative log of the probability it gave to the token that actually came
 next (cross-entropy); the gradient says how to change each weight to raise that probability; the optimizer
-moves the weights a very small step that way. `nextword trace` does one such step and shows:
+moves the weights a very small step that way. trace_step does one such step and records, for
+render_text (a terminal) and render_html (a page) to show:
 
   1. how the text becomes tokens;
   2. at each position: the prefix, the top predictions, the actual next token, its probability p, −ln p;
@@ -11,26 +12,21 @@ moves the weights a very small step that way. `nextword trace` does one such ste
   4. one optimizer step (SGD: every weight moves by exactly −lr × its gradient), and how small it is;
   5. the same predictions after the step: p before → after.
 
-Without RUN it uses a freshly initialised model, which gives every token about the same probability 1/V, so
-its loss is about ln V. With RUN it uses that run's newest checkpoint and tokenizer.
+A freshly initialised model gives every token about the same probability 1/V, so its loss is about ln V.
 """
 
 from __future__ import annotations
 
-import argparse
 import html
-import json
 import math
-import os
-import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from nextword.config import ModelConfig, TrainConfig
+from nextword.config import TrainConfig
 from nextword.errors import ConfigError, DataError
 from nextword.model import GPT
+from nextword.training.optimizer import build_optimizer
 
 DEFAULT_TEXT = "The function returns a new list of the keys in the dictionary."
 DEFAULT_SGD_LR = 0.01
@@ -160,8 +156,7 @@ def _optimizer_step(model: GPT, params: list[torch.nn.Parameter], name: str, lr:
     if name == "sgd":
         torch.optim.SGD(params, lr=lr).step()
         return
-    groups = model.optimizer_groups(train.weight_decay, train.decay_embeddings)
-    adamw = torch.optim.AdamW(groups, lr=lr, betas=(train.beta1, train.beta2), eps=train.eps)
+    adamw = build_optimizer(model, replace(train, lr=lr))
     if train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
     adamw.step()
@@ -349,74 +344,3 @@ Hover over a token for its numbers.</p>
 <table><tr><th>#</th><th>id</th><th>token</th></tr>{token_rows}</table>
 </body></html>
 """
-
-
-# ---- The command ------------------------------------------------------------------------------------------------
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN", nargs="?", help="a run directory (default: a freshly initialised "
-                        "model with the default tokenizer)")
-    text = parser.add_mutually_exclusive_group()
-    text.add_argument("--text", help=f"the text to train on (default: {DEFAULT_TEXT!r})")
-    text.add_argument("--file", metavar="FILE", help="read the text from a UTF-8 file")
-    parser.add_argument("--lr", type=float, help=f"learning rate (default: {DEFAULT_SGD_LR} for sgd, the run's "
-                        "train.lr for adamw)")
-    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd (default): the update "
-                        "is exactly −lr·gradient; adamw: the training loop's optimizer, taking a first step from "
-                        "zero moments")
-    parser.add_argument("--top-k", type=int, default=5, help="predictions to show per position (default 5)")
-    parser.add_argument("--position", type=int, help="show only this position (the mean is still over all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the freshly initialised model (default 0)")
-    parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
-    parser.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page")
-
-
-def run(args: argparse.Namespace) -> int:
-    model, tokenizer, train = _load_model(args.run_dir, args.seed)
-    text = _read_text(args)
-    lr = args.lr if args.lr is not None else (DEFAULT_SGD_LR if args.optimizer == "sgd" else train.lr)
-    result = trace_step(model, tokenizer, text, lr=lr, optimizer=args.optimizer, top_k=args.top_k,
-                        position=args.position, train=train)
-    if result.text_tokens > len(result.tokens):
-        print(f"trace: the text is {result.text_tokens:,} tokens and one training window holds context + 1 = "
-              f"{len(result.tokens)}, so the step uses the first {len(result.tokens)}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=1))
-    else:
-        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        print(render_text(result, Style(colour)))
-    if args.html:
-        try:
-            Path(args.html).write_text(render_html(result), encoding="utf-8")
-        except OSError as e:
-            raise DataError(f"{args.html}: cannot write the page ({e.strerror}); give --html a file path in a "
-                            "folder that exists") from None
-        print(f"wrote {args.html}", file=sys.stderr)
-    return 0
-
-
-def _read_text(args: argparse.Namespace) -> str:
-    if args.file is None:
-        return DEFAULT_TEXT if args.text is None else args.text
-    try:
-        return Path(args.file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{args.file}: cannot read it as UTF-8 text ({e}); pass a text file or use --text") from None
-
-
-def _load_model(run_dir: str | None, seed: int):
-    """The run's model, tokenizer and training settings; without a run, a fresh default model."""
-    if run_dir is not None:
-        from nextword.training.checkpoint import load_for_inference
-
-        model, tokenizer, cfg = load_for_inference(run_dir, "cpu")
-        return model, tokenizer, cfg.train
-    from nextword.config import DataConfig
-    from nextword.data.prepare import prepare
-
-    print("trace: an untrained model with the default corpus's tokenizer (give a RUN for a trained one)",
-          file=sys.stderr)
-    tokenizer = prepare(DataConfig()).tokenizer
-    torch.manual_seed(seed)
-    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size))
-    return model, tokenizer, TrainConfig()

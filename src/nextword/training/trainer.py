@@ -35,6 +35,7 @@ from typing import Any, NamedTuple, NoReturn
 import torch
 
 from nextword import cli
+from nextword.cli import options
 from nextword.training import distributed
 from nextword.training.budget import EVALS_PER_RUN, BudgetPlanner
 from nextword.training.checkpoint import (
@@ -100,7 +101,7 @@ class Progress:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    cli.add_config_arguments(parser)
+    options.add_config_arguments(parser)
     group = parser.add_argument_group("how long (exactly one governs; default --budget 10m)")
     group.add_argument("--budget", help="wall-clock time for the whole command, e.g. 90s, 10m, 2h")
     group.add_argument("--tokens", help="tokens to train on, e.g. 20M")
@@ -147,11 +148,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run's config: a run directory's saved config when resuming, else the defaults, then what was asked."""
-    cfg = cli.config_from_args(args)
+    cfg = options.config_from_args(args)
     run_dir = Path(args.run_dir or cfg.train.run_dir)
     saved = run_dir / "config.toml"
     if saved.is_file() and not (args.config or args.preset):
-        cfg = cli.config_from_args(args, base=_load_saved(saved))
+        cfg = options.config_from_args(args, base=_load_saved(saved))
     for name in ("budget", "tokens", "steps"):
         value = getattr(args, name)
         if value:

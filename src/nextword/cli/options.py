@@ -1,0 +1,55 @@
+"""The options several commands share: the config options, and --SECTION.FIELD VALUE overrides of any config field.
+
+A config-driven command builds its RunConfig in one order: the config file (or a base), then the preset, then the
+named options, then the overrides, which config.apply_overrides converts to each field's type.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nextword.config import RunConfig, apply_overrides, load, model_preset
+
+
+def parse_overrides(parser: argparse.ArgumentParser, unknown: list[str]) -> dict[str, str]:
+    """Turn `--train.lr 3e-4` and `--train.lr=3e-4` into {"train.lr": "3e-4"}; anything else is an error."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(unknown):
+        token = unknown[i]
+        if not token.startswith("--") or "." not in token.split("=")[0]:
+            parser.error(f"unrecognized argument {token!r} (config fields are set as --SECTION.FIELD VALUE)")
+        if "=" in token:
+            key, value = token[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(unknown):
+                parser.error(f"{token} needs a value")
+            key, value = token[2:], unknown[i + 1]
+            i += 2
+        overrides[key] = value
+    return overrides
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every config-driven command shares."""
+    group = parser.add_argument_group("config")
+    group.add_argument("--config", metavar="FILE", help="a TOML run config ([model], [data], [train], [eval])")
+    group.add_argument("--preset", metavar="NAME", help="a model shape by name: tiny, small, gpt2-124m, "
+                       "gpt2-350m, llama-150m, llama-1b")
+    group.add_argument("--source", action="append", metavar="PATH", dest="sources",
+                       help="a folder, or a .txt, .jsonl[.gz|.zst], .parquet or WARC/WET file to read (repeatable); "
+                            "default: the embedded corpus, Python's standard library")
+    parser.epilog = ((parser.epilog or "") + "\nAny config field can be set as --SECTION.FIELD VALUE, "
+                     "e.g. --train.lr 3e-4 --model.n_layers 6.").strip()
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """Config file (or `base`), then the preset, then named options, then --SECTION.FIELD overrides."""
+    cfg = load(args.config) if getattr(args, "config", None) else (base or RunConfig())
+    if getattr(args, "preset", None):
+        cfg.model = model_preset(args.preset)
+    if getattr(args, "sources", None):
+        cfg.data.sources = list(args.sources)
+    apply_overrides(cfg, getattr(args, "overrides", {}) or {})
+    return cfg.validate()
