@@ -80,6 +80,7 @@ def folder_lock(folder: str | Path, what: str, flag: str) -> Iterator[None]:
         try:
             yield
         finally:
+            file.truncate(0)  # held by no one: the folder's contents are the same whoever wrote them last
             fcntl.flock(file.fileno(), fcntl.LOCK_UN)
 
 
