@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--temperature and --top-k must be 0 or more, and --top-p in (0, 1]")
     device = str(resolve_device(args.device, "--device"))
     model, tokenizer, _ = load_for_inference(args.run_dir, device)
-    prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eos_id]
+    prompt_ids = tokenizer.document_start + tokenizer.encode(args.prompt) if args.prompt else tokenizer.before_text
     decoder = StreamDecoder(tokenizer)
     sys.stdout.write(args.prompt)
     start, count = time.perf_counter(), 0

@@ -76,6 +76,12 @@ class Tokenizer:
         """The ids a document begins with: its beginning token in families that use one, else none."""
         return [] if self.bos_id is None else [self.bos_id]
 
+    @property
+    def before_text(self) -> list[int]:
+        """What the model has seen just before a document's first token: its beginning token, or else the end of
+        the document before it."""
+        return self.document_start or [self.eos_id]
+
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, *, progress: bool = False) -> "Tokenizer":
         """Learn `vocab_size` tokens (256 bytes, `<|endoftext|>`, and merges) from an iterator of texts."""

@@ -194,9 +194,10 @@ def hf_architecture(cfg: ModelConfig) -> str:
     return LAYOUTS[cfg.arch].architecture(cfg)
 
 
-def hf_config(cfg: ModelConfig, eos_id: int):
-    """The transformers config object for this shape."""
-    common = dict(vocab_size=cfg.vocab_size, bos_token_id=eos_id, eos_token_id=eos_id,
+def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None):
+    """The transformers config object for this shape; without a beginning-of-text token, documents begin after
+    the end of the one before, as GPT-2's do."""
+    common = dict(vocab_size=cfg.vocab_size, bos_token_id=eos_id if bos_id is None else bos_id, eos_token_id=eos_id,
                   tie_word_embeddings=cfg.tie_embeddings, architectures=[hf_architecture(cfg)])
     return LAYOUTS[cfg.arch].config(cfg, common)
 

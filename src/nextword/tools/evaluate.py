@@ -26,9 +26,9 @@ def evaluate_text(model: torch.nn.Module, tokenizer: Tokenizer, text: str, conte
     if not ids:
         raise DataError(f"{where}: empty, so there is nothing to score; give a file with some text in it")
     model.eval()
-    # The first token is predicted from the end-of-text token, as every document follows one in training: so
-    # the loss covers every byte of the text, the bytes that bits per byte divides by.
-    ids = [tokenizer.eos_id] + ids
+    # The first token is predicted from what comes before every document in training (the end of the one before,
+    # or the tokenizer's beginning token): so the loss covers every byte of the text, which bits per byte divide.
+    ids = tokenizer.before_text + ids
     tokens = torch.tensor(ids, dtype=torch.long, device=device)
     nats, predicted = 0.0, 0
     for begin in range(0, len(ids) - 1, context):

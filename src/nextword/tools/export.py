@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nextword.data.tokenizer import EOS, Tokenizer
+from nextword.data.tokenizer import Tokenizer
 from nextword.errors import CheckpointError, ConfigError
 from nextword.model import GPT
 from nextword.model.hf import hf_config, to_hf_state_dict
@@ -33,7 +33,7 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
         raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                               f"{cfg.vocab_size}; they do not belong together")
     out = Path(out_dir)
-    config = hf_config(cfg, tokenizer.eos_id)
+    config = hf_config(cfg, tokenizer.eos_id, tokenizer.bos_id)
     hf_model = getattr(transformers, config.architectures[0])(config)
     missing, unexpected = hf_model.load_state_dict(to_hf_state_dict(model), strict=False)
     # Tied heads and GPT-2's causal-mask buffers are not weights of their own.
@@ -41,12 +41,13 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
     if missing or unexpected:
         raise CheckpointError(f"weight names do not line up with {config.architectures[0]}: "
                               f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    hf_model.generation_config.bos_token_id = tokenizer.eos_id
+    bos = tokenizer.bos_token or tokenizer.eos_token
+    hf_model.generation_config.bos_token_id = config.bos_token_id
     hf_model.generation_config.eos_token_id = tokenizer.eos_id
     hf_model.generation_config.pad_token_id = tokenizer.eos_id
     fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=HFTokenizer.from_str(tokenizer.to_json()), bos_token=EOS, eos_token=EOS,
-        pad_token=EOS, model_max_length=cfg.context, clean_up_tokenization_spaces=False)
+        tokenizer_object=HFTokenizer.from_str(tokenizer.to_json()), bos_token=bos, eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.eos_token, model_max_length=cfg.context, clean_up_tokenization_spaces=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
         hf_model.save_pretrained(out, safe_serialization=True)
