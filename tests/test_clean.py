@@ -237,3 +237,30 @@ def test_merge_command_uses_the_settings_the_tasks_ran_with(crawl, tmp_path, cap
     merge_args.overrides = {"clean.minhash_bands": "12"}
     with pytest.raises(DataError, match="cleaned with other settings"):
         commands.run(merge_args)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, (0, 1)),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "16"}, (5, 16)),
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "16"}, (0, 16)),
+    ({"SLURM_ARRAY_TASK_ID": "16", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "16"}, (15, 16)),
+    ({"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
+      "SLURM_ARRAY_TASK_COUNT": "8"}, (3, 8)),
+])
+def test_a_slurm_array_task_finds_its_number_and_the_count(env, expected):
+    """Every task of an array runs, a 1-based one included: --num-tasks is no longer 1 beside a task index of 5."""
+    from nextword.cli.data import task_of_array
+
+    assert task_of_array(None, None, env) == expected
+    assert task_of_array(2, 4, env) == (2, 4)  # given on the command line, they win
+
+
+def test_a_slurm_array_of_listed_ids_asks_for_the_numbers_in_one_line():
+    from nextword.cli.data import task_of_array
+
+    listed = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "7",
+              "SLURM_ARRAY_TASK_COUNT": "3"}  # --array=1,3,7
+    with pytest.raises(ConfigError, match="SLURM array task 7 is not at a regular place .* pass --task-index and "
+                                          "--num-tasks yourself"):
+        task_of_array(None, None, listed)
+    assert task_of_array(2, None, listed) == (2, 3)
