@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import math
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +20,11 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 from nextword.errors import CheckpointError, DataError
 from nextword.training.runlog import read_log, short_count
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 FIGURE_SIZE = (6.4, 4.0)  # inches; at 100 dpi 640 × 400 pixels, two side by side on a wide screen
 DPI = 100
