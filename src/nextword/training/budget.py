@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from nextword.training.schedule import decay_start
+
 GROW_SLACK = 0.02  # before annealing, a plan grows when this fraction more steps would fit
 SAFETY_MARGIN = 0.03  # of the budget, kept back for what the plan cannot foresee
 EVALS_PER_RUN = 4  # evaluations in a run besides the one at step 0 (the last one at the end)
@@ -38,7 +40,7 @@ class BudgetPlanner:
                ckpt_seconds: float) -> int | None:
         """A new total when the run would overrun, or, before annealing, when more steps would fit; else None."""
         fits = self._steps_that_fit(step, step_seconds, eval_seconds, ckpt_seconds)
-        annealing = step >= planned - max(1, round(self.decay_frac * planned))
+        annealing = step >= decay_start(planned, self.decay_frac)
         # Until WSD starts to anneal, the rate does not depend on the total, so the plan may grow freely.
         if fits < planned or (not annealing and fits > planned * (1 + GROW_SLACK)):
             self.step_seconds = step_seconds

@@ -35,10 +35,10 @@ def learning_rate(step: int, total: int, *, peak: float, min_ratio: float, sched
     if schedule == "cosine":
         progress = (step - warmup + 1) / max(1, total - warmup)
         return lowest + 0.5 * (peak - lowest) * (1 + math.cos(math.pi * min(1.0, progress)))
-    decay_start = total - max(1, round(decay_frac * total))
-    if step < decay_start:
+    annealing_from = decay_start(total, decay_frac)
+    if step < annealing_from:
         return peak
-    progress = (step - decay_start + 1) / (total - decay_start)
+    progress = (step - annealing_from + 1) / (total - annealing_from)
     return lowest + (peak - lowest) * (1 - min(1.0, progress))
 
 
