@@ -35,9 +35,10 @@ from typing import Any, NamedTuple, NoReturn
 import torch
 
 from nextword import cli
-from nextword.training import distributed
+from nextword.training import distributed, sharded
 from nextword.training.budget import EVALS_PER_RUN, BudgetPlanner
 from nextword.training.checkpoint import (
+    SingleFileStorage,
     check_compatible,
     checkpoint_step,
     latest_checkpoint,
@@ -466,20 +467,18 @@ def _finished(state: Progress) -> bool:
 
 def _load(run: _Run, checkpoint: Path) -> dict[str, Any]:
     """Load a checkpoint of either layout into the model and optimizer; return its saved Progress fields."""
-    if run.mode == "none" and not distributed.is_sharded(checkpoint):
+    if run.mode == "none" and not sharded.is_sharded(checkpoint):
         return load_checkpoint(checkpoint, run.model, run.optimizer, run.machine.device)
-    return distributed.load_checkpoint(checkpoint, run.model, run.optimizer)
+    return sharded.load_checkpoint(checkpoint, run.model, run.optimizer)
 
 
 def _save(run: _Run, state: Progress) -> Path:
     state.loader = run.loader.state_dict()
     state.tokens_per_step = run.tokens_per_step
-    t = run.cfg.train
-    if run.mode == "none":
-        return save_checkpoint(run.run_dir, state.step, run.model, run.optimizer, _asdict(state), run.cfg,
-                               run.tokenizer.hash, t.keep_last)
-    return distributed.save_checkpoint(run.run_dir, state.step, run.model, run.optimizer, _asdict(state), run.cfg,
-                                       run.tokenizer.hash, t.keep_last, run.world)
+    # One process writes the single-file layout; several (or FSDP in one) each write their part.
+    storage = SingleFileStorage() if run.mode == "none" else sharded.ShardedStorage()
+    return save_checkpoint(run.run_dir, state.step, run.model, run.optimizer, _asdict(state), run.cfg,
+                           run.tokenizer.hash, run.cfg.train.keep_last, storage, run.world)
 
 
 def _plan_length(run: _Run, state: Progress, governs: str, limit: float, start: float) -> BudgetPlanner | None:
