@@ -80,9 +80,8 @@ def _outside_functions(tree: ast.AST):
 BACKWARD_ALLOWED: set[tuple[str, str]] = {
     ("nextword.config", "nextword.data.filters"),
     ("nextword.data.prepare", "nextword.cli"),
-    ("nextword.training.trainer", "nextword.cli"),
 }
-ARGPARSE_ALLOWED = {"nextword.data.prepare", "nextword.training.trainer", "nextword.tools.evaluate",
+ARGPARSE_ALLOWED = {"nextword.data.prepare", "nextword.tools.evaluate",
                     "nextword.tools.export", "nextword.tools.generate", "nextword.tools.plan", "nextword.tools.report",
                     "nextword.tools.trace"}
 

@@ -31,7 +31,7 @@ PROCESS_START = time.monotonic()  # a time budget counts the whole command, impo
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("nextword.data.prepare", "sources → tokenizer → token shards, with a stats report"),
     "data": ("nextword.cli.data", "web-scale data: fetch Common Crawl, clean and deduplicate a corpus"),
-    "train": ("nextword.training.trainer", "pretrain a model; resumes from the run directory if a checkpoint is there"),
+    "train": ("nextword.cli.train", "pretrain a model; resumes from the run directory if a checkpoint is there"),
     "sample": ("nextword.tools.generate", "generate text from a trained run"),
     "eval": ("nextword.tools.evaluate", "loss, perplexity and bits per byte on held-out text"),
     "trace": ("nextword.tools.trace", "walk one training step with its real numbers"),
