@@ -14,7 +14,8 @@ from nextword.training.checkpoint import latest_checkpoint, list_checkpoints, lo
 from nextword.config import RunConfig, TrainConfig
 from nextword.data.loader import TokenLoader
 from nextword.errors import CheckpointError, DataError
-from nextword.training.machine import Machine, resolve_precision
+from nextword.training.machine import Machine
+from nextword.training.precision import resolve_precision
 from nextword.training.schedule import learning_rate, warmup_length
 from nextword.training.trainer import LossSpikeError, _StopRequest, spike_limit, train
 
@@ -335,7 +336,7 @@ def test_a_validation_split_shorter_than_a_window_stops_the_run_before_any_measu
     def race_ran(*args, **kwargs):
         raise AssertionError("the precision race ran before the data was checked")
 
-    monkeypatch.setattr("nextword.training.trainer._choose_precision", race_ran)
+    monkeypatch.setattr("nextword.training.precision.choose_precision", race_ran)
     with pytest.raises(DataError, match="the val split has .* tokens, but one window needs context"):
         train(tiny, progress=False)
 

@@ -5,7 +5,6 @@ summary. `nextword train` (cli/train.py) calls `train`, and so does every proces
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import errno
 import hashlib
@@ -25,7 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from nextword.training import distributed, sharded
+from nextword.training import distributed, precision, sharded
 from nextword.training.budget import EVALS_PER_RUN, BudgetPlanner
 from nextword.training.checkpoint import (
     SingleFileStorage,
@@ -48,12 +47,10 @@ from nextword.training.machine import (
     cpu_bf16_native,
     detect,
     peak_flops,
-    resolve_precision,
 )
 from nextword.model import GPT
 from nextword.training.runlog import RunLog, read_log, short_count
 from nextword.training.optimizer import build_optimizer
-from nextword.training.precision import autocast_for, scaler_for
 from nextword.training.schedule import learning_rate
 from nextword.training.step import train_step
 
@@ -260,17 +257,17 @@ def _set_up(cfg: RunConfig, world: World, mode: str, device: str, progress: bool
     TokenLoader(val_split, 1, cfg.model.context)
     accumulation = _accumulation(t, cfg.model.context, world.size)
 
-    precision, precision_reason = _choose_precision(cfg, world, machine, model)
-    autocast, scaler = autocast_for(machine.device, precision), scaler_for(machine.device, precision)
-    train_autocast = autocast if distributed.autocast_needed(mode, precision) else contextlib.nullcontext()
+    chosen, precision_reason = precision.choose_precision(cfg, world, machine, model)
+    autocast, scaler = precision.autocast_for(machine.device, chosen), precision.scaler_for(machine.device, chosen)
+    train_autocast = autocast if distributed.autocast_needed(mode, chosen) else contextlib.nullcontext()
     flops_per_token = model.flops_per_token()
-    net, compiled, compile_reason = _parallel_model(model, mode, world, precision, cfg, machine)
+    net, compiled, compile_reason = _parallel_model(model, mode, world, chosen, cfg, machine)
     optimizer = build_optimizer(model, t)  # after FSDP has sharded the parameters it optimizes
     return _Run(cfg=cfg, world=world, mode=mode, machine=machine, run_dir=run_dir, tokenizer=tokenizer,
                 val_split=val_split, model=model, net=net, optimizer=optimizer, loader=loader,
                 accumulation=accumulation,
                 tokens_per_step=t.micro_batch * cfg.model.context * accumulation * world.size,
-                precision=precision, precision_reason=precision_reason, compiled=compiled,
+                precision=chosen, precision_reason=precision_reason, compiled=compiled,
                 compile_reason=compile_reason, autocast=autocast, train_autocast=train_autocast, scaler=scaler,
                 flops_per_token=flops_per_token, peak=world.from_main(peak_flops, machine))
 
@@ -287,33 +284,6 @@ def _prepare_data(cfg: RunConfig, world: World, progress: bool) -> tuple[Any, To
                           f"{tokenizer.vocab_size}; set it to 0 to take the tokenizer's")
     cfg.model.vocab_size = cfg.model.vocab_size or tokenizer.vocab_size
     return tokenizer, TokenShards(prepared.data_dir, "train"), TokenShards(prepared.data_dir, "val")
-
-
-def _choose_precision(cfg: RunConfig, world: World, machine: Machine, model: GPT) -> tuple[str, str]:
-    """The precision to train in and why; where it is measured, copies of the model race on rank 0."""
-    t = cfg.train
-    if t.precision == "fp16" and not machine.is_cuda:
-        raise ConfigError("train.precision = fp16 trains on a CUDA GPU only (the model's fused loss has no fp16 CPU "
-                          "kernel); on a CPU use auto, bf16 or fp32")
-    racers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
-    race_batch = torch.randint(0, cfg.model.vocab_size, (t.micro_batch, cfg.model.context + 1),
-                               device=machine.device)
-
-    def time_precision(precision: str) -> float:
-        """CPU seconds of one step of a copy of this model in `precision` (the real model and data are untouched)."""
-        if precision not in racers:
-            racers[precision] = (net := copy.deepcopy(model)), build_optimizer(net, t)
-        net, opt = racers[precision]
-        rng = torch.get_rng_state()
-        began = time.process_time()
-        train_step(net, opt, lambda: (race_batch[:, :-1], race_batch[:, 1:]), 1, 0.0, t.grad_clip,
-                   autocast_for(machine.device, precision), scaler_for(machine.device, precision))
-        torch.set_rng_state(rng)
-        return time.process_time() - began
-
-    shape = f"{cfg.model}|b{t.micro_batch}"
-    # Measured on rank 0 and shared: ranks that measured for themselves could choose differently.
-    return world.from_main(resolve_precision, t.precision, machine, time_precision, shape)
 
 
 def _resume(run: _Run) -> Progress:
