@@ -18,7 +18,8 @@ from nextword.training.checkpoint import latest_checkpoint, load_for_inference, 
 from nextword.config import RunConfig
 from nextword.training.distributed import World, parallel_mode
 from nextword.errors import CheckpointError, ConfigError
-from nextword.training.trainer import _accumulation, train
+from nextword.training.batch import accumulation
+from nextword.training.trainer import train
 
 STEPS, STOP_AT = 16, 8
 
@@ -231,9 +232,9 @@ def test_a_rank_stopped_by_bad_input_leaves_torchrun_its_one_line_not_a_tracebac
 def test_the_global_batch_is_the_same_at_every_world_size():
     cfg = RunConfig()
     cfg.train.micro_batch, cfg.train.batch_tokens = 4, 4 * 32 * 8
-    assert [_accumulation(cfg.train, 32, n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    assert [accumulation(cfg.train, 32, n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
     with pytest.raises(ConfigError, match="batch_tokens"):
-        _accumulation(cfg.train, 32, 3)
+        accumulation(cfg.train, 32, 3)
 
 
 def test_parallel_modes_follow_the_world_size():
