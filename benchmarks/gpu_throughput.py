@@ -15,8 +15,8 @@ Rows:
                               checkpointing and torch.compile per block; micro-batches double until one does not
                               fit; the fastest row is kept, and its note names the largest that fits
 
-Every row trains with the training loop's own step (`nextword.training.trainer.train_step`: forward, fp32 cross-entropy over
-all positions, backward, gradient clipping, AdamW) on one fixed random batch; nothing is read back to the host
+Every row trains with the training loop's own step (`nextword.training.step.train_step`: forward, fp32 cross-entropy
+over all positions, backward, gradient clipping, AdamW) on one fixed random batch; nothing is read back to the host
 inside the timed steps, and the clock stops after a device synchronisation. MFU is training FLOPs per token
 (6·N + 12·L·T·d, `GPT.flops_per_token`) × tokens/s over this device's measured dense bf16 matmul rate
 (`nextword.training.machine.matmul_flops`, the figure `nextword train` reports MFU against). Peak memory is

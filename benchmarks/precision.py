@@ -11,8 +11,8 @@ For the default model (ModelConfig() with vocabulary 8192, TrainConfig's micro-b
   empty kernel cache) is reported apart from the steady speed;
 - whether auto's eager speed is within 5% of the faster fixed eager choice.
 
-Each step is the training loop's own: `nextword.training.trainer.train_step` with `build_optimizer`'s AdamW, `autocast_for`
-and `scaler_for`, on one fixed random batch.
+Each step is the training loop's own: `nextword.training.step.train_step` with `build_optimizer`'s AdamW,
+`autocast_for` and `scaler_for`, on one fixed random batch.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch
 
 from common import empty_nextword_cache, header, interleaved, markdown_table, median, spread
 from nextword.config import ModelConfig, TrainConfig
-from nextword.training.machine import DTYPES, Machine, detect, matmul_flops, resolve_precision
+from nextword.training.machine import DTYPES, Machine, detect, matmul_flops
 from nextword.model import GPT
 from nextword.training.optimizer import build_optimizer
-from nextword.training.precision import autocast_for, scaler_for
+from nextword.training.precision import autocast_for, resolve_precision, scaler_for
 from nextword.training.step import train_step
 
 WITHIN = 0.05  # auto should be at most this much slower than the best fixed choice

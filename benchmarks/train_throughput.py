@@ -15,7 +15,7 @@ The transformers model is built from nextword's own export config (`nextword.too
 first losses are checked to agree). GPT-2's "gelu_new" is swapped for "gelu_pytorch_tanh", the same function
 through PyTorch's fused kernel, so transformers is not slowed by an activation written in Python.
 
-Both models are trained by the training loop's own step, `nextword.training.trainer.train_step` (forward, fp32
+Both models are trained by the training loop's own step, `nextword.training.step.train_step` (forward, fp32
 cross-entropy over all T positions, backward, gradient clipping, AdamW), with `build_optimizer`'s AdamW (fused
 where torch has it) over the same two parameter groups. Steps take turns A, B, A, B… on one fixed batch, and the
 table gives medians and their ratio: the machine may be shared, so a burst of load then slows both alike.
@@ -39,10 +39,10 @@ from torch import Tensor, nn
 from common import HFModel, empty_nextword_cache, header, interleaved, markdown_table, median, spread
 from nextword.config import ModelConfig, TrainConfig, model_preset
 from nextword.model.hf import hf_config, to_hf_state_dict
-from nextword.training.machine import Machine, detect, peak_flops, resolve_precision
+from nextword.training.machine import Machine, detect, peak_flops
 from nextword.model import GPT
 from nextword.training.optimizer import build_optimizer
-from nextword.training.precision import autocast_for, scaler_for
+from nextword.training.precision import autocast_for, resolve_precision, scaler_for
 from nextword.training.step import train_step
 
 

@@ -18,7 +18,8 @@ from nextword.training.checkpoint import latest_checkpoint, load_for_inference, 
 from nextword.config import RunConfig
 from nextword.training.distributed import World, parallel_mode
 from nextword.errors import CheckpointError, ConfigError
-from nextword.training.trainer import _accumulation, train
+from nextword.training.batch import accumulation
+from nextword.training.trainer import train
 
 STEPS, STOP_AT = 16, 8
 
@@ -231,9 +232,9 @@ def test_a_rank_stopped_by_bad_input_leaves_torchrun_its_one_line_not_a_tracebac
 def test_the_global_batch_is_the_same_at_every_world_size():
     cfg = RunConfig()
     cfg.train.micro_batch, cfg.train.batch_tokens = 4, 4 * 32 * 8
-    assert [_accumulation(cfg.train, 32, n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    assert [accumulation(cfg.train, 32, n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
     with pytest.raises(ConfigError, match="batch_tokens"):
-        _accumulation(cfg.train, 32, 3)
+        accumulation(cfg.train, 32, 3)
 
 
 def test_parallel_modes_follow_the_world_size():
@@ -263,8 +264,9 @@ def test_the_gpu_benchmark_runs_at_a_tiny_shape_on_a_cpu(tmp_path):
 def test_a_sharded_checkpoint_round_trips_and_refuses_nan_weights(tmp_path):
     import torch
 
-    from nextword.training.distributed import load_checkpoint, save_checkpoint
     from nextword.model import GPT
+    from nextword.training.checkpoint import save_checkpoint
+    from nextword.training.sharded import ShardedStorage, load_checkpoint
 
     cfg = RunConfig()
     cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context, cfg.model.vocab_size = 1, 16, 2, 8, 50
@@ -273,7 +275,8 @@ def test_a_sharded_checkpoint_round_trips_and_refuses_nan_weights(tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)).backward()
     optimizer.step()
-    path = save_checkpoint(tmp_path, 1, model, optimizer, {"step": 1}, cfg, "tok", keep_last=2, world=World())
+    path = save_checkpoint(tmp_path, 1, model, optimizer, {"step": 1}, cfg, "tok", keep_last=2,
+                           storage=ShardedStorage(), world=World())
     assert read_manifest(path)["layout"] == "sharded" and latest_checkpoint(tmp_path) == path
 
     torch.manual_seed(1)
@@ -288,5 +291,6 @@ def test_a_sharded_checkpoint_round_trips_and_refuses_nan_weights(tmp_path):
     with torch.no_grad():
         model.norm.weight[0] = float("nan")
     with pytest.raises(CheckpointError, match="NaN or Inf"):
-        save_checkpoint(tmp_path, 2, model, optimizer, {"step": 2}, cfg, "tok", keep_last=2, world=World())
+        save_checkpoint(tmp_path, 2, model, optimizer, {"step": 2}, cfg, "tok", keep_last=2,
+                        storage=ShardedStorage(), world=World())
     assert latest_checkpoint(tmp_path) == path

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from families import llama3_tokenizer, mistral_tokenizer
-from test_train import read_log, tiny  # noqa: F401 (a fixture)
+from test_train import tiny  # noqa: F401 (a fixture)
 
 from nextword.data.shards import TokenShards
 from nextword.data.tokenizer import Tokenizer

@@ -261,13 +261,14 @@ def test_permission_denied_while_saving_keeps_earlier_checkpoints(tmp_path, monk
 def test_a_sharded_save_that_fails_leaves_earlier_checkpoints_and_nothing_else(tmp_path, monkeypatch, where):
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-    from nextword.training import distributed
+    from nextword.training import sharded
+    from nextword.training.distributed import World
 
     model, optimizer, cfg = tiny_model_and_optimizer()
 
     def save_sharded(step: int) -> Path:
-        return distributed.save_checkpoint(tmp_path, step, model, optimizer, {"step": step}, cfg, "tok", keep_last=1,
-                                           world=distributed.World())
+        return save_checkpoint(tmp_path, step, model, optimizer, {"step": step}, cfg, "tok", keep_last=1,
+                               storage=sharded.ShardedStorage(), world=World())
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -276,7 +277,7 @@ def test_a_sharded_save_that_fails_leaves_earlier_checkpoints_and_nothing_else(t
     if where == "shards":  # every rank's own part
         monkeypatch.setattr(HuggingFaceStorageWriter, "write_data", disk_full)
     else:  # the whole model that rank 0 gathers and writes alone
-        monkeypatch.setattr(distributed, "save_file", disk_full)
+        monkeypatch.setattr(sharded, "save_file", disk_full)
     with pytest.raises(CheckpointError, match="No space left on device.*earlier checkpoints are intact"):
         save_sharded(2)
     assert list_checkpoints(tmp_path) == [first] and latest_checkpoint(tmp_path) == first

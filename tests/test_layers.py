@@ -76,21 +76,13 @@ def _outside_functions(tree: ast.AST):
             yield from _outside_functions(child)
 
 
-# Being moved to their own homes; each entry goes when its module does.
-BACKWARD_ALLOWED: set[tuple[str, str]] = {
-    ("nextword.training.trainer", "nextword.cli"),
-    ("nextword.training.trainer", "nextword.cli.options"),
-}
-ARGPARSE_ALLOWED = {"nextword.training.trainer"}
-
-
 def test_imports_point_one_way():
     backward = []
     for module, path in modules():
         own = part_of(module)
         for target in imported_modules(path):
             other = part_of(target)
-            if not other or other == own or (module, target) in BACKWARD_ALLOWED:
+            if not other or other == own:
                 continue
             if RANK[other] <= RANK[own]:
                 backward.append(f"{module} imports {target} ({own} may not import {other})")
@@ -107,7 +99,7 @@ def test_only_the_command_line_parses_arguments_or_sets_the_environment():
     for module, path in modules():
         if part_of(module) in ("cli", "__main__"):
             continue
-        if "argparse" in imported_modules(path) and module not in ARGPARSE_ALLOWED:
+        if "argparse" in imported_modules(path):
             offenders.append(f"{module} imports argparse")
         if sets_environment_on_import(path):
             offenders.append(f"{module} sets process-wide environment")

@@ -14,9 +14,12 @@ from nextword.training.checkpoint import latest_checkpoint, list_checkpoints, lo
 from nextword.config import RunConfig, TrainConfig
 from nextword.data.loader import TokenLoader
 from nextword.errors import CheckpointError, DataError
-from nextword.training.machine import Machine, resolve_precision
+from nextword.training.machine import Machine
+from nextword.training.precision import resolve_precision
 from nextword.training.schedule import learning_rate, warmup_length
-from nextword.training.trainer import LossSpikeError, _StopRequest, spike_limit, train
+from nextword.training.spike_guard import LossSpikeError, spike_limit
+from nextword.training.stop import StopRequest
+from nextword.training.trainer import train
 
 WORDS = ("def return import class self value the model token data while for if else print list dict "
          "loss learning next word predicts each step").split()
@@ -219,7 +222,7 @@ def test_an_update_with_a_nonfinite_gradient_is_skipped_on_the_device():
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoint(tiny, tmp_path, monkeypatch):
     from nextword.training.runlog import RunLog
-    from nextword.training.trainer import NonFiniteError
+    from nextword.training.metrics import NonFiniteError
 
     tiny.train.steps, tiny.train.ckpt_every = 30, 2
     tiny.train.on_nonfinite = "stop"
@@ -335,7 +338,7 @@ def test_a_validation_split_shorter_than_a_window_stops_the_run_before_any_measu
     def race_ran(*args, **kwargs):
         raise AssertionError("the precision race ran before the data was checked")
 
-    monkeypatch.setattr("nextword.training.trainer._choose_precision", race_ran)
+    monkeypatch.setattr("nextword.training.precision.choose_precision", race_ran)
     with pytest.raises(DataError, match="the val split has .* tokens, but one window needs context"):
         train(tiny, progress=False)
 
@@ -358,12 +361,12 @@ def test_a_resumed_budgeted_run_says_it_follows_its_first_plan_not_a_new_budget(
 def test_a_repeated_sigterm_still_saves_but_a_second_ctrl_c_stops_at_once():
     """A scheduler ending a job signals every process and torchrun passes its own SIGTERM on, so a worker gets
     two: the save must go on. Only a second Ctrl-C means "stop now"."""
-    terminated = _StopRequest()
+    terminated = StopRequest()
     terminated(signal.SIGTERM, None)
     terminated(signal.SIGTERM, None)
     assert terminated.signal == signal.SIGTERM
 
-    interrupted = _StopRequest()
+    interrupted = StopRequest()
     interrupted(signal.SIGINT, None)
     interrupted(signal.SIGTERM, None)  # torchrun passing the same Ctrl-C on
     with pytest.raises(KeyboardInterrupt):

@@ -28,7 +28,7 @@ class NotInstalled(MetaPathFinder):
 
 sys.meta_path.insert(0, NotInstalled())
 sys.path[:0] = [{str(ROOT / "src")!r}, {str(ROOT / "benchmarks")!r}]
-import nextword.training.trainer, nextword.cli, nextword.training.distributed, nextword.tools.export
+import nextword.cli.train, nextword.cli, nextword.training.distributed, nextword.tools.export
 import gpu_throughput
 print("imported")
 """

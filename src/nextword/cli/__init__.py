@@ -33,7 +33,7 @@ PROCESS_START = time.monotonic()  # a time budget counts the whole command, impo
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("nextword.cli.prepare", "sources → tokenizer → token shards, with a stats report"),
     "data": ("nextword.cli.data", "web-scale data: fetch Common Crawl, clean and deduplicate a corpus"),
-    "train": ("nextword.training.trainer", "pretrain a model; resumes from the run directory if a checkpoint is there"),
+    "train": ("nextword.cli.train", "pretrain a model; resumes from the run directory if a checkpoint is there"),
     "sample": ("nextword.cli.sample", "generate text from a trained run"),
     "eval": ("nextword.cli.eval", "loss, perplexity and bits per byte on held-out text"),
     "trace": ("nextword.cli.trace", "walk one training step with its real numbers"),

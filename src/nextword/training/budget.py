@@ -1,4 +1,7 @@
-"""Training to a wall-clock budget: how many steps fit, decided from measured speed.
+"""How long a run trains, and training to a wall-clock budget: how many steps fit, decided from measured speed.
+
+Exactly one of train.steps, train.tokens or train.budget sets a run's length (RunLength). A step or token count
+comes to a number of steps at once; a budget is planned once the first steps are timed.
 
 The plan counts what is still to come besides training steps (the evaluations, the final checkpoint, a safety
 margin) and divides the rest by the measured time per step. It is checked at every log step against the speed
@@ -10,13 +13,82 @@ more steps would fit, which a warmup–stable–decay schedule allows without be
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Literal
 
+from nextword.config import TrainConfig, parse_count, parse_duration
+from nextword.errors import ConfigError
+from nextword.training.distributed import World
+from nextword.training.progress import Progress
+from nextword.training.runlog import RunLog
+from nextword.training.schedule import decay_start
+
+DEFAULT_BUDGET = "10m"
 GROW_SLACK = 0.02  # before annealing, a plan grows when this fraction more steps would fit
 SAFETY_MARGIN = 0.03  # of the budget, kept back for what the plan cannot foresee
 EVALS_PER_RUN = 4  # evaluations in a run besides the one at step 0 (the last one at the end)
+TIMED_WARMUP_STEPS = 3  # steps not timed: the first ones pay for allocation and lazy initialisation
+TIMED_STEPS = 10  # steps timed before a budget is planned
+REVISE_AFTER_STEPS = 10  # steps timed since the first plan before it is revised
+REVISE_OVER_STEPS = 100  # latest steps whose mean time a revision plans with: a median of a few can be optimistic
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """What sets how long a run trains, and that setting's value: steps, tokens, or seconds of wall clock."""
+
+    governs: Literal["steps", "tokens", "budget"]
+    limit: float
+
+    @classmethod
+    def from_config(cls, t: TrainConfig) -> RunLength:
+        if t.steps:
+            return cls("steps", t.steps)
+        if t.tokens:
+            return cls("tokens", parse_count(t.tokens, "train.tokens"))
+        return cls("budget", parse_duration(t.budget or DEFAULT_BUDGET, "train.budget"))
+
+    def steps(self, tokens_per_step: int) -> int:
+        """The steps that a step or token count comes to; 0 for a time budget, which plans them once timed."""
+        if self.governs == "steps":
+            return int(self.limit)
+        if self.governs == "tokens":
+            return math.ceil(self.limit / tokens_per_step)
+        return 0
+
+    def describe(self, progress: Progress) -> str:
+        if self.governs == "budget" and progress.step and progress.planned_steps:
+            # The plan was made when the run began and its learning rate is scheduled over it; a budget given now
+            # would be printed but not followed.
+            return (f"resuming at step {progress.step:,} of the {progress.planned_steps:,} steps planned when the run "
+                    "began (train.budget sizes new runs)")
+        if self.governs == "budget":
+            return f"budget {self.limit:.0f} s of wall clock (steps planned from measured speed)"
+        return f"{self.limit:,.0f} {self.governs}"
+
+    def refuse_another(self, progress: Progress, tokens_per_step: int, t: TrainConfig, run_dir: Path) -> None:
+        """A resumed run keeps the length it was planned for, as its learning rate is scheduled over it; a step or
+        token count that asks for another would otherwise be written to config.toml and then ignored."""
+        asked = self.steps(tokens_per_step)
+        if progress.planned_steps and asked and asked != progress.planned_steps:
+            raise ConfigError(
+                f"{run_dir}: the run is at step {progress.step:,} of the {progress.planned_steps:,} it was planned "
+                f"for, but train.{self.governs} = {getattr(t, self.governs)} asks for {asked:,} steps; a run keeps "
+                f"its length once started: resume with the run's own length, or start another with --run-dir DIR")
+
+
+def plan_length(length: RunLength, progress: Progress, tokens_per_step: int, t: TrainConfig,
+                start: float) -> BudgetPlanner | None:
+    """Set the planned steps of a step or token count; for a new budgeted run, return the planner that will set
+    them once a few steps are timed (a resumed run keeps the total it planned)."""
+    if not progress.planned_steps:
+        progress.planned_steps = length.steps(tokens_per_step)
+    if length.governs == "budget" and not progress.planned_steps:
+        return BudgetPlanner(start + length.limit, length.limit, t.decay_frac, t.ckpt_every)
+    return None
 
 
 @dataclass
@@ -38,7 +110,7 @@ class BudgetPlanner:
                ckpt_seconds: float) -> int | None:
         """A new total when the run would overrun, or, before annealing, when more steps would fit; else None."""
         fits = self._steps_that_fit(step, step_seconds, eval_seconds, ckpt_seconds)
-        annealing = step >= planned - max(1, round(self.decay_frac * planned))
+        annealing = step >= decay_start(planned, self.decay_frac)
         # Until WSD starts to anneal, the rate does not depend on the total, so the plan may grow freely.
         if fits < planned or (not annealing and fits > planned * (1 + GROW_SLACK)):
             self.step_seconds = step_seconds
@@ -51,3 +123,43 @@ class BudgetPlanner:
         saves_left = 1 + (int(left / step_seconds) // self.ckpt_every if self.ckpt_every else 0)
         left -= evals_left * eval_seconds + saves_left * ckpt_seconds
         return step + max(1, int(left / step_seconds))
+
+
+class TimeBudget:
+    """The planner at work in the loop: it plans the run's steps once enough of them are timed, and revises the
+    plan at log steps. Without a planner (a step or token count, or a resumed run) it does nothing."""
+
+    def __init__(self, planner: BudgetPlanner | None, world: World, log: RunLog) -> None:
+        self.planner, self.world, self.log = planner, world, log
+        self.step_seconds: list[float] = []
+        self.planned_at = 0  # how many steps had been timed when the plan was first made
+
+    def record_step(self, seconds: float) -> None:
+        if self.planner:
+            self.step_seconds.append(seconds)
+
+    def plan_once_timed(self, progress: Progress, eval_seconds: float, ckpt_seconds: float) -> None:
+        if not (self.planner and not progress.planned_steps
+                and len(self.step_seconds) >= TIMED_WARMUP_STEPS + TIMED_STEPS):
+            return
+        measured = statistics.median(self.step_seconds[TIMED_WARMUP_STEPS:])
+        self.planned_at = len(self.step_seconds)
+        # Planned on rank 0 and shared: every rank must train the same number of steps.
+        progress.planned_steps = self.world.from_main(self.planner.plan, progress.step, measured, eval_seconds,
+                                                      ckpt_seconds)
+        self.log.write(kind="plan", step=progress.step, step_seconds=measured, planned_steps=progress.planned_steps)
+
+    def revise_if_due(self, progress: Progress, eval_seconds: float, ckpt_seconds: float) -> None:
+        """At a log step before the last: re-plan from the measured speed when the steps left would not fit (or
+        more would)."""
+        planner = self.planner
+        if progress.finished() or not (planner and planner.step_seconds
+                                       and len(self.step_seconds) - self.planned_at >= REVISE_AFTER_STEPS):
+            return
+        measured = statistics.mean(self.step_seconds[max(self.planned_at, len(self.step_seconds) - REVISE_OVER_STEPS):])
+        revised = self.world.from_main(planner.revise, progress.step, progress.planned_steps, measured, eval_seconds,
+                                       ckpt_seconds)
+        if revised:
+            progress.replans += 1
+            progress.planned_steps = revised
+            self.log.write(kind="plan", step=progress.step, step_seconds=measured, planned_steps=revised, replan=True)

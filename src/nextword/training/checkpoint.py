@@ -7,6 +7,11 @@ A checkpoint is a folder `checkpoints/step_NNNNNNN/` in the run directory:
     trainer.json        step, tokens seen, planned steps, loader position, precision
     manifest.json       every file's size and SHA-256, the step, the config and tokenizer hashes
 
+That is the single-file layout, which one process writes. A run over several processes writes the sharded layout
+instead (sharded.py): each rank's part of the weights and optimizer state in shard-*.safetensors, beside the
+whole model.safetensors and trainer.json. Both are saved by the one path here, save_checkpoint, with the layout's
+storage writing the weights and optimizer state.
+
 It is written under a temporary name, fsynced, then renamed into place, and its manifest is written last: a
 folder without a valid manifest is not a checkpoint. Resume takes the newest one that verifies and says why it
 skipped any newer one. A save that fails (a full disk, no permission) removes its own temporary folder, leaves
@@ -22,16 +27,18 @@ import pickle
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from nextword.config import RunConfig, load
-from nextword.errors import CheckpointError
 from nextword.data.tokenizer import Tokenizer
+from nextword.errors import CheckpointError
+from nextword.training.distributed import World
 
 MANIFEST = "manifest.json"
 STEP_PREFIX = "step_"
@@ -53,41 +60,117 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], cfg: RunConfig, tokenizer_hash: str, keep_last: int) -> Path:
-    """Write a complete checkpoint atomically, then drop all but the newest `keep_last`.
+class Storage(Protocol):
+    """How a checkpoint's weights and optimizer state are written. The rest of a checkpoint (trainer.json, the
+    manifest, the temporary folder and its rename, pruning) is the same in every layout: save_checkpoint."""
 
-    Raises CheckpointError, with every earlier checkpoint untouched, when the state is not finite or the write
-    fails.
+    def layout(self, world: World) -> dict[str, Any]:
+        """What the manifest records of the layout, beside the step, the files and the hashes."""
+        ...
+
+    def write(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              world: World) -> str | None:
+        """Write into `folder` (every rank calls it); None when done, else why it failed, the same on every rank."""
+        ...
+
+
+class SingleFileStorage:
+    """One process writes it all: the weights in model.safetensors, optimizer and RNG state in state.pt."""
+
+    def layout(self, world: World) -> dict[str, Any]:
+        return {}
+
+    def write(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              world: World) -> str | None:
+        return attempt_on_main(world, _write_whole_state, folder, model, optimizer)
+
+
+def _write_whole_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    save_model(_unwrap(model), str(folder / "model.safetensors"))
+    _save_state({"optimizer": optimizer.state_dict(), "rng": rng_state()}, folder / "state.pt")
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    trainer_state: dict[str, Any], cfg: RunConfig, tokenizer_hash: str, keep_last: int,
+                    storage: Storage = SingleFileStorage(), world: World = World()) -> Path:
+    """Write a complete checkpoint atomically in `storage`'s layout, then drop all but the newest `keep_last`.
+
+    Over several processes every rank calls it (a collective): each writes its part through `storage`, and rank 0
+    the rest. Raises CheckpointError, on every rank alike and with every earlier checkpoint untouched, when the
+    state is not finite or a write fails.
     """
     root = checkpoints_dir(run_dir)
     final = root / f"{STEP_PREFIX}{step:07d}"
-    _refuse_nonfinite(model, optimizer, final)
-    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    if world.any(not all_finite(model, optimizer)):
+        raise CheckpointError(
+            f"{final}: not saved, the model or optimizer state holds NaN or Inf; the last good checkpoint in "
+            f"{root} stays the newest. Lower train.lr or check the data, then resume")
+    # Named after rank 0's process, so that a folder left by a crash is seen as abandoned.
+    tmp = root / f"{TMP_PREFIX}{final.name}-{world.from_main(os.getpid)}"
+    manifest = {"step": step, **storage.layout(world), "files": {},  # "files": filled in once they are written
+                "config_hash": config_hash(cfg), "tokenizer_hash": tokenizer_hash}
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        remove_abandoned_writes(root)
-        tmp.mkdir()
-        save_model(_unwrap(model), str(tmp / "model.safetensors"))
-        _save_state({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "state.pt")
-        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
-        for name in files:
-            _fsync(tmp / name)
-        time.sleep(float(os.environ.get(SAVE_DELAY_ENV) or 0))
-        manifest = {"step": step, "files": files, "config_hash": config_hash(cfg), "tokenizer_hash": tokenizer_hash}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _fsync(tmp / MANIFEST)
-        move_into_place(tmp, final)
-    except WRITE_ERRORS as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(write_failure_message(final, failure_reason(e))) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        failure = attempt_on_main(world, _fresh_folder, tmp)
+        if failure is None:
+            failure = storage.write(tmp, model, optimizer, world)
+        if failure is None:
+            failure = attempt_on_main(world, _seal, tmp, final, trainer_state, manifest)
+    except BaseException:  # an interrupt: nothing half-written stays behind
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    if failure is not None:
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        world.barrier()  # no rank stops (and gets the job torn down) before rank 0 has cleaned up
+        raise CheckpointError(write_failure_message(final, failure))
+    if world.is_main:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    world.barrier()  # no rank goes on (and may save again) before the checkpoint is in place
     return final
+
+
+def attempt_on_main(world: World, write: Callable[..., None], *args: Any) -> str | None:
+    """Run `write(*args)` on rank 0 alone; every rank learns why it failed (None when it did not)."""
+    def attempt() -> str | None:
+        try:
+            write(*args)
+        except WRITE_ERRORS as e:
+            return failure_reason(e)
+        return None
+
+    return world.from_main(attempt)
+
+
+def all_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether this process's part of the weights and optimizer moments is free of NaN and Inf: one in a
+    checkpoint would poison every run resumed from it. Read back once per save, never per step."""
+    tensors = list(model.parameters())
+    tensors += [v for state in optimizer.state.values() for v in state.values()
+                if torch.is_tensor(v) and v.is_floating_point()]
+    local = (t.to_local() if hasattr(t, "to_local") else t for t in tensors)  # FSDP's shards are DTensors
+    return all(bool(torch.isfinite(t).all()) for t in local)
+
+
+def _fresh_folder(tmp: Path) -> None:
+    """An empty temporary folder for a checkpoint, after removing any that crashed saves left."""
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_writes(tmp.parent)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+
+def _seal(tmp: Path, final: Path, trainer_state: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Write trainer.json, hash and fsync every file, write the manifest last, then rename the folder into place."""
+    (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+    for name in files:
+        _fsync(tmp / name)
+    time.sleep(float(os.environ.get(SAVE_DELAY_ENV) or 0))
+    (tmp / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=1))
+    _fsync(tmp / MANIFEST)
+    move_into_place(tmp, final)
 
 
 class _WriteErrorKeeper:
@@ -118,17 +201,6 @@ def _save_state(state: dict[str, Any], path: Path) -> None:
             if keeper.error is not None:
                 raise keeper.error from None
             raise
-
-
-def _refuse_nonfinite(model: torch.nn.Module, optimizer: torch.optim.Optimizer, final: Path) -> None:
-    """A NaN or Inf in the weights or the optimizer's moments would poison every run resumed from this save."""
-    tensors = list(model.parameters())
-    tensors += [v for state in optimizer.state.values() for v in state.values()
-                if torch.is_tensor(v) and v.is_floating_point()]
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):  # one host sync per save, not per step
-        raise CheckpointError(
-            f"{final}: not saved, the model or optimizer state holds NaN or Inf; the last good checkpoint in "
-            f"{final.parent} stays the newest. Lower train.lr or check the data, then resume")
 
 
 def move_into_place(tmp: Path, final: Path) -> None:

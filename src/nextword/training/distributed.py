@@ -1,4 +1,4 @@
-"""One training job over many processes: torchrun setup, DDP and FSDP2 wrapping, sharded checkpoints.
+"""One training job over many processes: torchrun setup, the process group, and DDP and FSDP2 wrapping.
 
 torchrun starts one process per GPU (or per CPU worker) and tells each, through environment variables, its RANK
 (0 … WORLD_SIZE-1 over all nodes), its LOCAL_RANK on its node and where to meet the others. Every process runs
@@ -11,7 +11,8 @@ the same training loop on its own slice of each batch:
            GPU's memory still trains.
 
 Everything per-rank (data stream, seed, logging) is derived from the rank, and checkpoints are written by all
-ranks through torch.distributed.checkpoint in safetensors files, so a run can resume at another world size.
+ranks through torch.distributed.checkpoint in safetensors files (sharded.py), so a run can resume at another world
+size.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ import gc
 import importlib
 import json
 import os
-import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,18 +33,15 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
 from torch import nn
 
-from nextword.training import checkpoint
-from nextword.errors import CheckpointError, ConfigError, NextwordError
+from nextword.errors import ConfigError, NextwordError
 from nextword.training.machine import usable_cores
 
 # A collective that waits longer than this raises instead of hanging: long enough for rank 0 to prepare a
 # small corpus or write a large checkpoint while the others wait, short enough that a stuck job ends.
 TIMEOUT = timedelta(minutes=10)
 PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
-SHARDED = "sharded"  # manifest "layout" of a checkpoint written by several processes
 
 T = TypeVar("T")
 
@@ -299,226 +295,3 @@ def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
     if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
         module.set_requires_gradient_sync(enabled)
     yield
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Evaluation over ranks
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Sharded checkpoints: torch.distributed.checkpoint (DCP) over safetensors files
-#
-# Every rank writes the parameters and optimizer moments it holds (replicated tensors are written once), and
-# records where its slice sits in the full tensor; loading reads whatever slices the new layout needs, so the
-# world size may change between save and load. DCP's default format pickles its metadata; the safetensors
-# storage used here keeps both data and layout in safetensors headers, so nothing is unpickled on load.
-# Only tensors are saved: optimizer hyperparameters come from the config of the resumed run.
-
-
-def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], cfg, tokenizer_hash: str, keep_last: int, world: World) -> Path:
-    """Write a sharded checkpoint from every rank (a collective), sealed by rank 0 like a single-process one.
-
-    The folder holds the shards (shard-*.safetensors), a consolidated model.safetensors that rank 0 gathers so
-    that `nextword sample` and `export` read it as they read any checkpoint, trainer.json, and the manifest,
-    written last. The folder is written under a temporary name and renamed once complete. A write that fails on
-    any rank (a full disk, no permission) fails on every rank alike: the temporary folder is removed, every
-    earlier checkpoint stays as it was, and every rank raises the same CheckpointError.
-    """
-    root = checkpoint.checkpoints_dir(run_dir)
-    final = root / f"{checkpoint.STEP_PREFIX}{step:07d}"
-    if world.any(not _all_finite(model, optimizer)):
-        raise CheckpointError(f"{final}: not saved, the model or optimizer state holds NaN or Inf; the last good "
-                              f"checkpoint in {root} stays the newest. Lower train.lr or check the data, then resume")
-    # Named after rank 0's process like the single-process saves, so a folder left by a crash is seen as abandoned.
-    tmp = root / f"{checkpoint.TMP_PREFIX}{final.name}-{world.from_main(os.getpid)}"
-    manifest = {"step": step, "layout": SHARDED, "world_size": world.size,
-                "config_hash": checkpoint.config_hash(cfg), "tokenizer_hash": tokenizer_hash}
-    try:
-        failure = _write_sharded(tmp, final, model, optimizer, trainer_state, manifest, world)
-    except BaseException:  # an interrupt: nothing half-written stays behind
-        if world.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if failure is not None:
-        if world.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        world.barrier()  # no rank stops (and gets the job torn down) before rank 0 has cleaned up
-        raise CheckpointError(checkpoint.write_failure_message(final, failure))
-    if world.is_main:
-        for old in checkpoint.list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    world.barrier()  # no rank goes on (and may save again) before the checkpoint is in place
-    return final
-
-
-def _write_sharded(tmp: Path, final: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                   trainer_state: dict[str, Any], manifest: dict[str, Any], world: World) -> str | None:
-    """Write the checkpoint into `tmp` and rename it to `final`; None when done, else why it failed (the same on
-    every rank, so that every rank stops at the same point)."""
-    failure = _on_main(world, _fresh_folder, tmp)
-    if failure is None:
-        failure = _save_shards(tmp, model, optimizer)
-    if failure is None:
-        weights = full_model_state(model)  # a collective: every rank takes part, rank 0 receives
-        failure = _on_main(world, _write_main_files, tmp, final, weights, trainer_state, manifest)
-    return failure
-
-
-def _on_main(world: World, write: Callable[..., None], *args: Any) -> str | None:
-    """Run `write(*args)` on rank 0 alone; every rank learns why it failed (None when it did not)."""
-    def attempt() -> str | None:
-        try:
-            write(*args)
-        except checkpoint.WRITE_ERRORS as e:
-            return checkpoint.failure_reason(e)
-        return None
-
-    return world.from_main(attempt)
-
-
-def _save_shards(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
-    """save_sharded, returning why it failed on the first rank that did (None when none did)."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    try:
-        save_sharded(folder, model, optimizer)
-    except CheckpointException as e:  # DCP gathers every rank's failure and raises them on all ranks
-        rank = min(e.failures)
-        error, _ = e.failures[rank]
-        return f"{checkpoint.failure_reason(error)} on rank {rank}"
-    return None
-
-
-def is_sharded(path: Path) -> bool:
-    return checkpoint.read_manifest(path).get("layout") == SHARDED
-
-
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load a checkpoint of either layout into a model of any parallel kind; return the trainer state.
-
-    A sharded checkpoint is read slice by slice, at whatever world size it was written; a single-process one
-    is read whole on every rank and sharded as the model is.
-    """
-    if is_sharded(path):
-        load_sharded(path, model, optimizer)
-    else:
-        from safetensors.torch import load_file
-
-        weights = load_file(str(path / "model.safetensors"))
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        load_full(model, optimizer, weights, state["optimizer"])
-    return json.loads((path / "trainer.json").read_text())
-
-
-def _all_finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
-    """Whether this rank's part of the weights and optimizer moments is free of NaN and Inf (one host sync)."""
-    tensors = list(model.parameters())
-    tensors += [v for state in optimizer.state.values() for v in state.values()
-                if torch.is_tensor(v) and v.is_floating_point()]
-    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]  # FSDP's shards are DTensors
-    return bool(torch.stack([torch.isfinite(t).all() for t in local]).all())
-
-
-def _fresh_folder(tmp: Path) -> None:
-    """An empty temporary folder for a checkpoint, after removing any that crashed saves left."""
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.remove_abandoned_writes(tmp.parent)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-
-
-def _write_main_files(tmp: Path, final: Path, weights: dict[str, torch.Tensor], trainer_state: dict[str, Any],
-                      manifest: dict[str, Any]) -> None:
-    """Rank 0's part: the consolidated weights and trainer.json, then the manifest and the rename."""
-    save_file(weights, str(tmp / "model.safetensors"))
-    (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
-    _seal(tmp, final, manifest)
-
-
-def _seal(tmp: Path, final: Path, manifest: dict[str, Any]) -> None:
-    """Hash and fsync every file, write the manifest last, then rename the folder into place."""
-    files = {}
-    for file in sorted(tmp.iterdir()):
-        checkpoint._fsync(file)
-        files[file.name] = {"bytes": file.stat().st_size, "sha256": checkpoint._sha256(file)}
-    (tmp / checkpoint.MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=1))
-    checkpoint._fsync(tmp / checkpoint.MANIFEST)
-    checkpoint.move_into_place(tmp, final)  # a checkpoint of this step saved before a resume goes only after
-
-
-def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    return get_state_dict(model, optimizer)
-
-
-def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Write this rank's part of the model and optimizer state into `folder` (a collective: every rank calls it)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
-
-    model_state, optim_state = _state_dicts(model, optimizer)
-    with _single_process_allowed():
-        dcp.save({"model": model_state, "optimizer": optim_state["state"]},
-                 storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True),
-                 no_dist=not dist.is_initialized())
-
-
-def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Fill the model and optimizer from a sharded checkpoint written at any world size."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageReader
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
-    model_state, optim_state = _state_dicts(model, optimizer)
-    saved = {"model": model_state, "optimizer": optim_state["state"]}
-    with _single_process_allowed():
-        dcp.load(saved, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=not dist.is_initialized())
-    set_state_dict(model, optimizer, model_state_dict=saved["model"],
-                   optim_state_dict={"state": saved["optimizer"], "param_groups": optim_state["param_groups"]})
-
-
-@contextlib.contextmanager
-def _single_process_allowed() -> Iterator[None]:
-    """DCP warns whenever it runs without a process group; here that is intended (a resume in one process)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-        yield
-
-
-def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights on rank 0's CPU, gathered from every rank (a collective; empty on other ranks)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-    )
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {name: t.contiguous() for name, t in get_model_state_dict(model, options=options).items()}
-
-
-def full_optimizer_state_for(model: nn.Module, optimizer: torch.optim.Optimizer,
-                             saved: dict[str, Any]) -> dict[str, Any]:
-    """A single-process optimizer state dict (moments keyed by parameter number) keyed by parameter name
-    instead, so it can be loaded into a sharded model whose optimizer numbers its parameters the same way."""
-    names = {id(p): name for name, p in _plain_named_parameters(model)}
-    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    _, current = _state_dicts(model, optimizer)
-    return {"state": {order[int(i)]: s for i, s in saved["state"].items()}, "param_groups": current["param_groups"]}
-
-
-def load_full(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, torch.Tensor],
-              optimizer_state: dict[str, Any]) -> None:
-    """Load a single-process checkpoint's full weights and optimizer state into a (possibly sharded) model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-    set_state_dict(model, optimizer, model_state_dict=weights,
-                   optim_state_dict=full_optimizer_state_for(model, optimizer, optimizer_state),
-                   options=StateDictOptions(full_state_dict=True))
-
-
-def _plain_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """Parameter names without the prefixes that wrappers (activation checkpointing, compile) add."""
-    for name, p in model.named_parameters():
-        yield name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""), p

@@ -1,4 +1,4 @@
-"""Held-out loss and samples of the model being trained.
+"""Held-out loss and samples of the model being trained, and the evaluator that takes them at its interval.
 
 Bits per byte = loss in nats × tokens ÷ (UTF-8 bytes × ln 2): unlike loss per token it does not depend on the
 tokenizer, so runs with different vocabularies can be compared.
@@ -6,26 +6,29 @@ tokenizer, so runs with different vocabularies can be compared.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import TYPE_CHECKING
+import time
 
 import torch
 
-from nextword.config import EvalConfig
+from nextword.config import EvalConfig, RunConfig
 from nextword.data.loader import TokenLoader
 from nextword.data.shards import TokenShards
 from nextword.data.tokenizer import Tokenizer
 from nextword.model.sampling import sample
-
-if TYPE_CHECKING:
-    from nextword.training.distributed import World
+from nextword.training.budget import EVALS_PER_RUN
+from nextword.training.distributed import World
+from nextword.training.progress import Progress
+from nextword.training.runlog import RunLog
 
 EVAL_WINDOWS_SEED = 0
+SAMPLE_LINES = 6  # of each sample printed at an evaluation (all of it is in the log)
 
 
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, split: TokenShards, batch_size: int, context: int, batches: int,
-                  device: torch.device | str, world: "World | None" = None) -> dict[str, float]:
+                  device: torch.device | str, world: World | None = None) -> dict[str, float]:
     """Mean next-token loss over `batches` batches of windows drawn across the whole split: a fixed draw, so
     every evaluation scores the same windows. Under torchrun each rank scores its share of those windows and the
     mean is taken over ranks (the same windows as one process when the world size divides `batches`)."""
@@ -64,3 +67,45 @@ def samples(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalConfig, seed:
         out.append({"prompt": prompt, "text": tokenizer.decode(ids)})
     model.train(was_training)
     return out
+
+
+class Evaluator:
+    """Evaluates the model during a run: validation loss and samples at step 0, every eval.every steps (by
+    default EVALS_PER_RUN times over the planned steps) and at the end, each logged and printed."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, val_split: TokenShards, cfg: RunConfig, *,
+                 device: torch.device, world: World, autocast: contextlib.AbstractContextManager, log: RunLog,
+                 samples_on_every_rank: bool) -> None:
+        self.model, self.tokenizer, self.val_split, self.cfg = model, tokenizer, val_split, cfg
+        self.device, self.world, self.autocast, self.log = device, world, autocast, log
+        # FSDP's forward is a collective, so there every rank draws the (same) samples; elsewhere rank 0 alone.
+        self.draws_samples = world.is_main or samples_on_every_rank
+        self.seconds = 0.0  # the longest evaluation yet, which the budget's plan counts on
+
+    def due(self, progress: Progress) -> bool:
+        """At every interval of the plan, except in the last half interval: the run ends with an evaluation anyway."""
+        planned = progress.planned_steps
+        every = self.cfg.eval.every or max(1, (planned or 10**9) // EVALS_PER_RUN)
+        return bool(planned) and progress.step % every == 0 and progress.step < planned - every // 2
+
+    def evaluate(self, progress: Progress) -> None:
+        """Validation loss and samples at the current step, logged and printed."""
+        cfg = self.cfg
+        began = time.monotonic()
+        with self.autocast:
+            result = evaluate_loss(self.model, self.val_split, cfg.train.micro_batch, cfg.model.context,
+                                   cfg.eval.batches, self.device, self.world)
+            texts = samples(self.model, self.tokenizer, cfg.eval, seed=cfg.train.seed) if self.draws_samples else []
+        self.log.write(kind="eval", step=progress.step, tokens=progress.tokens, val_loss=result["loss"],
+                       val_ppl=result["ppl"], val_bpb=result["bpb"], samples=texts)
+        _print_eval(progress.step, result, texts, self.tokenizer.vocab_size)
+        self.seconds = max(self.seconds, time.monotonic() - began)
+
+
+def _print_eval(step: int, result: dict[str, float], texts: list[dict[str, str]], vocab_size: int) -> None:
+    note = f" (an untrained model guesses uniformly: ln {vocab_size} = {math.log(vocab_size):.2f})" if step == 0 else ""
+    print(f"\nstep {step:,}: validation loss {result['loss']:.3f} nats, perplexity {result['ppl']:.1f}, "
+          f"{result['bpb']:.3f} bits per byte{note}")
+    for drawn in texts:
+        lines = (drawn["prompt"] + drawn["text"]).splitlines()[:SAMPLE_LINES] or [""]
+        print("\n".join(f"  │ {line[:100]}" for line in lines))

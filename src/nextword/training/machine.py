@@ -1,8 +1,8 @@
 """What this machine is and what it is good at, found out at run time, never assumed.
 
 Two CPUs of the same family can differ by 100× in bf16 matrix speed (native AVX-512 BF16 versus emulation on
-AVX2), so the precision, thread count and compile choice are decided here from probes and measurements, and
-the measurements are cached per machine so a second run does not pay for them again.
+AVX2), so the precision, thread count and compile choice are decided from the probes and measurements made here,
+and the measurements are cached per machine so a second run does not pay for them again.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -157,47 +155,3 @@ def peak_flops(machine: Machine) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-RACE_ROUNDS = 3  # timed steps per candidate, taken in turns so a burst of load hits both alike
-FP32_MUST_WIN_BY = 0.9  # on a CPU with native bf16, fp32 is kept only if clearly faster
-
-
-def resolve_precision(requested: str, machine: Machine,
-                      time_step: Callable[[str], float] | None = None, shape_key: str = "") -> tuple[str, str]:
-    """Choose the training precision and say why.
-
-    `time_step(precision)` runs one real training step of the actual model in that precision and returns its
-    time (CPU time, which other processes on a shared machine disturb less than the wall clock). It is only
-    called where the choice is in doubt, a CPU with native bf16, and the verdict is cached per shape.
-    """
-    if requested != "auto":
-        if requested in ("bf16", "fp16") and not machine.is_cuda and not machine.bf16_native:
-            warnings.warn(f"train.precision = {requested} on a CPU without native bf16/fp16 ({machine.capability}): "
-                          "matrix math is emulated and may run 10–100× slower than fp32", stacklevel=2)
-        return requested, "set in the config"
-    if machine.is_cuda:
-        if machine.bf16_native:
-            return "bf16", f"{machine.name} supports bf16"
-        return "fp16", f"{machine.name} has no bf16; fp16 with loss scaling"
-    if not machine.bf16_native:
-        return "fp32", (f"this CPU ({machine.capability}) has no native bf16: bf16 would be emulated, "
-                        "about 100× slower per matmul")
-    if time_step is None:
-        return "bf16", f"this CPU ({machine.capability}) has native bf16"
-
-    def race() -> str:
-        candidates = ("fp32", "bf16")
-        for precision in candidates:  # a first step of each pays for allocation; not timed
-            time_step(precision)
-        times: dict[str, list[float]] = {p: [] for p in candidates}
-        for _ in range(RACE_ROUNDS):
-            for precision in candidates:
-                times[precision].append(time_step(precision))
-        fp32, bf16 = (statistics.median(times[p]) for p in candidates)
-        best = "fp32" if fp32 < FP32_MUST_WIN_BY * bf16 else "bf16"
-        return f"{best}|fp32={fp32 * 1e3:.0f}ms,bf16={bf16 * 1e3:.0f}ms"
-
-    verdict = str(cached(machine, f"precision race {shape_key}", race))
-    best, _, timings = verdict.partition("|")
-    return best, f"native bf16 on this CPU ({machine.capability}); timed steps of this model: {timings}"

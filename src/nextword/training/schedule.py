@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+from nextword.config import TrainConfig
+
 MAX_WARMUP_SHARE = 0.25  # the floor in steps never makes warmup longer than this share of the run
 
 
@@ -35,13 +37,21 @@ def learning_rate(step: int, total: int, *, peak: float, min_ratio: float, sched
     if schedule == "cosine":
         progress = (step - warmup + 1) / max(1, total - warmup)
         return lowest + 0.5 * (peak - lowest) * (1 + math.cos(math.pi * min(1.0, progress)))
-    decay_start = total - max(1, round(decay_frac * total))
-    if step < decay_start:
+    annealing_from = decay_start(total, decay_frac)
+    if step < annealing_from:
         return peak
-    progress = (step - decay_start + 1) / (total - decay_start)
+    progress = (step - annealing_from + 1) / (total - annealing_from)
     return lowest + (peak - lowest) * (1 - min(1.0, progress))
 
 
 def decay_start(total: int, decay_frac: float) -> int:
     """The first step of the WSD annealing phase."""
     return total - max(1, round(decay_frac * total))
+
+
+def rate_for(t: TrainConfig, step: int, planned_steps: int) -> float:
+    """The rate of update `step` under the run's settings, in a run planned for `planned_steps` updates."""
+    if not planned_steps:  # while a time budget is being measured: the warmup's floor, the same in any plan
+        return t.lr * min(1.0, (step + 1) / max(1, t.warmup_steps))
+    return learning_rate(step, planned_steps, peak=t.lr, min_ratio=t.min_lr_ratio, schedule=t.schedule,
+                         warmup_steps=t.warmup_steps, warmup_frac=t.warmup_frac, decay_frac=t.decay_frac)

@@ -1,0 +1,98 @@
+"""What a run reports while it trains: at every log step a record of the loss, learning rate, gradient norm,
+tokens per second and MFU, and between them a progress bar; and the count of updates skipped for a non-finite
+loss or gradient, which stops a run that keeps diverging.
+
+Between log steps these numbers stay on the device: reading them back is a host synchronisation, made once per
+log step, never inside the training step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nextword.config import TrainConfig
+from nextword.errors import NextwordError
+from nextword.training.distributed import World
+from nextword.training.progress import Progress
+from nextword.training.runlog import RunLog
+
+
+class NonFiniteError(NextwordError):
+    """Training diverged: every recent update was skipped for NaN or Inf."""
+
+
+class Metrics:
+    """Logs the run's training numbers at log steps (every train.log_every steps, and the last) and keeps the bar."""
+
+    def __init__(self, log: RunLog, t: TrainConfig, progress: Progress, *, tokens_per_step: int,
+                 flops_per_token: float, peak_flops: float, world: World, device: torch.device, run_dir: Path,
+                 start: float, show_bar: bool) -> None:
+        self.log, self.t, self.world, self.run_dir, self.start = log, t, world, run_dir, start
+        self.tokens_per_step, self.flops_per_token, self.peak_flops = tokens_per_step, flops_per_token, peak_flops
+        self.recent_seconds: deque[float] = deque(maxlen=t.log_every)  # of the latest steps, for tokens/s
+        self.skipped_since_log = torch.zeros((), device=device)
+        self.skipped_in_a_row = torch.zeros((), device=device)  # kept on the device: no sync in the step
+        self.bar = _progress_bar(show_bar, progress)
+
+    def record_step(self, progress: Progress, seconds: float, nonfinite: torch.Tensor) -> None:
+        """Count a step that took `seconds`; `nonfinite` is 1.0 (on the device) when its update was skipped."""
+        self.skipped_since_log += nonfinite
+        self.skipped_in_a_row.add_(nonfinite).mul_(nonfinite)  # counts up while updates are skipped, else 0
+        self.recent_seconds.append(seconds)
+        self.bar.total = progress.planned_steps or None  # a time budget plans, and may re-plan, as it goes
+        self.bar.update(1)
+
+    def due(self, progress: Progress) -> bool:
+        return progress.step % self.t.log_every == 0 or progress.finished()
+
+    def log_step(self, progress: Progress, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> float:
+        """Read back what the interval's steps kept on the device and log this step; return its loss."""
+        self._count_skipped_updates(progress)
+        tokens_per_s = self.tokens_per_step * len(self.recent_seconds) / sum(self.recent_seconds)
+        mfu = self.flops_per_token * tokens_per_s / (self.peak_flops * self.world.size)
+        mean_loss = float(self.world.mean(loss))  # each rank's loss is over its own windows
+        self.log.write(kind="train", step=progress.step, tokens=progress.tokens, loss=mean_loss, lr=lr,
+                       grad_norm=float(grad_norm), tokens_per_s=tokens_per_s, mfu=mfu,
+                       elapsed_s=time.monotonic() - self.start)
+        self.bar.set_postfix_str(f"loss {mean_loss:.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
+        return mean_loss
+
+    def rolled_back(self, progress: Progress) -> None:
+        """The run went back to an earlier step: a fresh count of skipped updates, and the bar there."""
+        self.skipped_in_a_row.zero_()
+        self.bar.n = progress.step
+        self.bar.refresh()
+
+    def close(self) -> None:
+        """Take the bar off the screen (again: a closed bar stays closed)."""
+        self.bar.close()
+
+    def _count_skipped_updates(self, progress: Progress) -> None:
+        """Count the updates skipped for NaN or Inf since the last log step; stop the run when told to."""
+        t = self.t
+        skipped = int(self.skipped_since_log)  # read back only here: no host sync inside the step
+        self.skipped_since_log.zero_()
+        progress.nonfinite_skipped += skipped
+        if not skipped:
+            return
+        print(f"\nwarning: {skipped} update(s) skipped for a non-finite loss or gradient before step "
+              f"{progress.step}", file=sys.stderr)
+        in_a_row = int(self.skipped_in_a_row)
+        if t.on_nonfinite == "stop" or in_a_row >= t.max_nonfinite_in_a_row:
+            raise NonFiniteError(f"{in_a_row or skipped} update(s) in a row had a non-finite loss or gradient by "
+                                 f"step {progress.step} (train.on_nonfinite = {t.on_nonfinite}); lower train.lr or "
+                                 f"check the data. The last good checkpoint is untouched in "
+                                 f"{self.run_dir / 'checkpoints'}")
+
+
+def _progress_bar(enabled: bool, progress: Progress) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=progress.planned_steps or None, initial=progress.step, unit="step", disable=not enabled,
+                dynamic_ncols=True, mininterval=1.0, desc="train")
