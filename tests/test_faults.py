@@ -648,3 +648,18 @@ def test_a_loss_spike_on_one_rank_rolls_every_rank_back_together(corpus, tmp_pat
     single, ddp = logged(tmp_path / "single", "train"), logged(tmp_path / "ddp", "train")
     assert [r["step"] for r in ddp] == [r["step"] for r in single]
     assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single], rel=1e-5)
+
+
+def test_a_second_train_on_a_run_directory_in_use_is_refused_and_a_killed_ones_lock_is_no_obstacle(tmp_path, corpus,
+                                                                                                     capsys):
+    """Two `nextword train` on one run directory would both train and both write its log and checkpoints; the
+    second is refused in one line naming the first, and once the first is killed -9 the same command resumes."""
+    first = start_train(train_args(tmp_path, "run", steps=100_000))
+    wait_until(lambda: list_checkpoints(tmp_path / "run"), first, "the first run's first checkpoint")
+    assert cli.main(train_args(tmp_path, "run")) == 2
+    error = capsys.readouterr().err
+    assert f"run: the run folder in use by process {first.pid} (nextword train --source" in error
+    assert "wait for it to finish or stop it, or give --run-dir another folder" in error
+    kill_9(first)
+    assert cli.main(train_args(tmp_path, "run", steps=100_000) + ["--stop-after", str(CKPT_EVERY + 1)]) == 0
+    assert f"resuming {tmp_path / 'run'} from step" in capsys.readouterr().out

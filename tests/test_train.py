@@ -380,3 +380,21 @@ def test_the_closing_lines_count_a_small_run_and_say_how_to_go_on_after_stop_aft
     train(tiny, progress=False)
     tokens_per_step = tiny.train.micro_batch * tiny.model.context  # one micro-step a step in this config
     assert f"done: 6 steps, {6 * tokens_per_step:,} tokens in " in capsys.readouterr().out
+
+
+def test_without_prompts_the_samples_begin_as_the_datas_own_documents_do(tiny, tmp_path):
+    """On a user's corpus the default corpus's prompts ("def ", "import ") make odd starts; with none set, the run
+    takes the first words of validation documents, keeps them in its config.toml, and samples after them."""
+    from nextword.config import load
+    from nextword.data.shards import TokenShards
+
+    tiny.eval.prompts, tiny.train.steps = [], 2
+    train(tiny, progress=False)
+    prompts = load(tmp_path / "run" / "config.toml").eval.prompts
+    val = TokenShards(tiny.data.data_dir, "val")
+    model, tokenizer, _ = load_for_inference(tmp_path / "run")
+    starts = [tokenizer.decode(array[start:start + 40].tolist()) for array, starts in zip(val.arrays, val.doc_starts)
+              for start in starts]
+    assert prompts and all(any(text.startswith(prompt) for text in starts) for prompt in prompts)
+    assert all(len(prompt.split()) == 3 for prompt in prompts)
+    assert [s["prompt"] for s in read_log(tmp_path / "run", "eval")[-1]["samples"]] == prompts

@@ -155,7 +155,7 @@ class EvalConfig:
 
     every: int = 0  # steps between evaluations; 0: about five in a run
     batches: int = 10
-    prompts: list[str] = field(default_factory=lambda: ["def ", "import ", "The "])
+    prompts: list[str] = field(default_factory=list)  # []: from the data (see training/evaluator.py)
     sample_tokens: int = 48
     temperature: float = 0.8
     top_k: int = 50

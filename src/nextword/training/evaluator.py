@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 
 import torch
@@ -24,6 +25,9 @@ from nextword.training.runlog import RunLog
 
 EVAL_WINDOWS_SEED = 0
 SAMPLE_LINES = 6  # of each sample printed at an evaluation (all of it is in the log)
+# Prompts taken from the data: the first few words of a few validation documents.
+PROMPT_COUNT, PROMPT_WORDS, PROMPT_TOKENS = 3, 3, 64  # PROMPT_TOKENS: read of each document, enough for the words
+DEFAULT_CORPUS_PROMPTS = ["def ", "import ", "The "]  # the standard library's code and its docstrings
 
 
 @torch.no_grad()
@@ -55,6 +59,23 @@ def figures(loss: float, tokens_per_byte: float, tokens: int) -> dict[str, float
             "tokens": tokens}
 
 
+def prompts_from(split: TokenShards, tokenizer: Tokenizer, count: int = PROMPT_COUNT,
+                 words: int = PROMPT_WORDS) -> list[str]:
+    """The first `words` words (with the spaces and line breaks after them) of `count` documents spread evenly over
+    `split`: prompts that begin as the data's own documents do, whatever its language or kind."""
+    documents = [(array, start) for array, starts in zip(split.arrays, split.doc_starts) for start in starts]
+    chosen = documents[::max(1, len(documents) // count)][:count]
+    prompts = []
+    for array, start in chosen:
+        head = [int(t) for t in array[start:start + PROMPT_TOKENS]]
+        head = head[:head.index(tokenizer.eos_id)] if tokenizer.eos_id in head else head
+        text = tokenizer.decode(head[len(tokenizer.document_start):])
+        prompt = re.match(rf"\s*(?:\S+\s+){{1,{words}}}", text)
+        if prompt and prompt.group(0).strip():
+            prompts.append(prompt.group(0))
+    return prompts
+
+
 def samples(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalConfig, seed: int) -> list[dict[str, str]]:
     """A continuation of each fixed prompt, each with its own fixed seed, so samples from one evaluation to the
     next differ only because the model changed."""
@@ -62,7 +83,8 @@ def samples(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalConfig, seed:
     model.eval()
     out = []
     for index, prompt in enumerate(cfg.prompts):
-        ids = list(sample(model, tokenizer.encode(prompt), cfg.sample_tokens, temperature=cfg.temperature,
+        prompt_ids = tokenizer.document_start + tokenizer.encode(prompt)  # as every document begins in training
+        ids = list(sample(model, prompt_ids, cfg.sample_tokens, temperature=cfg.temperature,
                           top_k=cfg.top_k, seed=seed + index, stop_id=tokenizer.eos_id))
         out.append({"prompt": prompt, "text": tokenizer.decode(ids)})
     model.train(was_training)

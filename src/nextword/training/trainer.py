@@ -24,15 +24,17 @@ from nextword.config import RunConfig
 from nextword.data.loader import TokenLoader
 from nextword.data.prepare import prepare
 from nextword.data.shards import TokenShards
+from nextword.data.sources import DEFAULT_CORPUS_NAME
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import ConfigError, NextwordError
+from nextword.files import folder_lock
 from nextword.model import GPT
 from nextword.training import distributed, precision
 from nextword.training.batch import GlobalBatch, global_batch, keep_saved_batch
 from nextword.training.budget import RunLength, TimeBudget, plan_length
 from nextword.training.checkpointer import Checkpointer
 from nextword.training.distributed import World
-from nextword.training.evaluator import Evaluator
+from nextword.training.evaluator import DEFAULT_CORPUS_PROMPTS, Evaluator, prompts_from
 from nextword.training.loop import Stopped, Update, train_loop
 from nextword.training.machine import Machine, cpu_bf16_native, detect, peak_flops
 from nextword.training.metrics import Metrics
@@ -58,7 +60,7 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
     device = distributed.device_name(cfg.train.device, world)
     joined = distributed.join(world, mode, device)
     try:
-        with _quiet_unless(world.is_main):
+        with _quiet_unless(world.is_main), _holding(Path(cfg.train.run_dir), world):
             return _train(cfg, world, mode, device, start=time.monotonic() if start_time is None else start_time,
                           stop_after=stop_after, show_progress=progress and world.is_main, bf16_probe=bf16_probe)
     except BaseException as error:
@@ -91,12 +93,13 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     """Set the run up, resume it, train it with the loop and its components, and close it."""
     # The machine, the data, the model and how it trains here.
     t, run_dir = cfg.train, Path(cfg.train.run_dir)
-    with _unwritable_run_dir_is_one_line(run_dir):
-        run_dir.mkdir(parents=True, exist_ok=True)
     machine = detect(device, distributed.cpu_threads(t.threads, world), bf16_probe)
     torch.manual_seed(t.seed)  # the same on every rank: FSDP needs every rank to start from the same weights
     pretrained = _pretrained(cfg)
     tokenizer, train_split, val_split = _prepare_data(cfg, world, show_progress)
+    if not cfg.eval.prompts:  # chosen once, and kept in the run's config.toml
+        own_data = any(source != DEFAULT_CORPUS_NAME for source in cfg.data.sources)
+        cfg.eval.prompts = prompts_from(val_split, tokenizer) if own_data else DEFAULT_CORPUS_PROMPTS
     model = (pretrained or GPT(cfg.model)).to(machine.device)
     # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
     # single process would.
@@ -150,6 +153,19 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
         if stopped:
             return _close_stopped(stopped, progress, log)
         return _close_finished(run_dir, progress, log, world, start, setup)
+
+
+@contextlib.contextmanager
+def _holding(run_dir: Path, world: World) -> Iterator[None]:
+    """Make the run directory and hold its lock while the run trains: a second command on the same directory is
+    refused in one line instead of training beside the first (rank 0 holds it for a torchrun job)."""
+    with _unwritable_run_dir_is_one_line(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not world.is_main:
+        yield
+        return
+    with folder_lock(run_dir, "the run folder", "--run-dir"):
+        yield
 
 
 def _nothing_to_train(run_dir: Path, progress: Progress, stop_after: int | None) -> dict[str, Any] | None:
