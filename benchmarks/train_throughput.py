@@ -10,7 +10,7 @@ Shapes:
     gpt2-124m   the gpt2-124m preset (12 layers, d 768, vocabulary 50257), cut to --small-context tokens and
                 --small-batch sequences so a few steps fit in minutes on a CPU  vs  GPT2LMHeadModel
 
-The transformers model is built from nextword's own export config (`nextword.tools.export.hf_config`, attention
+The transformers model is built from nextword's own export config (`nextword.model.hf.hf_config`, attention
 "sdpa", dropout 0, tied embeddings) and loaded with the nextword model's weights, so both start identical (their
 first losses are checked to agree). GPT-2's "gelu_new" is swapped for "gelu_pytorch_tanh", the same function
 through PyTorch's fused kernel, so transformers is not slowed by an activation written in Python.
