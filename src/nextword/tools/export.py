@@ -1,14 +1,6 @@
-"""Write a trained model as a Hugging Face transformers model directory.
-
-export_model(model, tokenizer, OUT) writes OUT with config.json, generation_config.json, model.safetensors and a fast
-tokenizer (tokenizer.json, tokenizer_config.json), which AutoModelForCausalLM.from_pretrained(OUT) and
-AutoTokenizer.from_pretrained(OUT) load with no custom code:
-
-    gpt2 arch               → GPT2LMHeadModel (q, k, v fused into c_attn; Conv1D weights stored transposed)
-    llama arch              → LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
-    llama arch with qk_norm → Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
-
-The names and layouts of both directions live in `nextword.model.hf`, which `[model] init_from` reads with.
+"""A trained model and its tokenizer as a Hugging Face transformers model directory, which AutoModelForCausalLM and
+AutoTokenizer load with no custom code (`nextword export --help` lists what it holds and which architecture each
+family becomes). The weight names and config fields, both ways, live in `nextword.model.hf`.
 """
 
 from __future__ import annotations
