@@ -3,7 +3,7 @@
 Files are listed by `git ls-files` in a git checkout (so every .gitignore, nested ones included, is honoured),
 and otherwise by walking the folder with its top-level .gitignore applied (the `pathspec` library's gitwildmatch
 rules). Each skipped file is counted in the SkipLog under its rule: vendored, generated, minified, binary,
-over-large, not valid UTF-8, or not a known language.
+over-large, not valid UTF-8, unreadable, or not a known language.
 """
 
 from __future__ import annotations
@@ -33,14 +33,15 @@ def read_code_repo(root: Path, skips: SkipLog, max_file_bytes: int = 1_000_000) 
     root = Path(root)
     for relative in listed_files(root):
         path = root / relative
-        reason = _skip_reason(relative, path, max_file_bytes)
+        try:
+            reason = _skip_reason(relative, path, max_file_bytes)
+            text = "" if reason else path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            reason = "code: not valid UTF-8"
+        except OSError as error:  # git lists a tracked file deleted from the checkout, or a link to nowhere
+            reason = f"code: unreadable ({error.strerror or error})"
         if reason:
             skips.skip(path, reason)
-            continue
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            skips.skip(path, "code: not valid UTF-8")
             continue
         if not text.strip():
             skips.skip(path, "code: empty file")
