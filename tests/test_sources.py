@@ -410,6 +410,13 @@ def test_a_file_git_lists_but_the_checkout_lacks_is_a_counted_skip(tmp_path):
     assert skips.total == 2 and all("unreadable" in reason for reason in skips.by_reason)
 
 
+def test_a_checkout_git_cannot_read_is_one_line(tmp_path):
+    (tmp_path / ".git").mkdir()  # not a repository git can read
+    (tmp_path / "a.py").write_text("x = 1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"git cannot list the checkout's files \(fatal: not a git repository"):
+        read([f"code:{tmp_path}"])
+
+
 def test_a_code_source_that_is_not_a_folder_is_one_line(tmp_path):
     with pytest.raises(DataError, match=r"code:.*missing: not a folder; `code:` takes a repository folder"):
         read([f"code:{tmp_path / 'missing'}"])

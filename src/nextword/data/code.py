@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nextword.data.sources import Document, SkipLog
+from nextword.errors import DataError
 
 LANGUAGES = {
     ".py": "python", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".js": "javascript",
@@ -54,8 +55,15 @@ def read_code_repo(root: Path, skips: SkipLog, max_file_bytes: int = 1_000_000) 
 def listed_files(root: Path) -> list[str]:
     """The repository's files (relative paths, sorted) that its .gitignore rules do not leave out."""
     if (root / ".git").exists():
-        listing = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
-                                  "--exclude-standard"], capture_output=True, check=True)
+        command = ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+        try:
+            listing = subprocess.run(command, capture_output=True, check=True)
+        except subprocess.CalledProcessError as error:  # a checkout git will not read (damaged, another owner's)
+            raise DataError(f"{root}: git cannot list the checkout's files "
+                            f"({error.stderr.decode('utf-8', 'replace').strip()}); fix the checkout") from None
+        except OSError as error:
+            raise DataError(f"{root}: a git checkout, but git cannot run ({error.strerror or error}); install git "
+                            "to read it") from None
         return sorted(name for name in listing.stdout.decode("utf-8").split("\0") if name)
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     ignore = root / ".gitignore"
