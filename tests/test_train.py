@@ -13,7 +13,7 @@ from nextword import cli
 from nextword.training.checkpoint import latest_checkpoint, list_checkpoints, load_for_inference
 from nextword.config import RunConfig, TrainConfig
 from nextword.data.loader import TokenLoader
-from nextword.errors import CheckpointError, DataError
+from nextword.errors import CheckpointError, ConfigError, DataError
 from nextword.training.machine import Machine
 from nextword.training.precision import resolve_precision
 from nextword.training.schedule import learning_rate, warmup_length
@@ -158,6 +158,17 @@ def test_warmup_has_a_floor_in_steps_that_short_runs_keep():
     rates = [learning_rate(s, 480, peak=1.0, min_ratio=0.1, schedule="wsd", warmup_steps=100, warmup_frac=0.05,
                            decay_frac=0.2) for s in range(480)]
     assert rates[49] == pytest.approx(0.5) and rates[99] == 1.0 and rates[98] < 1.0
+
+
+def test_a_run_directory_inside_a_code_source_is_refused_before_its_files_become_data(tiny, tmp_path):
+    """Resumed, such a run would read its own config.toml as code: other data, and a checkpoint it refuses."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "util.py").write_text("def twice(x):\n    return 2 * x\n", encoding="utf-8")
+    tiny.data.sources, tiny.train.run_dir = [f"code:{repo}"], str(repo / "runs" / "default")
+    with pytest.raises(ConfigError, match=r"runs/default: the run directory is inside the source code:.*--run-dir"):
+        train(tiny, progress=False)
+    assert not (repo / "runs").exists()
 
 
 def test_a_config_that_cannot_work_fails_in_one_line(capsys):
