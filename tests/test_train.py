@@ -179,6 +179,9 @@ def test_a_config_that_cannot_work_fails_in_one_line(capsys):
     assert "unknown field train.nonsense" in capsys.readouterr().err
     assert cli.main(["train", "--train.spike_rollback", "true", "--train.ckpt_every", "0"]) == 2
     assert "set train.ckpt_every" in capsys.readouterr().err
+    # Special tokens name those of a tokenizer given to the run, not of one it trains: they would be ignored.
+    assert cli.main(["train", "--data.eos_token", "</s>", "--dump-config"]) == 2
+    assert "data.eos_token = '</s>'" in capsys.readouterr().err
 
 
 def test_continued_pretraining_starts_from_an_exported_model(tiny, tmp_path):
