@@ -171,6 +171,17 @@ def test_a_run_directory_inside_a_code_source_is_refused_before_its_files_become
     assert not (repo / "runs").exists()
 
 
+def test_a_run_whose_tokenizer_came_out_smaller_than_asked_resumes_from_its_own_config(tiny, tmp_path):
+    """A small corpus gives fewer merges than data.vocab_size asks for; config.toml then holds the smaller
+    model.vocab_size, and `nextword train --run-dir RUN` must still take it."""
+    tiny.train.steps, tiny.data.vocab_size = 2, 2000  # the corpus has a few dozen words: far fewer merges
+    train(tiny, stop_after=1, progress=False)
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    assert f"vocab_size = {tiny.model.vocab_size}\n" in saved and tiny.model.vocab_size < tiny.data.vocab_size
+    assert cli.main(["train", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    assert read_log(tmp_path / "run", "summary")[0]["steps"] == 2
+
+
 def test_a_config_that_cannot_work_fails_in_one_line(capsys):
     assert cli.main(["train", "--model.d_model", "250", "--model.n_heads", "4"]) == 2
     err = capsys.readouterr().err.strip()

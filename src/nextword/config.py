@@ -447,11 +447,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.vocab_size = {d.vocab_size} must be at least 257 (256 bytes + end of text)")
     if d.vocab_size > 2**32:
         raise ConfigError(f"data.vocab_size = {d.vocab_size} does not fit the uint32 shard format; use at most 2**32")
-    if m.vocab_size and m.vocab_size < d.vocab_size and not d.tokenizer:
-        raise ConfigError(
-            f"model.vocab_size = {m.vocab_size} is smaller than data.vocab_size = {d.vocab_size}; "
-            "set model.vocab_size = 0 to take the tokenizer's"
-        )
     if (d.eos_token or d.bos_token) and not (d.tokenizer or m.init_from):
         raise ConfigError(f"data.eos_token = {d.eos_token!r}, data.bos_token = {d.bos_token!r} name tokens of a tokenizer "
                           "you give (data.tokenizer or model.init_from); the one nextword trains ends documents with "
