@@ -1,6 +1,7 @@
 import pytest
 
-from nextword.training.budget import SAFETY_MARGIN, BudgetPlanner
+from nextword.training.budget import SAFETY_MARGIN, BudgetPlanner, TimeBudget
+from nextword.training.progress import Progress
 
 
 class Clock:
@@ -46,3 +47,43 @@ def test_while_annealing_the_plan_only_shrinks():
     assert p.revise(step, planned, 0.05, 0.0, 0.0) is None  # faster: finish as planned, early
     shrunk = p.revise(step, planned, 0.5, 0.0, 0.0)  # much slower: would overrun
     assert shrunk is not None and step < shrunk < planned
+
+
+class TwoRanks:
+    """One rank of a two-process job whose broadcasts are recorded: rank 0 computes each decision, rank 1 only
+    receives it, as World.from_main does under torchrun."""
+
+    def __init__(self, rank: int, decisions: list) -> None:
+        self.rank, self.size, self.decisions, self.calls = rank, 2, decisions, 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def from_main(self, compute, *args):
+        if self.is_main:
+            self.decisions.append(compute(*args))
+        self.calls += 1
+        return self.decisions[self.calls - 1]
+
+
+class NoLog:
+    def write(self, **record) -> None:
+        pass
+
+
+def test_every_rank_takes_part_in_each_revision_of_a_budgets_plan():
+    """A revision is a broadcast from rank 0: a rank that skipped one would leave rank 0 waiting in it for good."""
+    decisions: list = []
+    ranks = [TwoRanks(rank, decisions) for rank in (0, 1)]
+    budgets = [TimeBudget(planner(budget=1000.0), world, NoLog()) for world in ranks]
+    runs = [Progress(), Progress()]
+    for step in range(1, 61):
+        for budget, progress in zip(budgets, runs):
+            budget.plan_once_timed(progress, eval_seconds=0.0, ckpt_seconds=0.0)
+            progress.advance(tokens=1, seconds=0.1)
+            budget.record_step(0.1 if step < 20 else 0.5)  # slower after the plan: it must shrink
+            if step % 10 == 0:
+                budget.revise_if_due(progress, eval_seconds=0.0, ckpt_seconds=0.0)
+    assert ranks[0].calls == ranks[1].calls >= 2
+    assert runs[0].planned_steps == runs[1].planned_steps and runs[0].replans == runs[1].replans >= 1

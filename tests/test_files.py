@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from nextword.errors import NextwordError
 from nextword.files import FolderInUse, atomic_write, folder_lock, write_text_atomically
 
 HOLD = """
@@ -51,3 +52,12 @@ def test_a_lock_left_by_a_killed_process_does_not_block_the_next(tmp_path):
     deadline = time.monotonic() + 10
     with folder_lock(tmp_path, "the run folder", "--run-dir"):
         assert time.monotonic() < deadline
+
+
+def test_a_folder_whose_lock_cannot_be_written_is_one_line(tmp_path):
+    """A read-only folder (here, a folder in the lock file's place, which root cannot write either)."""
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(NextwordError, match=r"\.lock: cannot write the run folder's lock file \(Is a directory\); "
+                                            r"give --run-dir a folder you can write to"):
+        with folder_lock(tmp_path, "the run folder", "--run-dir"):
+            pass

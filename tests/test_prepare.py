@@ -61,6 +61,19 @@ def test_output_is_byte_identical_with_one_and_two_workers(tmp_path):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
 
 
+def test_shard_files_a_killed_prepare_left_half_written_are_removed_when_it_runs_again(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    leftovers = ["train_00000.bin.tmp", "val_00000.docs.npy.tmp12345"]  # temporary names, the latter by process id
+    for name in leftovers:
+        (data_dir / name).write_bytes(b"half")
+    (data_dir / "notes.txt").write_text("the user's own", encoding="utf-8")
+    prepare(config(corpus, data_dir), progress=False)
+    assert not [name for name in leftovers if (data_dir / name).exists()]
+    assert (data_dir / "notes.txt").exists()
+
+
 def test_every_message_goes_to_stderr_even_from_worker_processes(tmp_path, capfd):
     corpus = make_corpus(tmp_path / "corpus")
     cfg = config(corpus, tmp_path / "data", workers=2)

@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -387,6 +388,33 @@ def test_a_code_repository_is_read_without_the_clean_step(tmp_path):
     before = sources_fingerprint([f"code:{repo}"], [".txt"])
     (repo / "pkg" / "util.py").write_text("def thrice(x):\n    return 3 * x\n", encoding="utf-8")
     assert sources_fingerprint([f"code:{repo}"], [".txt"]) != before
+
+
+def test_a_file_git_lists_but_the_checkout_lacks_is_a_counted_skip(tmp_path):
+    """A tracked file deleted while editing (or a tracked link that leads nowhere) is still listed by
+    `git ls-files`; reading the checkout counts it as unreadable instead of stopping with a traceback."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("kept.py", "deleted.py"):
+        (repo / name).write_text(f"# {name}\ndef f(x):\n    return x\n", encoding="utf-8")
+    (repo / "link.py").symlink_to(repo / "nowhere.py")
+    git = ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
+    (repo / "deleted.py").unlink()
+
+    docs, skips = read([f"code:{repo}"])
+
+    assert [d.id for d in docs] == ["repo:kept.py"]
+    assert skips.total == 2 and all("unreadable" in reason for reason in skips.by_reason)
+
+
+def test_a_checkout_git_cannot_read_is_one_line(tmp_path):
+    (tmp_path / ".git").mkdir()  # not a repository git can read
+    (tmp_path / "a.py").write_text("x = 1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"git cannot list the checkout's files \(fatal: not a git repository"):
+        read([f"code:{tmp_path}"])
 
 
 def test_a_code_source_that_is_not_a_folder_is_one_line(tmp_path):

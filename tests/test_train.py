@@ -13,7 +13,7 @@ from nextword import cli
 from nextword.training.checkpoint import latest_checkpoint, list_checkpoints, load_for_inference
 from nextword.config import RunConfig, TrainConfig
 from nextword.data.loader import TokenLoader
-from nextword.errors import CheckpointError, DataError
+from nextword.errors import CheckpointError, ConfigError, DataError
 from nextword.training.machine import Machine
 from nextword.training.precision import resolve_precision
 from nextword.training.schedule import learning_rate, warmup_length
@@ -160,6 +160,28 @@ def test_warmup_has_a_floor_in_steps_that_short_runs_keep():
     assert rates[49] == pytest.approx(0.5) and rates[99] == 1.0 and rates[98] < 1.0
 
 
+def test_a_run_directory_inside_a_code_source_is_refused_before_its_files_become_data(tiny, tmp_path):
+    """Resumed, such a run would read its own config.toml as code: other data, and a checkpoint it refuses."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "util.py").write_text("def twice(x):\n    return 2 * x\n", encoding="utf-8")
+    tiny.data.sources, tiny.train.run_dir = [f"code:{repo}"], str(repo / "runs" / "default")
+    with pytest.raises(ConfigError, match=r"runs/default: the run directory is inside the source code:.*--run-dir"):
+        train(tiny, progress=False)
+    assert not (repo / "runs").exists()
+
+
+def test_a_run_whose_tokenizer_came_out_smaller_than_asked_resumes_from_its_own_config(tiny, tmp_path):
+    """A small corpus gives fewer merges than data.vocab_size asks for; config.toml then holds the smaller
+    model.vocab_size, and `nextword train --run-dir RUN` must still take it."""
+    tiny.train.steps, tiny.data.vocab_size = 2, 2000  # the corpus has a few dozen words: far fewer merges
+    train(tiny, stop_after=1, progress=False)
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    assert f"vocab_size = {tiny.model.vocab_size}\n" in saved and tiny.model.vocab_size < tiny.data.vocab_size
+    assert cli.main(["train", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    assert read_log(tmp_path / "run", "summary")[0]["steps"] == 2
+
+
 def test_a_config_that_cannot_work_fails_in_one_line(capsys):
     assert cli.main(["train", "--model.d_model", "250", "--model.n_heads", "4"]) == 2
     err = capsys.readouterr().err.strip()
@@ -168,6 +190,9 @@ def test_a_config_that_cannot_work_fails_in_one_line(capsys):
     assert "unknown field train.nonsense" in capsys.readouterr().err
     assert cli.main(["train", "--train.spike_rollback", "true", "--train.ckpt_every", "0"]) == 2
     assert "set train.ckpt_every" in capsys.readouterr().err
+    # Special tokens name those of a tokenizer given to the run, not of one it trains: they would be ignored.
+    assert cli.main(["train", "--data.eos_token", "</s>", "--dump-config"]) == 2
+    assert "data.eos_token = '</s>'" in capsys.readouterr().err
 
 
 def test_continued_pretraining_starts_from_an_exported_model(tiny, tmp_path):

@@ -447,11 +447,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.vocab_size = {d.vocab_size} must be at least 257 (256 bytes + end of text)")
     if d.vocab_size > 2**32:
         raise ConfigError(f"data.vocab_size = {d.vocab_size} does not fit the uint32 shard format; use at most 2**32")
-    if m.vocab_size and m.vocab_size < d.vocab_size and not d.tokenizer:
-        raise ConfigError(
-            f"model.vocab_size = {m.vocab_size} is smaller than data.vocab_size = {d.vocab_size}; "
-            "set model.vocab_size = 0 to take the tokenizer's"
-        )
+    if (d.eos_token or d.bos_token) and not (d.tokenizer or m.init_from):
+        raise ConfigError(f"data.eos_token = {d.eos_token!r}, data.bos_token = {d.bos_token!r} name tokens of a tokenizer "
+                          "you give (data.tokenizer or model.init_from); the one nextword trains ends documents with "
+                          "<|endoftext|>: leave them empty, or set data.tokenizer")
     if d.weights and len(d.weights) != len(d.sources):
         raise ConfigError(f"data.weights has {len(d.weights)} values for {len(d.sources)} data.sources; give one per source")
     if any(w < 0 for w in d.weights) or (d.weights and sum(d.weights) <= 0):

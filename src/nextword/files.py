@@ -66,7 +66,12 @@ def folder_lock(folder: str | Path, what: str, flag: str) -> Iterator[None]:
     process never blocks the next command. The lock file says which process holds it, for that one line.
     """
     path = Path(folder) / LOCK_NAME
-    with open(path, "a+", encoding="utf-8") as file:
+    try:
+        file = open(path, "a+", encoding="utf-8")
+    except OSError as e:  # a read-only folder, one of another user's
+        raise NextwordError(f"{path}: cannot write {what}'s lock file ({e.strerror or e}); give {flag} a folder "
+                            "you can write to") from None
+    with file:
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

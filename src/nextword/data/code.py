@@ -3,7 +3,7 @@
 Files are listed by `git ls-files` in a git checkout (so every .gitignore, nested ones included, is honoured),
 and otherwise by walking the folder with its top-level .gitignore applied (the `pathspec` library's gitwildmatch
 rules). Each skipped file is counted in the SkipLog under its rule: vendored, generated, minified, binary,
-over-large, not valid UTF-8, or not a known language.
+over-large, not valid UTF-8, unreadable, or not a known language.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nextword.data.sources import Document, SkipLog
+from nextword.errors import DataError
 
 LANGUAGES = {
     ".py": "python", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".js": "javascript",
@@ -33,14 +34,15 @@ def read_code_repo(root: Path, skips: SkipLog, max_file_bytes: int = 1_000_000) 
     root = Path(root)
     for relative in listed_files(root):
         path = root / relative
-        reason = _skip_reason(relative, path, max_file_bytes)
+        try:
+            reason = _skip_reason(relative, path, max_file_bytes)
+            text = "" if reason else path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            reason = "code: not valid UTF-8"
+        except OSError as error:  # git lists a tracked file deleted from the checkout, or a link to nowhere
+            reason = f"code: unreadable ({error.strerror or error})"
         if reason:
             skips.skip(path, reason)
-            continue
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            skips.skip(path, "code: not valid UTF-8")
             continue
         if not text.strip():
             skips.skip(path, "code: empty file")
@@ -53,8 +55,15 @@ def read_code_repo(root: Path, skips: SkipLog, max_file_bytes: int = 1_000_000) 
 def listed_files(root: Path) -> list[str]:
     """The repository's files (relative paths, sorted) that its .gitignore rules do not leave out."""
     if (root / ".git").exists():
-        listing = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
-                                  "--exclude-standard"], capture_output=True, check=True)
+        command = ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+        try:
+            listing = subprocess.run(command, capture_output=True, check=True)
+        except subprocess.CalledProcessError as error:  # a checkout git will not read (damaged, another owner's)
+            raise DataError(f"{root}: git cannot list the checkout's files "
+                            f"({error.stderr.decode('utf-8', 'replace').strip()}); fix the checkout") from None
+        except OSError as error:
+            raise DataError(f"{root}: a git checkout, but git cannot run ({error.strerror or error}); install git "
+                            "to read it") from None
         return sorted(name for name in listing.stdout.decode("utf-8").split("\0") if name)
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     ignore = root / ".gitignore"

@@ -99,11 +99,8 @@ class BudgetPlanner:
     ckpt_every: int = 0
     clock: Callable[[], float] = time.monotonic
 
-    step_seconds: float = 0.0  # the speed the current plan was made with
-
     def plan(self, step: int, step_seconds: float, eval_seconds: float, ckpt_seconds: float) -> int:
         """The total number of steps that end inside the budget, counting from `step` at the present speed."""
-        self.step_seconds = step_seconds
         return self._steps_that_fit(step, step_seconds, eval_seconds, ckpt_seconds)
 
     def revise(self, step: int, planned: int, step_seconds: float, eval_seconds: float,
@@ -113,7 +110,6 @@ class BudgetPlanner:
         annealing = step >= decay_start(planned, self.decay_frac)
         # Until WSD starts to anneal, the rate does not depend on the total, so the plan may grow freely.
         if fits < planned or (not annealing and fits > planned * (1 + GROW_SLACK)):
-            self.step_seconds = step_seconds
             return fits
         return None  # on time; faster while annealing: finish early rather than bend the schedule
 
@@ -153,7 +149,8 @@ class TimeBudget:
         """At a log step before the last: re-plan from the measured speed when the steps left would not fit (or
         more would)."""
         planner = self.planner
-        if progress.finished() or not (planner and planner.step_seconds
+        # Asked of what every rank knows alike: a rank that skipped the broadcast below would leave the others in it.
+        if progress.finished() or not (planner and self.planned_at
                                        and len(self.step_seconds) - self.planned_at >= REVISE_AFTER_STEPS):
             return
         measured = statistics.mean(self.step_seconds[max(self.planned_at, len(self.step_seconds) - REVISE_OVER_STEPS):])

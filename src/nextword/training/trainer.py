@@ -24,7 +24,7 @@ from nextword.config import RunConfig
 from nextword.data.loader import TokenLoader
 from nextword.data.prepare import prepare
 from nextword.data.shards import TokenShards
-from nextword.data.sources import DEFAULT_CORPUS_NAME
+from nextword.data.sources import DEFAULT_CORPUS_NAME, code_repository
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import ConfigError, NextwordError
 from nextword.files import folder_lock
@@ -55,6 +55,7 @@ def train(cfg: RunConfig, *, start_time: float | None = None, stop_after: int | 
     prints, logs and writes the run's files. `start_time` (time.monotonic()) is when a time budget began: the
     command line counts its own start-up in it.
     """
+    _refuse_run_dir_inside_code(cfg)
     world = distributed.world_from_env()
     mode = distributed.parallel_mode(cfg.train.parallel, world)
     device = distributed.device_name(cfg.train.device, world)
@@ -195,6 +196,17 @@ def _prepare_data(cfg: RunConfig, world: World, show_progress: bool) -> tuple[To
                           f"{tokenizer.vocab_size}; set it to 0 to take the tokenizer's")
     cfg.model.vocab_size = cfg.model.vocab_size or tokenizer.vocab_size
     return tokenizer, TokenShards(prepared.data_dir, "train"), TokenShards(prepared.data_dir, "val")
+
+
+def _refuse_run_dir_inside_code(cfg: RunConfig) -> None:
+    """A code repository is read whole, so a run directory inside one would feed the run's own files (its
+    config.toml) into the next command's data: the data would change between runs and the run could not resume."""
+    run_dir = Path(cfg.train.run_dir).resolve()
+    for source in cfg.data.sources:
+        repository = code_repository(source)
+        if repository is not None and run_dir.is_relative_to(repository.resolve()):
+            raise ConfigError(f"{cfg.train.run_dir}: the run directory is inside the source {source}, whose files "
+                              "are all read, the run's own included; give --run-dir a folder outside it")
 
 
 def _pretrained(cfg: RunConfig) -> GPT | None:
