@@ -162,3 +162,16 @@ def test_the_default_tokenizers_hash_is_what_it_was(tokenizer):
     import hashlib
 
     assert tokenizer.hash == hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()
+
+
+def test_a_tokenizer_config_that_names_no_beginning_token_wins_over_an_id_elsewhere(tmp_path):
+    """Qwen's tokenizer_config.json says "bos_token": null while its config.json has a bos_token_id: no beginning
+    token is used."""
+    from families import llama3_tokenizer
+
+    path = llama3_tokenizer(tmp_path / "hf")
+    ids = {token["content"]: token["id"] for token in json.loads(path.read_text())["added_tokens"]}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"bos_token_id": ids["<|begin_of_text|>"]}))
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"bos_token": None,
+                                                                        "eos_token": "<|end_of_text|>"}))
+    assert Tokenizer.load(path).bos_token is None

@@ -347,7 +347,7 @@ def _write_shards(data_dir: Path, cfg: DataConfig, tokenizer: Tokenizer, documen
         for encoded in encode_in_order(text_chunks(labelled), tokenizer, workers):
             for split, num_bytes, ids, source in encoded:
                 writers[split].add(ids, num_bytes)
-                tokens_by_source[source] += len(ids) + 1
+                tokens_by_source[source] += len(tokenizer.document_start) + len(ids) + 1  # as written
                 bar.update(num_bytes)
     return {split: writer.close() for split, writer in writers.items()}, tokens_by_source
 

@@ -178,7 +178,8 @@ def _named_specials(folder: Path, hf: HFTokenizer) -> tuple[str, str]:
         if not isinstance(settings, dict):
             continue
         eos = _token_named(settings, "eos", hf) or eos
-        bos = _token_named(settings, "bos", hf) or bos
+        # `"bos_token": null` says the family uses none (Qwen's tokenizer_config.json), whatever an id elsewhere says
+        bos = "" if "bos_token" in settings and settings["bos_token"] is None else _token_named(settings, "bos", hf) or bos
     return eos, bos
 
 

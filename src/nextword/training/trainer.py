@@ -111,7 +111,6 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     batch = global_batch(t, cfg.model.context, world.size)
     flops_per_token = model.flops_per_token()
     setup = _model_setup(model, cfg, world, mode, machine)
-    peak = world.from_main(peak_flops, machine)  # one device's matmul FLOP/s, the ceiling MFU is reported against
 
     # Where the run stands: resumed from its newest checkpoint, or new; how long it trains.
     checkpointer = Checkpointer(run_dir, cfg, tokenizer.hash, model, setup.optimizer, loader, world, machine.device,
@@ -122,6 +121,7 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     early_end = _nothing_to_train(run_dir, progress, stop_after)
     if early_end is not None:
         return early_end
+    peak = world.from_main(peak_flops, machine)  # one device's matmul FLOP/s, the ceiling MFU is reported against
     length = RunLength.from_config(t)
     length.refuse_another(progress, batch.tokens_per_step, t, run_dir)
     if world.size > 1:
