@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nextword.config import CleanConfig
-from nextword.data.dedup import (SORT_CHUNK_RECORDS, Duplicate, DuplicateFinder, MinHasher, document_numbers,
-                                 document_place, exact_key)
+from nextword.data.dedup import (SORT_CHUNK_RECORDS, Duplicate, DuplicateFinder, MinHasher, document_number,
+                                 document_numbers, document_place, exact_key)
 from nextword.data.filters import EXAMPLE_CHARS, FilterChain, RuleStats
 from nextword.data.sources import Document, SkipLog, code_repository, read_sources
 from nextword.errors import DataError, make_folder
@@ -214,7 +214,7 @@ def merge(out_dir: str | Path, cfg: CleanConfig | None = None, *,
     shutil.rmtree(work, ignore_errors=True)  # a merge that died leaves its sorted files
     hasher = MinHasher(cfg.minhash_ngram, cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_seed)
     finder = DuplicateFinder(hasher if cfg.minhash_dedup else None, cfg.exact_dedup, work, sort_chunk_records)
-    for part, path in enumerate(parts):
+    for part, path in enumerate(parts):  # the hashes and signatures only; the texts are read once, below
         row = 0
         for batch in pq.ParquetFile(path).iter_batches(READ_BATCH_DOCS, columns=["exact", "minhash"]):
             finder.add(document_numbers(part, row, batch.num_rows), batch.column("exact").to_pylist(),
@@ -223,7 +223,7 @@ def merge(out_dir: str | Path, cfg: CleanConfig | None = None, *,
     for old in out.glob("docs_*.parquet"):
         old.unlink()
     with _ShardWriter(out, cfg.shard_docs) as writer:
-        per_input, dedup_stats = _filter_parts(parts, out, finder.duplicates(), writer, cfg)
+        per_input, dedup_stats = _filter_parts(parts, finder.duplicates(), writer, cfg)
     shutil.rmtree(work)
     stats = _summarise(per_input, dedup_stats, writer.names, cfg)
     write_text_atomically(out / "stats.json", json.dumps(stats, indent=1))
@@ -231,8 +231,8 @@ def merge(out_dir: str | Path, cfg: CleanConfig | None = None, *,
     return stats
 
 
-def _filter_parts(parts: list[Path], out: Path, duplicates: Iterator[Duplicate], writer: _ShardWriter,
-                  cfg: CleanConfig) -> tuple[list[dict], DedupStats]:
+def _filter_parts(parts: list[Path], duplicates: Iterator[Duplicate], writer: _ShardWriter, cfg: CleanConfig
+                  ) -> tuple[list[dict], DedupStats]:
     """The dedup's last stage: every part's documents in order, the duplicates dropped and counted, the rest
     written; with each part's counts."""
     dedup_stats = DedupStats()
@@ -241,7 +241,7 @@ def _filter_parts(parts: list[Path], out: Path, duplicates: Iterator[Duplicate],
     for part, path in enumerate(parts):
         part_stats = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         kept_docs = kept_bytes = 0
-        for number, row in enumerate(_rows(path), start=int(document_numbers(part, 0, 1)[0])):
+        for number, row in enumerate(_rows(path), start=document_number(part, 0)):
             size = len(row["text"].encode("utf-8"))
             dedup_stats.docs_in += 1
             dedup_stats.bytes_in += size

@@ -148,9 +148,14 @@ class Deduplicator:
 # ---- in bounded memory: sorted files on disk -------------------------------------------------------------
 
 
+def document_number(part: int, row: int) -> int:
+    """A number for row `row` of part `part`: numbers sort as the documents are ordered, part by part."""
+    return part << ROW_BITS | row
+
+
 def document_numbers(part: int, first_row: int, count: int) -> np.ndarray:
-    """The numbers of rows first_row … first_row + count - 1 of part `part`: sorted as the documents are ordered."""
-    return (np.uint64(part) << np.uint64(ROW_BITS)) + np.arange(first_row, first_row + count, dtype=np.uint64)
+    """uint64 numbers of rows first_row … first_row + count - 1 of part `part`."""
+    return np.uint64(document_number(part, first_row)) + np.arange(count, dtype=np.uint64)
 
 
 def document_place(number: int) -> tuple[int, int]:
@@ -257,7 +262,7 @@ PAIR_RECORD = np.dtype([("doc", "<u8"), ("rank", "<u8"), ("first", "<u8")])
 
 @dataclass(frozen=True)
 class Duplicate:
-    doc: int  # its document number (see document_numbers)
+    doc: int  # its document number (see document_number)
     reason: str  # "exact" or "near"
     first: int  # the number of the earliest document it copies
 
