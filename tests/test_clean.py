@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,7 +20,9 @@ from warcio.statusandheaders import StatusAndHeaders  # noqa: E402
 from warcio.warcwriter import WARCWriter  # noqa: E402
 
 from nextword.config import CleanConfig  # noqa: E402
-from nextword.data.clean import MixReport, clean, merge, mix_documents, plan_inputs, read_cleaned  # noqa: E402
+from nextword.data import dedup  # noqa: E402
+from nextword.data.clean import (MixReport, clean, merge, mix_documents, plan_inputs, read_cleaned,  # noqa: E402
+                                  render_report)
 from nextword.data.sources import Document  # noqa: E402
 from nextword.errors import ConfigError, DataError  # noqa: E402
 
@@ -123,6 +127,117 @@ def test_same_output_with_workers_and_tasks_and_resume(crawl, tmp_path):
     assert sum(line.startswith("clean: ") and "documents read" in line for line in logged) == 1
     assert final_ids(single) == final_ids(parallel)
 
+
+
+def planted_article(seed: int, words: int = 300) -> str:
+    rng = random.Random(seed)
+    return " ".join("w" + "".join(chr(97 + rng.randrange(20)) for _ in range(3)) for _ in range(words)) + "."
+
+
+def near_copy(text: str, seed: int) -> str:
+    """The text with 1% of its words replaced: Jaccard similarity of its 5-grams about 0.9."""
+    rng = random.Random(seed)
+    words = text.split()
+    for i in rng.sample(range(len(words)), len(words) // 100):
+        words[i] = "edited"
+    return " ".join(words)
+
+
+@pytest.fixture
+def planted(tmp_path) -> tuple[list[str], list[str]]:
+    """Five JSONL inputs of distinct articles with copies planted across inputs (and one within an input): the
+    sources, and the ids that must survive (the earliest of each group in input order)."""
+    inputs = [[(f"in{i}/a{j}", planted_article(10 * i + j)) for j in range(4)] for i in range(5)]
+    text = dict(doc for docs in inputs for doc in docs)
+    inputs[1].append(("in1/exact_of_in0/a0", text["in0/a0"].upper().replace(".", "!")))
+    inputs[3].insert(0, ("in3/exact_of_in0/a0", "  " + text["in0/a0"]))
+    inputs[2].append(("in2/near_of_in0/a1", near_copy(text["in0/a1"], 1)))
+    inputs[4].append(("in4/near_of_near", near_copy(near_copy(text["in0/a1"], 1), 2)))  # of a dropped copy
+    inputs[2].append(("in2/near_of_in2/a0", near_copy(text["in2/a0"], 3)))  # within one input
+    inputs[1].insert(0, ("in1/near_of_in4/a3", near_copy(text["in4/a3"], 4)))  # earlier than what it copies
+    sources = []
+    for i, docs in enumerate(inputs):
+        path = tmp_path / "planted" / f"in{i}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(json.dumps({"id": doc_id, "text": t}) + "\n" for doc_id, t in docs))
+        sources.append(str(path))
+    dropped = {"in1/exact_of_in0/a0", "in3/exact_of_in0/a0", "in2/near_of_in0/a1", "in4/near_of_near",
+               "in2/near_of_in2/a0", "in4/a3"}
+    return sources, [doc_id for docs in inputs for doc_id, _ in docs if doc_id not in dropped]
+
+
+PLANTED_CONFIG = CleanConfig(text_rules=[])  # every generated article passes; only the dedup drops
+
+
+def in_memory_verdicts(out: Path) -> list[str]:
+    """The ids that the in-memory Deduplicator keeps, reading the parts in input order (the merge before sorted
+    files on disk)."""
+    hasher = dedup.MinHasher()
+    oracle = dedup.Deduplicator(hasher)
+    kept = []
+    for part in sorted((out / "parts").glob("*.parquet")):
+        for row in pq.read_table(part).to_pylist():
+            signature = None if row["minhash"] is None else np.frombuffer(row["minhash"], dtype=np.uint32)
+            if oracle.check(row["id"], row["exact"], signature).keep:
+                kept.append(row["id"])
+    return kept
+
+
+def test_planted_copies_across_inputs_leave_the_earliest_of_each(planted, tmp_path):
+    sources, expected = planted
+    out = tmp_path / "out"
+    stats = clean(sources, out, PLANTED_CONFIG, log=lambda line: None)
+    assert final_ids(out) == expected == in_memory_verdicts(out)
+    assert "in1/near_of_in4/a3" in expected and "in4/a3" not in expected  # input order decides, not who copied
+    assert stats["dedup"]["dropped_by_reason"] == {"exact": 2, "near": 4}
+    assert stats["docs_final"] == len(expected) == stats["dedup"]["docs_kept"]
+    examples = {e["id"]: e["duplicate_of"] for reason in ("exact", "near") for e in stats["dedup"]["examples"][reason]}
+    assert examples["in1/exact_of_in0/a0"] == "in0/a0" and examples["in2/near_of_in0/a1"] == "in0/a1"
+    assert [part["docs_final"] for part in stats["inputs"]] == [4, 5, 4, 4, 3]
+    assert "- **near**: 4 dropped" in (out / "report.md").read_text()
+    assert not (out / "dedup").exists()  # the sorted files go once the merge is done
+
+
+def test_planted_copies_give_the_same_output_with_1_2_and_3_tasks(planted, tmp_path):
+    sources, expected = planted
+    outputs = {}
+    for num_tasks in (1, 2, 3):
+        out = tmp_path / f"tasks{num_tasks}"
+        for index in range(num_tasks):
+            clean(sources, out, PLANTED_CONFIG, task_index=index, num_tasks=num_tasks, log=lambda line: None)
+        stats = merge(out) if num_tasks > 1 else json.loads((out / "stats.json").read_text())
+        outputs[num_tasks] = ([(d.id, d.text) for d in read_cleaned(out)], stats["dedup"])
+    assert [doc_id for doc_id, _ in outputs[1][0]] == expected
+    assert outputs[1] == outputs[2] == outputs[3]
+
+
+def test_the_dedup_sort_in_tiny_chunks_gives_the_same_output(planted, tmp_path, monkeypatch):
+    """With 3 records sorted at a time the bucket records are 130 runs, more than are merged at once (64)."""
+    sources, expected = planted
+    out = tmp_path / "out"
+    default = clean(sources, out, PLANTED_CONFIG, log=lambda line: None)
+    runs: list[str] = []
+    write_run = dedup.ExternalSort._write_run
+
+    def counted_write_run(self, blocks):
+        runs.append(self.folder.name)
+        write_run(self, blocks)
+
+    monkeypatch.setattr(dedup.ExternalSort, "_write_run", counted_write_run)
+    tiny = merge(out, sort_chunk_records=3)
+    assert final_ids(out) == expected
+    assert tiny["dedup"] == default["dedup"] and (out / "report.md").read_text() == render_report(default)
+    assert runs.count("buckets") >= 26 * 15 // 3  # 26 documents, 15 keys each (the exact hash and 14 bands)
+
+
+def test_shards_of_a_few_documents_hold_every_kept_one_in_order(planted, tmp_path):
+    sources, expected = planted
+    out = tmp_path / "out"
+    stats = clean(sources, out, CleanConfig(text_rules=[], shard_docs=4), log=lambda line: None)
+    assert stats["shards"] == [f"docs_{i:05d}.parquet" for i in range(5)]
+    assert [pq.ParquetFile(out / name).metadata.num_rows for name in stats["shards"]] == [4, 4, 4, 4, 4]
+    assert final_ids(out) == expected
+    assert [d.id for d in read_cleaned(out, 6, 9)] == expected[6:9]
 
 
 def test_a_file_in_place_of_the_output_folder_is_a_clear_error(crawl, tmp_path):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
-from nextword.data.dedup import Deduplicator, MinHasher, exact_key, normalise
+from nextword.data.dedup import (PAIR_RECORD, Deduplicator, DuplicateFinder, ExternalSort, MinHasher,
+                                 document_numbers, document_place, exact_key, normalise)
 
 
 def letters(i: int) -> str:
@@ -60,7 +62,7 @@ def test_deduplicator_keeps_the_first_of_each_group():
 
 
 def test_near_duplicates_are_caught_through_a_chain():
-    """c resembles only b, b resembles a: the group keeps a alone, as a union-find over matches would."""
+    """c resembles only b, b resembles a: b is a copy of a, and c of b, an earlier document though dropped."""
     hasher = MinHasher(ngram=1, bands=20, rows=1)
     words = ["w" + letters(i) for i in range(100)]
     a, b, c = " ".join(words[:60]), " ".join(words[20:80]), " ".join(words[40:100])
@@ -87,3 +89,72 @@ def test_copies_that_share_an_id_are_still_duplicates():
     near = dedup.check("0", exact_key(near_text), hasher.signature(near_text))
     assert (exact.keep, exact.reason) == (False, "exact")
     assert (near.keep, near.reason) == (False, "near")
+
+
+def test_a_document_like_two_different_earlier_ones_leaves_both(tmp_path):
+    """a and b share no word, c resembles each: only c is dropped. (A union-find over the collisions, as datatrove's
+    cluster step, would make one group of all three and keep a alone.)"""
+    hasher = MinHasher(ngram=1, bands=20, rows=1)
+    words = ["w" + letters(i) for i in range(100)]
+    texts = [" ".join(words[:40]), " ".join(words[60:]), " ".join(words[20:80])]
+    dedup = Deduplicator(hasher, exact=False)
+    assert [dedup.check(str(i), b"", hasher.signature(t)).keep for i, t in enumerate(texts)] == [True, True, False]
+    assert [d.doc for d in find_duplicates(hasher, False, [texts], tmp_path, chunk_records=1000)] == [2]
+
+
+def find_duplicates(hasher, exact, parts, folder, chunk_records):
+    """DuplicateFinder's verdicts on `parts` (lists of texts), the parts given last first: order must not matter."""
+    finder = DuplicateFinder(hasher, exact, folder, chunk_records)
+    for part in reversed(range(len(parts))):
+        texts = parts[part]
+        signatures = [None if hasher is None else hasher.signature(t) for t in texts]
+        finder.add(document_numbers(part, 0, len(texts)), [exact_key(t) for t in texts],
+                   [None if s is None else s.tobytes() for s in signatures])
+    return list(finder.duplicates())
+
+
+@pytest.mark.parametrize("chunk_records", [3, 1000])
+@pytest.mark.parametrize("exact, minhash", [(True, True), (False, True), (True, False)])
+def test_sorted_files_on_disk_give_the_in_memory_verdicts(tmp_path, exact, minhash, chunk_records):
+    """Short texts over 12 words and 6 one-row bands collide often, in chains and across parts: every verdict of
+    the stages on disk (which copy, why, of which document) is the in-memory Deduplicator's, in chunks of 3 too."""
+    rng = random.Random(5)
+    vocabulary = ["w" + letters(i) for i in range(12)]
+    parts: list[list[str]] = []
+    for _ in range(3):
+        texts: list[str] = []
+        for _ in range(25):
+            earlier = [t for part in parts for t in part] + texts
+            if earlier and rng.random() < 0.15:
+                texts.append(rng.choice(earlier).upper() + "!")  # an exact copy
+            else:
+                texts.append(" ".join(rng.choice(vocabulary) for _ in range(rng.randint(2, 6))))
+        parts.append(texts)
+    hasher = MinHasher(ngram=1, bands=6, rows=1) if minhash else None
+    dedup = Deduplicator(hasher, exact=exact)
+    expected = []
+    for part, texts in enumerate(parts):
+        for row, text in enumerate(texts):
+            verdict = dedup.check(f"{part}:{row}", exact_key(text), hasher.signature(text) if hasher else None)
+            if not verdict.keep:
+                expected.append(((part, row), verdict.reason, verdict.duplicate_of))
+    found = [(document_place(d.doc), d.reason, "%d:%d" % document_place(d.first))
+             for d in find_duplicates(hasher, exact, parts, tmp_path, chunk_records)]
+    assert found == expected
+    planted = {"exact", "near"} if exact and minhash else {"near"} if minhash else {"exact"}
+    assert {reason for _, reason, _ in expected} == planted
+
+
+def test_external_sort_in_tiny_chunks_gives_every_record_in_order(tmp_path):
+    rng = np.random.default_rng(0)
+    records = np.empty(500, dtype=PAIR_RECORD)
+    for name in PAIR_RECORD.names:  # few distinct values, so that records tie on their first fields
+        records[name] = rng.integers(0, 6, size=len(records))
+    sorter = ExternalSort(tmp_path, PAIR_RECORD, chunk_records=7, fan_in=3)
+    for start in range(0, len(records), 40):
+        sorter.add(records[start:start + 40])
+    blocks = list(sorter.sorted_blocks())
+    assert np.concatenate(blocks).tolist() == sorted(records.tolist())
+    assert max(len(block) for block in blocks) <= 7
+    runs = sorted(tmp_path.glob("run_*.bin"))
+    assert len(runs) <= 3 and int(runs[-1].stem.split("_")[1]) > 500 // 7  # 72 runs, merged 3 at a time

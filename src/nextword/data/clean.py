@@ -1,13 +1,14 @@
 """The clean step: raw sources → extracted text → quality rules → dedup → cleaned parquet shards, with a report.
 
-    read ─► extract ─► filter (per input, in parallel) ─► parts/ ─► dedup + write (merge, in input order)
+    read ─► extract ─► filter (per input, in parallel) ─► parts/ ─► dedup (sorted files on disk) ─► write (merge)
 
 Stage one runs per input (one WARC/WET file, one code repository, one text source) in worker processes, and
 writes `parts/NNNNN.parquet` (kept documents with their exact hash and MinHash signature) and `parts/NNNNN.json`
 (its counts), the JSON last: an input with its JSON present is finished and is not redone after a crash. On a
 cluster, task i of n (`--task-index i --num-tasks n`) runs stage one on inputs i, i+n, i+2n, ...; then one merge
-deduplicates across all parts. The merge reads parts in input order, so which copy survives, and so the output,
-is the same whatever the number of workers or tasks.
+deduplicates across all parts, with `DuplicateFinder`'s sorted files (in `dedup/` while it runs), so its memory
+does not grow with the corpus. Documents are numbered in input order and the earliest copy survives, so the
+output is the same whatever the number of workers or tasks.
 
 Output folder: `docs_00000.parquet ...` (id, text, source, meta as JSON), `stats.json`, `report.md`,
 `manifest.json` (the inputs and settings the parts belong to), `parts/`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,16 +32,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nextword.config import CleanConfig
-from nextword.data.dedup import Deduplicator, MinHasher, exact_key
+from nextword.data.dedup import (SORT_CHUNK_RECORDS, Duplicate, DuplicateFinder, MinHasher, document_number,
+                                 document_numbers, document_place, exact_key)
 from nextword.data.filters import EXAMPLE_CHARS, FilterChain, RuleStats
 from nextword.data.sources import Document, SkipLog, code_repository, read_sources
 from nextword.errors import DataError, make_folder
-from nextword.files import atomic_write, write_text_atomically
+from nextword.files import atomic_write, replace_atomically, temporary_name, write_text_atomically
 
 PART_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
                          ("meta", pa.string()), ("exact", pa.binary(16)), ("minhash", pa.binary())])
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("meta", pa.string())])
 DEFAULT_TEXT_EXTENSIONS = [".txt", ".md", ".rst"]
+READ_BATCH_DOCS = 2048  # rows of a part read at once by the merge
+ROW_GROUP_DOCS = 1024  # kept documents written at once: a shard is written a row group at a time
 
 
 @dataclass(frozen=True)
@@ -185,8 +190,10 @@ class DedupStats:
                 "examples": self.examples}
 
 
-def merge(out_dir: str | Path, cfg: CleanConfig | None = None) -> dict:
-    """Deduplicate every part in input order and write the cleaned shards, `stats.json` and `report.md`."""
+def merge(out_dir: str | Path, cfg: CleanConfig | None = None, *,
+          sort_chunk_records: int = SORT_CHUNK_RECORDS) -> dict:
+    """Deduplicate every part (the earliest copy in input order survives) and write the cleaned shards,
+    `stats.json` and `report.md`. `sort_chunk_records` bounds the dedup's memory: records sorted at once."""
     out = Path(out_dir)
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
@@ -202,71 +209,118 @@ def merge(out_dir: str | Path, cfg: CleanConfig | None = None) -> dict:
     if missing:
         raise DataError(f"{out}: {len(missing)} input(s) not cleaned yet (first: {missing[0]}); "
                         "run the remaining tasks before merging")
+    parts = [out / "parts" / f"{i:05d}.parquet" for i in range(len(inputs))]
+    work = out / "dedup"
+    shutil.rmtree(work, ignore_errors=True)  # a merge that died leaves its sorted files
     hasher = MinHasher(cfg.minhash_ngram, cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_seed)
-    dedup = Deduplicator(hasher if cfg.minhash_dedup else None, exact=cfg.exact_dedup)
-    dedup_stats = DedupStats()
+    finder = DuplicateFinder(hasher if cfg.minhash_dedup else None, cfg.exact_dedup, work, sort_chunk_records)
+    for part, path in enumerate(parts):  # the hashes and signatures only; the texts are read once, below
+        row = 0
+        for batch in pq.ParquetFile(path).iter_batches(READ_BATCH_DOCS, columns=["exact", "minhash"]):
+            finder.add(document_numbers(part, row, batch.num_rows), batch.column("exact").to_pylist(),
+                       batch.column("minhash").to_pylist())
+            row += batch.num_rows
     for old in out.glob("docs_*.parquet"):
         old.unlink()
-    writer = _ShardWriter(out, cfg.shard_docs)
-    per_input = []
-    for i in range(len(inputs)):
-        part_stats = json.loads((out / "parts" / f"{i:05d}.json").read_text(encoding="utf-8"))
-        table = pq.read_table(out / "parts" / f"{i:05d}.parquet")
-        kept_docs = kept_bytes = 0
-        for row in table.to_pylist():
-            size = len(row["text"].encode("utf-8"))
-            signature = None if row["minhash"] is None else _signature(row["minhash"])
-            verdict = dedup.check(row["id"], row["exact"], signature)
-            dedup_stats.docs_in += 1
-            dedup_stats.bytes_in += size
-            if verdict.keep:
-                writer.add({k: row[k] for k in DOC_SCHEMA.names})
-                kept_docs += 1
-                kept_bytes += size
-                continue
-            dedup_stats.dropped[verdict.reason] += 1
-            dedup_stats.bytes_dropped += size
-            shown = dedup_stats.examples.setdefault(verdict.reason, [])
-            if len(shown) < cfg.examples_per_rule:
-                shown.append({"id": row["id"], "duplicate_of": verdict.duplicate_of,
-                              "text": row["text"][:EXAMPLE_CHARS]})
-        part_stats.update(docs_final=kept_docs, bytes_final=kept_bytes)
-        per_input.append(part_stats)
-    shards = writer.close()
-    stats = _summarise(per_input, dedup_stats, shards, cfg)
+    with _ShardWriter(out, cfg.shard_docs) as writer:
+        per_input, dedup_stats = _filter_parts(parts, finder.duplicates(), writer, cfg)
+    shutil.rmtree(work)
+    stats = _summarise(per_input, dedup_stats, writer.names, cfg)
     write_text_atomically(out / "stats.json", json.dumps(stats, indent=1))
     write_text_atomically(out / "report.md", render_report(stats))
     return stats
 
 
-def _signature(raw: bytes):
-    import numpy as np
+def _filter_parts(parts: list[Path], duplicates: Iterator[Duplicate], writer: _ShardWriter, cfg: CleanConfig
+                  ) -> tuple[list[dict], DedupStats]:
+    """The dedup's last stage: every part's documents in order, the duplicates dropped and counted, the rest
+    written; with each part's counts."""
+    dedup_stats = DedupStats()
+    duplicate = next(duplicates, None)
+    per_input, examples = [], []
+    for part, path in enumerate(parts):
+        part_stats = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        kept_docs = kept_bytes = 0
+        for number, row in enumerate(_rows(path), start=document_number(part, 0)):
+            size = len(row["text"].encode("utf-8"))
+            dedup_stats.docs_in += 1
+            dedup_stats.bytes_in += size
+            if duplicate is None or duplicate.doc != number:
+                writer.add(row)
+                kept_docs += 1
+                kept_bytes += size
+                continue
+            dedup_stats.dropped[duplicate.reason] += 1
+            dedup_stats.bytes_dropped += size
+            shown = dedup_stats.examples.setdefault(duplicate.reason, [])
+            if len(shown) < cfg.examples_per_rule:
+                shown.append({"id": row["id"], "duplicate_of": "", "text": row["text"][:EXAMPLE_CHARS]})
+                examples.append((shown[-1], duplicate.first))
+            duplicate = next(duplicates, None)
+        part_stats.update(docs_final=kept_docs, bytes_final=kept_bytes)
+        per_input.append(part_stats)
+    for example, first in examples:  # a few ids, read once every part has been walked
+        example["duplicate_of"] = _document_id(parts, first)
+    return per_input, dedup_stats
 
-    return np.frombuffer(raw, dtype=np.uint32)
+
+def _rows(path: Path) -> Iterator[dict]:
+    for batch in pq.ParquetFile(path).iter_batches(READ_BATCH_DOCS, columns=DOC_SCHEMA.names):
+        yield from batch.to_pylist()
+
+
+def _document_id(parts: list[Path], number: int) -> str:
+    part, row = document_place(number)
+    return pq.read_table(parts[part], columns=["id"]).column("id")[row].as_py()
 
 
 class _ShardWriter:
+    """Kept documents into docs_NNNNN.parquet files of `shard_docs` rows, written a row group at a time (so memory
+    holds one row group, not a shard), each under a temporary name until it is whole."""
+
     def __init__(self, out: Path, shard_docs: int) -> None:
         self.out, self.shard_docs = out, shard_docs
         self.rows: list[dict] = []
         self.names: list[str] = []
+        self.file: pq.ParquetWriter | None = None
+        self.in_shard = 0  # rows written to the open shard
+
+    def __enter__(self) -> "_ShardWriter":
+        return self
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
-        if len(self.rows) >= self.shard_docs:
-            self._flush()
+        if len(self.rows) >= min(ROW_GROUP_DOCS, self.shard_docs - self.in_shard):
+            self._write_rows()
 
-    def _flush(self) -> None:
-        name = f"docs_{len(self.names):05d}.parquet"
-        with atomic_write(self.out / name) as tmp:
-            pq.write_table(pa.Table.from_pylist(self.rows, schema=DOC_SCHEMA), tmp)
-        self.names.append(name)
+    def _write_rows(self) -> None:
+        if self.file is None:
+            self.file = pq.ParquetWriter(temporary_name(self._path()), DOC_SCHEMA)
+        self.file.write_table(pa.Table.from_pylist(self.rows, schema=DOC_SCHEMA))
+        self.in_shard += len(self.rows)
         self.rows = []
+        if self.in_shard >= self.shard_docs:
+            self._finish_shard()
 
-    def close(self) -> list[str]:
-        if self.rows or not self.names:
-            self._flush()
-        return self.names
+    def _path(self) -> Path:
+        return self.out / f"docs_{len(self.names):05d}.parquet"
+
+    def _finish_shard(self) -> None:
+        self.file.close()
+        replace_atomically(temporary_name(self._path()), self._path())
+        self.names.append(self._path().name)
+        self.file, self.in_shard = None, 0
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is not None:  # leave no half-written shard behind
+            if self.file is not None:
+                self.file.close()
+                temporary_name(self._path()).unlink(missing_ok=True)
+            return
+        if self.rows or (self.file is None and not self.names):  # no documents kept still makes one (empty) shard
+            self._write_rows()
+        if self.file is not None:
+            self._finish_shard()
 
 
 def _summarise(per_input: list[dict], dedup: DedupStats, shards: list[str], cfg: CleanConfig) -> dict:
