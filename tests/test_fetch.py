@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -121,3 +122,41 @@ def test_a_count_below_its_least_is_an_error_before_any_download(server, tmp_pat
     with pytest.raises(ConfigError, match=message):
         fetch_cc(CRAWL, files, tmp_path, FetchOptions(base_url=server, retries=retries), log=lambda line: None)
     assert CrawlServer.requests == [] and not list(tmp_path.iterdir())
+
+
+def test_files_download_several_at_once_and_one_failure_does_not_stop_the_others(server, tmp_path):
+    """Each file's response takes 0.2 s; the server counts how many are under way at once."""
+    lock, active, most = threading.Lock(), [0], [0]
+    original = CrawlServer.do_GET
+
+    def slow_get(handler):
+        if not handler.path.endswith(".wet.gz"):
+            return original(handler)
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        try:
+            original(handler)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    def fetch(count, folder, parallel):
+        fetch_cc(CRAWL, count, folder, FetchOptions(base_url=server, retries=2, backoff_s=0.0, timeout_s=5.0,
+                                                    parallel=parallel), log=lambda line: None)
+
+    CrawlServer.do_GET = slow_get
+    try:
+        CrawlServer.failures = {WET_PATHS[1]: ["503"] * 3}  # more failures than retries: that file fails
+        with pytest.raises(DataError, match="file1.warc.wet.gz"):
+            fetch(3, tmp_path, parallel=3)
+        assert most[0] >= 2
+        assert sorted(p.name for p in tmp_path.glob("*.warc.wet.gz")) == ["file0.warc.wet.gz", "file2.warc.wet.gz"]
+        most[0] = 0
+        fetch(2, tmp_path / "one", parallel=1)
+        assert most[0] == 1
+    finally:
+        CrawlServer.do_GET = original
+    with pytest.raises(ConfigError, match="--parallel 0"):
+        fetch(1, tmp_path, parallel=0)

@@ -28,7 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--files", type=int, default=1, help="how many WET files (default 1; each is ~150 MB)")
     fetch.add_argument("--out", default="data/commoncrawl", help="folder for the downloads")
     fetch.add_argument("--base-url", default=None, help="mirror to download from (default data.commoncrawl.org)")
-    fetch.add_argument("--retries", type=int, default=5)
+    fetch.add_argument("--retries", type=int, default=5, help="attempts after the first, per file (default 5)")
+    fetch.add_argument("--parallel", type=int, default=4, metavar="N", help="files downloading at once (default 4)")
 
     clean = sub.add_parser("clean", help="read → extract → filter → dedup into cleaned parquet shards")
     clean.add_argument("--source", action="append", dest="sources", default=[], metavar="PATH",
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "fetch-cc":
         from nextword.data.fetch import DEFAULT_BASE_URL, FetchOptions, fetch_cc
 
-        options = FetchOptions(base_url=args.base_url or DEFAULT_BASE_URL, retries=args.retries)
+        options = FetchOptions(base_url=args.base_url or DEFAULT_BASE_URL, retries=args.retries,
+                               parallel=args.parallel)
         fetch_cc(args.crawl, args.files, args.out, options)
         return 0
     from nextword.data.clean import clean, merge

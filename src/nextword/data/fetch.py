@@ -5,7 +5,8 @@ line, each relative to the same base URL. Every download goes to `NAME.part` fir
 size matches what the server announced, so a finished file is never partial. A `.part` left by an interrupted run
 is resumed with an HTTP Range request; a failed attempt (a dropped connection, a stall longer than the timeout, a
 body shorter than its Content-Length, a 5xx) is retried after a growing pause with jitter, or after the server's
-Retry-After for a 429 or 503. A 4xx other than 408 and 429 will not change on retry, so it fails at once.
+Retry-After for a 429 or 503. A 4xx other than 408 and 429 will not change on retry, so it fails at once. The
+files download `parallel` at a time (threads: the work is waiting on the network), each with its own retries.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import gzip
 import http.client
 import random
 import time
-import zlib
 import urllib.error
 import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,6 +39,7 @@ class FetchOptions:
     retries: int = 5
     backoff_s: float = 2.0  # the pause before retry k is backoff_s · 2**k
     timeout_s: float = 60.0
+    parallel: int = 4  # files downloading at once
 
 
 def fetch_cc(crawl: str, files: int, out_dir: str | Path, options: FetchOptions | None = None,
@@ -47,6 +50,8 @@ def fetch_cc(crawl: str, files: int, out_dir: str | Path, options: FetchOptions 
         raise ConfigError(f"--files {files}: give the number of WET files to download, 1 or more")
     if options.retries < 0:
         raise ConfigError(f"--retries {options.retries}: give 0 or more")
+    if options.parallel < 1:
+        raise ConfigError(f"--parallel {options.parallel}: give the number of files to download at once, 1 or more")
     out = Path(out_dir)
     make_folder(out, "download", "--out")
     listing = download(_url(options, f"crawl-data/{crawl}/wet.paths.gz"), out / "wet.paths.gz", options, log)
@@ -58,7 +63,10 @@ def fetch_cc(crawl: str, files: int, out_dir: str | Path, options: FetchOptions 
     paths = [line.strip() for line in text.splitlines() if line.strip()]
     if files > len(paths):
         raise DataError(f"{crawl}: the crawl lists {len(paths)} WET files, fewer than --files {files}")
-    return [download(_url(options, p), local_name(p, out), options, log) for p in paths[:files]]
+    wanted = [(_url(options, p), local_name(p, out)) for p in paths[:files]]
+    with ThreadPoolExecutor(max_workers=min(options.parallel, files)) as pool:
+        downloads = [pool.submit(download, url, dest, options, log) for url, dest in wanted]
+    return [finished.result() for finished in downloads]  # all have ended: the first failure, in listing order
 
 
 def local_name(remote_path: str, out: Path) -> Path:
