@@ -44,7 +44,8 @@ CHUNK_BYTES = 1 << 20  # text sent to a worker at a time: large enough to keep t
 CHUNK_DOCUMENTS = 1024
 CHUNKS_IN_FLIGHT_PER_WORKER = 2  # bounds memory: reading never runs far ahead of encoding
 # The files a ShardWriter makes; only these are removed before a data dir is rewritten, never other files.
-SHARD_FILE = re.compile(rf"({'|'.join(SPLITS)})_\d{{5}}\.(bin|docs\.npy)(\.tmp\d*)?")  # .tmpPID: files.atomic_write
+# Their temporary names end in .tmpPID (files.temporary_name); versions before it wrote .tmp.
+SHARD_FILE = re.compile(rf"({'|'.join(SPLITS)})_\d{{5}}\.(bin|docs\.npy)(\.tmp\d*)?")
 CLEAN_DIR = "clean"
 CLEAN_KEY_NAME = "prepare_key.txt"  # in CLEAN_DIR: the clean settings and inputs its contents were made from
 MIXED_FROM = "mixed_from"  # the meta field naming the source a mixed document came from

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from nextword.errors import DataError
-from nextword.files import atomic_write, replace_atomically, write_text_atomically
+from nextword.files import atomic_write, replace_atomically, temporary_name, write_text_atomically
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -88,7 +88,7 @@ class ShardWriter:
         return f"{self.split}_{len(self.shards):05d}"
 
     def _start_shard(self) -> None:
-        self._file = open(self.data_dir / f"{self._name()}.bin.tmp", "wb")
+        self._file = open(temporary_name(self.data_dir / f"{self._name()}.bin"), "wb")
         self._doc_starts = []
         self._shard_tokens = 0
 
@@ -98,7 +98,8 @@ class ShardWriter:
         self._file = None
         with atomic_write(self.data_dir / f"{name}.docs.npy") as docs_tmp, open(docs_tmp, "wb") as f:
             np.save(f, np.asarray(self._doc_starts, dtype=np.int64))
-        replace_atomically(self.data_dir / f"{name}.bin.tmp", self.data_dir / f"{name}.bin")
+        final = self.data_dir / f"{name}.bin"
+        replace_atomically(temporary_name(final), final)
         self.shards.append({"file": f"{name}.bin", "docs": f"{name}.docs.npy", "tokens": self._shard_tokens,
                             "documents": len(self._doc_starts)})
 
