@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import subprocess
 from pathlib import Path
 
@@ -19,12 +18,14 @@ warcio = pytest.importorskip("warcio")
 from warcio.statusandheaders import StatusAndHeaders  # noqa: E402
 from warcio.warcwriter import WARCWriter  # noqa: E402
 
-from nextword.config import CleanConfig  # noqa: E402
+from nextword.config import CleanConfig, EngineConfig  # noqa: E402
+from nextword.data import clean as clean_module  # noqa: E402
 from nextword.data import dedup  # noqa: E402
-from nextword.data.clean import (MixReport, clean, merge, mix_documents, plan_inputs, read_cleaned,  # noqa: E402
-                                  render_report)
+from nextword.data.clean import (MixReport, clean, mix_documents, plan_inputs, read_cleaned,  # noqa: E402
+                                 render_report)
 from nextword.data.sources import Document  # noqa: E402
 from nextword.errors import ConfigError, DataError  # noqa: E402
+from planted import planted_corpus  # noqa: E402
 
 ARTICLES = [
     """The river that runs through the old town floods almost every spring. Farmers along its banks have learned
@@ -110,60 +111,43 @@ def test_clean_keeps_good_pages_and_reports_every_drop(crawl, tmp_path):
     assert json.loads((out / "stats.json").read_text())["docs_final"] == 4
 
 
-def test_same_output_with_workers_and_tasks_and_resume(crawl, tmp_path):
+def local(tasks: int = 1, workers: int = 1) -> EngineConfig:
+    return EngineConfig(tasks=tasks, workers=workers)
+
+
+def test_same_output_with_workers_and_tasks_and_resume(crawl, tmp_path, capsys, monkeypatch):
     single, parallel, tasks = tmp_path / "single", tmp_path / "parallel", tmp_path / "tasks"
-    clean([str(crawl)], single, CleanConfig(), log=lambda line: None)
-    clean([str(crawl)], parallel, CleanConfig(), workers=2, log=lambda line: None)
+    clean([str(crawl)], single, CleanConfig(), engine=local(), log=lambda line: None)
+    clean([str(crawl)], parallel, CleanConfig(), engine=local(tasks=2, workers=2), log=lambda line: None)
     assert final_ids(parallel) == final_ids(single)
-    for index in range(2):
-        assert clean([str(crawl)], tasks, CleanConfig(), task_index=index, num_tasks=2, log=lambda l: None) is None
-    merge(tasks)
+    clean([str(crawl)], tasks, CleanConfig(), engine=local(tasks=3, workers=1), log=lambda line: None)
     assert final_ids(tasks) == final_ids(single)
 
-    (single / "parts" / "00001.json").unlink()  # as if the run had died while cleaning the second input
+    # A run that dies while cleaning the second input, then the same command again.
+    died = tmp_path / "died"
+    clean_input = clean_module._clean_input
+
+    def dies_on_the_second_input(job, index):
+        if index == 1:
+            raise OSError("disk unplugged")
+        return clean_input(job, index)
+
+    monkeypatch.setattr(clean_module, "_clean_input", dies_on_the_second_input)
+    with pytest.raises(OSError, match="disk unplugged"):
+        clean([str(crawl)], died, CleanConfig(), engine=local(), log=lambda line: None)
+    assert not (died / "stats.json").exists()
+    monkeypatch.setattr(clean_module, "_clean_input", clean_input)
+    capsys.readouterr()
     logged: list[str] = []
-    clean([str(crawl)], single, CleanConfig(), log=logged.append)
-    assert logged[0] == "clean: 2 input(s) already done, skipped"
-    assert sum(line.startswith("clean: ") and "documents read" in line for line in logged) == 1
-    assert final_ids(single) == final_ids(parallel)
-
-
-
-def planted_article(seed: int, words: int = 300) -> str:
-    rng = random.Random(seed)
-    return " ".join("w" + "".join(chr(97 + rng.randrange(20)) for _ in range(3)) for _ in range(words)) + "."
-
-
-def near_copy(text: str, seed: int) -> str:
-    """The text with 1% of its words replaced: Jaccard similarity of its 5-grams about 0.9."""
-    rng = random.Random(seed)
-    words = text.split()
-    for i in rng.sample(range(len(words)), len(words) // 100):
-        words[i] = "edited"
-    return " ".join(words)
+    clean([str(crawl)], died, CleanConfig(), engine=local(), log=logged.append)
+    assert logged[0] == "clean: 1 input(s) already done, skipped"
+    assert capsys.readouterr().err.count("documents read") == 2  # the first input is not read again
+    assert final_ids(died) == final_ids(parallel)
 
 
 @pytest.fixture
 def planted(tmp_path) -> tuple[list[str], list[str]]:
-    """Five JSONL inputs of distinct articles with copies planted across inputs (and one within an input): the
-    sources, and the ids that must survive (the earliest of each group in input order)."""
-    inputs = [[(f"in{i}/a{j}", planted_article(10 * i + j)) for j in range(4)] for i in range(5)]
-    text = dict(doc for docs in inputs for doc in docs)
-    inputs[1].append(("in1/exact_of_in0/a0", text["in0/a0"].upper().replace(".", "!")))
-    inputs[3].insert(0, ("in3/exact_of_in0/a0", "  " + text["in0/a0"]))
-    inputs[2].append(("in2/near_of_in0/a1", near_copy(text["in0/a1"], 1)))
-    inputs[4].append(("in4/near_of_near", near_copy(near_copy(text["in0/a1"], 1), 2)))  # of a dropped copy
-    inputs[2].append(("in2/near_of_in2/a0", near_copy(text["in2/a0"], 3)))  # within one input
-    inputs[1].insert(0, ("in1/near_of_in4/a3", near_copy(text["in4/a3"], 4)))  # earlier than what it copies
-    sources = []
-    for i, docs in enumerate(inputs):
-        path = tmp_path / "planted" / f"in{i}.jsonl"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text("".join(json.dumps({"id": doc_id, "text": t}) + "\n" for doc_id, t in docs))
-        sources.append(str(path))
-    dropped = {"in1/exact_of_in0/a0", "in3/exact_of_in0/a0", "in2/near_of_in0/a1", "in4/near_of_near",
-               "in2/near_of_in2/a0", "in4/a3"}
-    return sources, [doc_id for docs in inputs for doc_id, _ in docs if doc_id not in dropped]
+    return planted_corpus(tmp_path / "planted")
 
 
 PLANTED_CONFIG = CleanConfig(text_rules=[])  # every generated article passes; only the dedup drops
@@ -201,12 +185,10 @@ def test_planted_copies_across_inputs_leave_the_earliest_of_each(planted, tmp_pa
 def test_planted_copies_give_the_same_output_with_1_2_and_3_tasks(planted, tmp_path):
     sources, expected = planted
     outputs = {}
-    for num_tasks in (1, 2, 3):
-        out = tmp_path / f"tasks{num_tasks}"
-        for index in range(num_tasks):
-            clean(sources, out, PLANTED_CONFIG, task_index=index, num_tasks=num_tasks, log=lambda line: None)
-        stats = merge(out) if num_tasks > 1 else json.loads((out / "stats.json").read_text())
-        outputs[num_tasks] = ([(d.id, d.text) for d in read_cleaned(out)], stats["dedup"])
+    for tasks in (1, 2, 3):
+        out = tmp_path / f"tasks{tasks}"
+        stats = clean(sources, out, PLANTED_CONFIG, engine=local(tasks, workers=2), log=lambda line: None)
+        outputs[tasks] = ([(d.id, d.text) for d in read_cleaned(out)], stats["dedup"], stats["shards"])
     assert [doc_id for doc_id, _ in outputs[1][0]] == expected
     assert outputs[1] == outputs[2] == outputs[3]
 
@@ -214,8 +196,7 @@ def test_planted_copies_give_the_same_output_with_1_2_and_3_tasks(planted, tmp_p
 def test_the_dedup_sort_in_tiny_chunks_gives_the_same_output(planted, tmp_path, monkeypatch):
     """With 3 records sorted at a time the bucket records are 130 runs, more than are merged at once (64)."""
     sources, expected = planted
-    out = tmp_path / "out"
-    default = clean(sources, out, PLANTED_CONFIG, log=lambda line: None)
+    default = clean(sources, tmp_path / "default", PLANTED_CONFIG, engine=local(), log=lambda line: None)
     runs: list[str] = []
     write_run = dedup.ExternalSort._write_run
 
@@ -224,18 +205,21 @@ def test_the_dedup_sort_in_tiny_chunks_gives_the_same_output(planted, tmp_path, 
         write_run(self, blocks)
 
     monkeypatch.setattr(dedup.ExternalSort, "_write_run", counted_write_run)
-    tiny = merge(out, sort_chunk_records=3)
+    out = tmp_path / "tiny"
+    tiny = clean(sources, out, PLANTED_CONFIG, engine=local(), log=lambda line: None, sort_chunk_records=3)
     assert final_ids(out) == expected
     assert tiny["dedup"] == default["dedup"] and (out / "report.md").read_text() == render_report(default)
-    assert runs.count("buckets") >= 26 * 15 // 3  # 26 documents, 15 keys each (the exact hash and 14 bands)
+    assert runs.count("bucket_00000") >= 26 * 15 // 3  # 26 documents, 15 keys each (the exact hash and 14 bands)
 
 
 def test_shards_of_a_few_documents_hold_every_kept_one_in_order(planted, tmp_path):
     sources, expected = planted
     out = tmp_path / "out"
     stats = clean(sources, out, CleanConfig(text_rules=[], shard_docs=4), log=lambda line: None)
-    assert stats["shards"] == [f"docs_{i:05d}.parquet" for i in range(5)]
-    assert [pq.ParquetFile(out / name).metadata.num_rows for name in stats["shards"]] == [4, 4, 4, 4, 4]
+    # Each input's kept documents (4, 5, 4, 4, 3) in shards of at most 4, named by input and shard.
+    assert stats["shards"] == ["docs_00000_0000.parquet", "docs_00001_0000.parquet", "docs_00001_0001.parquet",
+                               "docs_00002_0000.parquet", "docs_00003_0000.parquet", "docs_00004_0000.parquet"]
+    assert [pq.ParquetFile(out / name).metadata.num_rows for name in stats["shards"]] == [4, 4, 1, 4, 4, 3]
     assert final_ids(out) == expected
     assert [d.id for d in read_cleaned(out, 6, 9)] == expected[6:9]
 
@@ -246,11 +230,9 @@ def test_a_file_in_place_of_the_output_folder_is_a_clear_error(crawl, tmp_path):
     with pytest.raises(DataError, match=r"out: cannot make the output folder .*give --out a folder"):
         clean([str(crawl)], in_the_way, CleanConfig(), log=lambda line: None)
 
-def test_merge_refuses_missing_parts_and_other_settings(crawl, tmp_path):
+def test_a_folder_made_with_other_settings_is_refused(crawl, tmp_path):
     out = tmp_path / "out"
-    clean([str(crawl)], out, CleanConfig(), task_index=0, num_tasks=2, log=lambda line: None)
-    with pytest.raises(DataError, match="not cleaned yet"):
-        merge(out)
+    clean([str(crawl)], out, CleanConfig(), engine=local(), log=lambda line: None)
     with pytest.raises(DataError, match="other sources or settings"):
         clean([str(crawl)], out, CleanConfig(min_words=10), log=lambda line: None)
 
@@ -289,7 +271,7 @@ def test_plan_inputs_names_a_missing_path(tmp_path):
 def test_cleaned_shards_are_parquet_with_provenance(crawl, tmp_path):
     out = tmp_path / "out"
     clean([str(crawl / "c.warc.wet.gz")], out, CleanConfig(minhash_dedup=False), log=lambda line: None)
-    table = pq.read_table(out / "docs_00000.parquet")
+    table = pq.read_table(out / "docs_00000_0000.parquet")
     assert table.column_names == ["id", "text", "source", "meta"]
     assert json.loads(table.column("meta")[0].as_py())["url"] == "http://wet.test/0"
 
@@ -329,7 +311,7 @@ def test_data_clean_command_with_overrides(crawl, tmp_path, capsys):
         commands.run(args)
 
 
-def test_merge_command_uses_the_settings_the_tasks_ran_with(crawl, tmp_path, capsys):
+def test_data_clean_command_takes_engine_settings(crawl, tmp_path):
     import argparse
 
     from nextword.cli import data as commands
@@ -337,45 +319,15 @@ def test_merge_command_uses_the_settings_the_tasks_ran_with(crawl, tmp_path, cap
     parser = argparse.ArgumentParser()
     commands.configure(parser)
     out = str(tmp_path / "o")
-    settings = {"clean.minhash_bands": "10", "clean.exact_dedup": "false"}
-    for task in ("0", "1"):
-        args = parser.parse_args(["clean", "--source", str(crawl), "--out", out, "--workers", "1",
-                                  "--task-index", task, "--num-tasks", "2"])
-        args.overrides = settings
-        assert commands.run(args) == 0
-    merge_args = parser.parse_args(["clean", "--merge", "--out", out])  # as the tasks' last line says to run it
-    merge_args.overrides = {}
-    assert commands.run(merge_args) == 0
+    settings = {"clean.minhash_bands": "10", "clean.exact_dedup": "false", "engine.logs": str(tmp_path / "logs")}
+    args = parser.parse_args(["clean", "--source", str(crawl), "--out", out, "--tasks", "2", "--workers", "1"])
+    args.overrides = settings
+    assert commands.run(args) == 0
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["clean", "dedup", "summary", "write"]
+    assert json.loads((tmp_path / "logs" / "clean" / "stats.json").read_text())  # datatrove's own counts
     single = tmp_path / "single"
-    clean([str(crawl)], single, commands.clean_config(settings), log=lambda line: None)
+    clean([str(crawl)], single, commands.run_config(settings).clean, engine=local(), log=lambda line: None)
     assert final_ids(Path(out)) == final_ids(single)
-    merge_args.overrides = {"clean.minhash_bands": "12"}
-    with pytest.raises(DataError, match="cleaned with other settings"):
-        commands.run(merge_args)
-
-
-@pytest.mark.parametrize("env, expected", [
-    ({}, (0, 1)),
-    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "16"}, (5, 16)),
-    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "16"}, (0, 16)),
-    ({"SLURM_ARRAY_TASK_ID": "16", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "16"}, (15, 16)),
-    ({"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
-      "SLURM_ARRAY_TASK_COUNT": "8"}, (3, 8)),
-])
-def test_a_slurm_array_task_finds_its_number_and_the_count(env, expected):
-    """Every task of an array runs, a 1-based one included: --num-tasks is no longer 1 beside a task index of 5."""
-    from nextword.cli.data import task_of_array
-
-    assert task_of_array(None, None, env) == expected
-    assert task_of_array(2, 4, env) == (2, 4)  # given on the command line, they win
-
-
-def test_a_slurm_array_of_listed_ids_asks_for_the_numbers_in_one_line():
-    from nextword.cli.data import task_of_array
-
-    listed = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "7",
-              "SLURM_ARRAY_TASK_COUNT": "3"}  # --array=1,3,7
-    with pytest.raises(ConfigError, match="SLURM array task 7 is not at a regular place .* pass --task-index and "
-                                          "--num-tasks yourself"):
-        task_of_array(None, None, listed)
-    assert task_of_array(2, None, listed) == (2, 3)
+    args.overrides = {"engine.executor": "spark"}
+    with pytest.raises(ConfigError, match="engine.executor = 'spark' is not one of: local, slurm, ray"):
+        commands.run(args)

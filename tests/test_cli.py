@@ -74,11 +74,11 @@ def train_config(tmp_path, option: str, text: str, capsys) -> tuple[int, dict, s
 
 @pytest.mark.parametrize("field, text, meaning", SPELLINGS)
 def test_train_and_data_clean_read_a_setting_the_same_way(tmp_path, capsys, field, text, meaning):
-    from nextword.cli.data import clean_config
+    from nextword.cli.data import run_config
 
     code, dumped, _ = train_config(tmp_path, f"--clean.{field}", text, capsys)
     assert code == 0 and dumped["clean"][field] == meaning
-    assert getattr(clean_config({f"clean.{field}": text}), field) == meaning
+    assert getattr(run_config({f"clean.{field}": text}).clean, field) == meaning
 
 
 @pytest.mark.parametrize("field, text", MISSPELLINGS)

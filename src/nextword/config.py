@@ -237,6 +237,36 @@ class CleanConfig:
         return self
 
 
+EXECUTORS = ("local", "slurm", "ray")
+
+
+@dataclass
+class EngineConfig:
+    """Where the data path's tasks run: datatrove's local, Slurm or Ray executor. The same tasks, and so the same
+    output, under each."""
+
+    executor: str = "local"  # local | slurm | ray
+    tasks: int = 0  # tasks a stage is split into; 0: one per worker (local) or per input (slurm, ray)
+    workers: int = 0  # tasks running at once; 0: every core (local), no limit (slurm, ray)
+    logs: str = ""  # datatrove's logs, per stage; "": OUT/logs (must be on a shared filesystem for slurm and ray)
+    slurm_partition: str = ""
+    slurm_time: str = "4:00:00"  # per task
+    slurm_cpus_per_task: int = 1
+    slurm_mem_per_cpu_gb: int = 2
+    slurm_env_command: str = ""  # run before each task, e.g. "source ~/nextword/.venv/bin/activate"
+    ray_address: str = ""  # "": a Ray instance on this machine; "auto" or ray://HOST:10001: a running cluster
+    ray_cpus_per_task: int = 1
+
+    def validate(self) -> "EngineConfig":
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"engine.executor = {self.executor!r} is not one of: {', '.join(EXECUTORS)}")
+        if self.tasks < 0 or self.workers < 0:
+            raise ConfigError("engine.tasks and engine.workers must be >= 0 (0: chosen for you)")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise ConfigError("engine.executor = slurm needs a partition: --engine.slurm_partition NAME")
+        return self
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -244,6 +274,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def validate(self) -> "RunConfig":
         validate(self)
@@ -276,7 +307,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "clean": CleanConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "clean": CleanConfig,
+            "engine": EngineConfig}
 
 
 def model_preset(name: str) -> ModelConfig:
@@ -416,6 +448,7 @@ CHOICES = {
 def validate(cfg: RunConfig) -> None:
     """Reject a config that cannot work, naming the field and a value that would."""
     _validate_numbers(cfg)
+    cfg.engine.validate()
     for dotted, allowed in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)

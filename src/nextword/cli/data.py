@@ -2,22 +2,23 @@
 
   nextword data fetch-cc --crawl CC-MAIN-2024-22 --files 2 --out cc/
   nextword data clean --source cc/ --source code:~/src/project --source books/ --out clean/ --workers 4
-  nextword data clean --source cc/ --out clean/ --task-index 3 --num-tasks 16   (one task of a cluster array)
-  sbatch --array=0-15 --wrap "nextword data clean --source cc/ --out clean/"     (task and count from SLURM)
-  nextword data clean --merge --out clean/                                        (after every task finished)
+  nextword data clean --source cc/ --out /shared/clean --executor slurm --tasks 64 --engine.slurm_partition cpu
+  nextword data clean --source cc/ --out /shared/clean --executor ray --tasks 64 --engine.ray_address auto
 
-The cleaned folder holds docs_NNNNN.parquet, stats.json and report.md (kept and dropped per source and rule).
-Clean settings are set as --clean.FIELD VALUE, e.g. --clean.languages en,de --clean.min_words 30.
+The stages run as datatrove jobs (see nextword.data.engine); the output is the same under every executor and
+task count. Run the same command again to finish a job that died: finished work is kept.
+The cleaned folder holds docs_*.parquet, stats.json and report.md (kept and dropped per source and rule).
+Clean settings are set as --clean.FIELD VALUE, e.g. --clean.languages en,de --clean.min_words 30; engine
+settings as --engine.FIELD VALUE (slurm_partition, slurm_time, slurm_cpus_per_task, slurm_mem_per_cpu_gb,
+slurm_env_command, ray_address, ray_cpus_per_task, logs).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-from collections.abc import Mapping
 
-from nextword.config import CleanConfig, RunConfig, apply_overrides
+from nextword.config import EXECUTORS, CleanConfig, EngineConfig, RunConfig, apply_overrides
 from nextword.errors import ConfigError
 
 
@@ -35,12 +36,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     clean.add_argument("--source", action="append", dest="sources", default=[], metavar="PATH",
                        help="a WARC/WET file or folder, code:REPO, or a text/JSONL/parquet source (repeatable)")
     clean.add_argument("--out", required=True, help="output folder (parts, shards, stats.json, report.md)")
-    clean.add_argument("--workers", type=int, default=0, help="worker processes (0: every core)")
-    clean.add_argument("--task-index", type=int, help="this task's number, 0 to --num-tasks - 1 (default: its "
-                       "place in a SLURM job array, else 0)")
-    clean.add_argument("--num-tasks", type=int, help="how many tasks share the inputs (default: the size of the "
-                       "SLURM job array, else 1)")
-    clean.add_argument("--merge", action="store_true", help="only merge the parts the tasks wrote")
+    add_engine_arguments(clean)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--executor, --tasks, --workers: the [engine] settings a data command runs its stages under."""
+    parser.add_argument("--executor", choices=EXECUTORS, default=None,
+                        help="where the tasks run: this machine (default), a Slurm cluster (sbatch array jobs, "
+                        "one per stage) or a Ray cluster")
+    parser.add_argument("--tasks", type=int, default=None,
+                        help="tasks each stage is split into (default: one per worker on this machine, one per "
+                        "input on a cluster)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="tasks running at once (default: every core here; no limit on a cluster)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,44 +59,36 @@ def run(args: argparse.Namespace) -> int:
                                parallel=args.parallel)
         fetch_cc(args.crawl, args.files, args.out, options)
         return 0
-    from nextword.data.clean import clean, merge
+    from nextword.data.clean import clean
 
     overrides = getattr(args, "overrides", {}) or {}
-    cfg = clean_config(overrides)
-    if args.merge:
-        stats = merge(args.out, cfg if overrides else None)  # None: the settings the tasks recorded
-    else:
-        if not args.sources:
-            raise ConfigError("nextword data clean: give at least one --source (or --merge)")
-        workers = args.workers or len(os.sched_getaffinity(0))
-        task_index, num_tasks = task_of_array(args.task_index, args.num_tasks, os.environ)
-        stats = clean(args.sources, args.out, cfg, workers=workers, task_index=task_index, num_tasks=num_tasks)
+    cfg = run_config(overrides)
+    if not args.sources:
+        raise ConfigError("nextword data clean: give at least one --source")
+    stats = clean(args.sources, args.out, cfg.clean, engine=engine_config(cfg.engine, args))
     if stats is not None:
         print(f"clean: {stats['docs_final']} documents ({stats['bytes_final'] / 1e6:.2f} MB) in {args.out}; "
               f"see {args.out}/report.md")
     return 0
 
 
-def task_of_array(task_index: int | None, num_tasks: int | None, env: Mapping[str, str]) -> tuple[int, int]:
-    """This task's number and the number of tasks: as given, else from a SLURM job array's own variables, so that
-    a 1-based array (--array=1-16) or one with a step (--array=0-30:2) numbers its tasks 0 … count - 1."""
-    if "SLURM_ARRAY_TASK_ID" not in env:
-        return (task_index or 0), (num_tasks or 1)
-    array_id = int(env["SLURM_ARRAY_TASK_ID"])
-    first, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
-    count = int(env.get("SLURM_ARRAY_TASK_COUNT", "1"))
-    place, off_step = divmod(array_id - first, step)
-    if task_index is None and (off_step or not 0 <= place < count):
-        raise ConfigError(f"SLURM array task {array_id} is not at a regular place of an array from {first} in steps "
-                          f"of {step} ({count} tasks); pass --task-index and --num-tasks yourself")
-    return (place if task_index is None else task_index), (count if num_tasks is None else num_tasks)
+def engine_config(engine: EngineConfig, args: argparse.Namespace) -> EngineConfig:
+    """The [engine] settings with --executor, --tasks and --workers applied where given."""
+    named = {name: getattr(args, name) for name in ("executor", "tasks", "workers")
+             if getattr(args, name, None) is not None}
+    return dataclasses.replace(engine, **named).validate()
 
 
-def clean_config(overrides: dict[str, str]) -> CleanConfig:
-    """CleanConfig from --clean.FIELD VALUE overrides, read as `nextword train` reads its [clean] section."""
-    names = [f.name for f in dataclasses.fields(CleanConfig)]
+def run_config(overrides: dict[str, str]) -> RunConfig:
+    """The [clean] and [engine] settings from --clean.FIELD and --engine.FIELD overrides, read as `nextword train`
+    reads those sections."""
+    allowed = {"clean": CleanConfig, "engine": EngineConfig}
     for key in overrides:
         section, _, name = key.partition(".")
-        if section != "clean" or name not in names:
-            raise ConfigError(f"--{key}: unknown setting; clean settings are --clean.FIELD ({', '.join(names)})")
-    return apply_overrides(RunConfig(), overrides).clean.validate()
+        if section not in allowed or name not in [f.name for f in dataclasses.fields(allowed[section])]:
+            names = [f"--{s}.{f.name}" for s in allowed for f in dataclasses.fields(allowed[s])][:6]
+            raise ConfigError(f"--{key}: unknown setting; data clean takes --clean.FIELD and --engine.FIELD "
+                              f"({', '.join(names)}, ...)")
+    cfg = apply_overrides(RunConfig(), overrides)
+    cfg.clean.validate()
+    return cfg

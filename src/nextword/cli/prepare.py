@@ -28,5 +28,5 @@ def run(args: argparse.Namespace) -> int:
     # Named options first, so an explicit --data.FIELD override still wins.
     args.overrides = {**{k: str(v) for k, v in named.items() if v is not None}, **(args.overrides or {})}
     cfg = config_from_args(args)
-    prepare(cfg.data, clean=cfg.clean, progress=True)
+    prepare(cfg.data, clean=cfg.clean, engine=cfg.engine, progress=True)
     return 0

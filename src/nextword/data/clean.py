@@ -1,17 +1,20 @@
 """The clean step: raw sources → extracted text → quality rules → dedup → cleaned parquet shards, with a report.
 
-    read ─► extract ─► filter (per input, in parallel) ─► parts/ ─► dedup (sorted files on disk) ─► write (merge)
+It runs as four stages of tasks on datatrove's executors (`engine.py`: this machine, Slurm or Ray):
 
-Stage one runs per input (one WARC/WET file, one code repository, one text source) in worker processes, and
-writes `parts/NNNNN.parquet` (kept documents with their exact hash and MinHash signature) and `parts/NNNNN.json`
-(its counts), the JSON last: an input with its JSON present is finished and is not redone after a crash. On a
-cluster, task i of n (`--task-index i --num-tasks n`) runs stage one on inputs i, i+n, i+2n, ...; then one merge
-deduplicates across all parts, with `DuplicateFinder`'s sorted files (in `dedup/` while it runs), so its memory
-does not grow with the corpus. Documents are numbered in input order and the earliest copy survives, so the
-output is the same whatever the number of workers or tasks.
+    clean    inputs → parts      read, extract, filter each input; its kept documents, and its dedup keys sorted
+    dedup    keys → pairs        task b of B takes every input's keys in range b of B: which documents copy an
+                                 earlier one (`dedup.py`'s stages, in bounded memory)
+    write    parts → shards      each input's documents with its duplicates dropped, as docs_IIIII_SSSS.parquet
+    summary  → stats, report     the counts of every task summed: stats.json, report.md
 
-Output folder: `docs_00000.parquet ...` (id, text, source, meta as JSON), `stats.json`, `report.md`,
-`manifest.json` (the inputs and settings the parts belong to), `parts/`.
+An input is one web archive file, one code repository or one text source. Documents are numbered in input order
+and the earliest copy survives, so the output is the same whatever the number of tasks, workers or executor.
+Every file is written under a temporary name and renamed when whole, and a task skips what is already there, so
+a job that died is run again with the same command.
+
+Output folder: `docs_*.parquet` (id, text, source, meta as JSON; in input order), `stats.json` (written last),
+`report.md`, `manifest.json` (the inputs and settings), `parts/` (each input's documents and counts), `logs/`.
 
 Source specs: a WARC/WET file, a folder holding WARC/WET files (each file an input), `code:PATH` for a code
 repository, and anything `read_sources` reads (text folders, .txt/.md, JSONL, parquet) for books and articles.
@@ -22,18 +25,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nextword.config import CleanConfig
-from nextword.data.dedup import (SORT_CHUNK_RECORDS, Duplicate, DuplicateFinder, MinHasher, document_number,
-                                 document_numbers, document_place, exact_key)
+from nextword.config import CleanConfig, EngineConfig
+from nextword.data.dedup import (BUCKET_RECORD, PAIR_RECORD, SORT_CHUNK_RECORDS, ROW_BITS, ExternalSort, MinHasher,
+                                 bucket_pairs, document_number, document_numbers, document_place, exact_key,
+                                 key_records, lowest_ranked_pairs)
 from nextword.data.filters import EXAMPLE_CHARS, FilterChain, RuleStats
 from nextword.data.sources import Document, SkipLog, code_repository, read_sources
 from nextword.errors import DataError, make_folder
@@ -43,8 +48,9 @@ PART_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", 
                          ("meta", pa.string()), ("exact", pa.binary(16)), ("minhash", pa.binary())])
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("meta", pa.string())])
 DEFAULT_TEXT_EXTENSIONS = [".txt", ".md", ".rst"]
-READ_BATCH_DOCS = 2048  # rows of a part read at once by the merge
-ROW_GROUP_DOCS = 1024  # kept documents written at once: a shard is written a row group at a time
+READ_BATCH_DOCS = 2048  # rows of a part read at once
+ROW_GROUP_DOCS = 1024  # documents written at once: parts and shards are written a row group at a time
+KEY_SPACE = 1 << 64  # the dedup keys' `high` values, split into one range per dedup task
 
 
 @dataclass(frozen=True)
@@ -79,35 +85,39 @@ def plan_inputs(sources: list[str]) -> list[Input]:
     return inputs
 
 
-def clean(sources: list[str], out_dir: str | Path, cfg: CleanConfig, *, workers: int = 1, task_index: int = 0,
-          num_tasks: int = 1, extensions: list[str] | None = None, log: Callable[[str], None] = print) -> dict | None:
-    """Run stage one on this task's share of the inputs, then (with a single task) the merge; its stats."""
+def clean(sources: list[str], out_dir: str | Path, cfg: CleanConfig, *, engine: EngineConfig | None = None,
+          extensions: list[str] | None = None, log: Callable[[str], None] = print,
+          sort_chunk_records: int = SORT_CHUNK_RECORDS) -> dict | None:
+    """Clean the sources into out_dir under engine's executor; the stats, or None when the stages were submitted to
+    Slurm. A finished folder (stats.json written) made from the same sources and settings is returned as it is.
+    `sort_chunk_records` bounds the dedup's memory: records sorted at once."""
+    from nextword.data.engine import Stage, run_stages  # here: datatrove is needed only to run the stages
+
     cfg.validate()
-    if not 0 <= task_index < num_tasks:
-        raise DataError(f"--task-index {task_index} is outside 0..{num_tasks - 1} (--num-tasks {num_tasks})")
+    engine = (engine or EngineConfig()).validate()
     out = Path(out_dir)
     inputs = plan_inputs(sources)
     _write_manifest(out, inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS)
-    parts = out / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    todo = [(i, inp) for i, inp in enumerate(inputs)
-            if i % num_tasks == task_index and not (parts / f"{i:05d}.json").exists()]
-    done_before = sum(1 for i in range(task_index, len(inputs), num_tasks)) - len(todo)
-    if done_before:
-        log(f"clean: {done_before} input(s) already done, skipped")
-    jobs = [(i, inp, cfg, str(parts), extensions or DEFAULT_TEXT_EXTENSIONS) for i, inp in todo]
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            log(_process_input(*job))
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-            for line in pool.map(_process_input, *zip(*jobs)):
-                log(line)
-    if num_tasks > 1:
-        log(f"clean: task {task_index}/{num_tasks} done; run `nextword data clean --merge --out {out}` "
-            "once every task has finished")
+    if (out / "stats.json").exists():
+        return json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    job = CleanJob(str(out), inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS, sort_chunk_records)
+    done = sum(map(job.input_done, range(len(inputs))))
+    if done:
+        log(f"clean: {done} input(s) already done, skipped")
+    tasks = engine.tasks or _default_tasks(engine, len(inputs))
+    stages = [Stage(CleanInputs(job), min(tasks, len(inputs))), Stage(FindDuplicates(job), tasks),
+              Stage(WriteKept(job, tasks), min(tasks, len(inputs))), Stage(Summarise(job), 1)]
+    if not run_stages(stages, engine, Path(engine.logs) if engine.logs else out / "logs", log):
         return None
-    return merge(out, cfg)
+    return json.loads((out / "stats.json").read_text(encoding="utf-8"))
+
+
+def _default_tasks(engine: EngineConfig, inputs: int) -> int:
+    if engine.executor == "local":
+        import os
+
+        return engine.workers or len(os.sched_getaffinity(0))
+    return max(inputs, 1)
 
 
 def _write_manifest(out: Path, inputs: list[Input], cfg: CleanConfig, extensions: list[str]) -> None:
@@ -123,7 +133,66 @@ def _write_manifest(out: Path, inputs: list[Input], cfg: CleanConfig, extensions
     write_text_atomically(path, json.dumps(manifest, indent=1))
 
 
-# ---- stage one: one input → one part ---------------------------------------------------------------------
+def say(line: str) -> None:
+    """A task's progress line, on stderr (tasks run in other processes, so no callback reaches back)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class CleanJob:
+    """What every stage knows: where the output goes, the inputs and the settings; and where each file lies."""
+
+    out: str
+    inputs: list[Input]
+    cfg: CleanConfig
+    extensions: list[str]
+    sort_chunk_records: int = SORT_CHUNK_RECORDS
+
+    def part(self, index: int) -> Path:
+        return Path(self.out) / "parts" / f"{index:05d}"
+
+    def input_done(self, index: int) -> bool:
+        """Stage one has finished this input: its counts are written last, after its part and its keys."""
+        return self.part(index).with_suffix(".json").exists() and self.keys(index).exists()
+
+    def keys(self, index: int) -> Path:
+        return Path(self.out) / "dedup" / "keys" / f"{index:05d}.bin"
+
+    def pairs(self, bucket: int, buckets: int) -> Path:
+        return Path(self.out) / "dedup" / "pairs" / f"{bucket:05d}-of-{buckets:05d}.bin"
+
+    def work(self, name: str) -> Path:
+        """A scratch folder of one task, emptied first (a task that died leaves its sorted runs)."""
+        folder = Path(self.out) / "dedup" / "work" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        return folder
+
+    def hasher(self) -> MinHasher:
+        c = self.cfg
+        return MinHasher(c.minhash_ngram, c.minhash_bands, c.minhash_rows, c.minhash_seed)
+
+    def my_inputs(self, rank: int, world_size: int) -> list[int]:
+        return list(range(rank, len(self.inputs), world_size))
+
+
+# ---- stage 1: one input → its part and its sorted dedup keys ---------------------------------------------
+
+
+@dataclass
+class CleanInputs:
+    job: CleanJob
+    name: str = "clean"
+
+    def run_task(self, rank: int, world_size: int) -> dict[str, int]:
+        counts: Counter = Counter()
+        for index in self.job.my_inputs(rank, world_size):
+            if self.job.input_done(index):
+                continue
+            stats = _clean_input(self.job, index)
+            counts.update(inputs=1, docs_read=stats["docs_read"], docs_kept=stats["docs_kept"])
+            say(f"clean: {stats['input']}: {stats['docs_read']} documents read, {stats['docs_kept']} kept by the "
+                "rules")
+        return dict(counts)
 
 
 def _documents(inp: Input, cfg: CleanConfig, extensions: list[str], skips: SkipLog) -> Iterator[Document]:
@@ -142,36 +211,190 @@ def _rules_for(inp: Input, cfg: CleanConfig) -> list[str]:
     return {"web": cfg.web_rules, "code": cfg.code_rules, "text": cfg.text_rules}[inp.kind]
 
 
-def _process_input(index: int, inp: Input, cfg: CleanConfig, parts_dir: str, extensions: list[str]) -> str:
+def _clean_input(job: CleanJob, index: int) -> dict[str, Any]:
+    """Read, extract and filter one input; write its kept documents (parts/IIIII.parquet), their dedup keys
+    sorted (dedup/keys/IIIII.bin) and its counts (parts/IIIII.json, last)."""
+    inp, cfg = job.inputs[index], job.cfg
     skips = SkipLog()
     chain = FilterChain(_rules_for(inp, cfg), cfg)
-    hasher = MinHasher(cfg.minhash_ngram, cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_seed)
-    rows: dict[str, list] = {name: [] for name in PART_SCHEMA.names}
-    read_docs = read_bytes = 0
-    for doc in _documents(inp, cfg, extensions, skips):
-        read_docs += 1
-        read_bytes += len(doc.text.encode("utf-8"))
-        text = chain.apply(doc.text)
-        if text is None:
-            continue
-        signature = hasher.signature(text) if cfg.minhash_dedup else None
-        rows["id"].append(doc.id)
-        rows["text"].append(text)
-        rows["source"].append(doc.source)
-        rows["meta"].append(json.dumps(doc.meta, default=str))
-        rows["exact"].append(exact_key(text))
-        rows["minhash"].append(None if signature is None else signature.tobytes())
-    part = Path(parts_dir) / f"{index:05d}"
-    with atomic_write(part.with_suffix(".parquet")) as tmp:
-        pq.write_table(pa.table(rows, schema=PART_SCHEMA), tmp)
-    stats = {"input": inp.spec, "kind": inp.kind, "docs_read": read_docs, "bytes_read": read_bytes,
-             "docs_kept": len(rows["id"]), "bytes_kept": sum(len(t.encode("utf-8")) for t in rows["text"]),
-             "rules": {name: s.to_dict() for name, s in chain.stats.items()}, "skips": skips.to_dict()}
+    hasher = job.hasher() if cfg.minhash_dedup else None
+    keys = ExternalSort(job.work(f"keys_{index:05d}"), BUCKET_RECORD, job.sort_chunk_records)
+    stats = {"input": inp.spec, "kind": inp.kind, "docs_read": 0, "bytes_read": 0, "docs_kept": 0, "bytes_kept": 0}
+    part = job.part(index)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(part.with_suffix(".parquet")) as tmp, pq.ParquetWriter(tmp, PART_SCHEMA) as writer:
+        rows = _empty_rows()
+        for doc in _documents(inp, cfg, job.extensions, skips):
+            stats["docs_read"] += 1
+            stats["bytes_read"] += len(doc.text.encode("utf-8"))
+            text = chain.apply(doc.text)
+            if text is None:
+                continue
+            signature = hasher.signature(text) if hasher else None
+            _append(rows, doc, text, signature)
+            stats["docs_kept"] += 1
+            stats["bytes_kept"] += len(text.encode("utf-8"))
+            if len(rows["id"]) == ROW_GROUP_DOCS:
+                _write_part_rows(writer, rows, keys, index, stats["docs_kept"], job, hasher)
+                rows = _empty_rows()
+        _write_part_rows(writer, rows, keys, index, stats["docs_kept"], job, hasher)
+    _write_keys(keys, job.keys(index))
+    stats.update(rules={name: s.to_dict() for name, s in chain.stats.items()}, skips=skips.to_dict())
     write_text_atomically(part.with_suffix(".json"), json.dumps(stats))
-    return f"clean: {inp.spec}: {read_docs} documents read, {len(rows['id'])} kept by the rules"
+    return stats
 
 
-# ---- merge: dedup across parts, write shards, stats and report -------------------------------------------
+def _empty_rows() -> dict[str, list]:
+    return {name: [] for name in PART_SCHEMA.names}
+
+
+def _append(rows: dict[str, list], doc: Document, text: str, signature: np.ndarray | None) -> None:
+    rows["id"].append(doc.id)
+    rows["text"].append(text)
+    rows["source"].append(doc.source)
+    rows["meta"].append(json.dumps(doc.meta, default=str))
+    rows["exact"].append(exact_key(text))
+    rows["minhash"].append(None if signature is None else signature.tobytes())
+
+
+def _write_part_rows(writer: pq.ParquetWriter, rows: dict[str, list], keys: ExternalSort, index: int,
+                     kept_so_far: int, job: CleanJob, hasher: MinHasher | None) -> None:
+    count = len(rows["id"])
+    writer.write_table(pa.table(rows, schema=PART_SCHEMA))
+    docs = document_numbers(index, kept_so_far - count, count)
+    keys.add(key_records(docs, rows["exact"] if job.cfg.exact_dedup else None, rows["minhash"], hasher))
+
+
+def _write_keys(keys: ExternalSort, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        for block in keys.sorted_blocks():
+            block.tofile(f)
+    shutil.rmtree(keys.folder)
+
+
+# ---- stage 2: one range of keys → the pairs (document, rank, earliest document) ----------------------------
+
+
+@dataclass
+class FindDuplicates:
+    job: CleanJob
+    name: str = "dedup"
+
+    def run_task(self, rank: int, world_size: int) -> dict[str, int]:
+        """Task `rank` takes the keys whose `high` lies in range `rank` of `world_size` from every input's sorted
+        keys; each of its keys' later documents becomes a pair, written sorted by document."""
+        path = self.job.pairs(rank, world_size)
+        if path.exists():
+            return {}
+        low, high = rank * KEY_SPACE // world_size, (rank + 1) * KEY_SPACE // world_size
+        buckets = ExternalSort(self.job.work(f"bucket_{rank:05d}"), BUCKET_RECORD, self.job.sort_chunk_records)
+        records = 0
+        for index in range(len(self.job.inputs)):
+            keys = _sorted_file(self.job.keys(index), BUCKET_RECORD)
+            first, last = np.searchsorted(keys["high"], [low, high]) if high < KEY_SPACE else \
+                (np.searchsorted(keys["high"], low), len(keys))
+            buckets.add(np.array(keys[first:last]))
+            records += int(last - first)
+        pairs = ExternalSort(self.job.work(f"pairs_{rank:05d}"), PAIR_RECORD, self.job.sort_chunk_records)
+        for block in bucket_pairs(buckets.sorted_blocks()):
+            pairs.add(block)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        count = 0
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            for block in pairs.sorted_blocks():
+                block.tofile(f)
+                count += len(block)
+        shutil.rmtree(buckets.folder)
+        shutil.rmtree(pairs.folder)
+        return {"keys": records, "pairs": count}
+
+
+def _sorted_file(path: Path, dtype: np.dtype) -> np.ndarray:
+    """A file of records, mapped rather than read: a task reads only its slice."""
+    if not path.stat().st_size:
+        return np.empty(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+# ---- stage 3: each input's documents, the duplicates dropped, into shards ---------------------------------
+
+
+@dataclass
+class Duplicate:
+    row: int  # its row in its input's part
+    reason: str  # "exact" or "near"
+    first: int  # the number of the earliest document it copies (see dedup.document_number)
+
+
+@dataclass
+class WriteKept:
+    job: CleanJob
+    buckets: int  # the dedup stage's tasks, whose pair files this stage reads
+    name: str = "write"
+
+    def run_task(self, rank: int, world_size: int) -> dict[str, int]:
+        counts: Counter = Counter()
+        for index in self.job.my_inputs(rank, world_size):
+            if self.job.part(index).with_suffix(".kept.json").exists():
+                continue
+            kept = _write_input(self.job, index, self.duplicates_of(index))
+            counts.update(docs_in=kept["dedup"]["docs_in"], docs_final=kept["docs_final"])
+        return dict(counts)
+
+    def duplicates_of(self, index: int) -> list[Duplicate]:
+        """The input's duplicates in row order: each document's lowest-ranked pair over every bucket (exact before
+        band 0 before band 1, as `dedup.Deduplicator` checks them)."""
+        low, high = document_number(index, 0), document_number(index + 1, 0)
+        slices = []
+        for bucket in range(self.buckets):
+            pairs = _sorted_file(self.job.pairs(bucket, self.buckets), PAIR_RECORD)
+            first, last = np.searchsorted(pairs["doc"], [low, high])
+            slices.append(np.array(pairs[first:last]))
+        pairs = np.concatenate(slices)
+        if not len(pairs):
+            return []
+        pairs = pairs[np.lexsort([pairs["first"], pairs["rank"], pairs["doc"]])]
+        mask = (1 << ROW_BITS) - 1
+        return [Duplicate(doc & mask, "exact" if rank == 0 else "near", first)
+                for doc, rank, first in lowest_ranked_pairs([pairs])]
+
+
+def _write_input(job: CleanJob, index: int, duplicates: list[Duplicate]) -> dict[str, Any]:
+    """The input's rows without its duplicates into docs_IIIII_SSSS.parquet; its counts into parts/IIIII.kept.json."""
+    dedup = DedupStats()
+    dropped = {d.row: d for d in duplicates}
+    kept_docs = kept_bytes = 0
+    with _ShardWriter(Path(job.out), f"docs_{index:05d}", job.cfg.shard_docs) as writer:
+        for row_number, row in enumerate(_rows(job.part(index).with_suffix(".parquet"))):
+            size = len(row["text"].encode("utf-8"))
+            dedup.docs_in += 1
+            dedup.bytes_in += size
+            duplicate = dropped.get(row_number)
+            if duplicate is None:
+                writer.add(row)
+                kept_docs += 1
+                kept_bytes += size
+                continue
+            dedup.dropped[duplicate.reason] += 1
+            dedup.bytes_dropped += size
+            shown = dedup.examples.setdefault(duplicate.reason, [])
+            if len(shown) < job.cfg.examples_per_rule:
+                shown.append({"id": row["id"], "duplicate_of": _document_id(job, duplicate.first),
+                              "text": row["text"][:EXAMPLE_CHARS]})
+    kept = {"docs_final": kept_docs, "bytes_final": kept_bytes, "shards": writer.names, "dedup": dedup.to_dict()}
+    write_text_atomically(job.part(index).with_suffix(".kept.json"), json.dumps(kept))
+    return kept
+
+
+def _rows(path: Path) -> Iterator[dict]:
+    for batch in pq.ParquetFile(path).iter_batches(READ_BATCH_DOCS, columns=DOC_SCHEMA.names):
+        yield from batch.to_pylist()
+
+
+def _document_id(job: CleanJob, number: int) -> str:
+    part, row = document_place(number)
+    return pq.read_table(job.part(part).with_suffix(".parquet"), columns=["id"]).column("id")[row].as_py()
 
 
 @dataclass
@@ -189,97 +412,23 @@ class DedupStats:
                 "bytes_dropped": self.bytes_dropped, "dropped_by_reason": dict(self.dropped),
                 "examples": self.examples}
 
-
-def merge(out_dir: str | Path, cfg: CleanConfig | None = None, *,
-          sort_chunk_records: int = SORT_CHUNK_RECORDS) -> dict:
-    """Deduplicate every part (the earliest copy in input order survives) and write the cleaned shards,
-    `stats.json` and `report.md`. `sort_chunk_records` bounds the dedup's memory: records sorted at once."""
-    out = Path(out_dir)
-    manifest_path = out / "manifest.json"
-    if not manifest_path.exists():
-        raise DataError(f"{out}: no manifest.json; run `nextword data clean --out {out}` on the sources first")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if cfg is not None and json.loads(json.dumps(dataclasses.asdict(cfg))) != manifest["clean"]:
-        # Signatures made with other MinHash settings cannot be compared, and other rules would not match the parts.
-        raise DataError(f"{manifest_path}: the parts were cleaned with other settings; merge with the ones the "
-                        "tasks used (give the same --clean.FIELD options, or none)")
-    cfg = CleanConfig(**manifest["clean"])
-    inputs = manifest["inputs"]
-    missing = [inp["spec"] for i, inp in enumerate(inputs) if not (out / "parts" / f"{i:05d}.json").exists()]
-    if missing:
-        raise DataError(f"{out}: {len(missing)} input(s) not cleaned yet (first: {missing[0]}); "
-                        "run the remaining tasks before merging")
-    parts = [out / "parts" / f"{i:05d}.parquet" for i in range(len(inputs))]
-    work = out / "dedup"
-    shutil.rmtree(work, ignore_errors=True)  # a merge that died leaves its sorted files
-    hasher = MinHasher(cfg.minhash_ngram, cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_seed)
-    finder = DuplicateFinder(hasher if cfg.minhash_dedup else None, cfg.exact_dedup, work, sort_chunk_records)
-    for part, path in enumerate(parts):  # the hashes and signatures only; the texts are read once, below
-        row = 0
-        for batch in pq.ParquetFile(path).iter_batches(READ_BATCH_DOCS, columns=["exact", "minhash"]):
-            finder.add(document_numbers(part, row, batch.num_rows), batch.column("exact").to_pylist(),
-                       batch.column("minhash").to_pylist())
-            row += batch.num_rows
-    for old in out.glob("docs_*.parquet"):
-        old.unlink()
-    with _ShardWriter(out, cfg.shard_docs) as writer:
-        per_input, dedup_stats = _filter_parts(parts, finder.duplicates(), writer, cfg)
-    shutil.rmtree(work)
-    stats = _summarise(per_input, dedup_stats, writer.names, cfg)
-    write_text_atomically(out / "stats.json", json.dumps(stats, indent=1))
-    write_text_atomically(out / "report.md", render_report(stats))
-    return stats
-
-
-def _filter_parts(parts: list[Path], duplicates: Iterator[Duplicate], writer: _ShardWriter, cfg: CleanConfig
-                  ) -> tuple[list[dict], DedupStats]:
-    """The dedup's last stage: every part's documents in order, the duplicates dropped and counted, the rest
-    written; with each part's counts."""
-    dedup_stats = DedupStats()
-    duplicate = next(duplicates, None)
-    per_input, examples = [], []
-    for part, path in enumerate(parts):
-        part_stats = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        kept_docs = kept_bytes = 0
-        for number, row in enumerate(_rows(path), start=document_number(part, 0)):
-            size = len(row["text"].encode("utf-8"))
-            dedup_stats.docs_in += 1
-            dedup_stats.bytes_in += size
-            if duplicate is None or duplicate.doc != number:
-                writer.add(row)
-                kept_docs += 1
-                kept_bytes += size
-                continue
-            dedup_stats.dropped[duplicate.reason] += 1
-            dedup_stats.bytes_dropped += size
-            shown = dedup_stats.examples.setdefault(duplicate.reason, [])
-            if len(shown) < cfg.examples_per_rule:
-                shown.append({"id": row["id"], "duplicate_of": "", "text": row["text"][:EXAMPLE_CHARS]})
-                examples.append((shown[-1], duplicate.first))
-            duplicate = next(duplicates, None)
-        part_stats.update(docs_final=kept_docs, bytes_final=kept_bytes)
-        per_input.append(part_stats)
-    for example, first in examples:  # a few ids, read once every part has been walked
-        example["duplicate_of"] = _document_id(parts, first)
-    return per_input, dedup_stats
-
-
-def _rows(path: Path) -> Iterator[dict]:
-    for batch in pq.ParquetFile(path).iter_batches(READ_BATCH_DOCS, columns=DOC_SCHEMA.names):
-        yield from batch.to_pylist()
-
-
-def _document_id(parts: list[Path], number: int) -> str:
-    part, row = document_place(number)
-    return pq.read_table(parts[part], columns=["id"]).column("id")[row].as_py()
+    def add(self, other: dict[str, Any], max_examples: int) -> None:
+        """Sum another input's dedup counts (its to_dict) into these, keeping the first examples of each reason."""
+        self.docs_in += other["docs_in"]
+        self.bytes_in += other["bytes_in"]
+        self.dropped.update(other["dropped_by_reason"])
+        self.bytes_dropped += other["bytes_dropped"]
+        for reason, shown in other["examples"].items():
+            mine = self.examples.setdefault(reason, [])
+            mine.extend(shown[:max_examples - len(mine)])
 
 
 class _ShardWriter:
-    """Kept documents into docs_NNNNN.parquet files of `shard_docs` rows, written a row group at a time (so memory
+    """Kept documents into PREFIX_SSSS.parquet files of `shard_docs` rows, written a row group at a time (so memory
     holds one row group, not a shard), each under a temporary name until it is whole."""
 
-    def __init__(self, out: Path, shard_docs: int) -> None:
-        self.out, self.shard_docs = out, shard_docs
+    def __init__(self, out: Path, prefix: str, shard_docs: int) -> None:
+        self.out, self.prefix, self.shard_docs = out, prefix, shard_docs
         self.rows: list[dict] = []
         self.names: list[str] = []
         self.file: pq.ParquetWriter | None = None
@@ -303,7 +452,7 @@ class _ShardWriter:
             self._finish_shard()
 
     def _path(self) -> Path:
-        return self.out / f"docs_{len(self.names):05d}.parquet"
+        return self.out / f"{self.prefix}_{len(self.names):04d}.parquet"
 
     def _finish_shard(self) -> None:
         self.file.close()
@@ -317,13 +466,39 @@ class _ShardWriter:
                 self.file.close()
                 temporary_name(self._path()).unlink(missing_ok=True)
             return
-        if self.rows or (self.file is None and not self.names):  # no documents kept still makes one (empty) shard
+        if self.rows:
             self._write_rows()
         if self.file is not None:
             self._finish_shard()
 
 
-def _summarise(per_input: list[dict], dedup: DedupStats, shards: list[str], cfg: CleanConfig) -> dict:
+# ---- stage 4: the counts of every input summed, stats.json and report.md ------------------------------------
+
+
+@dataclass
+class Summarise:
+    job: CleanJob
+    name: str = "summary"
+
+    def run_task(self, rank: int, world_size: int) -> dict[str, int]:
+        out, cfg = Path(self.job.out), self.job.cfg
+        per_input, dedup = [], DedupStats()
+        for index in range(len(self.job.inputs)):
+            part = self.job.part(index)
+            stats = json.loads(part.with_suffix(".json").read_text(encoding="utf-8"))
+            kept = json.loads(part.with_suffix(".kept.json").read_text(encoding="utf-8"))
+            dedup.add(kept["dedup"], cfg.examples_per_rule)
+            stats.update(docs_final=kept["docs_final"], bytes_final=kept["bytes_final"], shards=kept["shards"])
+            per_input.append(stats)
+        stats = _summarise(per_input, dedup, cfg)
+        write_text_atomically(out / "report.md", render_report(stats))
+        write_text_atomically(out / "stats.json", json.dumps(stats, indent=1))  # last: the folder is finished
+        shutil.rmtree(out / "dedup", ignore_errors=True)
+        say(f"clean: {stats['docs_final']:,} documents ({stats['bytes_final'] / 1e6:.2f} MB) kept in {out}")
+        return {"docs_final": stats["docs_final"]}
+
+
+def _summarise(per_input: list[dict], dedup: DedupStats, cfg: CleanConfig) -> dict:
     by_kind: dict[str, dict[str, int]] = {}
     rules: dict[str, RuleStats] = {}
     skips: Counter = Counter()
@@ -334,7 +509,8 @@ def _summarise(per_input: list[dict], dedup: DedupStats, shards: list[str], cfg:
         for name, data in part["rules"].items():
             rules.setdefault(name, RuleStats()).merge(RuleStats.from_dict(data), cfg.examples_per_rule)
         skips.update(part["skips"]["by_reason"])
-    return {"shards": shards, "docs_final": sum(p["docs_final"] for p in per_input),
+    return {"shards": [name for part in per_input for name in part["shards"]],
+            "docs_final": sum(p["docs_final"] for p in per_input),
             "bytes_final": sum(p["bytes_final"] for p in per_input),
             "by_kind": {kind: dict(v) for kind, v in sorted(by_kind.items())},
             "rules": {name: s.to_dict() for name, s in rules.items()}, "dedup": dedup.to_dict(),

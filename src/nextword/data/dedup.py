@@ -256,7 +256,9 @@ def _at_most(records: np.ndarray, bound: tuple) -> np.ndarray:
     return below | equal
 
 
-BUCKET_RECORD = np.dtype([("rank", "<u8"), ("high", "<u8"), ("low", "<u8"), ("doc", "<u8")])
+# Sorted on `high` first, so the records whose keys fall in one range of `high` (one dedup task's bucket) are one
+# slice of every sorted file; a key's records (same high, rank, low) follow each other, earliest document first.
+BUCKET_RECORD = np.dtype([("high", "<u8"), ("rank", "<u8"), ("low", "<u8"), ("doc", "<u8")])
 PAIR_RECORD = np.dtype([("doc", "<u8"), ("rank", "<u8"), ("first", "<u8")])
 
 
@@ -282,19 +284,9 @@ class DuplicateFinder:
     def add(self, docs: np.ndarray, exact_hashes: list[bytes], signatures: list[bytes | None]) -> None:
         """Stage 1: the documents numbered `docs` into the buckets, by exact hash (16 bytes each) and by the band
         keys of their signatures (uint32 bytes, None for a document without words)."""
-        records = []
-        if self.exact and len(docs):
-            halves = np.frombuffer(b"".join(exact_hashes), dtype="<u8").reshape(len(docs), 2)
-            records.append(_bucket_records(np.full(len(docs), EXACT_RANK), halves[:, 0], halves[:, 1], docs))
-        signed = [i for i, signature in enumerate(signatures) if signature is not None]
-        if self.hasher is not None and signed:
-            matrix = np.frombuffer(b"".join(signatures[i] for i in signed), dtype=np.uint32).reshape(len(signed), -1)
-            keys = self.hasher.band_keys_of(matrix)  # [documents, bands]
-            ranks = np.repeat(np.arange(1, self.hasher.bands + 1), len(signed))
-            records.append(_bucket_records(ranks, keys.T.ravel(), 0,
-                                           np.tile(docs[signed], self.hasher.bands)))
-        if records:
-            self.buckets.add(np.concatenate(records))
+        records = key_records(docs, exact_hashes if self.exact else None, signatures, self.hasher)
+        if len(records):
+            self.buckets.add(records)
 
     def duplicates(self) -> Iterator[Duplicate]:
         """Stages 2 and 3: every duplicate, in document order."""
@@ -303,6 +295,23 @@ class DuplicateFinder:
             pairs.add(block)
         for doc, rank, first in lowest_ranked_pairs(pairs.sorted_blocks()):
             yield Duplicate(doc, "exact" if rank == EXACT_RANK else "near", first)
+
+
+def key_records(docs: np.ndarray, exact_hashes: list[bytes] | None, signatures: list[bytes | None],
+                hasher: MinHasher | None) -> np.ndarray:
+    """The BUCKET_RECORDs of the documents numbered `docs`: one per exact hash (16 bytes each; None: no exact
+    dedup) and one per band key of each signature (uint32 bytes; None for a document without words)."""
+    records = [np.empty(0, dtype=BUCKET_RECORD)]
+    if exact_hashes is not None and len(docs):
+        halves = np.frombuffer(b"".join(exact_hashes), dtype="<u8").reshape(len(docs), 2)
+        records.append(_bucket_records(np.full(len(docs), EXACT_RANK), halves[:, 0], halves[:, 1], docs))
+    signed = [i for i, signature in enumerate(signatures) if signature is not None]
+    if hasher is not None and signed:
+        matrix = np.frombuffer(b"".join(signatures[i] for i in signed), dtype=np.uint32).reshape(len(signed), -1)
+        keys = hasher.band_keys_of(matrix)  # [documents, bands]
+        ranks = np.repeat(np.arange(1, hasher.bands + 1), len(signed))
+        records.append(_bucket_records(ranks, keys.T.ravel(), 0, np.tile(docs[signed], hasher.bands)))
+    return np.concatenate(records)
 
 
 def _bucket_records(ranks, highs, lows, docs) -> np.ndarray:
@@ -316,7 +325,7 @@ def bucket_pairs(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     is not the earliest of its (rank, key). A key's records may run on over several blocks."""
     group_key, group_first = None, 0  # the key that the previous block ended in, and its earliest document
     for block in blocks:
-        keys = [block["rank"], block["high"], block["low"]]
+        keys = [block["high"], block["rank"], block["low"]]
         starts = np.ones(len(block), dtype=bool)  # where a new key begins
         starts[1:] = np.logical_or.reduce([k[1:] != k[:-1] for k in keys])
         starts[0] = group_key != tuple(k[0].item() for k in keys)

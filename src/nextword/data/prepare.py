@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from nextword.config import CleanConfig, DataConfig
+from nextword.config import CleanConfig, DataConfig, EngineConfig
 from nextword.data.clean import MixReport, clean, mix_documents, plan_inputs, read_cleaned
 from nextword.data.code import LANGUAGES
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
@@ -59,9 +59,11 @@ class Prepared:
     reused: bool
 
 
-def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool = True) -> Prepared:
+def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, engine: EngineConfig | None = None,
+            progress: bool = True) -> Prepared:
     """sources → (clean) → (mix) → tokenizer → shards in a data dir, or the data dir as it is if it was made from
-    the same inputs. `clean` holds the settings used when cfg.clean is on (default: CleanConfig())."""
+    the same inputs. `clean` holds the settings used when cfg.clean is on (default: CleanConfig()), `engine` where
+    the clean step's tasks run (default: this machine, data.workers at once)."""
     clean_cfg = (clean or CleanConfig()).validate() if cfg.clean else None
     cleaned_from = clean_fingerprint(cfg, clean_cfg) if clean_cfg else ""
     key = cache_key(cfg, cleaned_from)
@@ -73,17 +75,19 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, progress: bool
 
     make_folder(data_dir, "data", "--data-dir")
     with folder_lock(data_dir, "the data folder", "--data-dir"):  # one writer; a finished one is read without it
-        return _make(data_dir, key, cfg, clean_cfg, cleaned_from, progress)
+        engine = engine or EngineConfig()
+        engine = dataclasses.replace(engine, workers=engine.workers or cfg.workers)
+        return _make(data_dir, key, cfg, clean_cfg, cleaned_from, engine, progress)
 
 
 def _make(data_dir: Path, key: str, cfg: DataConfig, clean_cfg: CleanConfig | None, cleaned_from: str,
-          progress: bool) -> Prepared:
+          engine: EngineConfig, progress: bool) -> Prepared:
     """Write the data dir: clean, mix, sample, tokenizer, shards, then the index that marks it finished."""
     started = time.perf_counter()
     _remove_previous_output(data_dir)
     skips = SkipLog()
     clean_dir = resolve_clean_dir(cfg, data_dir, cleaned_from)
-    cleaned = _clean_sources(cfg, clean_cfg, clean_dir, cleaned_from) if clean_cfg else None
+    cleaned = _clean_sources(cfg, clean_cfg, engine, clean_dir, cleaned_from) if clean_cfg else None
     mix = MixReport(dict(zip(cfg.sources, cfg.weights))) if cfg.weights else None
     sample, documents = _read_sample(_documents(cfg, cleaned, clean_dir, mix, skips), cfg, progress)
     if not sample:
@@ -211,7 +215,8 @@ def _remove_previous_output(data_dir: Path) -> None:
 # --- the documents: read, or cleaned; then mixed -------------------------------------------------------------
 
 
-def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, clean_dir: Path, fingerprint: str) -> dict[str, Any]:
+def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, engine: EngineConfig, clean_dir: Path,
+                   fingerprint: str) -> dict[str, Any]:
     """Clean all sources together into clean_dir, so the merge also removes duplicates across sources.
 
     Resumable: with the same fingerprint, an input already cleaned is not redone (the clean step keeps finished
@@ -230,8 +235,10 @@ def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, clean_dir: Path, fin
             return json.loads((clean_dir / "stats.json").read_text(encoding="utf-8"))
     clean_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(fingerprint, encoding="utf-8")
-    workers = cfg.workers or len(os.sched_getaffinity(0))
-    stats = clean(cfg.sources, clean_dir, clean_cfg, workers=workers, extensions=cfg.extensions, log=report)
+    stats = clean(cfg.sources, clean_dir, clean_cfg, engine=engine, extensions=cfg.extensions, log=report)
+    if stats is None:
+        raise DataError(f"prepare: the clean step was submitted to Slurm; once its jobs finish, run this command "
+                        f"again (it reuses {clean_dir}), or run prepare with --engine.executor local or ray")
     report(f"prepare: cleaned {stats['docs_final']:,} documents into {clean_dir}; see {clean_dir / 'report.md'}")
     return stats
 

@@ -188,7 +188,7 @@ def _prepare_data(cfg: RunConfig, world: World, show_progress: bool) -> tuple[To
     """The tokenizer and the train and validation splits; sets the model's vocabulary to the tokenizer's."""
     # Rank 0 prepares (or finds) the data and says so; the others then find it ready, without a word.
     with world.main_first(), _quiet_unless(world.is_main, stderr=True):
-        prepared = prepare(cfg.data, clean=cfg.clean, progress=show_progress)
+        prepared = prepare(cfg.data, clean=cfg.clean, engine=cfg.engine, progress=show_progress)
     tokenizer = prepared.tokenizer
     cfg.data.data_dir = str(prepared.data_dir)
     if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
