@@ -125,3 +125,33 @@ def test_slurm_stages_are_array_jobs_that_depend_on_the_one_before(planted, loca
 def test_slurm_needs_a_partition():
     with pytest.raises(ConfigError, match="engine.slurm_partition"):
         EngineConfig(executor="slurm").validate()
+
+
+def test_tokenizing_tasks_name_their_shards_by_unit_and_resume(planted, local_reference, tmp_path, monkeypatch,
+                                                                capsys):
+    """A prepare that dies while encoding keeps the units it finished; the same command then encodes the rest and
+    gives the shards of an uninterrupted run."""
+    from nextword.data import encode
+
+    sources, _ = planted
+    data_dir = tmp_path / "died"
+    cfg = DataConfig(sources=sources, clean=True, data_dir=str(data_dir), vocab_size=300, workers=1)
+    encode_unit = encode.EncodeUnits.encode
+    calls = []
+
+    def dies_on_the_third_unit(self, number, tokenizer):
+        calls.append(number)
+        if number == 2:
+            raise OSError("node lost")
+        return encode_unit(self, number, tokenizer)
+
+    monkeypatch.setattr(encode.EncodeUnits, "encode", dies_on_the_third_unit)
+    with pytest.raises(OSError, match="node lost"):
+        prepare(cfg, clean=CONFIG, engine=EngineConfig(tasks=1, workers=1), progress=False)
+    assert calls == [0, 1, 2] and not (data_dir / "index.json").exists()
+    monkeypatch.setattr(encode.EncodeUnits, "encode", encode_unit)
+    capsys.readouterr()
+    prepare(cfg, clean=CONFIG, engine=EngineConfig(tasks=1, workers=1), progress=False)
+    assert capsys.readouterr().err.count("encode: unit") == 3  # units 2, 3 and 4 of the 5 (one per input's shard)
+    assert token_shards(data_dir) == local_reference[1]
+    assert {name.split("_")[1] for name in local_reference[1]} == {"00000", "00001", "00002", "00003", "00004"}

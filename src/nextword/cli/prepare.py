@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from nextword.cli.options import add_config_arguments, config_from_args
+from nextword.config import EXECUTORS
 from nextword.data.prepare import prepare
 
 
@@ -20,11 +21,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="write the shards here (default: a cache folder "
                         "named by the inputs, under $NEXTWORD_CACHE or ~/.cache/nextword)")
     parser.add_argument("--vocab-size", type=int, metavar="N", help="tokens in the trained tokenizer (default 8192)")
-    parser.add_argument("--workers", type=int, metavar="N", help="processes that encode (default: every core)")
+    parser.add_argument("--workers", type=int, metavar="N", help="processes that encode, and clean tasks running at "
+                        "once (default: every core)")
+    parser.add_argument("--executor", choices=EXECUTORS, help="where the clean and encode tasks of data.clean run: "
+                        "this machine (default), a Slurm or a Ray cluster; see docs/scale.md")
+    parser.add_argument("--tasks", type=int, metavar="N", help="tasks each stage of data.clean is split into "
+                        "(default: one per worker here, one per input or unit on a cluster)")
 
 
 def run(args: argparse.Namespace) -> int:
-    named = {"data.data_dir": args.data_dir, "data.vocab_size": args.vocab_size, "data.workers": args.workers}
+    named = {"data.data_dir": args.data_dir, "data.vocab_size": args.vocab_size, "data.workers": args.workers,
+             "engine.executor": args.executor, "engine.tasks": args.tasks}
     # Named options first, so an explicit --data.FIELD override still wins.
     args.overrides = {**{k: str(v) for k, v in named.items() if v is not None}, **(args.overrides or {})}
     cfg = config_from_args(args)

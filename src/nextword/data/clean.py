@@ -51,6 +51,11 @@ DEFAULT_TEXT_EXTENSIONS = [".txt", ".md", ".rst"]
 READ_BATCH_DOCS = 2048  # rows of a part read at once
 ROW_GROUP_DOCS = 1024  # documents written at once: parts and shards are written a row group at a time
 KEY_SPACE = 1 << 64  # the dedup keys' `high` values, split into one range per dedup task
+# A shard's rows are counted in blocks of this many (their UTF-8 bytes, in stats.json): the units that prepare
+# tokenizes as tasks, and the bytes that let a weighted mix be cut without reading the text first.
+BLOCK_ROWS = 8192
+# The layout of the output folder: 2 is per-input shards with their block bytes (1: one run of docs_NNNNN files).
+CLEAN_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,8 @@ def _default_tasks(engine: EngineConfig, inputs: int) -> int:
 
 
 def _write_manifest(out: Path, inputs: list[Input], cfg: CleanConfig, extensions: list[str]) -> None:
-    manifest = {"inputs": [dataclasses.asdict(i) for i in inputs], "clean": dataclasses.asdict(cfg),
-                "extensions": extensions}
+    manifest = {"format": CLEAN_FORMAT, "inputs": [dataclasses.asdict(i) for i in inputs],
+                "clean": dataclasses.asdict(cfg), "extensions": extensions}
     path = out / "manifest.json"
     if path.exists():
         if json.loads(path.read_text(encoding="utf-8")) != manifest:
@@ -372,7 +377,7 @@ def _write_input(job: CleanJob, index: int, duplicates: list[Duplicate]) -> dict
             dedup.bytes_in += size
             duplicate = dropped.get(row_number)
             if duplicate is None:
-                writer.add(row)
+                writer.add(row, size)
                 kept_docs += 1
                 kept_bytes += size
                 continue
@@ -382,7 +387,8 @@ def _write_input(job: CleanJob, index: int, duplicates: list[Duplicate]) -> dict
             if len(shown) < job.cfg.examples_per_rule:
                 shown.append({"id": row["id"], "duplicate_of": _document_id(job, duplicate.first),
                               "text": row["text"][:EXAMPLE_CHARS]})
-    kept = {"docs_final": kept_docs, "bytes_final": kept_bytes, "shards": writer.names, "dedup": dedup.to_dict()}
+    kept = {"docs_final": kept_docs, "bytes_final": kept_bytes, "shards": writer.names,
+            "block_bytes": writer.block_bytes, "dedup": dedup.to_dict()}
     write_text_atomically(job.part(index).with_suffix(".kept.json"), json.dumps(kept))
     return kept
 
@@ -431,13 +437,21 @@ class _ShardWriter:
         self.out, self.prefix, self.shard_docs = out, prefix, shard_docs
         self.rows: list[dict] = []
         self.names: list[str] = []
+        self.block_bytes: list[list[int]] = []  # per shard, the UTF-8 bytes of each BLOCK_ROWS rows
         self.file: pq.ParquetWriter | None = None
         self.in_shard = 0  # rows written to the open shard
 
     def __enter__(self) -> "_ShardWriter":
         return self
 
-    def add(self, row: dict) -> None:
+    def add(self, row: dict, size: int) -> None:
+        """Add a row whose text has `size` UTF-8 bytes."""
+        if self.in_shard + len(self.rows) == 0:
+            self.block_bytes.append([])
+        blocks = self.block_bytes[-1]
+        if (self.in_shard + len(self.rows)) % BLOCK_ROWS == 0:
+            blocks.append(0)
+        blocks[-1] += size
         self.rows.append(row)
         if len(self.rows) >= min(ROW_GROUP_DOCS, self.shard_docs - self.in_shard):
             self._write_rows()
@@ -488,7 +502,8 @@ class Summarise:
             stats = json.loads(part.with_suffix(".json").read_text(encoding="utf-8"))
             kept = json.loads(part.with_suffix(".kept.json").read_text(encoding="utf-8"))
             dedup.add(kept["dedup"], cfg.examples_per_rule)
-            stats.update(docs_final=kept["docs_final"], bytes_final=kept["bytes_final"], shards=kept["shards"])
+            stats.update(docs_final=kept["docs_final"], bytes_final=kept["bytes_final"], shards=kept["shards"],
+                         block_bytes=kept["block_bytes"])
             per_input.append(stats)
         stats = _summarise(per_input, dedup, cfg)
         write_text_atomically(out / "report.md", render_report(stats))

@@ -18,20 +18,20 @@ Two implementations of that one rule:
 - `Deduplicator` sees documents one at a time and keeps every key in memory: for one stream that fits in memory
   (the web-pipeline benchmark uses it).
 - `DuplicateFinder` finds the same duplicates with sorted files on disk, holding about `chunk_records` records in
-  memory whatever the corpus size; `clean`'s merge uses it. Its stages are datatrove's MinHash stages:
+  memory whatever the corpus size. `clean` runs the same stages as tasks, over many processes or machines (see
+  clean.py). They are datatrove's MinHash stages:
 
   1. signatures → buckets (datatrove's MinhashDedupSignature, which also computes the signatures; here clean's
-     stage one has done that per input and stored them in the parts): each document's band keys, and its exact
-     hash, become records (rank, key, document) written to disk in sorted runs (rank 0: the exact hash, rank 1 + b:
-     band b, so the sorted records are one bucket file per band, band after band).
-  2. buckets → pairs (MinhashDedupBuckets): the runs merged into one sorted stream, so that the records of one
-     key follow each other, earliest document first; every later document of a key makes the pair (document, rank,
-     earliest document).
+     first stage has done that per input): each document's band keys, and its exact hash, become records (key,
+     rank, document) sorted on disk (rank 0: the exact hash, rank 1 + b: band b). Sorted on the key first, the
+     records of one range of keys are one slice of every sorted file: one dedup task's bucket.
+  2. buckets → pairs (MinhashDedupBuckets): the records merged into one sorted stream, so that the records of one
+     (key, rank) follow each other, earliest document first; every later document of a key makes the pair
+     (document, rank, earliest document).
   3. pairs → verdicts (MinhashDedupCluster): the pairs sorted on disk by document; each document with pairs is a
      duplicate, of the earliest document in its lowest-ranked pair (exact before band 0 before band 1, as
      `Deduplicator` checks them).
-  4. filter (MinhashDedupFilter): clean's merge reads the documents in order beside the verdicts and drops those
-     named.
+  4. filter (MinhashDedupFilter): the documents read in order beside the verdicts, and those named dropped.
 
   Stage 3 needs no union-find. datatrove's cluster step joins every colliding pair into connected groups (its
   union-find holds every document that collided with another) and keeps one document per group; the rule here

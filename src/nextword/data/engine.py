@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
@@ -92,27 +93,26 @@ def _executor(stage: Stage, engine: EngineConfig, folder: Path):
                                    logging_dir=str(folder), skip_completed=False,
                                    cpus_per_task=engine.ray_cpus_per_task)
     workers = min(engine.workers or len(os.sched_getaffinity(0)), stage.tasks)
-    # fork: workers start at once with nextword imported (forkserver would import it again in each one).
+    # Workers start from datatrove's default forkserver, not by forking this process: a fork of a process with
+    # threads (Ray's, a progress bar's) can copy a lock some thread held and hang forever.
     return LocalPipelineExecutor(pipeline, tasks=stage.tasks, workers=workers, logging_dir=str(folder),
-                                 skip_completed=False, start_method="fork")
+                                 skip_completed=False)
 
 
-class _quiet_when_local:
-    """On this machine, nextword's own lines say what each task did; datatrove's per-task lines (pipeline, stats)
-    go to the log files only. On a cluster they are what the user reads, so they stay."""
-
-    def __init__(self, engine: EngineConfig) -> None:
-        self.quiet = engine.executor == "local"
-
-    def __enter__(self) -> None:
-        if self.quiet:
-            os.environ[QUIET_LOGS] = "1"
-            logger.disable("datatrove")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.quiet:
-            os.environ.pop(QUIET_LOGS, None)
-            logger.enable("datatrove")
+@contextmanager
+def _quiet_when_local(engine: EngineConfig) -> Iterator[None]:
+    """On this machine, nextword's own lines say what each task did, and datatrove's per-task lines (pipeline,
+    stats) are left out. On a cluster they are what the user reads, so they stay."""
+    if engine.executor != "local":
+        yield
+        return
+    os.environ[QUIET_LOGS] = "1"  # read by the steps in the worker processes
+    logger.disable("datatrove")
+    try:
+        yield
+    finally:
+        os.environ.pop(QUIET_LOGS, None)
+        logger.enable("datatrove")
 
 
 def _start_ray(engine: EngineConfig) -> None:

@@ -29,15 +29,16 @@ import numpy as np
 from tqdm import tqdm
 
 from nextword.config import CleanConfig, DataConfig, EngineConfig
-from nextword.data.clean import MixReport, clean, mix_documents, plan_inputs, read_cleaned
+from nextword.data.clean import CLEAN_FORMAT, MixReport, clean, mix_documents, plan_inputs, read_cleaned
 from nextword.data.code import LANGUAGES
+from nextword.data.encode import UNITS_DIR, EncodeUnits, gather_units, plan_units, unit_file
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
                                   token_dtype, write_index)
 from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
 from nextword.data.split import BY_TAILS, choose_rule, split_pieces
 from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import ConfigError, DataError, make_folder
-from nextword.files import folder_lock
+from nextword.files import folder_lock, write_text_atomically
 
 TOKENIZER_NAME = "tokenizer.json"
 CHUNK_BYTES = 1 << 20  # text sent to a worker at a time: large enough to keep the pickling cost small
@@ -45,10 +46,11 @@ CHUNK_DOCUMENTS = 1024
 CHUNKS_IN_FLIGHT_PER_WORKER = 2  # bounds memory: reading never runs far ahead of encoding
 # The files a ShardWriter makes; only these are removed before a data dir is rewritten, never other files.
 # Their temporary names end in .tmpPID (files.temporary_name); versions before it wrote .tmp.
-SHARD_FILE = re.compile(rf"({'|'.join(SPLITS)})_\d{{5}}\.(bin|docs\.npy)(\.tmp\d*)?")
+SHARD_FILE = re.compile(rf"({'|'.join(SPLITS)})(_\d{{5}})?_\d{{5}}\.(bin|docs\.npy)(\.tmp\d*)?")
 CLEAN_DIR = "clean"
 CLEAN_KEY_NAME = "prepare_key.txt"  # in CLEAN_DIR: the clean settings and inputs its contents were made from
 MIXED_FROM = "mixed_from"  # the meta field naming the source a mixed document came from
+UNITS_STARTED = "started.json"  # in UNITS_DIR: the key and tokenizer the finished units were encoded for
 
 
 @dataclass
@@ -84,7 +86,7 @@ def _make(data_dir: Path, key: str, cfg: DataConfig, clean_cfg: CleanConfig | No
           engine: EngineConfig, progress: bool) -> Prepared:
     """Write the data dir: clean, mix, sample, tokenizer, shards, then the index that marks it finished."""
     started = time.perf_counter()
-    _remove_previous_output(data_dir)
+    resumed = _remove_previous_output(data_dir, key)
     skips = SkipLog()
     clean_dir = resolve_clean_dir(cfg, data_dir, cleaned_from)
     cleaned = _clean_sources(cfg, clean_cfg, engine, clean_dir, cleaned_from) if clean_cfg else None
@@ -93,9 +95,16 @@ def _make(data_dir: Path, key: str, cfg: DataConfig, clean_cfg: CleanConfig | No
     if not sample:
         raise DataError(_no_documents_message(cfg, skips))
     held_out = choose_rule(((d.id, len(d.text.encode("utf-8"))) for d in sample), cfg.val_fraction)
-    tokenizer, tokenizer_note = _get_tokenizer(cfg, sample, held_out, progress)
-    tokenizer.save(data_dir / TOKENIZER_NAME)
-    splits, tokens_by_source = _write_shards(data_dir, cfg, tokenizer, documents, held_out, progress)
+    if resumed is not None:  # units of an interrupted run with this key: keep its tokenizer, so they still fit
+        tokenizer, tokenizer_note = Tokenizer.load(data_dir / TOKENIZER_NAME), resumed
+    else:
+        tokenizer, tokenizer_note = _get_tokenizer(cfg, sample, held_out, progress)
+        tokenizer.save(data_dir / TOKENIZER_NAME)
+    if cleaned is not None:
+        splits, tokens_by_source, mix = _encode_as_tasks(data_dir, key, cfg, cleaned, clean_dir, tokenizer,
+                                                         tokenizer_note, held_out, engine)
+    else:
+        splits, tokens_by_source = _write_shards(data_dir, cfg, tokenizer, documents, held_out, progress)
     if splits["train"]["documents"] + splits["val"]["documents"] == 0:
         raise DataError(_no_documents_message(cfg, skips))
     extra = {}
@@ -153,7 +162,8 @@ def clean_fingerprint(cfg: DataConfig, clean: CleanConfig) -> str:
     extensions = {"web": [], "code": sorted(LANGUAGES), "text": cfg.extensions}
     inputs = [(inp.kind, inp.spec, sources_fingerprint([inp.path], extensions[inp.kind]))
               for inp in plan_inputs(cfg.sources)]
-    return _short_hash({"inputs": inputs, "clean": dataclasses.asdict(clean), "extensions": cfg.extensions})
+    return _short_hash({"inputs": inputs, "clean": dataclasses.asdict(clean), "extensions": cfg.extensions,
+                        "format": CLEAN_FORMAT})
 
 
 def _short_hash(settings: dict[str, Any]) -> str:
@@ -202,14 +212,22 @@ def _finished_index(data_dir: Path, key: str) -> dict[str, Any] | None:
     return index
 
 
-def _remove_previous_output(data_dir: Path) -> None:
-    """Remove the index first, so an interrupted run never leaves a data dir that looks finished."""
+def _remove_previous_output(data_dir: Path, key: str) -> dict[str, Any] | None:
+    """Remove the index first, so an interrupted run never leaves a data dir that looks finished; then the shards,
+    except the units an interrupted run with this same key finished (their tokenizer's note is returned)."""
     (data_dir / INDEX_NAME).unlink(missing_ok=True)
     for path in data_dir.glob(f"{INDEX_NAME}.tmp*"):  # left by a process killed while writing it
         path.unlink()
+    started = data_dir / UNITS_DIR / UNITS_STARTED
+    if started.exists() and (data_dir / TOKENIZER_NAME).exists():
+        record = json.loads(started.read_text(encoding="utf-8"))
+        if record.get("key") == key:
+            return record["tokenizer"]
+    shutil.rmtree(data_dir / UNITS_DIR, ignore_errors=True)
     for path in data_dir.iterdir():
         if SHARD_FILE.fullmatch(path.name):
             path.unlink()
+    return None
 
 
 # --- the documents: read, or cleaned; then mixed -------------------------------------------------------------
@@ -358,6 +376,27 @@ def _write_shards(data_dir: Path, cfg: DataConfig, tokenizer: Tokenizer, documen
                 tokens_by_source[source] += len(tokenizer.document_start) + len(ids) + 1  # as written
                 bar.update(num_bytes)
     return {split: writer.close() for split, writer in writers.items()}, tokens_by_source
+
+
+def _encode_as_tasks(data_dir: Path, key: str, cfg: DataConfig, cleaned: dict[str, Any], clean_dir: Path,
+                     tokenizer: Tokenizer, tokenizer_note: dict[str, Any], held_out: str,
+                     engine: EngineConfig) -> tuple[dict[str, dict[str, Any]], Counter, MixReport | None]:
+    """Tokenize the cleaned corpus as tasks of the engine (see encode.py); each split's shard figures, the tokens
+    from each mixed source, and what the mix took."""
+    from nextword.data.engine import Stage, run_stages  # here: datatrove is needed only to run the tasks
+
+    units, ended_by = plan_units(cleaned, clean_dir, cfg.sources, cfg.weights)
+    (data_dir / UNITS_DIR).mkdir(exist_ok=True)
+    write_text_atomically(data_dir / UNITS_DIR / UNITS_STARTED, json.dumps({"key": key, "tokenizer": tokenizer_note}))
+    if not all(unit_file(data_dir, n).exists() for n in range(len(units))):
+        step = EncodeUnits(units, str(data_dir), tokenizer.to_json(), tokenizer.eos_token, tokenizer.bos_token,
+                           held_out, cfg.val_fraction)
+        tasks = engine.tasks or (engine.workers or len(os.sched_getaffinity(0)) if engine.executor == "local"
+                                 else len(units))
+        if not run_stages([Stage(step, max(1, min(tasks, len(units))))], engine, data_dir / "logs", report):
+            raise DataError(f"prepare: the encode tasks were submitted to Slurm; once they finish, run this command "
+                            f"again to write the index of {data_dir}")
+    return gather_units(data_dir, len(units), dict(zip(cfg.sources, cfg.weights)), ended_by)
 
 
 def text_chunks(labelled: Iterable[tuple[str, str, str]]) -> Iterator[list[tuple[str, str, str]]]:

@@ -4,7 +4,8 @@ A data dir holds, per split ("train", "val"):
   {split}_00000.bin       token ids, little-endian uint16 (vocab ≤ 65536) or uint32, EOS after every document
                           (and the tokenizer's beginning token before it, in families that use one)
   {split}_00000.docs.npy  int64 offsets where each document starts in that shard
-and one `index.json` naming every file with its token count, written last: a data dir without a complete
+(a cleaned corpus tokenized as tasks names them by unit: {split}_UUUUU_00000.bin, ...), and one `index.json`
+naming every file with its token count, written last: a data dir without a complete
 index is unfinished. Files are written under a temporary name and renamed when complete, so a crash never
 leaves a half-written shard that looks finished.
 """
@@ -40,9 +41,10 @@ class ShardWriter:
     """
 
     def __init__(self, data_dir: str | Path, split: str, *, vocab_size: int, eos_id: int, bos_id: int | None = None,
-                 max_tokens: int = MAX_SHARD_TOKENS) -> None:
+                 max_tokens: int = MAX_SHARD_TOKENS, name: str = "") -> None:
         self.data_dir = Path(data_dir)
         self.split = split
+        self.name = name or split  # files are NAME_00000.bin, ...: a task writing one unit names them by the unit
         self.vocab_size = vocab_size
         self.eos_id = eos_id
         self.start = [] if bos_id is None else [bos_id]  # what each document begins with
@@ -85,7 +87,7 @@ class ShardWriter:
         return {"tokens": self.tokens, "documents": self.documents, "bytes": self.bytes, "shards": self.shards}
 
     def _name(self) -> str:
-        return f"{self.split}_{len(self.shards):05d}"
+        return f"{self.name}_{len(self.shards):05d}"
 
     def _start_shard(self) -> None:
         self._file = open(temporary_name(self.data_dir / f"{self._name()}.bin"), "wb")
