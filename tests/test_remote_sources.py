@@ -140,7 +140,8 @@ def test_a_memory_folder_is_listed_and_read_in_order_with_the_local_rules(tmp_pa
         (local / name).write_bytes(data)
     (local / "sub").mkdir()
     (local / "sub" / "e.md").write_bytes(b"A note in a sub folder.")
-    assert documents == read(str(local), [".txt", ".md"])[0] and skips.total == 0
+    assert documents == read(str(local), [".txt", ".md"])[0] == read(f"file://{local}/", [".txt", ".md"])[0]
+    assert skips.total == 0
     assert read(f"{memory}/corpus/*.jsonl*")[0] == [d for d in documents if ".jsonl" in d[0]]
 
 

@@ -33,7 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     clean = sub.add_parser("clean", help="read → extract → filter → dedup into cleaned parquet shards")
     clean.add_argument("--source", action="append", dest="sources", default=[], metavar="PATH",
-                       help="a WARC/WET file or folder, code:REPO, or a text/JSONL/parquet source (repeatable)")
+                       help="a WARC/WET file or folder (local or a URL), code:REPO, or a text/JSONL/parquet source "
+                            "(repeatable)")
     clean.add_argument("--out", required=True, help="output folder (parts, shards, stats.json, report.md)")
     clean.add_argument("--workers", type=int, default=0, help="worker processes (0: every core)")
     clean.add_argument("--task-index", type=int, help="this task's number, 0 to --num-tasks - 1 (default: its "

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from nextword.errors import DataError
 
@@ -129,7 +129,7 @@ def file_size(location: Path | str) -> int | None:
     return _guarded(location, lambda: fs.info(path)).get("size")
 
 
-def open_binary(location: Path | str) -> BinaryIO:
+def open_binary(location: Path | str) -> io.BufferedReader:
     """A local file opened as usual, or a remote one streamed through fsspec behind a read buffer; its failures
     raise RemoteReadError."""
     if isinstance(location, Path):

@@ -172,9 +172,7 @@ def _decode(path: Path | str, payload: bytes, charset: str, skips: SkipLog) -> s
 
 def _records(path: Path | str, skips: SkipLog) -> Iterator[_RawRecord]:
     with open_binary(path) as file:
-        gzipped = file.read(3) == GZIP_MAGIC
-        if gzipped:
-            file.seek(0)
+        if file.peek(len(GZIP_MAGIC))[:len(GZIP_MAGIC)] == GZIP_MAGIC:  # peeked: a stream need not seek back
             for member_offset, member in _gzip_members(file, path, skips):
                 yield from _parse_block(path, member, skips, base_offset=member_offset, fixed_offset=True)
             return
