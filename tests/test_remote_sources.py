@@ -26,7 +26,8 @@ TEXTS = [f"The {word} tide came in early, and the boats went out again before th
 
 class _FolderHandler(http.server.BaseHTTPRequestHandler):
     """Serves the server's folder with byte ranges, an ETag and Last-Modified, as S3, the Hub and Common Crawl
-    do (fsspec reads a parquet footer with a range request); files named in `cut` stop half way through."""
+    do (fsspec reads a parquet footer with a range request), and a folder as an index page of links; files named
+    in `cut` stop half way through."""
 
     def do_HEAD(self) -> None:
         self._send(body=False)
@@ -36,6 +37,9 @@ class _FolderHandler(http.server.BaseHTTPRequestHandler):
 
     def _send(self, body: bool) -> None:
         path = self.server.folder / self.path.lstrip("/")
+        if path.is_dir():
+            self._send_index(path, body)
+            return
         if not path.is_file():
             self.send_error(404)
             return
@@ -55,6 +59,16 @@ class _FolderHandler(http.server.BaseHTTPRequestHandler):
         if body:
             cut = path.name in self.server.cut
             self.wfile.write(data[start:(start + end) // 2 if cut else end])
+
+    def _send_index(self, folder: Path, body: bool) -> None:
+        names = [child.name + "/" * child.is_dir() for child in sorted(folder.iterdir())]
+        page = ("<html><body>" + "".join(f'<a href="{name}">{name}</a>' for name in names) + "</body></html>").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        if body:
+            self.wfile.write(page)
 
     def log_message(self, *args) -> None:
         pass
@@ -143,6 +157,18 @@ def test_a_memory_folder_is_listed_and_read_in_order_with_the_local_rules(tmp_pa
     assert documents == read(str(local), [".txt", ".md"])[0] == read(f"file://{local}/", [".txt", ".md"])[0]
     assert skips.total == 0
     assert read(f"{memory}/corpus/*.jsonl*")[0] == [d for d in documents if ".jsonl" in d[0]]
+
+
+def test_an_http_folder_is_listed_from_its_index_page(tmp_path, server):
+    httpd, base = server
+    for name, data in formats(tmp_path).items():
+        (httpd.folder / "corpus" / name).parent.mkdir(parents=True, exist_ok=True)
+        (httpd.folder / "corpus" / name).write_bytes(data)
+    (httpd.folder / "corpus" / "sub").mkdir()
+    (httpd.folder / "corpus" / "sub" / "e.txt").write_bytes(b"A note in a sub folder.")
+    documents, skips = read(f"{base}/corpus/", [".txt"])
+    assert documents == read(str(httpd.folder / "corpus"), [".txt"])[0] and skips.total == 0
+    assert documents[-1] == ("sub/e.txt", "A note in a sub folder.")
 
 
 def test_web_archives_are_read_over_http_and_from_memory_as_local_ones_are(tmp_path, server, memory):

@@ -104,8 +104,8 @@ def remote_files(source: str, keep: Callable[[str], bool] = lambda name: True) -
             found = fs.find(root, detail=True)
         files = []
         for path, info in found.items():
-            name = path[len(base):].lstrip("/") if path.startswith(base) else file_name(path)
-            if info.get("type", "file") == "file" and _visible(name) and keep(file_name(name)):
+            name = _relative(path, base)
+            if name and info.get("type", "file") == "file" and _visible(name) and keep(file_name(name)):
                 if info.get("size") is None:  # an HTTP index lists names alone; the fingerprint needs the rest
                     info = fs.info(path)
                 files.append(RemoteFile(f"{prefix}/{name}", name, info))
@@ -114,6 +114,14 @@ def remote_files(source: str, keep: Callable[[str], bool] = lambda name: True) -
     except Exception as error:  # fsspec's stores raise their own kinds (aiohttp, botocore, huggingface_hub)
         raise _access_error(source, error) from None
     return sorted(files, key=lambda file: file.name)
+
+
+def _relative(path: str, base: str) -> str | None:
+    """`path` under the folder `base` ("" for a store's top), or None when it is not under it (a web server's index
+    page may link anywhere)."""
+    if not base:
+        return path.lstrip("/")
+    return path[len(base) + 1:] if path.startswith(base + "/") else None
 
 
 def _visible(name: str) -> bool:
