@@ -160,6 +160,27 @@ def test_truncated_file_end_is_counted(tmp_path):
     assert "truncated gzip member at end of file" in skips.to_dict()["by_reason"]
 
 
+def test_gzip_members_are_found_wherever_the_reads_end(tmp_path, monkeypatch):
+    """The file is read front to back a chunk at a time: a member, a damaged one or the search for the next one may
+    cross a chunk's end, and the records, their offsets and the skips must not depend on where it falls."""
+    from nextword.data import web
+
+    path = tmp_path / "h.warc.gz"
+    offsets = write_warc(path, [html(i) for i in range(4)])
+    data = path.read_bytes()
+    # member 1 loses its end, bytes that are not gzip follow member 2, and the last member loses its trailer
+    path.write_bytes(data[:offsets[1] + 60] + data[offsets[2]:offsets[3]] + b"not gzip" + data[offsets[3]:-4])
+    expected = [(f"{path}:{offsets[0]}", "http://example.test/0"),
+                (f"{path}:{offsets[1] + 60}", "http://example.test/2")]
+    for read_chunk, piece in ((web.READ_CHUNK, web.INFLATE_PIECE), (7, 3), (100, 1000)):
+        monkeypatch.setattr(web, "READ_CHUNK", read_chunk)
+        monkeypatch.setattr(web, "INFLATE_PIECE", piece)
+        skips = SkipLog()
+        assert [(d.id, d.meta["url"]) for d in read_web(path, skips)] == expected
+        assert skips.by_reason == {"warcinfo record ignored": 1, "corrupt gzip member skipped": 2,
+                                   "truncated gzip member at end of file": 1}
+
+
 @pytest.mark.parametrize("gz", [True, False])
 @pytest.mark.parametrize("delta", [+40, -25])
 def test_record_with_bad_length_is_dropped_and_reading_resumes(tmp_path, gz, delta):

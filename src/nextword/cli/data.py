@@ -34,7 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     clean = sub.add_parser("clean", help="read → extract → filter → dedup into cleaned parquet shards")
     clean.add_argument("--source", action="append", dest="sources", default=[], metavar="PATH",
-                       help="a WARC/WET file or folder, code:REPO, or a text/JSONL/parquet source (repeatable)")
+                       help="a WARC/WET file or folder (local or a URL), code:REPO, or a text/JSONL/parquet source "
+                            "(repeatable)")
     clean.add_argument("--out", required=True, help="output folder (parts, shards, stats.json, report.md)")
     add_engine_arguments(clean)
 

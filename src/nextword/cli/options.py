@@ -38,8 +38,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", metavar="NAME", help="a model shape by name: tiny, small, gpt2-124m, "
                        "gpt2-350m, llama-150m, llama-1b")
     group.add_argument("--source", action="append", metavar="PATH", dest="sources",
-                       help="a folder, or a .txt, .jsonl[.gz|.zst], .parquet or WARC/WET file to read (repeatable); "
-                            "default: the embedded corpus, Python's standard library")
+                       help="a folder, or a .txt, .jsonl[.gz|.zst], .parquet or WARC/WET file to read, local or a "
+                            "URL (https://, s3://, hf://datasets/...) (repeatable); default: the embedded corpus, "
+                            "Python's standard library")
     parser.epilog = ((parser.epilog or "") + "\nAny config field can be set as --SECTION.FIELD VALUE, "
                      "e.g. --train.lr 3e-4 --model.n_layers 6.").strip()
 

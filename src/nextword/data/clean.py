@@ -40,6 +40,7 @@ from nextword.data.dedup import (BUCKET_RECORD, PAIR_RECORD, SORT_CHUNK_RECORDS,
                                  bucket_pairs, document_number, document_numbers, document_place, exact_key,
                                  key_records, lowest_ranked_pairs)
 from nextword.data.filters import EXAMPLE_CHARS, FilterChain, RuleStats
+from nextword.data.remote import is_url, remote_files
 from nextword.data.sources import Document, SkipLog, code_repository, read_sources
 from nextword.errors import DataError, make_folder
 from nextword.files import atomic_write, replace_atomically, temporary_name, write_text_atomically
@@ -68,7 +69,8 @@ class Input:
 
 
 def plan_inputs(sources: list[str]) -> list[Input]:
-    """The inputs the sources name, in a fixed order; a folder of web archives becomes one input per file."""
+    """The inputs the sources name, in a fixed order; a folder of web archives becomes one input per file, a
+    remote folder (a URL) too, each input's path then the file's URL."""
     from nextword.data.web import is_web_file  # here, so mixing and reading cleaned output need no web extra
 
     inputs: list[Input] = []
@@ -76,6 +78,13 @@ def plan_inputs(sources: list[str]) -> list[Input]:
         repository = code_repository(spec)
         if repository is not None:
             inputs.append(Input(spec, "code", str(repository)))
+            continue
+        if is_url(spec):
+            web_urls = [file.url for file in remote_files(spec) if is_web_file(file.url)]
+            if is_web_file(spec) or not web_urls:
+                inputs.append(Input(spec, "web" if is_web_file(spec) else "text", spec))
+            else:
+                inputs.extend(Input(url, "web", url) for url in web_urls)
             continue
         path = Path(spec)
         if not path.exists():
@@ -204,7 +213,7 @@ def _documents(inp: Input, cfg: CleanConfig, extensions: list[str], skips: SkipL
     if inp.kind == "web":
         from nextword.data.web import read_web
 
-        return read_web(Path(inp.path), skips, extractor=cfg.extractor)
+        return read_web(inp.path, skips, extractor=cfg.extractor)  # a local path or a URL
     if inp.kind == "code":
         from nextword.data.code import read_code_repo
 

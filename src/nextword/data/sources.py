@@ -22,10 +22,12 @@ import sysconfig
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from nextword.data.remote import RemoteReadError, file_name, file_size, is_url, open_binary, remote_files
 from nextword.errors import DataError
 
 CODE_PREFIX = "code:"  # a source spec naming a code repository: code:PATH
@@ -80,7 +82,7 @@ class SkipLog:
         self._names: dict[str, list[str]] = {}  # the first few files per reason, for the summary line
         self._more_names: set[str] = set()  # reasons that were seen in more files than the summary shows
 
-    def skip(self, path: str | Path, reason: str) -> None:
+    def skip(self, path: str | Path, reason: str) -> None:  # path: a local path or a URL
         category = _reason_category(reason)
         self.total += 1
         self.by_reason[category] += 1
@@ -177,14 +179,16 @@ def default_corpus(skips: SkipLog | None = None) -> Iterator[Document]:
 # --- plain text and code files ---------------------------------------------------------------------------
 
 
-def _read_text_file(path: Path, skips: SkipLog) -> str | None:
-    """The file's text, or None after counting why it cannot be used."""
+def _read_text_file(path: Path | str, skips: SkipLog) -> str | None:
+    """The file's text (a local path or a URL), or None after counting why it cannot be used."""
     try:
-        size = path.stat().st_size
+        size = file_size(path)
+        if size is None or size <= MAX_FILE_BYTES:
+            data = path.read_bytes() if isinstance(path, Path) else _read_remote(path)
+            size = len(data)
         if size > MAX_FILE_BYTES:
             skips.skip(path, f"too large ({size / 2**20:.1f} MiB, cap {MAX_FILE_BYTES // 2**20} MiB)")
             return None
-        data = path.read_bytes()
     except OSError as error:
         skips.skip(path, f"unreadable ({error.strerror or error})")
         return None
@@ -202,11 +206,17 @@ def _read_text_file(path: Path, skips: SkipLog) -> str | None:
     return text
 
 
+def _read_remote(url: str) -> bytes:
+    """A remote file's bytes, one past the cap at most: a store that gives no size up front is capped too."""
+    with open_binary(url) as file:
+        return file.read(MAX_FILE_BYTES + 1)
+
+
 # --- JSONL, plain or compressed --------------------------------------------------------------------------
 
 
-def _zstd_chunks(path: Path) -> Iterator[bytes]:
-    """Decompressed bytes of a .zst file, frame after frame.
+def _zstd_chunks(file: BinaryIO, path: Path | str) -> Iterator[bytes]:
+    """Decompressed bytes of a .zst file (open as `file`), frame after frame.
 
     zstandard's stream reader ends quietly at a truncated frame, so this checks that the last frame was
     complete and raises EOFError if it was not.
@@ -220,20 +230,19 @@ def _zstd_chunks(path: Path) -> Iterator[bytes]:
     decompressor = zstandard.ZstdDecompressor()
     frame = decompressor.decompressobj()
     frame_has_input = False
-    with open(path, "rb") as file:
-        while chunk := file.read(READ_CHUNK_BYTES):
-            while chunk:
-                frame_has_input = True
-                try:
-                    decompressed = frame.decompress(chunk)
-                except zstandard.ZstdError as error:
-                    raise EOFError(f"corrupt zstd frame ({error})") from error
-                yield decompressed
-                if not frame.eof:
-                    break
-                chunk = frame.unused_data
-                frame = decompressor.decompressobj()
-                frame_has_input = False
+    while chunk := file.read(READ_CHUNK_BYTES):
+        while chunk:
+            frame_has_input = True
+            try:
+                decompressed = frame.decompress(chunk)
+            except zstandard.ZstdError as error:
+                raise EOFError(f"corrupt zstd frame ({error})") from error
+            yield decompressed
+            if not frame.eof:
+                break
+            chunk = frame.unused_data
+            frame = decompressor.decompressobj()
+            frame_has_input = False
     if frame_has_input:
         raise EOFError("zstd stream ends inside a frame")
 
@@ -248,29 +257,33 @@ def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield pending
 
 
-def _raw_lines(path: Path) -> tuple[str, Iterator[bytes]]:
-    """(what the file is, for messages; its lines as bytes)."""
-    name = path.name.lower()
+def _raw_lines(path: Path | str, file: BinaryIO) -> tuple[str, Iterator[bytes]]:
+    """(what the file is, for messages; the lines of `file`, opened from `path`, as bytes)."""
+    name = file_name(path).lower()
     if name.endswith(".gz"):
-        return "gzip", gzip.open(path, "rb")
+        return "gzip", iter(gzip.GzipFile(fileobj=file, mode="rb"))
     if name.endswith(".zst"):
-        return "zstd", _split_lines(_zstd_chunks(path))
-    return "file", open(path, "rb")
+        return "zstd", _split_lines(_zstd_chunks(file, path))
+    return "file", iter(file)
 
 
-def _read_jsonl(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
+def _read_jsonl(path: Path | str, display: str, skips: SkipLog) -> Iterator[Document]:
     """One document per line with a string `text` (FineWeb and Dolma records); other fields go in meta."""
     try:
-        kind, lines = _raw_lines(path)
+        file = open_binary(path)
     except OSError as error:
         skips.skip(path, f"unreadable ({error.strerror or error})")
         return
-    line_number = 0
-    try:
+    with file:
+        kind, lines = _raw_lines(path, file)
+        line_number = 0
         while True:
             try:
                 raw = next(lines)
             except StopIteration:
+                return
+            except RemoteReadError as error:
+                skips.skip(path, f"read failed after line {line_number} ({error})")
                 return
             except (EOFError, OSError, zlib.error):
                 skips.skip(path, f"corrupt {kind} after line {line_number}")
@@ -281,12 +294,9 @@ def _read_jsonl(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
             document = _jsonl_document(raw, line_number, path, display, skips)
             if document is not None:
                 yield document
-    finally:
-        if hasattr(lines, "close"):
-            lines.close()
 
 
-def _jsonl_document(raw: bytes, line_number: int, path: Path, display: str, skips: SkipLog) -> Document | None:
+def _jsonl_document(raw: bytes, line_number: int, path: Path | str, display: str, skips: SkipLog) -> Document | None:
     try:
         # utf-8-sig on the first line: a file saved by a Windows editor starts with a byte-order mark.
         record = json.loads(raw.decode("utf-8-sig" if line_number == 1 else "utf-8"))
@@ -303,7 +313,7 @@ def _jsonl_document(raw: bytes, line_number: int, path: Path, display: str, skip
 
 
 def _record_document(
-    record: Any, source: str, unit: str, number: int, path: Path, display: str, skips: SkipLog
+    record: Any, source: str, unit: str, number: int, path: Path | str, display: str, skips: SkipLog
 ) -> Document | None:
     """A document from one JSONL line or parquet row, or None after counting why not."""
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
@@ -322,15 +332,21 @@ def _record_document(
 # --- parquet ---------------------------------------------------------------------------------------------
 
 
-def _read_parquet(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
-    """One document per row, streamed a batch at a time so memory stays bounded."""
+def _read_parquet(path: Path | str, display: str, skips: SkipLog) -> Iterator[Document]:
+    """One document per row, streamed a batch at a time so memory stays bounded. A remote file is read through a
+    file object, which fetches the footer and then each row group as it is needed."""
     import pyarrow.parquet as pq  # imported here: pyarrow takes a while to load and most runs read no parquet
 
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as error:  # pyarrow raises several kinds (ArrowInvalid, OSError) for a damaged file
-        skips.skip(path, f"unreadable parquet ({error})")
-        return
+    with ExitStack() as stack:
+        try:
+            parquet = pq.ParquetFile(path if isinstance(path, Path) else stack.enter_context(open_binary(path)))
+        except Exception as error:  # pyarrow raises several kinds (ArrowInvalid, OSError) for a damaged file
+            skips.skip(path, f"unreadable parquet ({error})")
+            return
+        yield from _parquet_rows(parquet, path, display, skips)
+
+
+def _parquet_rows(parquet: Any, path: Path | str, display: str, skips: SkipLog) -> Iterator[Document]:
     columns = parquet.schema_arrow.names
     if "text" not in columns:
         skips.skip(path, f"no text column (has: {', '.join(columns)})")
@@ -360,9 +376,9 @@ def _read_parquet(path: Path, display: str, skips: SkipLog) -> Iterator[Document
 # --- routing ---------------------------------------------------------------------------------------------
 
 
-def _read_file(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
-    """Route one file to its reader by the end of its name; anything else is read as text."""
-    name = path.name.lower()
+def _read_file(path: Path | str, display: str, skips: SkipLog) -> Iterator[Document]:
+    """Route one file (a local path or a URL) to its reader by the end of its name; anything else is read as text."""
+    name = file_name(path).lower()
     if name.endswith(WEB_SUFFIXES):
         from nextword.data.web import read_web  # imported here: the web readers pull in HTML extraction
 
@@ -379,10 +395,10 @@ def _read_file(path: Path, display: str, skips: SkipLog) -> Iterator[Document]:
             yield Document(id=display, text=text, source="file", meta={"path": str(path)})
 
 
-def _is_empty(path: Path, skips: SkipLog) -> bool:
-    """True after counting the file as empty or unreadable (a broken link, a link loop)."""
+def _is_empty(path: Path | str, skips: SkipLog) -> bool:
+    """True after counting the file as empty or unreadable (a broken link, a link loop, a URL gone)."""
     try:
-        size = path.stat().st_size
+        size = file_size(path)
     except OSError as error:
         skips.skip(path, f"unreadable ({error.strerror or error})")
         return True
@@ -429,10 +445,24 @@ def _existing_path(source: str) -> Path:
     return path
 
 
+def _source_files(source: str, extensions: list[str]) -> list[tuple[Path | str, str]]:
+    """(file, the name its documents' ids use) for each file a folder, file or URL names, in reading order.
+
+    Raises DataError for a path that does not exist or a URL that is not there or cannot be reached.
+    """
+    if is_url(source):
+        return [(file.url, file.name) for file in remote_files(source, lambda name: _matches(name, extensions))]
+    path = _existing_path(source)
+    if path.is_dir():
+        return [(file, file.relative_to(path).as_posix()) for file in _folder_files(path, extensions)]
+    return [(path, path.name)]
+
+
 def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> Iterator[Document]:
     """Documents from each source in order: "stdlib" (also what [] means) is the default corpus; `code:PATH` a
     code repository, one document per source file; a folder is read recursively for JSONL, parquet and WARC/WET
-    files and for files ending with one of `extensions`; a single file is read whatever its extension.
+    files and for files ending with one of `extensions`; a single file is read whatever its extension. A URL
+    (https://, s3://, hf://, memory://, file://) is read as the file or folder it names.
 
     Raises DataError for a source that does not exist, before reading anything.
     """
@@ -440,20 +470,18 @@ def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> I
         yield from default_corpus(skips)
         return
     repositories = [code_repository(source) for source in sources]
-    paths = [None if source == DEFAULT_CORPUS_NAME or repository else _existing_path(source)
+    files = [None if source == DEFAULT_CORPUS_NAME or repository else _source_files(source, extensions)
              for source, repository in zip(sources, repositories)]
-    for path, repository in zip(paths, repositories):
+    for source_files, repository in zip(files, repositories):
         if repository is not None:
             from nextword.data.code import read_code_repo  # here: the code reader builds on this module
 
             yield from read_code_repo(repository, skips)
-        elif path is None:
+        elif source_files is None:
             yield from default_corpus(skips)
-        elif path.is_dir():
-            for file in _folder_files(path, extensions):
-                yield from _read_file(file, file.relative_to(path).as_posix(), skips)
         else:
-            yield from _read_file(path, path.name, skips)
+            for file, display in source_files:
+                yield from _read_file(file, display, skips)
 
 
 # --- fingerprint -----------------------------------------------------------------------------------------
@@ -461,7 +489,8 @@ def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> I
 
 def sources_fingerprint(sources: list[str], extensions: list[str]) -> str:
     """A hex digest of what the inputs are, from names and file stats only (no file is read), so prepared data
-    can be reused while the inputs stay the same and redone when one changes."""
+    can be reused while the inputs stay the same and redone when one changes. A remote file counts by what its
+    store reports: size, and ETag or modification time where it has them."""
     digest = hashlib.sha256()
 
     def add(*parts: object) -> None:
@@ -475,6 +504,10 @@ def sources_fingerprint(sources: list[str], extensions: list[str]) -> str:
             files = _stdlib_files(root)
             files.append(root / PYDOC_TOPICS)
             add("stdlib", sys.version, root, len(files), sum(path.stat().st_size for path in files if path.exists()))
+            continue
+        if is_url(source):
+            for remote in remote_files(source, lambda name: _matches(name, extensions)):
+                add(remote.url, *remote.fingerprint())
             continue
         repository = code_repository(source)
         if repository is not None:

@@ -5,7 +5,10 @@
 - WET `conversion` records: already text, as Common Crawl serves them (CRLF line ends become LF).
 - Every other record (warcinfo, request, metadata, WAT's JSON, revisit, ...) is counted and ignored.
 
-Files may be gzip-per-record (as the crawl serves them, `.warc.gz`) or plain. Records are parsed by FastWARC.
+Files may be gzip-per-record (as the crawl serves them, `.warc.gz`) or plain, local or named by a URL (remote.py).
+A gzip file is read front to back, one member at a time, so a remote one streams; a plain remote file is first
+copied, streamed, to a temporary file, since recovering from a bad record means searching the bytes after it.
+Records are parsed by FastWARC.
 Damage is counted in the SkipLog and reading goes on where the format allows: a truncated or corrupt gzip
 member is skipped up to the next member, a record whose Content-Length is wrong is dropped and reading resumes at
 the next `WARC/1.x` header line, an undecodable payload is dropped.
@@ -19,14 +22,18 @@ from __future__ import annotations
 import io
 import mmap
 import re
+import shutil
+import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from fastwarc.warc import ArchiveIterator
 
 from nextword.data.extract import extract_text
+from nextword.data.remote import RemoteReadError, file_size, is_url, open_binary
 from nextword.data.sources import Document, SkipLog
 
 WEB_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
@@ -38,6 +45,9 @@ CHARSET = re.compile(r"charset=[\"']?([\w.:-]+)", re.IGNORECASE)
 META_CHARSET = re.compile(r"<meta[^>]*?charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
 META_PRESCAN_BYTES = 1024
 READ_CHUNK = 1 << 20
+# Compressed bytes given to zlib at a time: what it has not used of them is copied once per gzip member, so a small
+# piece keeps that copy small for the crawl's members of a few KB.
+INFLATE_PIECE = 16 << 10
 
 
 def is_web_file(path: str | Path) -> bool:
@@ -57,24 +67,30 @@ class _RawRecord:
     payload: bytes
 
 
-def read_web(path: Path, skips: SkipLog, extractor: str = "resiliparse") -> Iterator[Document]:
-    """Documents from one WARC or WET file (plain or gzip-per-record); everything dropped is counted in `skips`."""
-    path = Path(path)
+def read_web(path: Path | str, skips: SkipLog, extractor: str = "resiliparse") -> Iterator[Document]:
+    """Documents from one WARC or WET file (plain or gzip-per-record), a local path or a URL; everything dropped is
+    counted in `skips`."""
+    path = path if is_url(path) else Path(path)
     try:
-        size = path.stat().st_size
-    except OSError as error:  # a broken link, a link loop
+        size = file_size(path)
+    except OSError as error:  # a broken link, a link loop, a URL gone
         skips.skip(path, f"unreadable ({error.strerror or error})")
         return
     if size == 0:
         skips.skip(path, "empty file")
         return
-    for record in _records(path, skips):
-        doc = _to_document(path, record, skips, extractor)
-        if doc is not None:
-            yield doc
+    read = 0
+    try:
+        for record in _records(path, skips):
+            doc = _to_document(path, record, skips, extractor)
+            if doc is not None:
+                read += 1
+                yield doc
+    except RemoteReadError as error:
+        skips.skip(path, f"read failed after {read} documents ({error})")
 
 
-def _to_document(path: Path, record: _RawRecord, skips: SkipLog, extractor: str) -> Document | None:
+def _to_document(path: Path | str, record: _RawRecord, skips: SkipLog, extractor: str) -> Document | None:
     if record.type == "conversion":
         text = _decode(path, record.payload, "utf-8", skips)
         if text is None:
@@ -116,7 +132,7 @@ def _charset(content_type: str, html: bytes) -> str:
     return match.group(1).lower() if match else "utf-8"
 
 
-def _decompress(path: Path, payload: bytes, encodings: str, skips: SkipLog) -> bytes | None:
+def _decompress(path: Path | str, payload: bytes, encodings: str, skips: SkipLog) -> bytes | None:
     """The payload with its Content-Encoding undone (RFC 9110 §8.4: listed in the order applied), or None."""
     for encoding in reversed([e.strip() for e in encodings.lower().split(",") if e.strip()]):
         if encoding == "identity":
@@ -141,7 +157,7 @@ def _inflate(payload: bytes, encoding: str) -> bytes:
         return zlib.decompress(payload, wbits=-15)  # ... but some servers send raw deflate
 
 
-def _decode(path: Path, payload: bytes, charset: str, skips: SkipLog) -> str | None:
+def _decode(path: Path | str, payload: bytes, charset: str, skips: SkipLog) -> str | None:
     try:
         return payload.decode(charset)
     except LookupError:
@@ -154,47 +170,93 @@ def _decode(path: Path, payload: bytes, charset: str, skips: SkipLog) -> str | N
 # ---- records, with recovery from damage ------------------------------------------------------------------
 
 
-def _records(path: Path, skips: SkipLog) -> Iterator[_RawRecord]:
-    with open(path, "rb") as f:
-        gzipped = f.read(3) == GZIP_MAGIC
-    if gzipped:
-        for member_offset, member in _gzip_members(path, skips):
-            yield from _parse_block(path, member, skips, base_offset=member_offset, fixed_offset=True)
-    else:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            yield from _parse_block(path, data, skips, base_offset=0, fixed_offset=False)
+def _records(path: Path | str, skips: SkipLog) -> Iterator[_RawRecord]:
+    with open_binary(path) as file:
+        if file.peek(len(GZIP_MAGIC))[:len(GZIP_MAGIC)] == GZIP_MAGIC:  # peeked: a stream need not seek back
+            for member_offset, member in _gzip_members(file, path, skips):
+                yield from _parse_block(path, member, skips, base_offset=member_offset, fixed_offset=True)
+            return
+    with _mapped(path) as data:
+        yield from _parse_block(path, data, skips, base_offset=0, fixed_offset=False)
 
 
-def _gzip_members(path: Path, skips: SkipLog) -> Iterator[tuple[int, bytes]]:
+@contextmanager
+def _mapped(path: Path | str) -> Iterator[mmap.mmap]:
+    """The whole file mapped into memory; a remote one is copied, streamed, to a temporary file first."""
+    if isinstance(path, Path):
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
+        return
+    with tempfile.TemporaryFile() as copy:
+        with open_binary(path) as file:
+            shutil.copyfileobj(file, copy, READ_CHUNK)
+        copy.flush()
+        with mmap.mmap(copy.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            yield data
+
+
+class _Window:
+    """A file read front to back a chunk at a time, with the bytes from a given place on kept in `data`, so that a
+    damaged gzip member can be searched for the next one."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.data = b""
+        self.offset = 0  # where data[0] is in the file
+
+    def read_more(self, keep_from: int) -> bool:
+        """Append the next chunk, dropping the bytes before data[keep_from]; False at the end of the file."""
+        chunk = self.file.read(READ_CHUNK)
+        if not chunk:
+            return False
+        self.data = self.data[keep_from:] + chunk
+        self.offset += keep_from
+        return True
+
+    def find(self, pattern: bytes, start: int) -> int:
+        """Where `pattern` next occurs in data at or after `start`, reading on (and dropping what lies before) as
+        needed; len(data) if the file ends first."""
+        while (found := self.data.find(pattern, start)) < 0:
+            keep_from = max(start, len(self.data) - len(pattern) + 1)
+            if not self.read_more(keep_from):
+                return len(self.data)
+            start = 0
+        return found
+
+
+def _gzip_members(file: BinaryIO, path: Path | str, skips: SkipLog) -> Iterator[tuple[int, bytes]]:
     """(compressed offset, decompressed bytes) of each gzip member; a damaged member is counted and skipped."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        start = 0
-        while start < len(data):
-            inflater = zlib.decompressobj(wbits=31)
-            parts: list[bytes] = []
-            pos = start
-            try:
-                while not inflater.eof and pos < len(data):
-                    chunk = data[pos:pos + READ_CHUNK]
-                    parts.append(inflater.decompress(chunk))
-                    pos += len(chunk)
-            except zlib.error:
-                skips.skip(path, "corrupt gzip member skipped")
-                start = _next_gzip_member(data, start + 1)
-                continue
-            if not inflater.eof:
-                skips.skip(path, "truncated gzip member at end of file")
+    window = _Window(file)
+    start = 0  # where the next member starts in window.data
+    while True:
+        if start == len(window.data):
+            if not window.read_more(start):
                 return
-            yield start, b"".join(parts)
-            start = pos - len(inflater.unused_data)
+            start = 0
+        inflater = zlib.decompressobj(wbits=31)
+        parts: list[bytes] = []
+        fed = start  # window.data up to here has gone to the inflater
+        try:
+            while not inflater.eof:
+                if fed == len(window.data):
+                    if not window.read_more(start):
+                        break
+                    start, fed = 0, fed - start
+                piece = memoryview(window.data)[fed:fed + INFLATE_PIECE]
+                parts.append(inflater.decompress(piece))
+                fed += len(piece)
+        except zlib.error:
+            skips.skip(path, "corrupt gzip member skipped")
+            start = window.find(GZIP_MAGIC, start + 1)
+            continue
+        if not inflater.eof:
+            skips.skip(path, "truncated gzip member at end of file")
+            return
+        yield window.offset + start, b"".join(parts)
+        start = fed - len(inflater.unused_data)
 
 
-def _next_gzip_member(data: mmap.mmap, after: int) -> int:
-    found = data.find(GZIP_MAGIC, after)
-    return len(data) if found < 0 else found
-
-
-def _parse_block(path: Path, data, skips: SkipLog, *, base_offset: int, fixed_offset: bool) -> Iterator[_RawRecord]:
+def _parse_block(path: Path | str, data, skips: SkipLog, *, base_offset: int, fixed_offset: bool) -> Iterator[_RawRecord]:
     """Records in one buffer (a gzip member, or a whole plain file), resuming after a record with a bad length.
 
     A record is only passed on once the next header (or a clean end) confirms where it ended: FastWARC trusts
