@@ -61,3 +61,15 @@ def test_a_folder_whose_lock_cannot_be_written_is_one_line(tmp_path):
                                             r"give --run-dir a folder you can write to"):
         with folder_lock(tmp_path, "the run folder", "--run-dir"):
             pass
+
+
+def test_remove_temporary_files_takes_only_what_a_killed_writer_left(tmp_path):
+    from nextword.files import remove_temporary_files, temporary_name
+
+    left = temporary_name(tmp_path / "tokenizer_config.json")
+    left.write_text("{")
+    kept = [tmp_path / "notes.tmpfile", tmp_path / "index.json", tmp_path / "x.tmp"]
+    for path in kept:
+        path.write_text("mine")
+    remove_temporary_files(tmp_path)
+    assert not left.exists() and all(path.exists() for path in kept)

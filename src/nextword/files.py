@@ -26,6 +26,14 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp{os.getpid()}")
 
 
+def remove_temporary_files(folder: Path) -> None:
+    """Remove what writers killed mid-write left in `folder` (files named as temporary_name names them). Only for a
+    folder whose lock this process holds: another writer's files would be removed too."""
+    for path in folder.glob("*.tmp*"):
+        if path.is_file() and path.name.rpartition(".tmp")[2].isdigit():
+            path.unlink()
+
+
 def replace_atomically(tmp: Path, final: Path) -> None:
     """Flush the finished file `tmp` to disk, then rename it to `final` in one step."""
     with open(tmp, "rb+") as f:

@@ -38,7 +38,7 @@ from nextword.data.sources import Document, SkipLog, read_sources, sources_finge
 from nextword.data.split import BY_TAILS, choose_rule, split_pieces
 from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import ConfigError, DataError, make_folder
-from nextword.files import folder_lock, write_text_atomically
+from nextword.files import folder_lock, remove_temporary_files, write_text_atomically
 
 TOKENIZER_NAME = "tokenizer.json"
 CHUNK_BYTES = 1 << 20  # text sent to a worker at a time: large enough to keep the pickling cost small
@@ -216,8 +216,7 @@ def _remove_previous_output(data_dir: Path, key: str) -> dict[str, Any] | None:
     """Remove the index first, so an interrupted run never leaves a data dir that looks finished; then the shards,
     except the units an interrupted run with this same key finished (their tokenizer's note is returned)."""
     (data_dir / INDEX_NAME).unlink(missing_ok=True)
-    for path in data_dir.glob(f"{INDEX_NAME}.tmp*"):  # left by a process killed while writing it
-        path.unlink()
+    remove_temporary_files(data_dir)  # left by a process killed while writing them
     started = data_dir / UNITS_DIR / UNITS_STARTED
     if started.exists() and (data_dir / TOKENIZER_NAME).exists():
         record = json.loads(started.read_text(encoding="utf-8"))
