@@ -8,7 +8,7 @@ of its words replaced), usually from an earlier input, so the dedup has copies a
 default [clean] rules run (language id, Gopher repetition and quality).
 
 Each measurement runs `clean` in a fresh process, which reports its wall time, the CPU seconds of itself and
-its workers, and the peak RSS of the largest process among them (its own VmHWM, or its children's ru_maxrss).
+every process under it, and the peak RSS of the largest of them (sampled from /proc: Linux only).
 
     .venv/bin/python benchmarks/data_scale.py                          # 5,000 and 40,000 documents
     .venv/bin/python benchmarks/data_scale.py --baseline /path/to/older/checkout/src
@@ -26,10 +26,10 @@ import os
 import platform
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,16 +80,54 @@ def write_corpus(folder: Path, docs: int, docs_per_input: int, seed: int = 0) ->
     return sources
 
 
-def peak_rss_mb() -> float:
-    """The peak resident set of this process or of the largest of its finished children (Linux's VmHWM for this
-    one: getrusage's ru_maxrss of a process keeps the largest size seen across exec)."""
-    own = 0.0
-    status = Path("/proc/self/status")
-    if status.exists():
-        own = next(int(line.split()[1]) / 1024 for line in status.read_text().splitlines()
-                   if line.startswith("VmHWM:"))
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return max(own, children)
+class ProcessTree:
+    """The peak RSS of the largest process, and the CPU seconds of all, of this process and its descendants
+    (datatrove's workers are forked from a server process, so getrusage's children figures miss them). Linux's
+    /proc is read every 50 ms: VmHWM is a process's own peak, so a sample before it exits sees its largest size."""
+
+    def __init__(self) -> None:
+        self.peak_kb: dict[int, int] = {}
+        self.cpu_ticks: dict[int, int] = {}
+        self.running = True
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while self.running:
+            self.sample()
+            time.sleep(0.05)
+
+    def sample(self) -> None:
+        parents = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                parents[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+            except (OSError, IndexError, ValueError):
+                continue
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in parents.items():
+            children.setdefault(ppid, []).append(pid)
+        mine, todo = set(), [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            mine.add(pid)
+            todo += children.get(pid, [])
+        for pid in mine & parents.keys():
+            self.cpu_ticks[pid] = max(self.cpu_ticks.get(pid, 0), parents[pid][1])
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+                self.peak_kb[pid] = max(self.peak_kb.get(pid, 0), hwm)
+            except (OSError, StopIteration):
+                continue
+
+    def stop(self) -> tuple[float, float]:
+        """(peak RSS MB of the largest process, CPU seconds of all)."""
+        self.running = False
+        self.thread.join()
+        self.sample()
+        return max(self.peak_kb.values()) / 1024, sum(self.cpu_ticks.values()) / os.sysconf("SC_CLK_TCK")
 
 
 def run_one(out: str, sources: list[str], workers: int) -> None:
@@ -97,6 +135,7 @@ def run_one(out: str, sources: list[str], workers: int) -> None:
     from nextword.config import CleanConfig
     from nextword.data.clean import clean
 
+    tree = ProcessTree()
     start = time.perf_counter()
     if "engine" in inspect.signature(clean).parameters:
         from nextword.config import EngineConfig
@@ -106,9 +145,8 @@ def run_one(out: str, sources: list[str], workers: int) -> None:
     else:  # a checkout from before the engine
         stats = clean(sources, out, CleanConfig(), workers=workers, log=lambda line: None)
     seconds = time.perf_counter() - start
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
+    peak, cpu = tree.stop()
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak,
                       "docs_read": sum(p["docs_read"] for p in stats["inputs"]), "docs_final": stats["docs_final"],
                       "dropped": stats["dedup"]["dropped_by_reason"]}))
 

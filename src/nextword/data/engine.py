@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+import multiprocess
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from loguru import logger
@@ -29,7 +30,11 @@ from loguru import logger
 from nextword.config import EngineConfig
 from nextword.errors import DataError
 
-QUIET_LOGS = "NEXTWORD_DATATROVE_QUIET"  # set: datatrove's per-task log lines go to its log files only
+QUIET_LOGS = "NEXTWORD_DATATROVE_QUIET"  # set: datatrove's per-task log lines are left out
+# What local workers need, imported once by the server they are forked from (a module that cannot be imported,
+# an extra not installed, is skipped).
+WORKER_PRELOAD = ["nextword.data.engine", "nextword.data.clean", "nextword.data.encode", "nextword.data.web",
+                  "nextword.data.code"]
 
 
 class Step(Protocol):
@@ -94,7 +99,9 @@ def _executor(stage: Stage, engine: EngineConfig, folder: Path):
                                    cpus_per_task=engine.ray_cpus_per_task)
     workers = min(engine.workers or len(os.sched_getaffinity(0)), stage.tasks)
     # Workers start from datatrove's default forkserver, not by forking this process: a fork of a process with
-    # threads (Ray's, a progress bar's) can copy a lock some thread held and hang forever.
+    # threads (Ray's, a progress bar's) can copy a lock some thread held and hang forever. The server imports the
+    # steps' modules once, so that each stage's workers, forked from it, start without importing them again.
+    multiprocess.set_forkserver_preload(WORKER_PRELOAD)
     return LocalPipelineExecutor(pipeline, tasks=stage.tasks, workers=workers, logging_dir=str(folder),
                                  skip_completed=False)
 
