@@ -47,9 +47,21 @@ def run_tasks(model: GPT, tokenizer: Tokenizer, tasks: list[str], *, limit: int 
 
     with _lm_eval_quiet(not verbose):
         manager = _task_manager(tasks)
-        return lm_eval.simple_evaluate(model=NextwordLM(model, tokenizer, batch_size, progress), tasks=tasks,
-                                       num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-                                       log_samples=keep_samples, bootstrap_iters=1000)
+        try:
+            return lm_eval.simple_evaluate(model=NextwordLM(model, tokenizer, batch_size, progress), tasks=tasks,
+                                           num_fewshot=num_fewshot, limit=limit, task_manager=manager,
+                                           log_samples=keep_samples, bootstrap_iters=1000)
+        except OSError as e:  # datasets' download and not-found errors (ConnectionError is an OSError)
+            raise DataError(f"cannot load a task's data ({e}); lm-eval's tasks download theirs from the Hugging "
+                            "Face Hub once, so connect to the network (or check the task file's data paths)") from None
+
+
+def check_tasks(tasks: list[str]) -> None:
+    """Refuse, in one line, tasks that cannot run: lm-eval missing, a task file missing, a name lm-eval does not
+    know. A run checks its [eval] tasks before it trains, not after."""
+    require_lm_eval()
+    with _lm_eval_quiet(True):
+        _task_manager(tasks)
 
 
 def _task_manager(tasks: list[str]):
