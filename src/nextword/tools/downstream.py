@@ -10,6 +10,8 @@ examples, examples scored, and the checkpoint step it was measured at.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import io
 import json
 import logging
 import math
@@ -30,7 +32,7 @@ LOCAL_TASK_SUFFIXES = (".yaml", ".yml")
 def require_lm_eval() -> None:
     """Raise the one-line error that names the extra to install, where lm-eval is missing."""
     try:
-        import lm_eval  # noqa: F401
+        importlib.import_module("lm_eval")
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
 
@@ -84,7 +86,8 @@ def _task_manager(tasks: list[str]):
 
 @contextlib.contextmanager
 def _lm_eval_quiet(quiet: bool) -> Iterator[None]:
-    """lm-eval and datasets keep to warnings that matter while the tasks run (unless `quiet` is false)."""
+    """lm-eval and datasets keep to errors while the tasks run, and what lm-eval prints (which statistic it is
+    bootstrapping) stays off stdout, where the table goes (unless `quiet` is false)."""
     if not quiet:
         yield
         return
@@ -95,7 +98,8 @@ def _lm_eval_quiet(quiet: bool) -> Iterator[None]:
     logger.setLevel(logging.ERROR)
     datasets.disable_progress_bars()
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logger.setLevel(level)
         if bars:
