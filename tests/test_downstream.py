@@ -37,8 +37,11 @@ PASSAGES = [
     "the river runs down the hill to the sea",
     "a red apple fell from the old tree",
 ]
+# The model is trained on PASSAGES; each task also holds an example whose answer it has never seen.
+UNSEEN_PASSAGE = "a blue whale swims in the deep cold ocean"
 QUESTIONS = [
     {"question": "the cat sat on the", "choices": ["mat", "sea", "west"], "label": 0},
+    {"question": "the cat sat on the", "choices": ["mat", "whale"], "label": 1},
     {"question": "two plus two is", "choices": ["six", "four", "salt"], "label": 1},
     {"question": "the sun rises in the", "choices": ["hill", "tree", "east", "log"], "label": 2},
     {"question": "bread is made from", "choices": ["flour", "apples"], "label": 0},
@@ -100,14 +103,14 @@ def tasks(tmp_path_factory) -> list[str]:
     folder = tmp_path_factory.mktemp("tasks")
     cache = folder / "datasets-cache"
     for name, rows, template in (("choice", QUESTIONS, MULTIPLE_CHOICE_YAML),
-                                 ("last_word", [{"text": p} for p in PASSAGES], LAST_WORD_YAML)):
+                                 ("last_word", [{"text": p} for p in PASSAGES + [UNSEEN_PASSAGE]], LAST_WORD_YAML)):
         data = folder / f"{name}.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         (folder / f"{name}.yaml").write_text(template.format(data=data, cache=cache), encoding="utf-8")
     return [str(folder / "choice.yaml"), str(folder / "last_word.yaml")]
 
 
-def fitted_model(tokenizer: Tokenizer, arch: str, steps: int = 100) -> GPT:
+def fitted_model(tokenizer: Tokenizer, arch: str, steps: int = 300) -> GPT:
     """A tiny model trained a little on the passages, so that it prefers some answers and the figures say
     something: documents as the shard writer lays them out, each after the token a document follows."""
     torch.manual_seed(0)
@@ -190,7 +193,7 @@ def test_figures_match_a_sum_by_hand_of_the_models_log_probabilities(family, sco
     assert figures["acc,none"] == pytest.approx(sum(greedy) / len(greedy))
     assert figures["perplexity,none"] == pytest.approx(math.exp(-sum(lls) / len(lls)), rel=1e-4)
     # The fitted model gets some right and some wrong: the figures are not a trivial 0 or 1.
-    assert 0 < sum(correct) < len(correct) or 0 < sum(greedy) < len(greedy)
+    assert 0 < sum(correct) < len(correct) and 0 < sum(greedy) < len(greedy)
 
 
 def load_without_accelerate(monkeypatch):
@@ -370,3 +373,50 @@ def test_eval_tasks_in_the_config_run_once_training_ends(tmp_path, tasks, monkey
     rows = read_results(tmp_path / "run")
     assert [(r["task"], r["metric"], r["step"], r["examples"]) for r in rows] == [
         ("tiny_choice", "acc", 3, 2), ("tiny_choice", "acc_norm", 3, 2)]
+
+
+GENERATE_YAML = """\
+task: tiny_generate
+dataset_path: json
+dataset_kwargs:
+  data_files: {{test: "{data}"}}
+  cache_dir: "{cache}"
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{text.split(' ')[:-1]|join(' ')}}}}"
+doc_to_target: "{{{{' '+text.split(' ')[-1]}}}}"
+generation_kwargs:
+  until: [" and", "\\\\n"]
+  max_gen_toks: 5
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_generated_answers_are_the_greedy_tokens_cut_at_the_first_stop(family, tmp_path):
+    model, tokenizer = family
+    data = tmp_path / "generate.jsonl"
+    data.write_text("".join(json.dumps({"text": p}) + "\n" for p in PASSAGES), encoding="utf-8")
+    task = tmp_path / "generate.yaml"
+    task.write_text(GENERATE_YAML.format(data=data, cache=tmp_path / "cache"), encoding="utf-8")
+    results = run_tasks(model, tokenizer, [str(task)], keep_samples=True)
+
+    exact = []
+    for sample in results["samples"]["tiny_generate"]:
+        (context, settings), = sample["arguments"]
+        ids = tokenizer.document_start + tokenizer.encode(context)
+        new = []
+        with torch.no_grad():
+            for _ in range(5):
+                token = model(torch.tensor(ids[-CONTEXT:])[None])[0, -1].argmax().item()
+                if token == tokenizer.eos_id:
+                    break
+                ids.append(token)
+                new.append(token)
+        text = tokenizer.decode(new)
+        for stop in (" and", "\n"):
+            text = text.split(stop)[0]
+        assert sample["resps"][0][0] == text
+        exact.append(text == sample["target"])
+    assert any(exact), "the fitted model completes some passages, so the figure is not a trivial 0"
+    assert results["results"]["tiny_generate"]["exact_match,none"] == pytest.approx(sum(exact) / len(exact))
