@@ -420,3 +420,61 @@ def test_generated_answers_are_the_greedy_tokens_cut_at_the_first_stop(family, t
         exact.append(text == sample["target"])
     assert any(exact), "the fitted model completes some passages, so the figure is not a trivial 0"
     assert results["results"]["tiny_generate"]["exact_match,none"] == pytest.approx(sum(exact) / len(exact))
+
+
+ROLLING_YAML = """\
+task: tiny_rolling
+dataset_path: json
+dataset_kwargs:
+  data_files: {{test: "{data}"}}
+  cache_dir: "{cache}"
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: bits_per_byte
+    aggregation: bits_per_byte
+    higher_is_better: false
+"""
+
+
+def whole_text_by_hand(model: GPT, tokenizer: Tokenizer, text: str) -> float:
+    """log p(text): every token, the first after the token a document follows, in windows of CONTEXT tokens, the
+    last of which reaches back to a whole window of context."""
+    ids = tokenizer.before_text + tokenizer.encode(text)
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, CONTEXT):
+            end = min(start + CONTEXT, len(ids) - 1)  # predicts ids[start + 1: end + 1]
+            first = max(0, end - CONTEXT)
+            logprobs = F.log_softmax(model(torch.tensor(ids[first:end])[None])[0].double(), dim=-1)
+            targets = ids[start + 1: end + 1]
+            total += sum(logprobs[len(logprobs) - len(targets) + i, t].item() for i, t in enumerate(targets))
+    return total
+
+
+def test_a_whole_text_is_scored_in_windows_as_nextword_eval_text_does(family, tmp_path):
+    """A perplexity task (as WikiText): each text's log-likelihood summed over windows of the model's context;
+    a text that fits one window gets the loss `nextword eval --text` takes over it. Bits per byte is the same
+    figure in both."""
+    from nextword.tools.evaluate import evaluate_text
+
+    model, tokenizer = family
+    texts = ["the cat sat on the mat", "a blue whale", QUESTIONS[-1]["question"]]
+    assert all(len(tokenizer.encode(text)) <= CONTEXT for text in texts[:2])  # one window each
+    assert len(tokenizer.encode(texts[-1])) > 2 * CONTEXT  # and the last one three
+    data = tmp_path / "rolling.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    task = tmp_path / "rolling.yaml"
+    task.write_text(ROLLING_YAML.format(data=data, cache=tmp_path / "cache"), encoding="utf-8")
+    results = run_tasks(model, tokenizer, [str(task)], keep_samples=True)
+
+    logprobs = [sample["resps"][0][0] for sample in results["samples"]["tiny_rolling"]]
+    assert logprobs == pytest.approx([whole_text_by_hand(model, tokenizer, t) for t in texts], rel=1e-5)
+    for logprob, text in zip(logprobs[:2], texts[:2]):
+        figures = evaluate_text(model, tokenizer, text, CONTEXT, "cpu")
+        assert -logprob == pytest.approx(figures["loss"] * figures["tokens"], rel=1e-5)
+    total_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    assert results["results"]["tiny_rolling"]["bits_per_byte,none"] == pytest.approx(
+        -sum(logprobs) / (total_bytes * math.log(2)), rel=1e-6)

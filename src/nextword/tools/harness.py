@@ -7,14 +7,16 @@ choice and last-word tasks), the log-likelihood of a whole text (perplexity task
 sequence. The text is tokenized as lm-eval's Hugging Face model does it, so that the figures agree with lm-eval
 run on `nextword export`'s directory:
 
-  - a context begins with the tokenizer's document-start token in families that have one (as the exported
-    tokenizer adds it), else with nothing; an empty context is the single token a document follows in training
-    (the beginning token, else end-of-text);
+  - a context begins with the tokenizer's beginning-of-document token in families that have one, as every
+    document did in training (lm-eval's model adds it with add_bos_token=True), else with nothing; an empty
+    context is the one token a document follows in training (the beginning token, else end-of-text);
   - context and continuation are encoded as one string, split where the context's own tokens end (lm-eval's
     causal rule, with the context's trailing spaces moved into the continuation);
   - a context and continuation longer than the model's window keep their last `context + 1` tokens.
 
-A text scored whole is its tokens after the token a document follows, in windows of the model's context.
+A text scored whole is every one of its tokens, the first predicted from the token a document follows, in windows
+of the model's context whose last reaches back to a whole window (lm-eval's rolling windows); a text that fits
+one window scores what `nextword eval --text` gives.
 """
 
 from __future__ import annotations
