@@ -21,8 +21,7 @@ one window scores what `nextword eval --text` gives.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from itertools import groupby
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -127,78 +126,77 @@ def score_continuations(model: GPT, pairs: Sequence[tuple[Sequence[int], Sequenc
 
     The context is cut from the left so that context and continuation fit the model's window (context + 1
     tokens: the last one is only predicted). Requests that share a context, as the choices of a multiple-choice
-    question do, read it once: it goes through the model into a KV cache, and every continuation is scored from
-    that cache, up to `batch_size` continuations in one forward.
+    question do, read it once into a KV cache, and up to `batch_size` continuations are scored in one forward.
     """
     window = model.cfg.context
-    kept_contexts = []
-    for context, continuation in pairs:
+    by_context: dict[tuple[int, ...], list[int]] = {}  # each distinct (cut) context: the requests that follow it
+    for index, (context, continuation) in enumerate(pairs):
         if not context or not 0 < len(continuation) <= window:
             raise DataError(f"a request with {len(context)} context and {len(continuation)} continuation tokens: "
                             f"needs a context and 1 to {window} (the model's context) continuation tokens")
-        kept_contexts.append(tuple(context[-(window + 1 - len(continuation)):]))
-    by_context: dict[tuple[int, ...], list[int]] = {}
-    for index, context in enumerate(kept_contexts):
-        by_context.setdefault(context, []).append(index)
+        by_context.setdefault(tuple(context[-(window + 1 - len(continuation)):]), []).append(index)
     results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
     bar = tqdm(total=len(pairs), desc="scoring", unit="request", disable=not progress, leave=False)
     for batch in _batches(by_context, batch_size):
-        continuations = [[list(pairs[i][1]) for i in by_context[context]] for context in batch]
-        scores = _score_batch(model, batch, continuations)
-        for context, batch_scores in zip(batch, scores):
-            for index, score in zip(by_context[context], batch_scores):
-                results[index] = score
-        bar.update(sum(map(len, continuations)))
+        indices = [index for context in batch for index in by_context[context]]
+        owners = [row for row, context in enumerate(batch) for _ in by_context[context]]
+        scores = _score_batch(model, batch, owners, [list(pairs[index][1]) for index in indices])
+        for index, score in zip(indices, scores):
+            results[index] = score
+        bar.update(len(indices))
     bar.close()
     return results
 
 
-def _batches(by_context: dict[tuple[int, ...], list[int]], batch_size: int) -> Iterable[list[tuple[int, ...]]]:
-    """Contexts of one length at a time (a KV cache holds one length), longest first, with at most `batch_size`
-    continuations a batch unless one context alone has more."""
-    for _, same_length in groupby(sorted(by_context, key=len, reverse=True), key=len):
-        batch: list[tuple[int, ...]] = []
-        rows = 0
-        for context in same_length:
-            if batch and rows + len(by_context[context]) > batch_size:
-                yield batch
-                batch, rows = [], 0
-            batch.append(context)
-            rows += len(by_context[context])
-        if batch:
+def _batches(by_context: dict[tuple[int, ...], list[int]], batch_size: int) -> Iterator[list[tuple[int, ...]]]:
+    """The contexts, longest first (so that contexts of a batch are of about one length), with at most
+    `batch_size` continuations a batch unless one context alone has more."""
+    batch: list[tuple[int, ...]] = []
+    rows = 0
+    for context in sorted(by_context, key=len, reverse=True):
+        if batch and rows + len(by_context[context]) > batch_size:
             yield batch
+            batch, rows = [], 0
+        batch.append(context)
+        rows += len(by_context[context])
+    if batch:
+        yield batch
 
 
-def _score_batch(model: GPT, contexts: list[tuple[int, ...]],
-                 continuations: list[list[list[int]]]) -> list[list[tuple[float, bool]]]:
-    """Score each context's continuations: the contexts (all of one length) fill a KV cache, which is then
-    repeated once per continuation, and the continuations (all but their last token, padded on the right, where
-    the causal mask keeps the padding from the tokens before it) run through the model from it."""
+def _score_batch(model: GPT, contexts: list[tuple[int, ...]], owners: list[int],
+                 continuations: list[list[int]]) -> list[tuple[float, bool]]:
+    """Score each continuation after its context, contexts[owners[i]], in two forwards through a KV cache.
+
+    The first `shortest` tokens of every context (as many as the shortest has) fill the cache together. Each
+    continuation then gets its own row of the cache and runs from there: the rest of its context and all of it
+    but its last token, padded on the right, where the causal mask keeps the padding from the tokens before it.
+    """
     device = model.tok_emb.weight.device
-    longest = max(len(c) for group in continuations for c in group)
-    cache = model.new_cache(len(contexts), max_len=len(contexts[0]) + longest - 1)
-    # The log-probabilities of each continuation's first token, from each context's last position.
-    first = F.log_softmax(model(torch.tensor(contexts, device=device), cache=cache)[:, -1].float(), dim=-1)
-    owner = [c for c, group in enumerate(continuations) for _ in group]
-    flat = [c for group in continuations for c in group]
-    rest = None
-    if longest > 1:
-        _repeat_rows(cache, torch.tensor(owner, device=device))
-        inputs = torch.tensor([c[:-1] + [0] * (longest - len(c)) for c in flat], device=device)
-        rest = F.log_softmax(model(inputs, cache=cache).float(), dim=-1)
-    scores = []
-    for row, (context, continuation) in enumerate(zip(owner, flat)):
-        logprobs = first[context][None]
-        if rest is not None:
-            logprobs = torch.cat([logprobs, rest[row, :len(continuation) - 1]])
-        target = torch.tensor(continuation, device=device)
-        scores.append((float(logprobs.gather(1, target[:, None]).sum()),
-                       bool((logprobs.argmax(dim=-1) == target).all())))
-    grouped, start = [], 0
-    for group in continuations:
-        grouped.append(scores[start:start + len(group)])
-        start += len(group)
-    return grouped
+    shortest = min(map(len, contexts))
+    rest = [list(contexts[owner][shortest:]) + continuation[:-1] for owner, continuation in zip(owners, continuations)]
+    width = max(map(len, rest))
+    cache = model.new_cache(len(contexts), max_len=shortest + width)
+    owner_rows = torch.tensor(owners, device=device)
+    # logits[row, k] predicts the token at position shortest + k of the row's context and continuation.
+    logits = model(torch.tensor([c[:shortest] for c in contexts], device=device), cache=cache)[:, -1:]
+    logits = logits.index_select(0, owner_rows)
+    if width:
+        _repeat_rows(cache, owner_rows)
+        padded = torch.tensor([r + [0] * (width - len(r)) for r in rest], device=device)
+        logits = torch.cat([logits, model(padded, cache=cache)], dim=1)
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+
+    # Where each continuation's tokens are predicted, as a [rows, longest continuation] table; padding masked.
+    longest = max(map(len, continuations))
+    first = torch.tensor([len(contexts[owner]) - shortest for owner in owners], device=device)
+    positions = (first[:, None] + torch.arange(longest, device=device)).clamp(max=logprobs.shape[1] - 1)
+    targets = torch.tensor([c + [0] * (longest - len(c)) for c in continuations], device=device)
+    real = torch.arange(longest, device=device) < torch.tensor(list(map(len, continuations)), device=device)[:, None]
+    predicted = logprobs.gather(1, positions[..., None].expand(-1, -1, logprobs.shape[-1]))
+    picked = predicted.gather(2, targets[..., None])[..., 0]
+    totals = (picked * real).sum(dim=1)
+    greedy = ((predicted.argmax(dim=-1) == targets) | ~real).all(dim=1)
+    return list(zip(totals.tolist(), greedy.tolist()))
 
 
 def _repeat_rows(cache: KVCache, rows: torch.Tensor) -> None:
