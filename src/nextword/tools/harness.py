@@ -16,7 +16,8 @@ run on `nextword export`'s directory:
 
 A text scored whole is every one of its tokens, the first predicted from the token a document follows, in windows
 of the model's context whose last reaches back to a whole window (lm-eval's rolling windows); a text that fits
-one window scores what `nextword eval --text` gives.
+one window scores what `nextword eval --text` gives. Generated text is greedy (unless the task asks to sample),
+the model seeing its last `context` tokens at each step, and is cut before the task's first stop string.
 """
 
 from __future__ import annotations
