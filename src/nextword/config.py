@@ -159,6 +159,10 @@ class EvalConfig:
     sample_tokens: int = 48
     temperature: float = 0.8
     top_k: int = 50
+    # Downstream tasks run once training ends (lm-eval names or task YAML files, as `nextword eval --tasks`
+    # takes them); they need the downstream extra. []: none.
+    tasks: list[str] = field(default_factory=list)
+    task_limit: int = 0  # examples scored per task; 0: all of them
 
 
 # The filter rules the clean step knows, by the names nextword.data.filters.RULES gives them.
@@ -465,7 +469,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{name} = {value} must be greater than 0")
     for name, value in {"model.n_kv_heads": m.n_kv_heads, "model.d_ff": m.d_ff, "model.vocab_size": m.vocab_size,
                         "train.steps": t.steps, "train.batch_tokens": t.batch_tokens, "train.threads": t.threads,
-                        "train.ckpt_every": t.ckpt_every, "eval.every": e.every, "data.workers": d.workers}.items():
+                        "train.ckpt_every": t.ckpt_every, "eval.every": e.every, "data.workers": d.workers,
+                        "eval.task_limit": e.task_limit}.items():
         if value < 0:
             raise ConfigError(f"{name} = {value} must be 0 (automatic) or more")
     if m.d_model % m.n_heads:

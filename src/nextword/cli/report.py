@@ -2,8 +2,9 @@
 
 Writes RUN/report/index.html (or DIR/index.html with --out DIR) and PNG plots beside it: training and validation
 loss against tokens seen, with the ln V of an untrained model; bits per byte; the learning rate; tokens/s and
-MFU. Then the samples from each evaluation in order, so the move from noise to words is visible, and the run's
-hardware, precision, config and final summary. Works on a run still training: what is not there yet is a note.
+MFU. Then the downstream tasks' scores where `nextword eval --tasks` has measured some, the samples from each
+evaluation in order, so the move from noise to words is visible, and the run's hardware, precision, config and
+final summary. Works on a run still training: what is not there yet is a note.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from nextword import cli
 from nextword.cli import options
 from nextword.config import RunConfig, load
 from nextword.errors import ConfigError
+from nextword.tools.downstream import check_tasks, evaluate_run, format_table
 from nextword.training import distributed
 from nextword.training.trainer import train
 
@@ -68,8 +69,30 @@ def _run(args: argparse.Namespace) -> int:
     if args.dump_config:
         print(cfg.to_toml())
         return 0
+    if cfg.eval.tasks:
+        check_tasks(cfg.eval.tasks)
     summary = train(cfg, start_time=cli.PROCESS_START, stop_after=args.stop_after, progress=not args.quiet)
-    return 130 if summary.get("interrupted") else 0
+    if summary.get("interrupted"):
+        return 130
+    if cfg.eval.tasks and _finished_here(summary):
+        _run_downstream_tasks(cfg, progress=not args.quiet)
+    return 0
+
+
+def _finished_here(summary: dict) -> bool:
+    """Whether this process ended the run with its closing summary: the one that writes the run's files, of a run
+    that trained to its end now (not stopped, not already finished before)."""
+    return "wall_seconds" in summary
+
+
+def _run_downstream_tasks(cfg: RunConfig, progress: bool) -> None:
+    """[eval] tasks on the final checkpoint, printed and added to the run's downstream.json."""
+    from nextword.training.machine import resolve_device
+
+    print(f"\ndownstream tasks: {', '.join(cfg.eval.tasks)}")
+    rows = evaluate_run(cfg.train.run_dir, cfg.eval.tasks, device=str(resolve_device(cfg.train.device)),
+                        limit=cfg.eval.task_limit or None, progress=progress)
+    print(format_table(rows))
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

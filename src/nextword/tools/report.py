@@ -2,8 +2,9 @@
 
 write_report writes RUN/report/index.html (or OUT/index.html) and PNG plots beside it: training and validation
 loss against tokens seen, with the ln V of an untrained model; bits per byte; the learning rate; tokens/s and
-MFU. Then the samples from each evaluation in order, so the move from noise to words is visible, and the run's
-hardware, precision, config and final summary. Works on a run still training: what is not there yet is a note.
+MFU. Then the downstream tasks' scores where `nextword eval --tasks` has measured some, the samples from each
+evaluation in order, so the move from noise to words is visible, and the run's hardware, precision, config and
+final summary. Works on a run still training: what is not there yet is a note.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 from nextword.errors import CheckpointError, DataError
+from nextword.tools.downstream import read_results
 from nextword.training.runlog import read_log, short_count
 
 if sys.version_info >= (3, 11):
@@ -46,6 +48,7 @@ class RunHistory:
     stop: dict[str, Any] | None = None
     config_text: str | None = None
     vocab_size: int | None = None
+    downstream: list[dict[str, Any]] = field(default_factory=list)  # rows of downstream.json (`nextword eval --tasks`)
 
 
 def read_history(run_dir: str | Path) -> RunHistory:
@@ -75,6 +78,7 @@ def read_history(run_dir: str | Path) -> RunHistory:
         raise CheckpointError(f"{log_path}: holds no training records; is this the log of a `nextword train` run?")
     history.train = [train_by_step[s] for s in sorted(train_by_step)]
     history.evals = [eval_by_step[s] for s in sorted(eval_by_step)]
+    history.downstream = read_results(run_dir)
     config_path = run_dir / "config.toml"
     if config_path.is_file():
         history.config_text = config_path.read_text(encoding="utf-8")
@@ -207,6 +211,7 @@ RUN_FIELDS = {
     "limit": "limit", "planned_steps": "planned steps", "resumed_from": "started at step", "torch": "torch",
     "bf16_native": "native bf16", "tensorboard": "TensorBoard logs",
 }
+DOWNSTREAM_COLUMNS = ("task", "metric", "value", "stderr", "few-shot", "examples", "step")
 SKIPPED_FIELDS = {"kind", "time", "cpu", "sample", "samples"}  # "cpu" repeats "name"; samples have their section
 
 
@@ -229,6 +234,7 @@ def render_html(history: RunHistory, plot_files: dict[str, str | None]) -> str:
 <p>{esc(_headline(history))}</p>
 <h2>Training</h2>
 <div class="plots">{"".join(figures)}</div>
+{_downstream_html(history)}
 <h2>Samples at each evaluation</h2>
 <p class="note">The model continues each prompt (shown in bold); read down to see noise become words.</p>
 {_samples_html(history)}
@@ -276,6 +282,23 @@ def _samples_html(history: RunHistory) -> str:
         sections.append(f"<h3>Step {record['step']:,} ({numbers})</h3>"
                         + (samples or '<p class="note">No samples at this evaluation.</p>'))
     return "\n".join(sections)
+
+
+def _downstream_html(history: RunHistory) -> str:
+    """The downstream tasks' table, where `nextword eval --tasks` (or [eval] tasks) has measured some."""
+    if not history.downstream:
+        return ""
+    esc = html.escape
+    header = "".join(f"<th>{name}</th>" for name in DOWNSTREAM_COLUMNS)
+    rows = []
+    for r in history.downstream:
+        stderr = "" if r.get("stderr") is None else f"± {r['stderr']:.4f}"
+        numbers = [f"{r['value']:.4f}", stderr] + [_value("n", r.get(k)) for k in ("num_fewshot", "examples", "step")]
+        rows.append(f"<tr><td>{esc(r['task'])}</td><td>{esc(r['metric'])}</td>"
+                    + "".join(f'<td class="num">{esc(n)}</td>' for n in numbers) + "</tr>")
+    return ('<h2>Downstream tasks</h2>\n<p class="note">Scored by lm-evaluation-harness on the checkpoint of the '
+            "step shown, with the standard error of each figure and the few-shot examples in each prompt.</p>\n"
+            f"<table><tr>{header}</tr>{''.join(rows)}</table>")
 
 
 def _summary_html(history: RunHistory) -> str:
