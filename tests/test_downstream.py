@@ -2,13 +2,10 @@
 file written here, scored three ways that must agree: nextword's harness model, a sum by hand of nextword's own
 log-probabilities, and lm-eval's Hugging Face model on `nextword export`'s directory. Nothing is downloaded."""
 
-import importlib.machinery
-import importlib.util
 import json
 import math
 import os
 import sys
-import types
 
 import pytest
 import torch
@@ -196,27 +193,12 @@ def test_figures_match_a_sum_by_hand_of_the_models_log_probabilities(family, sco
     assert 0 < sum(correct) < len(correct) and 0 < sum(greedy) < len(greedy)
 
 
-def load_without_accelerate(monkeypatch):
-    """lm-eval's Hugging Face model class, which imports `accelerate` at the top of its module but uses it only to
-    place a model it loads itself; given a loaded model it never does, so a stand-in serves where accelerate is
-    not installed."""
-    if importlib.util.find_spec("accelerate") is None:
-        stand_in = types.ModuleType("accelerate")
-        stand_in.__spec__ = importlib.machinery.ModuleSpec("accelerate", None)
-        stand_in.utils = types.ModuleType("accelerate.utils")
-        stand_in.Accelerator = stand_in.InitProcessGroupKwargs = stand_in.find_executable_batch_size = None
-        stand_in.utils.get_max_memory = None
-        monkeypatch.setitem(sys.modules, "accelerate", stand_in)
-        monkeypatch.setitem(sys.modules, "accelerate.utils", stand_in.utils)
-    from lm_eval.models.huggingface import HFLM
-
-    return HFLM
-
-
 def test_lm_eval_on_the_exported_model_gives_the_same_figures(family, tasks, scored, tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")
     import lm_eval
     from lm_eval.tasks import TaskManager
+
+    from lm_eval.models.huggingface import HFLM
 
     from nextword.tools.export import export_model
 
@@ -228,8 +210,7 @@ def test_lm_eval_on_the_exported_model_gives_the_same_figures(family, tasks, sco
     # which goes to the tokenizer as here), as for any model whose tokenizer does not add it by itself.
     add_bos = bool(tokenizer.document_start) or None
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out, **({"add_bos_token": True} if add_bos else {}))
-    hflm = load_without_accelerate(monkeypatch)(pretrained=hf_model, tokenizer=hf_tokenizer, batch_size=4,
-                                                add_bos_token=add_bos)
+    hflm = HFLM(pretrained=hf_model, tokenizer=hf_tokenizer, batch_size=4, add_bos_token=add_bos)
     theirs = lm_eval.simple_evaluate(model=hflm, tasks=tasks, task_manager=TaskManager(include_defaults=False))
     for task in ("tiny_choice", "tiny_last_word"):
         for a, b in zip(ours["samples"][task], theirs["samples"][task], strict=True):
