@@ -19,10 +19,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
                scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer update over `accumulation` micro-batches: (mean loss, gradient norm, 1.0 if skipped).
 
+    `lr` is the schedule's rate for train.lr; a parameter group with its own peak rate (Muon's) takes it scaled by
+    the group's `lr_scale`, so the schedule shapes every rate alike.
+
     Nothing here reads a value back to the host, so on a GPU the step runs without a synchronisation.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     total = None
     for micro_step in range(accumulation):
         x, y = next_batch()
