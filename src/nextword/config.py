@@ -31,7 +31,8 @@ class Family:
 
     norm: Literal["layernorm", "rmsnorm"]  # LayerNorm has a bias, RMSNorm does not
     bias: bool  # biases on the attention and MLP linear layers
-    mlp: Literal["gelu", "swiglu"]  # proj(gelu(fc(x))), or down(silu(gate(x)) · up(x)); ModelConfig.mlp_activation may change it
+    # proj(gelu(fc(x))), or down(silu(gate(x)) · up(x)); ModelConfig.mlp_activation may choose another
+    mlp: Literal["gelu", "swiglu"]
     positions: Literal["learned", "rotary"]  # a learned embedding per position, or RoPE applied to q and k
 
 
