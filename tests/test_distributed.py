@@ -337,6 +337,7 @@ def test_muon_under_ddp_at_two_processes_gives_the_single_process_losses(setup, 
                               str(tmp / "muon-ddp"), "--quiet"), env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert losses(tmp / "muon-ddp", "run", "parallel") == ["ddp"]
+    assert losses(tmp / "muon-ddp", "run", "optimizer") == ["muon"]
     # All-reduced gradients differ from one process's in the order of fp32 sums; Newton–Schulz's bf16 rounding
     # then lets that grow to about 2e-5 of the loss in 16 steps.
     assert losses(tmp / "muon-ddp") == pytest.approx(losses(tmp / "muon-single"), rel=1e-4)
@@ -353,3 +354,14 @@ def test_muon_resumes_exactly_from_a_single_file_checkpoint_alone_or_under_fsdp(
         train(cfg, progress=False)
         assert losses(Path(cfg.train.run_dir), "run", "parallel") == ["none", parallel]
         assert losses(Path(cfg.train.run_dir)) == pytest.approx(losses(tmp / "muon-single"), rel=1e-6)
+
+
+def test_a_run_saved_with_adamw_refuses_to_resume_with_muon(setup, muon, monkeypatch):
+    tmp, env, cfg = setup
+    monkeypatch.setenv("NEXTWORD_CACHE", env["NEXTWORD_CACHE"])
+    cfg = copy.deepcopy(cfg)
+    cfg.train.run_dir = str(tmp / "adamw-then-muon")
+    train(copy.deepcopy(cfg), progress=False, stop_after=2)
+    cfg.train.optimizer = "muon"
+    with pytest.raises(CheckpointError, match="saved with train.optimizer = adamw, but this run asks for muon"):
+        train(cfg, progress=False)

@@ -5,7 +5,8 @@ Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/) keeps SGD 
 and replaces the update by its nearest semi-orthogonal matrix (about U·Vᵀ of the momentum's SVD U·S·Vᵀ, by five
 Newton–Schulz iterations), so every direction of the matrix moves by the same amount however small its gradient.
 It is meant for the hidden matrices only: embeddings, the output head, norms and biases keep AdamW. torch's own
-Muon (torch.optim.Muon) does the arithmetic here.
+Muon (torch.optim.Muon) gives the hyperparameters, the Newton–Schulz routine and the scaling by shape; its step is
+written out here (Muon.step) only so that a matrix sharded by FSDP is orthogonalised whole.
 
 Both kinds of parameter sit in one optimizer object (MuonAdamW): one step, one zero_grad, one state_dict that the
 checkpoints store as they store AdamW's. Every parameter group carries `lr_scale`, its peak rate over train.lr, so
@@ -54,7 +55,7 @@ def muon(matrices: list[torch.nn.Parameter], t: TrainConfig) -> "Muon":
     the update scaled by √max(1, rows/columns), as in Keller Jordan's Muon (github.com/KellerJordan/Muon, whose
     README pairs lr 0.02 with momentum 0.95 for the hidden weights and AdamW for the rest).
 
-    Decoupled weight decay shrinks a weight by lr·weight_decay per step. Muon's rate is about ten times AdamW's, so
+    Decoupled weight decay shrinks a weight by lr·weight_decay per step. Muon's rate is several times AdamW's, so
     its decay is train.weight_decay · train.lr / train.muon_lr: each matrix shrinks per step as it would under
     AdamW (0.015 at the defaults, near the 0.01 of Keller Jordan's MuonWithAuxAdam)."""
     if TorchMuon is None:
