@@ -52,7 +52,7 @@ def _skip_update_if(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -
     """Make the next optimizer step a no-op when `nonfinite` is 1, without reading it back to the host.
 
     The fused AdamW kernel takes a `found_inf` flag and skips the whole update on the device (the same mechanism
-    loss scaling uses); the unfused fallback has no such flag, so there the flag is read back.
+    loss scaling uses); the unfused fallback and Muon have no such flag, so there the flag is read back.
     """
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = nonfinite
