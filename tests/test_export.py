@@ -5,7 +5,7 @@ import torch
 
 from nextword.config import ModelConfig
 from nextword.data.tokenizer import EOS, Tokenizer
-from nextword.errors import CheckpointError
+from nextword.errors import CheckpointError, ConfigError
 from nextword.model.hf import load_hf_model
 from nextword.tools.export import export_model
 from nextword.model import GPT
@@ -32,8 +32,10 @@ FAMILIES = {
     "llama": dict(arch="llama"),
     "llama-gqa-untied": dict(arch="llama", n_kv_heads=2, tie_embeddings=False, rope_theta=500000.0),
     "llama-qknorm": dict(arch="llama", qk_norm=True),
+    # transformers' GPT-2 takes activation_function "relu2", exactly our squared ReLU
+    "gpt2-relu2-untied": dict(arch="gpt2", mlp_activation="relu2", tie_embeddings=False),
 }
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "gpt2-relu2-untied": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
                  "llama-gqa-untied": "LlamaForCausalLM", "llama-qknorm": "Qwen3ForCausalLM"}
 
 
@@ -67,8 +69,23 @@ def test_export_loads_in_transformers_with_the_same_logits(family, tokenizer, tm
         assert generated[0, 5:].tolist() == expected
 
         back = load_hf_model(out)
-        assert back.cfg.arch == cfg.arch and back.cfg.qk_norm == cfg.qk_norm
+        assert back.cfg.arch == cfg.arch and back.cfg.qk_norm == cfg.qk_norm and back.cfg.mlp == cfg.mlp
         assert (back(ids) - ours).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("options, named", [
+    (dict(arch="llama", logit_softcap=30.0), "model.logit_softcap = 30"),
+    (dict(arch="gpt2", logit_softcap=15.0), "model.logit_softcap = 15"),
+    (dict(arch="llama", mlp_activation="relu2"), "model.mlp_activation = relu2"),
+    (dict(arch="llama", mlp_activation="gelu"), "model.mlp_activation = gelu"),
+    (dict(arch="gpt2", qk_norm=True), "qk_norm"),
+])
+def test_export_refuses_a_model_transformers_cannot_compute_naming_the_option(tokenizer, tmp_path, options, named):
+    model = GPT(small(vocab=tokenizer.vocab_size, **options))
+    with pytest.raises(ConfigError, match=named) as refused:
+        export_model(model, tokenizer, tmp_path / "hf")
+    assert len(str(refused.value).splitlines()) == 1
+    assert not (tmp_path / "hf").exists()
 
 
 def test_exported_tokenizer_is_a_fast_tokenizer_with_eos(tokenizer, tmp_path):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from nextword.config import ModelConfig
 from nextword.model import loss as loss_module
 from nextword.model import GPT, linear_cross_entropy
+from nextword.model.loss import softcap
 
 VOCAB = 97
 
@@ -22,6 +23,10 @@ CONFIGS = {
     "llama": tiny("llama"),
     "llama-gqa-qknorm": tiny("llama", n_kv_heads=2, qk_norm=True, tie_embeddings=False),
     "llama-mqa": tiny("llama", n_kv_heads=1),
+    # The recipe options on either family: squared ReLU, QK-norm, soft-capped logits, an untied head.
+    "gpt2-relu2-qknorm-softcap": tiny("gpt2", mlp_activation="relu2", qk_norm=True, logit_softcap=3.0,
+                                      tie_embeddings=False),
+    "llama-relu2-softcap": tiny("llama", mlp_activation="relu2", logit_softcap=3.0),
 }
 
 
@@ -56,22 +61,24 @@ def test_loss_at_initialisation_is_close_to_ln_vocab(arch):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def plain_loss_and_grads(x, weight, targets, scale):
+def plain_loss_and_grads(x, weight, targets, scale, cap=0.0):
     x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
-    loss = F.cross_entropy(F.linear(x, weight).float().view(-1, weight.shape[0]), targets.view(-1))
+    logits = softcap(F.linear(x, weight).float(), cap)
+    loss = F.cross_entropy(logits.view(-1, weight.shape[0]), targets.view(-1))
     (loss * scale).backward()
     return loss, x.grad, weight.grad
 
 
-def fused_loss_and_grads(x, weight, targets, scale):
+def fused_loss_and_grads(x, weight, targets, scale, cap=0.0):
     x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
-    loss = linear_cross_entropy(x, weight, targets)
+    loss = linear_cross_entropy(x, weight, targets, cap)
     (loss * scale).backward()
     return loss, x.grad, weight.grad
 
 
+@pytest.mark.parametrize("cap", [0.0, 2.0])  # 2: the soft-cap bends logits of this spread (about ±4) well away
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_loss_and_gradients_equal_the_plain_ones_across_chunks(monkeypatch, dtype):
+def test_fused_loss_and_gradients_equal_the_plain_ones_across_chunks(monkeypatch, dtype, cap):
     # 7 rows a chunk over 3·10 rows: several chunks and a short last one.
     monkeypatch.setitem(loss_module.LOSS_CHUNK_BYTES, "cpu", 7 * 4 * VOCAB)
     generator = torch.Generator().manual_seed(5)
@@ -79,8 +86,8 @@ def test_fused_loss_and_gradients_equal_the_plain_ones_across_chunks(monkeypatch
     weight = torch.randn(VOCAB, 16, generator=generator)
     targets = torch.randint(0, VOCAB, (3, 10), generator=generator)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        plain = plain_loss_and_grads(x, weight, targets, scale=0.25)
-        fused = fused_loss_and_grads(x, weight, targets, scale=0.25)
+        plain = plain_loss_and_grads(x, weight, targets, scale=0.25, cap=cap)
+        fused = fused_loss_and_grads(x, weight, targets, scale=0.25, cap=cap)
     tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-4}
     assert fused[0].dtype == torch.float32
     torch.testing.assert_close(fused[0], plain[0], rtol=1e-5, atol=1e-6)  # the loss is fp32 in both
@@ -218,3 +225,65 @@ def test_cache_overflow_is_refused():
 def test_missing_vocab_size_is_refused():
     with pytest.raises(ValueError, match="vocab_size"):
         GPT(ModelConfig())
+
+
+def test_relu2_is_relu_squared_and_changes_the_mlp():
+    relu2, gelu = build(tiny("gpt2", mlp_activation="relu2")), build(tiny("gpt2"))
+    mlp = relu2.blocks[0].mlp
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.proj(F.relu(mlp.fc(x)) ** 2))
+        assert not torch.allclose(gelu.blocks[0].mlp(x), mlp(x))  # same weights (same seed), another function
+    # Two matrices of width 4·d in either family, where llama's own SwiGLU has three of 8/3·d
+    llama = build(tiny("llama", mlp_activation="relu2"))
+    assert {n for n, _ in llama.blocks[0].mlp.named_parameters()} == {"fc.weight", "proj.weight"}
+    assert llama.blocks[0].mlp.fc.weight.shape == (4 * 32, 32)
+
+
+def test_zero_init_projections_start_at_zero_and_then_learn():
+    model = build(tiny("llama", zero_init_projections=True)).train()
+    projections = [p for b in model.blocks for p in (b.attn.o.weight, b.mlp.down.weight)]
+    assert all(p.abs().max() == 0 for p in projections)
+    assert model.blocks[0].attn.q.weight.abs().max() > 0 and model.blocks[0].mlp.up.weight.abs().max() > 0
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():  # every block adds zero: the logits are those of the embeddings alone
+        torch.testing.assert_close(model(idx), F.linear(model.norm(model.tok_emb(idx)), model.tok_emb.weight))
+    model(idx, idx).backward()
+    assert all(p.grad.abs().max() > 0 for p in projections)  # they learn from the first step
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_logit_softcap_bounds_the_logits_in_every_path(arch):
+    cap = 2.0
+    capped = build(tiny(arch, logit_softcap=cap, init_std=0.5))  # large weights: raw logits far beyond ±cap
+    raw = build(tiny(arch, init_std=0.5))
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(9))
+    targets = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        logits, raw_logits = capped(idx), raw(idx)
+        assert raw_logits.abs().max() > 3 * cap and logits.abs().max() <= cap
+        torch.testing.assert_close(logits, cap * torch.tanh(raw_logits / cap))
+        # The fused training loss, the plain loss over the logits and the cached logits of sampling agree
+        expected = F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
+        torch.testing.assert_close(capped(idx, targets), expected)
+        cache = capped.new_cache(batch_size=2)
+        torch.testing.assert_close(capped(idx, cache=cache), logits, rtol=0, atol=1e-5)
+
+
+def test_qk_norm_works_in_a_gpt2_block():
+    plain, normed = build(tiny("gpt2")), build(tiny("gpt2", qk_norm=True))
+    assert "blocks.0.attn.q_norm.weight" in normed.state_dict()
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        assert not torch.allclose(plain(idx), normed(idx))
+    normed.train()
+    normed(idx, idx).backward()
+    assert normed.blocks[0].attn.q_norm.weight.grad.abs().max() > 0
+
+
+def test_hidden_matrices_are_the_blocks_linear_weights():
+    model = build(CONFIGS["gpt2-relu2-qknorm-softcap"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    hidden = sorted(names[id(p)] for p in model.hidden_matrices())
+    assert hidden == sorted(f"blocks.{i}.{m}.weight" for i in range(2)
+                            for m in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj"))

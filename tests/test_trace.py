@@ -115,7 +115,39 @@ def test_an_adamw_step_is_the_training_loops_step(tokenizer):
     assert result.loss_after < result.loss_before
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_muon_step_is_the_training_loops_step_and_shows_the_orthogonalised_update(tokenizer):
+    from nextword.training.optimizer import build_optimizer
+
+    train = TrainConfig(lr=1e-3, optimizer="muon", muon_lr=0.02)
+    model = tiny_model(tokenizer)
+    reference = copy.deepcopy(model).eval()
+    x, y = batch(tokenizer)
+    reference(x, y).backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), train.grad_clip)
+    build_optimizer(reference, train).step()
+    result = trace_step(model, tokenizer, TEXT, lr=train.lr, optimizer="muon", train=train)
+
+    after = dict(model.named_parameters())
+    for name, theta in reference.named_parameters():
+        torch.testing.assert_close(after[name].detach(), theta.detach(), rtol=1e-6, atol=1e-9, msg=name)
+    assert result.muon_lr == 0.02 and result.lr == 1e-3
+    assert [m.name for m in result.matrices] == [n for n, p in model.named_parameters() if p.dim() == 2
+                                                 and n.startswith("blocks.")]
+    fc = next(m for m in result.matrices if m.name == "blocks.0.mlp.fc.weight")
+    assert fc.shape == (128, 32) and fc.rate == pytest.approx(0.02 * 2)  # √(128/32)
+    for m in result.matrices:
+        # The gradient's singular values spread over orders of magnitude; the step's lie near the rate.
+        assert m.gradient_sigma[0] / m.gradient_sigma[1] > 10
+        assert 0.5 * m.rate < m.step_sigma[1] <= m.step_sigma[0] < 1.3 * m.rate
+    text, page = render_text(result), render_html(result)
+    assert "Muon lr = 0.02, AdamW lr = 0.001" in text and "blocks.1.attn.o.weight" in text
+    assert "orthogonalised" in text and "blocks.1.attn.o.weight" in page
+    record = json.loads(json.dumps(result.to_dict()))
+    assert record["muon_lr"] == 0.02 and len(record["matrices"]) == 12
+    assert result.loss_after < result.loss_before
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "muon"])
 def test_a_small_step_lowers_the_loss(tokenizer, optimizer):
     result = trace_step(tiny_model(tokenizer, seed=3), tokenizer, TEXT, lr=1e-3, optimizer=optimizer)
     assert result.loss_after < result.loss_before
@@ -174,7 +206,7 @@ def test_one_position_can_be_chosen(tokenizer):
 def test_bad_input_gets_a_clear_error(tokenizer):
     with pytest.raises(DataError, match="at least 2"):
         trace_step(tiny_model(tokenizer), tokenizer, "T", lr=1e-3)
-    with pytest.raises(ConfigError, match="sgd or adamw"):
+    with pytest.raises(ConfigError, match="sgd, adamw or muon"):
         trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=1e-3, optimizer="adam")
 
 

@@ -31,7 +31,8 @@ class Family:
 
     norm: Literal["layernorm", "rmsnorm"]  # LayerNorm has a bias, RMSNorm does not
     bias: bool  # biases on the attention and MLP linear layers
-    mlp: Literal["gelu", "swiglu"]  # proj(gelu(fc(x))), or down(silu(gate(x)) · up(x))
+    # proj(gelu(fc(x))), or down(silu(gate(x)) · up(x)); ModelConfig.mlp_activation may choose another
+    mlp: Literal["gelu", "swiglu"]
     positions: Literal["learned", "rotary"]  # a learned embedding per position, or RoPE applied to q and k
 
 
@@ -55,7 +56,13 @@ class ModelConfig:
     context: int = 256
     vocab_size: int = 0  # 0: the tokenizer's vocabulary size
     tie_embeddings: bool = True
-    qk_norm: bool = False
+    qk_norm: bool = False  # an RMSNorm over each head's queries and keys, before attention
+    # The MLP's activation. "": the family's (gelu for gpt2, swiglu for llama); "relu2": proj(relu(fc(x))²), the
+    # squared ReLU of Primer (So et al. 2021) that modded-nanogpt trains with; "gelu" in a llama block likewise
+    # replaces its gated SwiGLU MLP by two matrices.
+    mlp_activation: str = ""
+    zero_init_projections: bool = False  # attention's and the MLP's output projections start at zero
+    logit_softcap: float = 0.0  # 0: off; else logits become cap·tanh(logits / cap), bounded by ±cap
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     dropout: float = 0.0
@@ -77,10 +84,15 @@ class ModelConfig:
         return FAMILIES[self.arch]
 
     @property
+    def mlp(self) -> str:
+        """The MLP's activation: gelu, relu2 (two matrices each) or swiglu (three, gated)."""
+        return self.mlp_activation or self.family.mlp
+
+    @property
     def ffn_dim(self) -> int:
         if self.d_ff:
             return self.d_ff
-        if self.family.mlp == "swiglu":  # three matrices to GELU's two: 2/3 of the width keeps their parameters
+        if self.mlp == "swiglu":  # three matrices to GELU's two: 2/3 of the width keeps their parameters
             return 64 * -(-int(8 * self.d_model / 3) // 64)
         return 4 * self.d_model
 
@@ -137,6 +149,11 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # adamw: AdamW for every parameter. muon: Muon for the blocks' hidden matrices (attention and MLP weights) at
+    # muon_lr, AdamW at lr for embeddings, head, norms and biases (training/optimizer.py). The schedule scales both.
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02  # Keller Jordan's Muon README: lr 0.02, momentum 0.95 (github.com/KellerJordan/Muon)
+    muon_momentum: float = 0.95
     log_every: int = 10
     ckpt_every: int = 0  # steps between checkpoints; 0: only at the end and on interrupt
     keep_last: int = 2
@@ -439,8 +456,10 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
+MLP_ACTIVATIONS = ("gelu", "relu2", "swiglu")
 CHOICES = {
     "model.arch": tuple(FAMILIES),
+    "train.optimizer": ("adamw", "muon"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.compile": ("auto", "on", "off"),
     "train.schedule": ("wsd", "cosine", "constant"),
@@ -479,6 +498,17 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"model.n_heads = {m.n_heads} must be divisible by model.n_kv_heads = {m.kv_heads}")
     if m.family.positions == "rotary" and m.head_dim % 2:
         raise ConfigError(f"model.d_model / model.n_heads = {m.head_dim} must be even for rotary positions")
+    if m.mlp_activation not in ("", *MLP_ACTIVATIONS):
+        raise ConfigError(f"model.mlp_activation = {m.mlp_activation!r} is not one of: {', '.join(MLP_ACTIVATIONS)} "
+                          "(or empty for the family's own)")
+    if m.mlp == "swiglu" and m.family.bias:
+        raise ConfigError(f"model.mlp_activation = swiglu is the llama family's gated MLP, which has no biases; "
+                          f"use it with model.arch = llama, or gelu or relu2 with {m.arch}")
+    if m.logit_softcap < 0:
+        raise ConfigError(f"model.logit_softcap = {m.logit_softcap} must be 0 (off) or more, e.g. 30")
+    if t.muon_lr <= 0 or not 0.0 <= t.muon_momentum < 1.0:
+        raise ConfigError(f"train.muon_lr = {t.muon_lr} must be above 0 and train.muon_momentum = "
+                          f"{t.muon_momentum} in [0, 1), e.g. 0.02 and 0.95")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")
     if d.vocab_size < 257:

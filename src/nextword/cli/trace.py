@@ -8,7 +8,8 @@ moves the weights a very small step that way. `nextword trace` does one such ste
   1. how the text becomes tokens;
   2. at each position: the prefix, the top predictions, the actual next token, its probability p, −ln p;
   3. the mean of those losses: the training loss of this one-sequence batch;
-  4. one optimizer step (SGD: every weight moves by exactly −lr × its gradient), and how small it is;
+  4. one optimizer step (SGD: every weight moves by exactly −lr × its gradient), and how small it is; with
+     --optimizer muon, each hidden matrix's gradient and step by their singular values;
   5. the same predictions after the step: p before → after.
 
 Without RUN it uses a freshly initialised model, which gives every token about the same probability 1/V, so
@@ -38,10 +39,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     text.add_argument("--text", help=f"the text to train on (default: {DEFAULT_TEXT!r})")
     text.add_argument("--file", metavar="FILE", help="read the text from a UTF-8 file")
     parser.add_argument("--lr", type=float, help=f"learning rate (default: {DEFAULT_SGD_LR} for sgd, the run's "
-                        "train.lr for adamw)")
-    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="sgd (default): the update "
-                        "is exactly −lr·gradient; adamw: the training loop's optimizer, taking a first step from "
-                        "zero moments")
+                        "train.lr for adamw and for muon's AdamW part; muon's own rate is the run's train.muon_lr)")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw", "muon"), default="sgd", help="sgd (default): the "
+                        "update is exactly −lr·gradient; adamw: the training loop's optimizer, taking a first step "
+                        "from zero moments; muon: Muon for the blocks' matrices and AdamW for the rest, showing "
+                        "each matrix's gradient and orthogonalised step")
     parser.add_argument("--top-k", type=int, default=5, help="predictions to show per position (default 5)")
     parser.add_argument("--position", type=int, help="show only this position (the mean is still over all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the freshly initialised model (default 0)")

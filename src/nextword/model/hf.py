@@ -1,12 +1,15 @@
 """The same network under Hugging Face transformers' names: weights and config, both ways.
 
-    gpt2 arch               ↔ GPT2LMHeadModel (q, k, v fused into c_attn; Conv1D weights stored transposed)
+    gpt2 arch               ↔ GPT2LMHeadModel (q, k, v fused into c_attn; Conv1D weights stored transposed);
+                              with mlp_activation relu2, its activation_function "relu2"
     llama arch              ↔ LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
     llama arch with qk_norm ↔ Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
 
 Each family's Hugging Face layout (its architecture names, config fields and weight names, both ways) is one
 class below, GPT2Layout or LlamaLayout, found from `ModelConfig.arch` in LAYOUTS. `load_hf_model(path)` also reads
-MistralForCausalLM without a sliding window, with safetensors alone, for `[model] init_from`. Writing a whole
+MistralForCausalLM without a sliding window, with safetensors alone, for `[model] init_from`. A model that no
+transformers architecture computes exactly (soft-capped logits, a llama block without its gated MLP, QK-norm or
+grouped-query attention in a gpt2 block) is refused by name rather than exported as something else. Writing a whole
 model directory (with its tokenizer) is `nextword export`'s job.
 """
 
@@ -34,6 +37,8 @@ class GPT2Layout:
     # Linear layers other than q, k, v (which GPT-2 fuses into c_attn), and the norms: Hugging Face name → ours.
     LINEARS = {"attn.c_proj": "attn.o", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
     NORMS = {"ln_1": "attn_norm", "ln_2": "mlp_norm"}
+    # Our activation → GPT2Config.activation_function, both computing exactly the same function.
+    ACTIVATIONS = {"gelu": "gelu_new", "relu2": "relu2"}
 
     @staticmethod
     def architecture(cfg: ModelConfig) -> str:
@@ -48,7 +53,7 @@ class GPT2Layout:
 
         return transformers.GPT2Config(
             n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.ffn_dim,
-            n_positions=cfg.context, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
+            n_positions=cfg.context, activation_function=GPT2Layout.ACTIVATIONS[cfg.mlp], layer_norm_epsilon=cfg.norm_eps,
             resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, **common)
 
     @staticmethod
@@ -90,15 +95,17 @@ class GPT2Layout:
 
     @staticmethod
     def model_config(raw: dict, refuse: Refusal) -> ModelConfig:
-        if raw.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise refuse(f"activation {raw.get('activation_function')!r} is not GPT-2's tanh GELU")
+        activation = raw.get("activation_function", "gelu_new")
+        if activation not in ("gelu_new", "gelu_pytorch_tanh", "relu2"):
+            raise refuse(f"activation {activation!r} is neither GPT-2's tanh GELU nor relu2")
         if raw.get("scale_attn_by_inverse_layer_idx") or not raw.get("scale_attn_weights", True):
             raise refuse("attention scaling other than 1/sqrt(head_dim)")
         d = raw["n_embd"]
         return ModelConfig(arch="gpt2", n_layers=raw["n_layer"], d_model=d, n_heads=raw["n_head"],
                            d_ff=raw.get("n_inner") or 4 * d, context=raw["n_positions"],
                            vocab_size=raw["vocab_size"], tie_embeddings=raw.get("tie_word_embeddings", True),
-                           norm_eps=raw.get("layer_norm_epsilon", 1e-5))
+                           norm_eps=raw.get("layer_norm_epsilon", 1e-5),
+                           mlp_activation="relu2" if activation == "relu2" else "")
 
 
 class LlamaLayout:
@@ -122,6 +129,9 @@ class LlamaLayout:
 
     @staticmethod
     def architecture(cfg: ModelConfig) -> str:
+        if cfg.mlp != "swiglu":
+            raise ConfigError(f"model.mlp_activation = {cfg.mlp}: Llama's and Qwen3's MLP in transformers is the gated "
+                              "SwiGLU, so this llama-arch model has no equivalent there and cannot be exported")
         return "Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"
 
     @staticmethod
@@ -191,6 +201,14 @@ LAYOUTS = {"gpt2": GPT2Layout, "llama": LlamaLayout}
 
 
 def hf_architecture(cfg: ModelConfig) -> str:
+    """The transformers architecture that computes exactly what this model does; ConfigError naming the option
+    when there is none."""
+    if cfg.logit_softcap:
+        # Gemma 2 caps its logits too, but its blocks differ from both families (norms around each sublayer,
+        # scaled embeddings, capped attention scores), so no export would compute the same function.
+        raise ConfigError(f"model.logit_softcap = {cfg.logit_softcap:g}: no GPT-2, Llama or Qwen3 model in "
+                          "transformers caps its logits, so this model cannot be exported; train with "
+                          "logit_softcap = 0 to export")
     return LAYOUTS[cfg.arch].architecture(cfg)
 
 

@@ -29,10 +29,13 @@ class LinearCrossEntropy(torch.autograd.Function):
     fp32 and in cache, into the loss and into rows·∂loss/∂logits = softmax − one_hot, written over the logits.
     Backward is then two matrix multiplies, scaled by 1/rows after them. The loss is exact fp32 cross-entropy;
     the gradient has the rounding of the compute dtype, as it would under autocast anyway.
+
+    With a soft-cap the loss is taken over cap·tanh(logits / cap), and the gradient through the cap is the
+    softmax's times 1 − tanh².
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, dtype: torch.dtype) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, dtype: torch.dtype, cap: float) -> Tensor:
         x, weight = x.to(dtype), weight.to(dtype)
         logits = x @ weight.t()  # [rows, vocab], overwritten below by the gradient
         rows, vocab = logits.shape
@@ -43,13 +46,18 @@ class LinearCrossEntropy(torch.autograd.Function):
         for begin in range(0, rows, chunk):
             part = logits[begin:begin + chunk]
             target = targets[begin:begin + chunk, None]
-            log_p = torch.log_softmax(part, dim=-1, dtype=torch.float32)
+            tanh = torch.tanh(part.float() / cap) if cap else None
+            log_p = torch.log_softmax(part if tanh is None else cap * tanh, dim=-1, dtype=torch.float32)
             total -= log_p.gather(-1, target).sum()
             if want_grad:
                 grad_log_p.scatter_(-1, target, -1.0)
                 # rows·∂loss/∂logits = p − one_hot, by aten's own log-softmax backward kernel (the 1/rows is
                 # applied after the multiplies in backward, so that fp16 gradients do not underflow)
-                part.copy_(torch.ops.aten._log_softmax_backward_data(grad_log_p[:len(part)], log_p, -1, dtype))
+                if tanh is None:
+                    part.copy_(torch.ops.aten._log_softmax_backward_data(grad_log_p[:len(part)], log_p, -1, dtype))
+                else:
+                    grad = torch.ops.aten._log_softmax_backward_data(grad_log_p[:len(part)], log_p, -1, torch.float32)
+                    part.copy_(grad * (1 - tanh.square()))
                 grad_log_p.scatter_(-1, target, 0.0)
         if want_grad:
             ctx.save_for_backward(x, weight, logits)
@@ -63,13 +71,20 @@ class LinearCrossEntropy(torch.autograd.Function):
         scale = (grad_loss / ctx.rows).to(grad_logits.dtype)
         grad_x = (grad_logits @ weight) * scale if ctx.needs_input_grad[0] else None
         grad_weight = (grad_logits.t() @ x) * scale if ctx.needs_input_grad[1] else None
-        return grad_x, grad_weight, None, None
+        return grad_x, grad_weight, None, None, None
 
 
-def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of the logits x @ weightᵀ against targets, in fp32, without the fp32 logits.
-    x: [..., d], weight: [V, d], targets: [...]. Under autocast the multiplies run in the autocast dtype."""
+def softcap(logits: Tensor, cap: float) -> Tensor:
+    """cap·tanh(logits / cap): about the logits themselves while small, never beyond ±cap (cap 0: unchanged).
+    Gemma 2 caps its logits at 30, modded-nanogpt at 30 and lower."""
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, cap: float = 0.0) -> Tensor:
+    """Mean cross-entropy of the logits x @ weightᵀ (soft-capped at `cap` when it is not 0) against targets, in
+    fp32, without the fp32 logits. x: [..., d], weight: [V, d], targets: [...]. Under autocast the multiplies run
+    in the autocast dtype."""
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     with torch.autocast(device, enabled=False):
-        return LinearCrossEntropy.apply(x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), dtype)
+        return LinearCrossEntropy.apply(x.reshape(-1, x.shape[-1]), weight, targets.reshape(-1), dtype, cap)

@@ -4,7 +4,9 @@ what each family builds; the code below asks `cfg.family`, never the arch's name
     "gpt2"   learned absolute positions, LayerNorm (with bias), GELU MLP, biases on every linear layer
     "llama"  rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases, grouped-query attention, optional QK-norm
 
-Both are pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)); logits = head(norm(x)). `model(idx)` gives the
+Both are pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)); logits = head(norm(x)). Options on top of either
+family: the MLP's activation (`mlp_activation`, e.g. squared ReLU), QK-norm, an untied head, output projections
+that start at zero, and logits soft-capped to ±cap by cap·tanh(logits / cap) (`logit_softcap`). `model(idx)` gives the
 logits; `model(idx, targets)` the mean cross-entropy, through the fused output layer and loss of loss.py.
 
 State-dict keys (stable; the Hugging Face exporter maps them one to one):
@@ -19,7 +21,7 @@ State-dict keys (stable; the Hugging Face exporter maps them one to one):
     blocks.{i}.attn.q_norm.weight           [hd]            qk_norm only (RMSNorm over each head)
     blocks.{i}.attn.k_norm.weight           [hd]            qk_norm only
     blocks.{i}.mlp_norm.weight / .bias
-    blocks.{i}.mlp.fc.weight / .bias        [ffn, d]        gpt2: proj(gelu(fc(x)))
+    blocks.{i}.mlp.fc.weight / .bias        [ffn, d]        gpt2: proj(gelu(fc(x))); relu2: proj(relu(fc(x))²)
     blocks.{i}.mlp.proj.weight / .bias      [d, ffn]
     blocks.{i}.mlp.gate.weight              [ffn, d]        llama: down(silu(gate(x)) · up(x))
     blocks.{i}.mlp.up.weight                [ffn, d]
@@ -42,7 +44,8 @@ from torch import Tensor, nn
 
 from nextword.config import ModelConfig
 from nextword.model.kv_cache import KVCache
-from nextword.model.loss import linear_cross_entropy
+from nextword.model.loss import linear_cross_entropy, softcap
+
 
 def rotate_half(x: Tensor) -> Tensor:
     first, second = x.chunk(2, dim=-1)
@@ -121,17 +124,30 @@ class Attention(nn.Module):
         return self.o(y)
 
 
-class GeluMLP(nn.Module):
-    """gpt2: proj(gelu(fc(x))). GPT-2 used the tanh approximation of GELU."""
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU as GPT-2 computed it, by the tanh approximation."""
+    return F.gelu(x, approximate="tanh")
+
+
+def relu_squared(x: Tensor) -> Tensor:
+    return F.relu(x).square()
+
+
+ACTIVATIONS = {"gelu": gelu_tanh, "relu2": relu_squared}
+
+
+class MLP(nn.Module):
+    """proj(act(fc(x))), act being GELU (gpt2) or squared ReLU; biases as the family has them."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.ffn_dim)
-        self.proj = nn.Linear(cfg.ffn_dim, cfg.d_model)
+        self.fc = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=cfg.family.bias)
+        self.proj = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=cfg.family.bias)
         self.proj.is_residual_output = True
+        self.activation = ACTIVATIONS[cfg.mlp]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return self.proj(self.activation(self.fc(x)))
 
 
 class SwiGLU(nn.Module):
@@ -148,7 +164,7 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-MLPS = {"gelu": GeluMLP, "swiglu": SwiGLU}
+MLPS = {"gelu": MLP, "relu2": MLP, "swiglu": SwiGLU}
 
 
 class Block(nn.Module):
@@ -157,7 +173,7 @@ class Block(nn.Module):
         self.attn_norm = make_norm(cfg, cfg.d_model)
         self.attn = Attention(cfg)
         self.mlp_norm = make_norm(cfg, cfg.d_model)
-        self.mlp = MLPS[cfg.family.mlp](cfg)
+        self.mlp = MLPS[cfg.mlp](cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
@@ -188,8 +204,9 @@ class GPT(nn.Module):
         std = self.cfg.init_std
         if isinstance(module, nn.Linear):
             # Each block adds two outputs to the residual stream; scaling them keeps its variance flat with depth.
+            # At zero (zero_init_projections, as modded-nanogpt does) every block starts as the identity.
             if getattr(module, "is_residual_output", False):
-                std = std / math.sqrt(2 * self.cfg.n_layers)
+                std = 0.0 if self.cfg.zero_init_projections else std / math.sqrt(2 * self.cfg.n_layers)
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -221,8 +238,8 @@ class GPT(nn.Module):
             cache.length = start + T
         head = self.tok_emb.weight if self.cfg.tie_embeddings else self.lm_head.weight
         if targets is None:
-            return F.linear(x, head)
-        return linear_cross_entropy(x, head, targets)
+            return softcap(F.linear(x, head), self.cfg.logit_softcap)
+        return linear_cross_entropy(x, head, targets, self.cfg.logit_softcap)
 
     def logits_and_loss(self, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """The logits [B, T, V] and the mean cross-entropy taken over them the plain way, for the few callers
@@ -265,6 +282,10 @@ class GPT(nn.Module):
         n_matmul = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
         n_matmul += cfg.vocab_size * cfg.d_model
         return 6 * n_matmul + 12 * cfg.n_layers * cfg.context * cfg.d_model
+
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The blocks' weight matrices (attention's q, k, v, o and the MLP's): what Muon optimizes."""
+        return [p for p in self.blocks.parameters() if p.dim() == 2]
 
     def optimizer_groups(self, weight_decay: float, decay_embeddings: bool) -> list[dict]:
         """Two AdamW parameter groups: weight matrices decay; norms, biases and (unless decay_embeddings)

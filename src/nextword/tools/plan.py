@@ -176,7 +176,7 @@ def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
 
     attn_weights = d * q_out + 2 * d * kv_out + q_out * d
     attn_other = (q_out + 2 * kv_out + d if family.bias else 0) + (2 * cfg.head_dim if cfg.qk_norm else 0)
-    mlp_weights = (3 if family.mlp == "swiglu" else 2) * d * f
+    mlp_weights = (3 if cfg.mlp == "swiglu" else 2) * d * f
     mlp_biases = f + d if family.bias else 0
 
     experts, active, router = 1, 1, 0
@@ -298,7 +298,7 @@ def layer_activation_bytes(cfg: ModelConfig, moe: Moe | None, micro_batch: int, 
     kv = cfg.kv_heads * cfg.head_dim
     # SwiGLU keeps gate(x), silu(gate(x)), up(x) and their product; RoPE keeps q and k before rotation and their
     # rotate_half copies.
-    mlp = h + 4 * f if cfg.family.mlp == "swiglu" else h + 2 * f
+    mlp = h + 4 * f if cfg.mlp == "swiglu" else h + 2 * f
     rope = 2 * (h + kv) if cfg.family.positions == "rotary" else 0
     elements = tokens * (2 * h + 3 * h + 2 * kv + rope + routed * mlp)
     if flash:

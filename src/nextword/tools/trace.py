@@ -9,7 +9,8 @@ render_text (a terminal) and render_html (a page) to show:
   1. how the text becomes tokens;
   2. at each position: the prefix, the top predictions, the actual next token, its probability p, −ln p;
   3. the mean of those losses: the training loss of this one-sequence batch;
-  4. one optimizer step (SGD: every weight moves by exactly −lr × its gradient), and how small it is;
+  4. one optimizer step (SGD: every weight moves by exactly −lr × its gradient), and how small it is; with Muon,
+     each hidden matrix's gradient and step by their singular values: the step is the gradient orthogonalised;
   5. the same predictions after the step: p before → after.
 
 A freshly initialised model gives every token about the same probability 1/V, so its loss is about ln V.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -31,6 +32,9 @@ from nextword.training.optimizer import build_optimizer
 DEFAULT_TEXT = "The function returns a new list of the keys in the dictionary."
 DEFAULT_SGD_LR = 0.01
 ADAMW_RULE = "AdamW as the training loop takes its first step (moments start at zero: each weight moves by about lr)"
+MUON_RULE = ("Muon for the blocks' matrices, AdamW for the rest, as the training loop takes its first step (each "
+             "matrix moves by its gradient orthogonalised, ≈ U·Vᵀ of the gradient's SVD U·S·Vᵀ)")
+RULES = {"sgd": "θ ← θ − lr·∇θ, exactly", "adamw": ADAMW_RULE, "muon": MUON_RULE}
 
 
 @dataclass
@@ -44,6 +48,22 @@ class Candidate:
     id: int
     text: str
     p: float
+
+
+@dataclass
+class MatrixStep:
+    """What Muon did to one hidden matrix: the spread of the singular values σ of its gradient and of its step Δθ.
+    Orthogonalising G = U·S·Vᵀ gives about U·Vᵀ: each of the gradient's `rank` nonzero σ becomes about 1 (0.7 …
+    1.2 after Newton–Schulz's five steps), so the step's first `rank` σ lie close to the rate however widely the
+    gradient's spread. (A short text gives a gradient of low rank: a matrix's gradient sums one outer product per
+    token.)"""
+
+    name: str
+    shape: tuple[int, int]
+    rate: float  # muon_lr · √max(1, rows/columns): the step's σ are about this
+    rank: int  # the gradient's nonzero singular values (above 1e-6 of the largest)
+    gradient_sigma: tuple[float, float]  # the largest and the rank-th
+    step_sigma: tuple[float, float]
 
 
 @dataclass
@@ -73,12 +93,23 @@ class TraceResult:
     update_ratio: float  # ‖Δθ‖ / ‖θ‖ over all parameters
     focus: int | None = None  # the one position to show, if chosen
     text_tokens: int = 0  # the whole text's length in tokens; more than len(tokens) when it outgrew one window
+    muon_lr: float = 0.0  # with Muon: its rate for the hidden matrices (lr is AdamW's, for the rest)
+    matrices: list[MatrixStep] = field(default_factory=list)  # with Muon: each hidden matrix's step
 
     def to_dict(self) -> dict:
-        """The JSON other tools read (the fields of issue #4, nothing else)."""
+        """The JSON other tools read (the fields of issue #4, and with Muon its rate and matrices)."""
         record = asdict(self)
         del record["focus"], record["text_tokens"]
+        if not self.matrices:
+            del record["muon_lr"], record["matrices"]
         return record
+
+    @property
+    def rates(self) -> str:
+        """The learning rate(s), as the headings show them."""
+        if self.optimizer == "muon":
+            return f"Muon lr = {self.muon_lr:g}, AdamW lr = {self.lr:g}"
+        return f"lr = {self.lr:g}"
 
     @property
     def shown_positions(self) -> list[PositionTrace]:
@@ -99,9 +130,11 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
     with the parameter groups, betas, eps and weight decay of `train` (default: TrainConfig()), after clipping
     the gradient norm to train.grad_clip. Its moments start at zero, as at the loop's first step, where each
     weight moves by about lr whatever its gradient's size; later in a run, the moments make steps smaller.
+    "muon" takes the loop's step with train.optimizer = muon: Muon at train.muon_lr for the blocks' matrices,
+    AdamW at `lr` for the rest; each hidden matrix's gradient and step are recorded by their singular values.
     """
-    if optimizer not in ("sgd", "adamw"):
-        raise ConfigError(f"--optimizer {optimizer!r}: choose sgd or adamw")
+    if optimizer not in RULES:
+        raise ConfigError(f"--optimizer {optimizer!r}: choose sgd, adamw or muon")
     if not 0 < lr < math.inf or top_k < 1:  # written so that a nan lr fails it too
         raise ConfigError(f"--lr {lr} must be a finite number above 0 and --top-k {top_k} at least 1")
     text_ids = tokenizer.encode(text)
@@ -124,8 +157,11 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
     loss = model(x, y)  # the training loop's own loss and gradient
     loss.backward()
     grad_norm = _norm(p.grad for p in params if p.grad is not None)
-    _optimizer_step(model, params, optimizer, lr, train or TrainConfig())
+    train = train or TrainConfig()
+    gradients = {id(p): p.grad.detach().clone() for p in model.hidden_matrices()} if optimizer == "muon" else {}
+    _optimizer_step(model, params, optimizer, lr, train)
     update_ratio = _norm(p.detach() - b for p, b in zip(params, before)) / _norm(before)
+    steps = {id(p): p.detach() - b for p, b in zip(params, before)}
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
         logits_after = model(x)
@@ -141,6 +177,9 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
         loss_before=sum(p.loss_before for p in positions) / len(positions),
         loss_after=sum(p.loss_after for p in positions) / len(positions),
         grad_norm=grad_norm, update_ratio=update_ratio, focus=focus, text_tokens=len(text_ids),
+        muon_lr=train.muon_lr if optimizer == "muon" else 0.0,
+        matrices=[_matrix_step(name, p, gradients[id(p)], steps[id(p)], train.muon_lr)
+                  for name, p in model.named_parameters() if id(p) in gradients],
     )
 
 
@@ -156,10 +195,21 @@ def _optimizer_step(model: GPT, params: list[torch.nn.Parameter], name: str, lr:
     if name == "sgd":
         torch.optim.SGD(params, lr=lr).step()
         return
-    adamw = build_optimizer(model, replace(train, lr=lr))
+    optimizer = build_optimizer(model, replace(train, lr=lr, optimizer=name))
     if train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
-    adamw.step()
+    optimizer.step()
+
+
+def _matrix_step(name: str, matrix: torch.Tensor, gradient: torch.Tensor, step: torch.Tensor,
+                 muon_lr: float) -> MatrixStep:
+    rows, columns = matrix.shape
+    gradient_sigma = torch.linalg.svdvals(gradient.double())
+    step_sigma = torch.linalg.svdvals(step.double())
+    rank = int((gradient_sigma > 1e-6 * gradient_sigma[0]).sum())
+    return MatrixStep(name=name, shape=(rows, columns), rate=muon_lr * math.sqrt(max(1.0, rows / columns)),
+                      rank=rank, gradient_sigma=(float(gradient_sigma[0]), float(gradient_sigma[rank - 1])),
+                      step_sigma=(float(step_sigma[0]), float(step_sigma[rank - 1])))
 
 
 def _norm(tensors) -> float:
@@ -228,11 +278,27 @@ def shown(text: str, width: int = 0) -> str:
     return literal
 
 
+def matrix_lines(result: TraceResult) -> list[str]:
+    """Muon's matrices as a table: each one's gradient and step by their largest and smallest singular values."""
+    if not result.matrices:
+        return []
+    lines = ["Each hidden matrix by the singular values σ of its gradient and its step (the largest … the r-th, r the "
+             "gradient's rank, and their ratio). The gradient's spread widely; Muon's step is the gradient "
+             "orthogonalised, each of those σ about 1, times the matrix's rate muon_lr·√max(1, rows/columns) (plus "
+             "a small weight decay), so the step's sit close to that rate:",
+             f"{'matrix':<26}  {'shape':>9}  {'r':>3}  {'gradient σ':<30}  {'step σ':<30}  rate"]
+    for m in result.matrices:
+        spread = [f"{high:.3g} … {low:.3g} ({high / low:,.1f}×)" for high, low in (m.gradient_sigma, m.step_sigma)]
+        lines.append(f"{m.name:<26}  {m.shape[0]:>4}×{m.shape[1]:<4}  {m.rank:>3}  {spread[0]:<30}  {spread[1]:<30}  "
+                     f"{m.rate:.3g}")
+    return lines
+
+
 def render_text(result: TraceResult, style: Style | None = None) -> str:
     s = style or Style(False)
     r = result
     bits = lambda nats: nats / math.log(2)  # noqa: E731
-    out = [s.bold(f"One training step on {len(r.tokens)} tokens, {r.optimizer.upper()} with lr = {r.lr:g}"), ""]
+    out = [s.bold(f"One training step on {len(r.tokens)} tokens, {r.optimizer.upper()} with {r.rates}"), ""]
 
     out.append(s.bold(f"1. The text as tokens ({len(r.tokens)} tokens from a vocabulary of {r.vocab_size:,})"))
     out.append(f"   {'#':>4}  {'id':>7}  token")
@@ -255,11 +321,11 @@ def render_text(result: TraceResult, style: Style | None = None) -> str:
     out += [f"   {line}" for line in explain_loss(r)]
     out.append("")
 
-    rule = "θ ← θ − lr·∇θ, exactly" if r.optimizer == "sgd" else ADAMW_RULE
-    out.append(s.bold(f"4. One optimizer step: {rule}"))
+    out.append(s.bold(f"4. One optimizer step: {RULES[r.optimizer]}"))
     out.append(f"   gradient norm ‖∇θ‖ = {r.grad_norm:.4g}")
     out.append(f"   update size ‖Δθ‖/‖θ‖ = {r.update_ratio:.3g}: the weights moved by {100 * r.update_ratio:.3g}% "
                "of their size")
+    out += [f"   {line}" for line in matrix_lines(r)]
     out.append("")
 
     out.append(s.bold("5. The same prediction after the step"))
@@ -319,12 +385,14 @@ def render_html(result: TraceResult) -> str:
             f"<td><code>{esc(shown(pos.target.text))}</code></td><td>{top}</td>"
             f'<td class="num">{pos.p_before:.4g}</td><td class="num">{pos.loss_before:.4f}</td>'
             f'<td class="num {verdict}">{pos.p_after:.4g}</td><td class="num {verdict}">{pos.loss_after:.4f}</td></tr>')
-    rule = "θ ← θ − lr·∇θ, exactly" if r.optimizer == "sgd" else ADAMW_RULE
+    rule = RULES[r.optimizer]
     explanation = "".join(f"<p>{esc(line)}</p>" for line in explain_loss(r))
+    matrices = matrix_lines(r)
+    matrix_table = f"<p>{esc(matrices[0])}</p><pre>{esc(chr(10).join(matrices[1:]))}</pre>" if matrices else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>nextword trace</title><style>{PAGE_CSS}</style></head>
 <body>
-<h1>One training step on {len(r.tokens)} tokens ({r.optimizer.upper()}, lr = {r.lr:g})</h1>
+<h1>One training step on {len(r.tokens)} tokens ({r.optimizer.upper()}, {esc(r.rates)})</h1>
 <p class="note">Each token is coloured by its loss −ln p (white: 0; deep red: ln V = {scale:.2f} nats or more).
 Hover over a token for its numbers.</p>
 <h2>Before the step: mean loss {r.loss_before:.4f} nats</h2>
@@ -336,6 +404,7 @@ Hover over a token for its numbers.</p>
 {explanation}
 <h2>The step: {esc(rule)}</h2>
 <p>Gradient norm ‖∇θ‖ = {r.grad_norm:.4g}; update size ‖Δθ‖/‖θ‖ = {r.update_ratio:.3g}.</p>
+{matrix_table}
 <h2>Each position</h2>
 <table><tr><th>pos</th><th>prefix</th><th>actual next</th><th>top predictions (before)</th><th>p before</th>
 <th>loss before</th><th>p after</th><th>loss after</th></tr>

@@ -14,7 +14,7 @@
     schedule.py      the learning rate: warmup–stable–decay, cosine
     batch.py         the global batch, the same at every world size
     precision.py     fp32, bf16 or fp16, raced where in doubt; autocast and loss scaling
-    optimizer.py     AdamW over the model's parameter groups
+    optimizer.py     AdamW over the model's parameter groups, or Muon for the blocks' matrices with AdamW for the rest
     stop.py          SIGINT and SIGTERM: save, then stop
     distributed.py   torchrun, the process group, DDP and FSDP2 wrapping
     machine.py       what this machine is: device, threads, bf16 support, measured matmul peak

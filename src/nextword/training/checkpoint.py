@@ -108,7 +108,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
     # Named after rank 0's process, so that a folder left by a crash is seen as abandoned.
     tmp = root / f"{TMP_PREFIX}{final.name}-{world.from_main(os.getpid)}"
     manifest = {"step": step, **storage.layout(world), "files": {},  # "files": filled in once they are written
-                "config_hash": config_hash(cfg), "tokenizer_hash": tokenizer_hash}
+                "config_hash": config_hash(cfg), "tokenizer_hash": tokenizer_hash, "optimizer": cfg.train.optimizer}
     try:
         failure = attempt_on_main(world, _fresh_folder, tmp)
         if failure is None:
@@ -313,6 +313,16 @@ def check_compatible(path: Path, cfg: RunConfig, tokenizer_hash: str) -> None:
         raise CheckpointError(
             f"{path}: saved for another model shape than the config asks for; keep [model] as in "
             f"{Path(path).parents[1] / 'config.toml'} or start a new --train.run_dir")
+
+
+def check_same_optimizer(path: Path, cfg: RunConfig) -> None:
+    """Refuse to resume under another train.optimizer: the saved state is another optimizer's (AdamW's moments
+    are not Muon's momentum). A checkpoint from before the manifest named it was saved by AdamW."""
+    saved = read_manifest(path).get("optimizer", "adamw")
+    if saved != cfg.train.optimizer:
+        raise CheckpointError(
+            f"{path}: saved with train.optimizer = {saved}, but this run asks for {cfg.train.optimizer}; resume with "
+            f"train.optimizer = {saved}, or start a new --train.run_dir (model.init_from takes exported weights)")
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,

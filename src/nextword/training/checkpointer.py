@@ -24,6 +24,7 @@ from nextword.training import sharded
 from nextword.training.checkpoint import (
     SingleFileStorage,
     check_compatible,
+    check_same_optimizer,
     checkpoint_step,
     checkpoints_dir,
     latest_checkpoint,
@@ -73,6 +74,7 @@ class Checkpointer:
         if checkpoint is None:
             return Progress(data_stream=stream)
         check_compatible(checkpoint, cfg, self.tokenizer_hash)
+        check_same_optimizer(checkpoint, cfg)
         progress = self.load(checkpoint)
         if progress.data_stream and progress.data_stream != stream:
             raise CheckpointError(

@@ -1,18 +1,159 @@
-"""The optimizer a run trains with."""
+"""The optimizer a run trains with: AdamW (`train.optimizer = "adamw"`), or Muon for the blocks' hidden matrices
+with AdamW for everything else (`"muon"`).
+
+Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/) keeps SGD momentum for each weight matrix
+and replaces the update by its nearest semi-orthogonal matrix (about U·Vᵀ of the momentum's SVD U·S·Vᵀ, by five
+Newton–Schulz iterations), so every direction of the matrix moves by the same amount however small its gradient.
+It is meant for the hidden matrices only: embeddings, the output head, norms and biases keep AdamW. torch's own
+Muon (torch.optim.Muon) gives the hyperparameters, the Newton–Schulz routine and the scaling by shape; its step is
+written out here (Muon.step) only so that a matrix sharded by FSDP is orthogonalised whole.
+
+Both kinds of parameter sit in one optimizer object (MuonAdamW): one step, one zero_grad, one state_dict that the
+checkpoints store as they store AdamW's. Every parameter group carries `lr_scale`, its peak rate over train.lr, so
+the learning-rate schedule drives both rates with one number (training/step.py).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import Tensor
 
 from nextword.config import TrainConfig
+from nextword.errors import ConfigError
 from nextword.model import GPT
+
+try:  # torch 2.9 and later
+    from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
+    TorchMuon = torch.optim.Muon
+except (ImportError, AttributeError):
+    TorchMuon = None
 
 
 def build_optimizer(model: GPT, t: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the model's two parameter groups (decayed matrices; undecayed norms, biases, embeddings)."""
+    """The run's optimizer over `model`'s parameters (after FSDP has sharded them, when it does)."""
     groups = model.optimizer_groups(t.weight_decay, t.decay_embeddings)
+    if t.optimizer == "adamw":
+        return adamw(groups, t)
+    hidden = {id(p) for p in model.hidden_matrices()}
+    rest = [{**group, "params": [p for p in group["params"] if id(p) not in hidden]} for group in groups]
+    return MuonAdamW(muon(model.hidden_matrices(), t), adamw([g for g in rest if g["params"]], t))
+
+
+def adamw(groups: list[dict], t: TrainConfig) -> torch.optim.AdamW:
     kwargs = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
+    groups = [{**group, "lr_scale": 1.0} for group in groups]
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)  # one kernel for all parameters
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def muon(matrices: list[torch.nn.Parameter], t: TrainConfig) -> "Muon":
+    """Muon over the hidden matrices at train.muon_lr, with torch's defaults otherwise: Nesterov momentum 0.95 and
+    the update scaled by √max(1, rows/columns), as in Keller Jordan's Muon (github.com/KellerJordan/Muon, whose
+    README pairs lr 0.02 with momentum 0.95 for the hidden weights and AdamW for the rest).
+
+    Decoupled weight decay shrinks a weight by lr·weight_decay per step. Muon's rate is several times AdamW's, so
+    its decay is train.weight_decay · train.lr / train.muon_lr: each matrix shrinks per step as it would under
+    AdamW (0.015 at the defaults, near the 0.01 of Keller Jordan's MuonWithAuxAdam)."""
+    if TorchMuon is None:
+        raise ConfigError(f"train.optimizer = muon needs torch.optim.Muon (torch 2.9 or later; this is torch "
+                          f"{torch.__version__}); upgrade torch or set train.optimizer = adamw")
+    return Muon([{"params": matrices, "lr_scale": t.muon_lr / t.lr}], lr=t.muon_lr,
+                weight_decay=t.weight_decay * t.lr / t.muon_lr, momentum=t.muon_momentum)
+
+
+class Muon(TorchMuon or torch.optim.Optimizer):
+    """torch.optim.Muon, taking the whole matrix's update under FSDP.
+
+    FSDP2 holds each weight as a DTensor of which this rank keeps a slice of rows. Momentum is kept per element and
+    stays sharded, but Newton–Schulz needs the whole matrix: the update is gathered (`full_tensor`), orthogonalised
+    by torch's own routine (every rank computes the same result), and each rank applies its slice. Letting DTensor
+    run Newton–Schulz on the shards instead would be exact in principle, but it sums bf16 partial products across
+    ranks at every iteration and drifted by 3% of the update from the single-process result (CPU, 2 ranks).
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def _update(self, p: Tensor, group: dict[str, Any]) -> None:
+        """torch's _single_tensor_muon for one matrix, with the orthogonalisation on the whole matrix."""
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p.grad)
+        buffer, momentum = state["momentum_buffer"], group["momentum"]
+        buffer.lerp_(p.grad, 1 - momentum)
+        update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+        update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.add_(update, alpha=-adjusted_lr(group, p.shape))
+
+
+def orthogonalise(update: Tensor, coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+                  steps: int = 5, eps: float = 1e-7) -> Tensor:
+    """Newton–Schulz orthogonalisation of a matrix (torch's, in bf16), whole even when it is a sharded DTensor:
+    the result has the input's layout."""
+    if not hasattr(update, "full_tensor"):
+        return _zeropower_via_newtonschulz(update, coefficients, steps, eps)
+    from torch.distributed.tensor import distribute_tensor
+
+    whole = _zeropower_via_newtonschulz(update.full_tensor(), coefficients, steps, eps)
+    # Every rank holds the same whole result; src_data_rank=None keeps its own slice without communicating.
+    return distribute_tensor(whole, update.device_mesh, update.placements, src_data_rank=None)
+
+
+def adjusted_lr(group: dict[str, Any], shape: torch.Size) -> float:
+    """The group's rate scaled for a matrix's shape, as torch's Muon does it."""
+    return _adjust_lr(group["lr"], group["adjust_lr_fn"], shape)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for some parameters and AdamW for the others, as one optimizer: its param_groups are Muon's followed by
+    AdamW's, and both share its `state`, so step, zero_grad, state_dict and load_state_dict (and the sharded
+    checkpoints built on them) see one ordinary optimizer."""
+
+    def __init__(self, muon: Muon, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+        super().__init__(muon.param_groups + adamw.param_groups, defaults={})
+        self._share_state()
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Moments and hyperparameters from a checkpoint, except each group's `lr_scale`, which follows this run's
+        train.lr and train.muon_lr (as the rate itself does)."""
+        scales = [group["lr_scale"] for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, scale in zip(self.param_groups, scales):
+            group["lr_scale"] = scale
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # load_state_dict (and copy, pickle) replace the groups and the state: hand the new ones to both parts.
+        super().__setstate__(state)
+        if "muon" in self.__dict__:
+            self._share_state()
+
+    def _share_state(self) -> None:
+        count = len(self.muon.param_groups)
+        self.muon.param_groups, self.adamw.param_groups = self.param_groups[:count], self.param_groups[count:]
+        self.muon.state = self.adamw.state = self.state
+

@@ -19,10 +19,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
                scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer update over `accumulation` micro-batches: (mean loss, gradient norm, 1.0 if skipped).
 
+    `lr` is the schedule's rate for train.lr; a parameter group with its own peak rate (Muon's) takes it scaled by
+    the group's `lr_scale`, so the schedule shapes every rate alike.
+
     Nothing here reads a value back to the host, so on a GPU the step runs without a synchronisation.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     total = None
     for micro_step in range(accumulation):
         x, y = next_batch()
@@ -49,7 +52,7 @@ def _skip_update_if(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -
     """Make the next optimizer step a no-op when `nonfinite` is 1, without reading it back to the host.
 
     The fused AdamW kernel takes a `found_inf` flag and skips the whole update on the device (the same mechanism
-    loss scaling uses); the unfused fallback has no such flag, so there the flag is read back.
+    loss scaling uses); the unfused fallback and Muon have no such flag, so there the flag is read back.
     """
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = nonfinite

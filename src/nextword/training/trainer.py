@@ -282,8 +282,8 @@ def _announce(log: RunLog, cfg: RunConfig, world: World, mode: str, machine: Mac
               compile_reason=setup.compile_reason, parallel=mode, world_size=world.size,
               params=model.num_params(), params_non_embedding=model.num_params(non_embedding=True),
               flops_per_token=flops_per_token, peak_flops=peak, tokens_per_step=batch.tokens_per_step,
-              accumulation=batch.accumulation, governs=length.governs, limit=length.limit,
-              resumed_from=progress.step, planned_steps=progress.planned_steps)
+              accumulation=batch.accumulation, optimizer=cfg.train.optimizer, governs=length.governs,
+              limit=length.limit, resumed_from=progress.step, planned_steps=progress.planned_steps)
     print(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters "
           f"({model.num_params(non_embedding=True) / 1e6:.2f}M without embeddings), context {cfg.model.context}, "
           f"vocabulary {cfg.model.vocab_size}")
@@ -294,6 +294,9 @@ def _announce(log: RunLog, cfg: RunConfig, world: World, mode: str, machine: Mac
     if world.size > 1 or mode != "none":
         print(f"parallel: {mode} over {world.size} process{'es' if world.size > 1 else ''}")
     print(f"batch: {batch.tokens_per_step:,} tokens per step ({batch.describe()}); {length.describe(progress)}")
+    if cfg.train.optimizer == "muon":
+        print(f"optimizer: Muon at lr {cfg.train.muon_lr:g} for the blocks' {len(model.hidden_matrices())} weight "
+              f"matrices, AdamW at lr {cfg.train.lr:g} for the rest")
 
 
 def _close_stopped(stopped: Stopped, progress: Progress, log: RunLog) -> dict[str, Any]:

@@ -1,0 +1,150 @@
+"""train.optimizer: AdamW, or Muon for the blocks' matrices with AdamW for the rest, as one optimizer object."""
+
+import contextlib
+import copy
+
+import pytest
+import torch
+
+from nextword.config import RunConfig
+from nextword.errors import ConfigError
+from nextword.model import GPT
+from nextword.training import optimizer as optimizer_module
+from nextword.training.optimizer import MuonAdamW, build_optimizer, orthogonalise
+from nextword.training.step import train_step
+
+
+def tiny_run(**train) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context, cfg.model.vocab_size = 2, 32, 2, 16, 64
+    cfg.model.tie_embeddings = False
+    for name, value in train.items():
+        setattr(cfg.train, name, value)
+    return cfg.validate()
+
+
+def model_and_batch(cfg: RunConfig, seed: int = 0) -> tuple[GPT, torch.Tensor]:
+    torch.manual_seed(seed)
+    return GPT(cfg.model), torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(seed))
+
+
+def steps(model: GPT, optimizer: torch.optim.Optimizer, batch: torch.Tensor, count: int, lr: float) -> list[float]:
+    """`count` training-loop updates on one batch; their losses."""
+    return [train_step(model, optimizer, lambda: (batch[:, :-1], batch[:, 1:]), 1, lr, 1.0,
+                       contextlib.nullcontext(), torch.amp.GradScaler("cpu", enabled=False))[0].item()
+            for _ in range(count)]
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_everything_else_once():
+    cfg = tiny_run(optimizer="muon")
+    model, _ = model_and_batch(cfg)
+    optimizer = build_optimizer(model, cfg.train)
+    assert isinstance(optimizer, MuonAdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for g in optimizer.muon.param_groups for p in g["params"]}
+    adamw = {names[id(p)] for g in optimizer.adamw.param_groups for p in g["params"]}
+    assert muon == {n for n in names.values() if n.startswith("blocks.") and n.endswith("weight")
+                    and "norm" not in n}
+    assert {"tok_emb.weight", "pos_emb.weight", "lm_head.weight", "norm.weight", "blocks.0.attn.q.bias"} <= adamw
+    assert not muon & adamw and muon | adamw == set(names.values())
+    # One list of groups, Muon's first: what checkpoints and the schedule see
+    assert optimizer.param_groups == optimizer.muon.param_groups + optimizer.adamw.param_groups
+    assert [g["lr_scale"] for g in optimizer.muon.param_groups] == [0.02 / 3e-3]
+    assert all(g["lr_scale"] == 1.0 for g in optimizer.adamw.param_groups)
+    # Muon's decay per step, lr · weight_decay, is AdamW's
+    muon_group = optimizer.muon.param_groups[0]
+    assert muon_group["lr"] * muon_group["weight_decay"] == pytest.approx(3e-3 * 0.1)
+
+
+def test_the_schedule_drives_each_group_at_its_own_peak():
+    cfg = tiny_run(optimizer="muon", lr=1e-3, muon_lr=0.05)
+    model, batch = model_and_batch(cfg)
+    optimizer = build_optimizer(model, cfg.train)
+    steps(model, optimizer, batch, 1, lr=5e-4)  # halfway up the warmup, say
+    assert optimizer.muon.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert all(g["lr"] == pytest.approx(5e-4) for g in optimizer.adamw.param_groups)
+
+
+def test_a_muon_step_is_torchs_muon_step():
+    cfg = tiny_run(optimizer="muon")
+    model, batch = model_and_batch(cfg)
+    reference = copy.deepcopy(model)
+    ours = build_optimizer(model, cfg.train)
+    group = ours.muon.param_groups[0]
+    torchs = torch.optim.Muon(reference.hidden_matrices(), lr=group["lr"], weight_decay=group["weight_decay"],
+                              momentum=group["momentum"])
+    for _ in range(3):
+        for net in (model, reference):
+            net(batch[:, :-1], batch[:, 1:]).backward()
+        ours.muon.step()
+        torchs.step()
+        ours.zero_grad()
+        reference.zero_grad()
+    for a, b in zip(model.hidden_matrices(), reference.hidden_matrices()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_orthogonalised_update_has_singular_values_near_one():
+    gradient = torch.randn(48, 16, generator=torch.Generator().manual_seed(0)) @ torch.diag(torch.logspace(-2, 0, 16))  # singular values over 2 decades
+    update = orthogonalise(gradient).float()
+    values = torch.linalg.svdvals(update)
+    assert torch.linalg.svdvals(gradient).max() / torch.linalg.svdvals(gradient).min() > 20
+    assert values.min() > 0.5 and values.max() < 1.3  # Newton–Schulz's quintic: about 0.7 to 1.2
+
+
+def test_muon_and_adamw_state_round_trips_through_a_state_dict_and_resumes_exactly():
+    cfg = tiny_run(optimizer="muon")
+    model, batch = model_and_batch(cfg)
+    optimizer = build_optimizer(model, cfg.train)
+    steps(model, optimizer, batch, 2, lr=3e-3)
+    saved_model, saved_state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    kinds = [sorted(s) for s in saved_state["state"].values()]
+    assert ["momentum_buffer"] in kinds and ["exp_avg", "exp_avg_sq", "step"] in kinds
+    uninterrupted = steps(model, optimizer, batch, 3, lr=3e-3)
+
+    resumed_model, _ = model_and_batch(cfg, seed=1)
+    resumed_model.load_state_dict(saved_model)
+    resumed = build_optimizer(resumed_model, cfg.train)
+    resumed.load_state_dict(saved_state)
+    assert resumed.muon.state is resumed.state and resumed.adamw.param_groups[0] is resumed.param_groups[1]
+    assert steps(resumed_model, resumed, batch, 3, lr=3e-3) == uninterrupted
+
+
+def test_a_resumed_run_takes_its_own_muon_lr_not_the_checkpoints():
+    cfg = tiny_run(optimizer="muon")
+    model, batch = model_and_batch(cfg)
+    optimizer = build_optimizer(model, cfg.train)
+    steps(model, optimizer, batch, 1, lr=3e-3)
+    changed = build_optimizer(model, tiny_run(optimizer="muon", muon_lr=0.04).train)
+    changed.load_state_dict(optimizer.state_dict())
+    assert changed.muon.param_groups[0]["lr_scale"] == pytest.approx(0.04 / 3e-3)
+
+
+def test_adamw_stays_the_default():
+    cfg = tiny_run()
+    model, _ = model_and_batch(cfg)
+    assert cfg.train.optimizer == "adamw" and isinstance(build_optimizer(model, cfg.train), torch.optim.AdamW)
+
+
+def test_a_torch_without_muon_is_a_one_line_config_error(monkeypatch):
+    monkeypatch.setattr(optimizer_module, "TorchMuon", None)
+    cfg = tiny_run(optimizer="muon")
+    model, _ = model_and_batch(cfg)
+    with pytest.raises(ConfigError, match="train.optimizer = muon needs torch.optim.Muon .* set train.optimizer = "
+                                          "adamw"):
+        build_optimizer(model, cfg.train)
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("train", "optimizer", "sgd", "train.optimizer = 'sgd' is not one of: adamw, muon"),
+    ("train", "muon_lr", 0.0, "train.muon_lr = 0.0 must be above 0"),
+    ("train", "muon_momentum", 1.0, "train.muon_momentum = 1.0 in"),
+    ("model", "mlp_activation", "tanh", "model.mlp_activation = 'tanh' is not one of: gelu, relu2, swiglu"),
+    ("model", "mlp_activation", "swiglu", "swiglu is the llama family's gated MLP"),
+    ("model", "logit_softcap", -1.0, "model.logit_softcap = -1.0 must be 0"),
+])
+def test_the_recipe_options_refuse_values_that_cannot_work(section, field, value, message):
+    cfg = RunConfig()
+    setattr(getattr(cfg, section), field, value)
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()
