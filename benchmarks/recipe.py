@@ -1,28 +1,32 @@
-"""Today's recipe against a newer one, side by side at equal wall clock on the default corpus.
+"""Today's recipe against a newer one, side by side at equal wall clock, on the default corpus or another.
 
-    .venv/bin/python benchmarks/recipe.py --seconds 60
+    .venv/bin/python benchmarks/recipe.py --seconds 120
+    .venv/bin/python benchmarks/recipe.py --seconds 120 --source ~/corpora/shakespeare
     .venv/bin/python benchmarks/recipe.py --seconds 90 --recipes today,muon \\
         --recipe "muon-relu2:train.optimizer=muon,model.mlp_activation=relu2"
 
-Each recipe is the default run (`nextword train` with no options: the default model on the embedded corpus)
-with a few config fields changed, trained under the same time budget (`train.budget`), one after another in this
-process. The data is prepared once before the first run, so no budget pays for it. Each run's log gives its
-training loss and its validation loss and bits per byte against the wall clock since its start; the table at the
-end compares where each got to. The machine may be shared: runs cannot take turns step by step as the
-throughput benchmarks do, so a burst of load slows whichever runs then; the steps each made are in the table.
+Each recipe is the default run (`nextword train`: the default model on the embedded corpus, or on --source) with
+a few config fields changed, under the same time budget (`train.budget`) and seed. The recipes train at the same
+time, each in its own process on an equal share of the cores: on a shared machine a burst of load then slows
+every recipe alike, which runs one after another could not promise. Each process picks its own precision (the
+measured race of `--precision auto`). The data is prepared once before the runs start, so no budget pays for it.
+Each run's log gives its training loss, and its validation loss and bits per byte, against the wall clock since
+its setup ended; the table at the end compares where each got to.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from common import header, markdown_table
 from nextword.config import RunConfig, apply_overrides
 from nextword.data.prepare import prepare
-from nextword.training.trainer import train
+from nextword.training.machine import usable_cores
 
 RECIPES = {
     "today": {},  # GPT-2's: AdamW, GELU, learned positions, a tied head
@@ -40,13 +44,17 @@ def parse_recipe(text: str) -> tuple[str, dict[str, str]]:
     return name, overrides
 
 
-def run_recipe(name: str, overrides: dict[str, str], seconds: float, folder: Path, precision: str) -> list[dict]:
-    """Train the default run with `overrides` for `seconds`; its log records."""
-    cfg = apply_overrides(RunConfig(), {"train.budget": f"{seconds:g}s", "train.run_dir": str(folder / name),
-                                        "train.precision": precision, **overrides}).validate()
-    print(f"\n=== {name}: {', '.join(f'{k} = {v}' for k, v in overrides.items()) or 'the defaults'}", flush=True)
-    train(cfg, progress=False)
-    return [json.loads(line) for line in (folder / name / "log.jsonl").read_text().splitlines()]
+def start_recipe(name: str, overrides: dict[str, str], args: argparse.Namespace, threads: int,
+                 folder: Path) -> subprocess.Popen:
+    """`nextword train` with the recipe's fields, in its own process; its output goes to FOLDER/NAME.out."""
+    settings = {"train.budget": f"{args.seconds:g}s", "train.precision": args.precision, "train.seed": args.seed,
+                "train.threads": threads, **overrides}
+    command = [sys.executable, "-m", "nextword", "train", "--run-dir", str(folder / name), "--quiet"]
+    command += [option for source in args.source for option in ("--source", source)]
+    command += [part for key, value in settings.items() for part in (f"--{key}", str(value))]
+    print(f"=== {name}: {', '.join(f'{k} = {v}' for k, v in overrides.items()) or 'the defaults'}", flush=True)
+    output = open(folder / f"{name}.out", "w")
+    return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
 
 
 def curve(records: list[dict]) -> list[list[object]]:
@@ -70,18 +78,29 @@ def main() -> None:
     parser.add_argument("--recipes", default="today,new", help=f"named recipes, in order: {', '.join(RECIPES)}")
     parser.add_argument("--recipe", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                         help="a further recipe: config fields changed from the defaults")
+    parser.add_argument("--source", action="append", default=[], metavar="PATH",
+                        help="train on this text instead of the embedded corpus (repeatable)")
     parser.add_argument("--precision", default="auto", help="train.precision of every run (default auto)")
+    parser.add_argument("--seed", type=int, default=1337, help="train.seed of every run (default 1337, the default)")
     args = parser.parse_args()
 
     recipes = {name: RECIPES[name] for name in args.recipes.split(",") if name}
     recipes.update(parse_recipe(text) for text in args.recipe)
-    prepare(RunConfig().data)  # once, outside every budget
+    data = apply_overrides(RunConfig(), {"data.sources": ",".join(args.source)} if args.source else {}).data
+    prepare(data)  # once, outside every budget
+    threads = max(1, usable_cores() // len(recipes))
     results = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for name, overrides in recipes.items():
-            results[name] = run_recipe(name, overrides, args.seconds, Path(folder), args.precision)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        running = {name: start_recipe(name, overrides, args, threads, folder) for name, overrides in recipes.items()}
+        for name, process in running.items():
+            if process.wait() != 0:
+                sys.exit(f"{name} failed:\n{(folder / f'{name}.out').read_text()[-3000:]}")
+            results[name] = [json.loads(line) for line in (folder / name / "log.jsonl").read_text().splitlines()]
 
-    lines = header(f"Recipes at equal wall clock ({args.seconds:g} s each), default model and corpus")
+    corpus = ", ".join(args.source) or "the embedded corpus"
+    lines = header(f"Recipes side by side at equal wall clock ({args.seconds:g} s each, {threads} thread(s) each, "
+                   f"seed {args.seed}), default model, {corpus}")
     for name, records in results.items():
         run = next(r for r in records if r["kind"] == "run")
         fields = ", ".join(f"{k} = {v}" for k, v in recipes[name].items()) or "the defaults"
@@ -91,6 +110,9 @@ def main() -> None:
              for name, records in results.items()]
     lines += ["", "At the end of each budget:"]
     lines += markdown_table(["recipe", "steps", "val loss", "bits per byte"], final)
+    first = float(final[0][3])
+    lines += [f"# {row[0]}: {100 * (1 - float(row[3]) / first):+.1f}% bits per byte against {final[0][0]}"
+              for row in final[1:]]
     print("\n".join(lines))
 
 

@@ -22,6 +22,7 @@ from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -425,7 +426,7 @@ def encode_in_order(chunks: Iterable[list[tuple[str, str, str]]], tokenizer: Tok
             _start_worker(tokenizer.to_json(), tokenizer.eos_token, tokenizer.bos_token, dtype.str)
             yield from map(_encode_chunk, chunks)
         return
-    with _tokenizers_parallelism_off(), get_context("fork").Pool(
+    with _tokenizers_parallelism_off(), _worker_context().Pool(
             workers, initializer=_start_worker,
             initargs=(tokenizer.to_json(), tokenizer.eos_token, tokenizer.bos_token, dtype.str)) as pool:
         pending: deque = deque()
@@ -435,6 +436,15 @@ def encode_in_order(chunks: Iterable[list[tuple[str, str, str]]], tokenizer: Tok
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def _worker_context() -> BaseContext:
+    """Encoding workers start from a server process that has imported this module, not by forking this one: a
+    fork of a process with threads (fsspec's I/O loop for a URL source, a progress bar's monitor) can copy a lock
+    some thread held, and the worker then hangs forever."""
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 @contextmanager
