@@ -48,8 +48,9 @@ def start_recipe(name: str, overrides: dict[str, str], args: argparse.Namespace,
                  folder: Path) -> subprocess.Popen:
     """`nextword train` with the recipe's fields, in its own process; its output goes to FOLDER/NAME.out."""
     settings = {"train.budget": f"{args.seconds:g}s", "train.precision": args.precision, "train.seed": args.seed,
-                "train.threads": threads, **overrides}
+                **({"train.threads": threads} if threads else {}), **overrides}
     command = [sys.executable, "-m", "nextword", "train", "--run-dir", str(folder / name), "--quiet"]
+    command += ["--preset", args.preset] if args.preset else []
     command += [option for source in args.source for option in ("--source", source)]
     command += [part for key, value in settings.items() for part in (f"--{key}", str(value))]
     print(f"=== {name}: {', '.join(f'{k} = {v}' for k, v in overrides.items()) or 'the defaults'}", flush=True)
@@ -81,6 +82,9 @@ def main() -> None:
     parser.add_argument("--source", action="append", default=[], metavar="PATH",
                         help="train on this text instead of the embedded corpus (repeatable)")
     parser.add_argument("--precision", default="auto", help="train.precision of every run (default auto)")
+    parser.add_argument("--preset", help="a model shape by name for every recipe (default: the default model)")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="run the recipes one after another, each on the whole machine (one GPU, say)")
     parser.add_argument("--seed", type=int, default=1337, help="train.seed of every run (default 1337, the default)")
     args = parser.parse_args()
 
@@ -88,19 +92,24 @@ def main() -> None:
     recipes.update(parse_recipe(text) for text in args.recipe)
     data = apply_overrides(RunConfig(), {"data.sources": ",".join(args.source)} if args.source else {}).data
     prepare(data)  # once, outside every budget
-    threads = max(1, usable_cores() // len(recipes))
+    threads = 0 if args.one_at_a_time else max(1, usable_cores() // len(recipes))  # 0: every core
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        running = {name: start_recipe(name, overrides, args, threads, folder) for name, overrides in recipes.items()}
+        running = {}
+        for name, overrides in recipes.items():
+            running[name] = start_recipe(name, overrides, args, threads, folder)
+            if args.one_at_a_time:
+                running[name].wait()
         for name, process in running.items():
             if process.wait() != 0:
                 sys.exit(f"{name} failed:\n{(folder / f'{name}.out').read_text()[-3000:]}")
             results[name] = [json.loads(line) for line in (folder / name / "log.jsonl").read_text().splitlines()]
 
     corpus = ", ".join(args.source) or "the embedded corpus"
-    lines = header(f"Recipes side by side at equal wall clock ({args.seconds:g} s each, {threads} thread(s) each, "
-                   f"seed {args.seed}), default model, {corpus}")
+    share = "one at a time" if args.one_at_a_time else f"side by side, {threads} thread(s) each"
+    lines = header(f"Recipes at equal wall clock ({args.seconds:g} s each, {share}, seed {args.seed}), "
+                   f"{args.preset or 'default'} model, {corpus}")
     for name, records in results.items():
         run = next(r for r in records if r["kind"] == "run")
         fields = ", ".join(f"{k} = {v}" for k, v in recipes[name].items()) or "the defaults"
@@ -111,7 +120,7 @@ def main() -> None:
     lines += ["", "At the end of each budget:"]
     lines += markdown_table(["recipe", "steps", "val loss", "bits per byte"], final)
     first = float(final[0][3])
-    lines += [f"# {row[0]}: {100 * (1 - float(row[3]) / first):+.1f}% bits per byte against {final[0][0]}"
+    lines += [f"# {row[0]}: bits per byte {100 * (1 - float(row[3]) / first):.1f}% lower than {final[0][0]}'s"
               for row in final[1:]]
     print("\n".join(lines))
 
