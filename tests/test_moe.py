@@ -13,6 +13,7 @@ from nextword.config import ModelConfig, RunConfig, model_preset, validate
 from nextword.errors import ConfigError
 from nextword.model.moe import MoE, balance_loss, idle_params
 from nextword.model.network import GPT
+from nextword.tools.report import write_report
 from nextword.training.checkpoint import latest_checkpoint
 from nextword.training.trainer import train
 
@@ -116,6 +117,9 @@ def test_a_sparse_run_trains_logs_its_routing_and_resumes_exactly(tiny, tmp_path
         assert all(sum(row) == pytest.approx(1.0, abs=1e-3) for row in line["expert_load"])
         assert line["balance_loss"] >= 0.99  # 1.0 at perfect balance, more otherwise
     assert steps[-1]["loss"] < steps[0]["loss"]
+    page = write_report(tmp_path / "run").read_text()
+    assert 'src="experts.png"' in page and "parameters active per token" in page
+    assert (tmp_path / "run" / "report" / "experts.png").stat().st_size > 0
 
     resumed = copy.deepcopy(straight)
     resumed.train.run_dir = str(tmp_path / "resumed")
