@@ -3,6 +3,9 @@ sparse run that trains, logs its routing and resumes exactly."""
 
 import copy
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +133,48 @@ def test_a_sparse_run_trains_logs_its_routing_and_resumes_exactly(tiny, tmp_path
     again = [r for r in again if r["kind"] == "train"]
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in steps], abs=1e-6)
     assert again[-1]["expert_load"] == steps[-1]["expert_load"]
+
+
+def test_a_sparse_run_gives_the_same_losses_under_ddp_and_resumes_from_fsdp(tmp_path):
+    from test_distributed import launch, losses, torchrun
+    from test_train import make_corpus
+
+    env = {**os.environ, "NEXTWORD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+    cfg = make_sparse(RunConfig())
+    cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context = 2, 32, 2, 32
+    cfg.data.sources, cfg.data.vocab_size, cfg.data.val_fraction = [str(make_corpus(tmp_path / "corpus"))], 300, 0.2
+    cfg.data.data_dir = str(tmp_path / "data")
+    cfg.train.micro_batch, cfg.train.log_every, cfg.train.steps, cfg.train.batch_tokens = 4, 1, 8, 4 * 32 * 2
+    cfg.train.precision, cfg.train.compile, cfg.train.threads = "fp32", "off", 1
+    cfg.eval.batches, cfg.eval.every, cfg.eval.sample_tokens, cfg.eval.prompts = 2, 1000, 4, ["def "]
+    # The balance loss is taken over each micro-batch, and a rank's micro-batch holds other windows than the
+    # single process's (the loader gives each rank its own stream): with it, the runs differ by design. Without
+    # it, routing and everything else must match.
+    cfg.model.balance_coef = 0.0
+    config = tmp_path / "config.toml"
+    cfg.save(config)
+    base = [sys.executable, "-m", "nextword", "train", "--config", str(config), "--quiet"]
+
+    done, _ = launch([*base, "--run-dir", str(tmp_path / "single")], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done, _ = launch([*base, "--nproc", "2", "--run-dir", str(tmp_path / "ddp")], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
+    # What the log shows is over both ranks: each expert's share of all routed tokens.
+    ddp_load, single_load = losses(tmp_path / "ddp", field="expert_load"), losses(tmp_path / "single", field="expert_load")
+    assert sum(ddp_load[0], []) == pytest.approx(sum(single_load[0], []), abs=1e-3)
+
+    done, _ = launch([*base, "--nproc", "2", "--run-dir", str(tmp_path / "balanced"), "--model.balance_coef", "0.01"],
+                     env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert losses(tmp_path / "balanced", "run", "balance_coef") == [0.01]
+
+    fsdp = tmp_path / "fsdp"
+    done, _ = launch(torchrun("-m", "nextword", "train", "--config", str(config), "--run-dir", str(fsdp),
+                              "--train.parallel", "fsdp", "--stop-after", "4", "--quiet"), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done, _ = launch([sys.executable, "-m", "nextword", "train", "--run-dir", str(fsdp), "--quiet"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert losses(fsdp, "run", "world_size") == [2, 1]
+    assert losses(fsdp) == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
