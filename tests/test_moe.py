@@ -178,3 +178,17 @@ def test_a_sparse_run_gives_the_same_losses_under_ddp_and_resumes_from_fsdp(tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     assert losses(fsdp, "run", "world_size") == [2, 1]
     assert losses(fsdp) == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
+
+
+def test_a_dense_runs_checkpoints_match_as_before_and_a_sparse_shape_is_its_own():
+    from nextword.training.checkpoint import config_hash
+
+    dense = RunConfig()
+    # The hash a dense default config had before sparse fields existed: old checkpoints still resume.
+    assert config_hash(dense) == "9a4dc357562827d2"
+    sparse = make_sparse(RunConfig())
+    other = make_sparse(RunConfig())
+    other.model.experts_per_token = 2
+    assert config_hash(sparse) != config_hash(other)
+    other.model.experts_per_token, other.model.balance_coef = 1, 0.0  # a training setting, free to change
+    assert config_hash(sparse) == config_hash(other)
