@@ -192,3 +192,23 @@ def test_a_dense_runs_checkpoints_match_as_before_and_a_sparse_shape_is_its_own(
     assert config_hash(sparse) != config_hash(other)
     other.model.experts_per_token, other.model.balance_coef = 1, 0.0  # a training setting, free to change
     assert config_hash(sparse) == config_hash(other)
+
+
+@pytest.mark.parametrize("shared", [1, 0])  # exported as Llama 4, and as Mixtral
+def test_continued_pretraining_starts_from_an_exported_sparse_model(tiny, tmp_path, shared):  # noqa: F811
+    pytest.importorskip("transformers")
+    from nextword.tools.export import export_model
+    from nextword.training.checkpoint import load_for_inference
+
+    make_sparse(tiny).train.steps = 6
+    tiny.model.shared_experts, tiny.model.experts_per_token = shared, 2 - shared
+    first = train(copy.deepcopy(tiny), progress=False)
+    model, tokenizer, _ = load_for_inference(tmp_path / "run")
+    export_model(model, tokenizer, tmp_path / "hf")
+
+    tiny.train.run_dir, tiny.train.steps = str(tmp_path / "continued"), 1
+    tiny.model.init_from = str(tmp_path / "hf")
+    train(tiny, progress=False)
+    start = [r for r in map(json.loads, (tmp_path / "continued" / "log.jsonl").read_text().splitlines())
+             if r["kind"] == "eval"][0]
+    assert start["step"] == 0 and start["val_loss"] == pytest.approx(first["val_loss"], abs=1e-4)
