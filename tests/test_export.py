@@ -34,9 +34,16 @@ FAMILIES = {
     "llama-qknorm": dict(arch="llama", qk_norm=True),
     # transformers' GPT-2 takes activation_function "relu2", exactly our squared ReLU
     "gpt2-relu2-untied": dict(arch="gpt2", mlp_activation="relu2", tie_embeddings=False),
+    # Mixtures of experts: a shared expert with top-1 (Llama 4, here with a dense first block), top-k alone.
+    "moe-shared": dict(arch="llama", n_kv_heads=2, n_experts=4, experts_per_token=1, shared_experts=1, d_expert=48,
+                       moe_every=2, tie_embeddings=False),
+    "moe-topk": dict(arch="llama", n_kv_heads=2, n_experts=4, experts_per_token=2, d_expert=48),
+    "moe-topk-qknorm": dict(arch="llama", qk_norm=True, n_experts=4, experts_per_token=2, d_expert=48, moe_every=2),
 }
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "gpt2-relu2-untied": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
-                 "llama-gqa-untied": "LlamaForCausalLM", "llama-qknorm": "Qwen3ForCausalLM"}
+                 "llama-gqa-untied": "LlamaForCausalLM", "llama-qknorm": "Qwen3ForCausalLM",
+                 "moe-shared": "Llama4ForCausalLM", "moe-topk": "MixtralForCausalLM",
+                 "moe-topk-qknorm": "Qwen3MoeForCausalLM"}
 
 
 def greedy(step, prompt: torch.Tensor, n: int) -> list[int]:
@@ -70,6 +77,9 @@ def test_export_loads_in_transformers_with_the_same_logits(family, tokenizer, tm
 
         back = load_hf_model(out)
         assert back.cfg.arch == cfg.arch and back.cfg.qk_norm == cfg.qk_norm and back.cfg.mlp == cfg.mlp
+        sparse_shape = ("n_experts", "experts_per_token", "shared_experts", "moe_every", "expert_dim")
+        assert [getattr(back.cfg, k) for k in sparse_shape] == [getattr(cfg, k) for k in sparse_shape]
+        assert back.cfg.ffn_dim == cfg.ffn_dim or all(map(cfg.is_sparse, range(cfg.n_layers)))
         assert (back(ids) - ours).abs().max().item() < 1e-5
 
 

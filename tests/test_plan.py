@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from nextword import cli
-from nextword.config import ModelConfig, RunConfig
+from nextword.config import ModelConfig, RunConfig, load
 from nextword.errors import ConfigError, DataError
 from nextword.model import GPT
 from nextword.tools.plan import (
     GPUS, RUNS, Moe, chinchilla_loss, compute_time, count_flops, count_params, layer_activation_bytes,
-    memory_plan, plan_run, shape_for_params,
+    memory_plan, plan_run, render, shape_for_params,
 )
+from nextword.model.moe import idle_params
 
 
 def tiny(arch: str, **overrides) -> ModelConfig:
@@ -318,3 +319,30 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
         err = process.stderr.read().decode()
     assert process.returncode == 141  # 128 + SIGPIPE, as a Unix tool killed by the closed pipe
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_the_llama4_scout_preset_plans_17b_active_of_109b_total(capsys):
+    assert cli.main(["plan", "--preset", "llama4-scout", "--tokens", "40T", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    params, flops = plan["params"], plan["flops"]
+    # Meta's model card: 17B active, 109B total (the total there includes the vision encoder, about 1B).
+    assert params["total"] == pytest.approx(109e9, rel=0.02) and params["active"] == pytest.approx(17e9, rel=0.03)
+    assert flops["dense_per_token"] == 6 * params["matmul"] and params["matmul"] < params["active"]
+    ddp = plan["memory"]["rows"][0]
+    assert ddp["weights"] == 2 * params["total"]  # memory from the total: bf16 weights of every expert
+    assert plan["moe"] == {"experts": 16, "active": 1, "shared": 1, "width": 8192, "every": 1}
+
+
+def test_a_users_sparse_config_plans_what_the_model_it_builds_has(tmp_path, capsys):
+    config = tmp_path / "sparse.toml"
+    config.write_text("[model]\narch = 'llama'\nn_layers = 4\nd_model = 64\nn_heads = 4\nn_kv_heads = 2\n"
+                      "context = 32\nvocab_size = 512\nd_ff = 160\nn_experts = 6\nexperts_per_token = 2\n"
+                      "shared_experts = 1\nmoe_every = 2\nd_expert = 48\ntie_embeddings = false\n")
+    assert cli.main(["plan", "--config", str(config), "--tokens", "1M", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    model = GPT(load(config).model)
+    assert plan["params"]["total"] == model.num_params()
+    assert plan["params"]["active"] == model.num_params() - idle_params(model)
+    assert plan["flops"]["per_token"] == model.flops_per_token()
+    assert "MoE 6 experts (2 routed + 1 shared) of width 48 in 1 block of every 2" in render(
+        plan_run(load(config).model, 1e6))

@@ -301,3 +301,27 @@ def test_a_text_longer_than_the_context_is_cut_to_one_window_and_says_so(tmp_pat
     captured = capsys.readouterr()
     assert len(json.loads(captured.out)["tokens"]) == 33  # context 32 + 1
     assert f"is {len(tokenizer.encode(long_text)):,} tokens" in captured.err and "the first 33" in captured.err
+
+
+def test_a_sparse_model_shows_which_experts_each_position_went_to(tokenizer):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(arch="llama", n_layers=2, d_model=32, n_heads=4, context=32, moe_every=2,
+                            vocab_size=tokenizer.vocab_size, n_experts=4, experts_per_token=2, d_expert=16))
+    x, _ = batch(tokenizer)
+    before = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        before(x)
+    chosen, weights = before.blocks[1].mlp.routing  # what the router did before the step, [1, T, 2] each
+    result = trace_step(model, tokenizer, TEXT, lr=1e-3)
+    record = json.loads(json.dumps(result.to_dict()))
+    assert len(record["positions"]) == x.shape[1]
+    for t, position in enumerate(record["positions"]):
+        (routing,) = position["routing"]  # one sparse block: the second
+        assert routing["block"] == 1 and routing["experts"] == chosen[0, t].tolist()
+        assert routing["weights"] == pytest.approx(weights[0, t].tolist(), abs=1e-6)
+        assert sum(routing["weights"]) == pytest.approx(1.0, abs=1e-5)  # top-k renormalised
+    text = render_text(result)
+    first = record["positions"][0]["routing"][0]
+    assert "experts (block: expert×weight)" in text
+    assert f"1: {first['experts'][0]}×{first['weights'][0]:.2f}" in text
+    assert "experts (block" in render_html(result)

@@ -68,6 +68,14 @@ class ModelConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     init_from: str = ""  # a Hugging Face GPT-2 or Llama directory to continue pretraining from
+    # Mixture of experts (llama only; model/moe.py): sparse blocks route each token to experts_per_token of
+    # n_experts SwiGLU experts of width d_expert, plus shared_experts that see every token.
+    n_experts: int = 0  # 0: dense
+    experts_per_token: int = 1
+    shared_experts: int = 0
+    moe_every: int = 1  # 1: every block sparse; 2: every other one (blocks 1, 3, ...), the rest dense
+    d_expert: int = 0  # 0: d_ff's width
+    balance_coef: float = 0.01  # weight of the load-balancing loss added to the training loss
 
     @property
     def kv_heads(self) -> int:
@@ -95,6 +103,15 @@ class ModelConfig:
         if self.mlp == "swiglu":  # three matrices to GELU's two: 2/3 of the width keeps their parameters
             return 64 * -(-int(8 * self.d_model / 3) // 64)
         return 4 * self.d_model
+
+    @property
+    def expert_dim(self) -> int:
+        return self.d_expert or self.ffn_dim
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether block `layer` (from 0) is a mixture of experts: every moe_every-th one, as Llama 4 and
+        Qwen3-MoE count them."""
+        return self.n_experts > 0 and (layer + 1) % self.moe_every == 0
 
 
 @dataclass
@@ -326,6 +343,18 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         arch="llama", n_layers=16, d_model=2048, n_heads=32, n_kv_heads=8, d_ff=8192, context=2048,
         vocab_size=128256, tie_embeddings=True, rope_theta=500000.0,
     ),
+    # Sparse: a shared expert plus one of eight routed ones, each half the dense width, so a token passes
+    # through as many MLP weights as in a dense block of d_ff 384.
+    "moe-tiny": dict(
+        arch="llama", n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, d_ff=384, context=128,
+        n_experts=8, experts_per_token=1, shared_experts=1, d_expert=192,
+    ),
+    # Llama 4 Scout's text model, from its released config: every block sparse, 16 routed experts + 1 shared.
+    "llama4-scout": dict(
+        arch="llama", n_layers=48, d_model=5120, n_heads=40, n_kv_heads=8, d_ff=16384, context=8192,
+        vocab_size=202048, tie_embeddings=False, rope_theta=500000.0,
+        n_experts=16, experts_per_token=1, shared_experts=1, d_expert=8192,
+    ),
 }
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "clean": CleanConfig,
@@ -509,6 +538,7 @@ def validate(cfg: RunConfig) -> None:
     if t.muon_lr <= 0 or not 0.0 <= t.muon_momentum < 1.0:
         raise ConfigError(f"train.muon_lr = {t.muon_lr} must be above 0 and train.muon_momentum = "
                           f"{t.muon_momentum} in [0, 1), e.g. 0.02 and 0.95")
+    _validate_moe(m)
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")
     if d.vocab_size < 257:
@@ -567,6 +597,22 @@ def _validate_numbers(cfg: RunConfig) -> None:
     for name, value in {"train.beta1": t.beta1, "train.beta2": t.beta2}.items():
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{name} = {value} must be in [0, 1), e.g. 0.9 or 0.95")
+
+
+def _validate_moe(m: ModelConfig) -> None:
+    if m.n_experts < 0 or m.d_expert < 0 or m.balance_coef < 0:
+        raise ConfigError("model.n_experts, model.d_expert and model.balance_coef must be 0 or more")
+    if not m.n_experts:
+        return
+    if m.mlp != "swiglu":
+        raise ConfigError(f"model.n_experts = {m.n_experts} needs SwiGLU experts: set model.arch = \"llama\" "
+                          "(and leave model.mlp_activation empty)")
+    if not 1 <= m.experts_per_token <= m.n_experts:
+        raise ConfigError(f"model.experts_per_token = {m.experts_per_token} must be between 1 and "
+                          f"model.n_experts = {m.n_experts}")
+    if m.shared_experts < 0 or m.moe_every < 1:
+        raise ConfigError(f"model.shared_experts = {m.shared_experts} must be 0 or more and model.moe_every = "
+                          f"{m.moe_every} at least 1")
 
 
 def _validate_spike_rollback(t: TrainConfig) -> None:

@@ -7,6 +7,8 @@ AutoTokenizer.from_pretrained(OUT) load with no custom code:
     gpt2 arch               → GPT2LMHeadModel (q, k, v fused into c_attn; Conv1D weights stored transposed)
     llama arch              → LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
     llama arch with qk_norm → Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
+    mixture of experts      → Llama4ForCausalLM with a shared expert (q and k rows permuted: Llama 4 rotates
+                              interleaved pairs); MixtralForCausalLM without one; Qwen3MoeForCausalLM with qk_norm
 
 The names and layouts of both directions live in `nextword.model.hf`, which `[model] init_from` reads with.
 """

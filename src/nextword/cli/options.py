@@ -36,7 +36,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("config")
     group.add_argument("--config", metavar="FILE", help="a TOML run config ([model], [data], [train], [eval])")
     group.add_argument("--preset", metavar="NAME", help="a model shape by name: tiny, small, gpt2-124m, "
-                       "gpt2-350m, llama-150m, llama-1b")
+                       "gpt2-350m, llama-150m, llama-1b, moe-tiny (a mixture of experts), llama4-scout")
     group.add_argument("--source", action="append", metavar="PATH", dest="sources",
                        help="a folder, or a .txt, .jsonl[.gz|.zst], .parquet or WARC/WET file to read, local or a "
                             "URL (https://, s3://, hf://datasets/...) (repeatable); default: the embedded corpus, "

@@ -11,6 +11,7 @@ examples:
   nextword plan --preset gpt2-124m --tokens 10B --gpu a100 --gpus 8
   nextword plan --params 1e9 --arch llama --tokens 20B --gpu h100
   nextword plan --run llama3.1-405b
+  nextword plan --preset llama4-scout --tokens 40T        (a mixture of experts: 17B active of 109B)
   nextword plan --from-run runs/default --tokens 1B --gpu h100
   nextword plan --list
 """
@@ -48,7 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--vocab", type=int, help=f"vocabulary size (default: {DataConfig().vocab_size}, "
                                                  "the size nextword trains its tokenizer to)")
     model.add_argument("--context", type=int)
-    model.add_argument("--experts", type=int, help="mixture of experts: experts per layer (plan-only)")
+    model.add_argument("--experts", type=int, help="mixture of experts: routed experts per sparse block (or set "
+                       "model.n_experts in a --config, as a training run does)")
     model.add_argument("--active-experts", type=int, default=1, help="routed experts per token (default 1)")
     model.add_argument("--shared-experts", type=int, default=0, help="experts every token visits (default 0)")
     data = parser.add_argument_group("tokens and hardware")
@@ -141,6 +143,6 @@ def model_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Moe | None, 
         apply_overrides(wrapper, overrides)
         cfg = wrapper.model
     if args.experts is not None:
-        moe = Moe(args.experts, args.active_experts, args.shared_experts)
+        moe = Moe(args.experts, args.active_experts, args.shared_experts, width=cfg.d_expert, every=cfg.moe_every)
     check_model(cfg, moe)
     return cfg, moe, defaults

@@ -4,6 +4,7 @@
                               with mlp_activation relu2, its activation_function "relu2"
     llama arch              ↔ LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
     llama arch with qk_norm ↔ Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
+    llama mixture of experts ↔ Llama4ForCausalLM, MixtralForCausalLM or Qwen3MoeForCausalLM (see SparseLayout)
 
 Each family's Hugging Face layout (its architecture names, config fields and weight names, both ways) is one
 class below, GPT2Layout or LlamaLayout, found from `ModelConfig.arch` in LAYOUTS. `load_hf_model(path)` also reads
@@ -193,7 +194,198 @@ class LlamaLayout:
                            norm_eps=raw.get("rms_norm_eps", 1e-6))
 
 
+class SparseLayout:
+    """A llama-family mixture of experts (model/moe.py), as the transformers architecture that routes the same way:
+
+        a shared expert (Llama 4's routing)    → Llama4ForCausalLM, its text model with RoPE on every layer, no
+                                                 chunked attention and no weightless QK-norm; q and k rows
+                                                 permuted, as Llama 4 rotates interleaved pairs
+        no shared expert, every block sparse   → MixtralForCausalLM
+        no shared expert, with qk_norm         → Qwen3MoeForCausalLM (norm_topk_prob; moe_every as its sparse step)
+
+    transformers saves Mixtral's and Qwen3-MoE's experts one by one (experts.{e}.w1 / gate_proj ...) and holds
+    them fused in memory (experts.gate_up_proj); both are read here."""
+
+    reads = ("Llama4ForCausalLM", "MixtralForCausalLM", "Qwen3MoeForCausalLM")
+    ATTENTION = {k: v for k, v in LlamaLayout.LAYER_NAMES.items() if not k.startswith("mlp.")}
+    DENSE = {"gate_proj.weight": "mlp.gate.weight", "up_proj.weight": "mlp.up.weight",
+             "down_proj.weight": "mlp.down.weight"}
+
+    @staticmethod
+    def architecture(cfg: ModelConfig) -> str:
+        if cfg.shared_experts:
+            if cfg.shared_experts > 1 or cfg.qk_norm:
+                raise ConfigError("a mixture of experts with shared experts exports as Llama 4, which has exactly "
+                                  "one shared expert and no learned QK-norm; train with model.shared_experts = 1 "
+                                  "and model.qk_norm = false to export it")
+            return "Llama4ForCausalLM"
+        if cfg.qk_norm:
+            return "Qwen3MoeForCausalLM"
+        if cfg.moe_every != 1:
+            raise ConfigError("Mixtral has no dense blocks: a mixture of experts without shared experts exports "
+                              "with model.moe_every = 1, or with model.qk_norm = true (as Qwen3-MoE)")
+        return "MixtralForCausalLM"
+
+    @staticmethod
+    def config(cfg: ModelConfig, common: dict):
+        import transformers
+
+        shape = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                     num_key_value_heads=cfg.kv_heads, head_dim=cfg.head_dim, max_position_embeddings=cfg.context,
+                     rms_norm_eps=cfg.norm_eps, hidden_act="silu", attention_dropout=cfg.dropout,
+                     num_experts_per_tok=cfg.experts_per_token, output_router_logits=False,
+                     rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, **common)
+        arch = common["architectures"][0]
+        if arch == "Llama4ForCausalLM":
+            return transformers.Llama4TextConfig(
+                intermediate_size=cfg.expert_dim, intermediate_size_mlp=cfg.ffn_dim, num_local_experts=cfg.n_experts,
+                interleave_moe_layer_step=cfg.moe_every, no_rope_layers=[1] * cfg.n_layers,
+                attention_chunk_size=None, use_qk_norm=False, attn_temperature_tuning=False, **shape)
+        if arch == "Qwen3MoeForCausalLM":
+            return transformers.Qwen3MoeConfig(
+                intermediate_size=cfg.ffn_dim, moe_intermediate_size=cfg.expert_dim, num_experts=cfg.n_experts,
+                decoder_sparse_step=cfg.moe_every, norm_topk_prob=True, use_sliding_window=False,
+                attention_bias=False, **shape)
+        return transformers.MixtralConfig(intermediate_size=cfg.expert_dim, num_local_experts=cfg.n_experts,
+                                          sliding_window=None, router_jitter_noise=0.0, **shape)
+
+    @staticmethod
+    def names(cfg: ModelConfig) -> tuple[str, str]:
+        """The feed-forward block's prefix and its router's name in this architecture."""
+        if cfg.shared_experts:
+            return "feed_forward.", "router"
+        return "mlp.", "gate"
+
+    @staticmethod
+    def to_hf(cfg: ModelConfig, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        llama4 = cfg.shared_experts > 0
+        ffn, router = SparseLayout.names(cfg)
+        out = {"model.embed_tokens.weight": sd["tok_emb.weight"], "model.norm.weight": sd["norm.weight"]}
+        for i in range(cfg.n_layers):
+            src, dst = f"blocks.{i}.", f"model.layers.{i}."
+            for hf_name, name in SparseLayout.ATTENTION.items():
+                if src + name in sd:
+                    out[dst + hf_name] = sd[src + name]
+            if llama4:
+                for p in "qk":
+                    out[dst + f"self_attn.{p}_proj.weight"] = interleave_rope_rows(sd[src + f"attn.{p}.weight"],
+                                                                                   cfg.head_dim)
+            if not cfg.is_sparse(i):
+                for hf_name, name in SparseLayout.DENSE.items():
+                    out[dst + ffn + hf_name] = sd[src + name]
+                continue
+            out[dst + ffn + router + ".weight"] = sd[src + "mlp.router.weight"]
+            gate_up, down = sd[src + "mlp.gate_up"], sd[src + "mlp.down"]
+            if llama4:  # the same [experts, in, out] layout as ours
+                out[dst + ffn + "experts.gate_up_proj"], out[dst + ffn + "experts.down_proj"] = gate_up, down
+                for p in ("gate", "up", "down"):
+                    out[dst + ffn + f"shared_expert.{p}_proj.weight"] = sd[src + f"mlp.shared.{p}.weight"]
+            else:  # [experts, out, in], as nn.Linear keeps its weights
+                out[dst + ffn + "experts.gate_up_proj"] = gate_up.transpose(1, 2).contiguous()
+                out[dst + ffn + "experts.down_proj"] = down.transpose(1, 2).contiguous()
+        return out
+
+    @staticmethod
+    def from_hf(cfg: ModelConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
+        llama4 = cfg.shared_experts > 0
+        ffn, router = SparseLayout.names(cfg)
+        hf = {k.removeprefix("model.").replace(".block_sparse_moe.", ".mlp."): v for k, v in hf.items()}
+        sd = {"tok_emb.weight": hf["embed_tokens.weight"], "norm.weight": hf["norm.weight"]}
+        for i in range(cfg.n_layers):
+            src, dst = f"layers.{i}.", f"blocks.{i}."
+            for hf_name, name in SparseLayout.ATTENTION.items():
+                if src + hf_name in hf:
+                    sd[dst + name] = hf[src + hf_name]
+            if llama4:
+                for p in "qk":
+                    sd[dst + f"attn.{p}.weight"] = halve_rope_rows(hf[src + f"self_attn.{p}_proj.weight"], cfg.head_dim)
+            if not cfg.is_sparse(i):
+                for hf_name, name in SparseLayout.DENSE.items():
+                    sd[dst + name] = hf[src + ffn + hf_name]
+                continue
+            sd[dst + "mlp.router.weight"] = hf[src + ffn + router + ".weight"]
+            if llama4:
+                sd[dst + "mlp.gate_up"] = hf[src + ffn + "experts.gate_up_proj"]
+                sd[dst + "mlp.down"] = hf[src + ffn + "experts.down_proj"]
+                for p in ("gate", "up", "down"):
+                    sd[dst + f"mlp.shared.{p}.weight"] = hf[src + ffn + f"shared_expert.{p}_proj.weight"]
+                continue
+            gate_up, down = fused_experts(hf, src + ffn + "experts.", cfg.n_experts)
+            sd[dst + "mlp.gate_up"] = gate_up.transpose(1, 2).contiguous()
+            sd[dst + "mlp.down"] = down.transpose(1, 2).contiguous()
+        return sd
+
+    @staticmethod
+    def model_config(raw: dict, refuse: Refusal) -> ModelConfig:
+        arch = raw["architectures"][0]
+        if raw.get("attention_bias") or raw.get("mlp_bias"):
+            raise refuse("biases in attention or MLP layers (nextword's llama blocks have none)")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise refuse(f"activation {raw.get('hidden_act')!r} instead of SiLU")
+        if raw.get("sliding_window") and (arch != "Qwen3MoeForCausalLM" or raw.get("use_sliding_window")):
+            raise refuse(f"sliding-window attention (window {raw['sliding_window']})")
+        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise refuse(f"RoPE scaling {rope.get('rope_type') or rope.get('type')!r}")
+        d, heads = raw["hidden_size"], raw["num_attention_heads"]
+        if raw.get("head_dim") not in (None, d // heads):
+            raise refuse(f"head_dim {raw['head_dim']} differs from hidden_size / heads = {d // heads}")
+        layers = raw["num_hidden_layers"]
+        shape = dict(arch="llama", n_layers=layers, d_model=d, n_heads=heads,
+                     n_kv_heads=raw.get("num_key_value_heads") or heads,
+                     context=raw.get("max_position_embeddings", 2048), vocab_size=raw["vocab_size"],
+                     tie_embeddings=raw.get("tie_word_embeddings", False), norm_eps=raw.get("rms_norm_eps", 1e-6),
+                     rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+                     experts_per_token=raw.get("num_experts_per_tok", 1))
+        if arch == "Llama4ForCausalLM":
+            step = raw.get("interleave_moe_layer_step", 1)
+            if raw.get("use_qk_norm") or not all(raw.get("no_rope_layers") or [0]) or raw.get("attention_chunk_size"):
+                raise refuse("QK-norm, layers without RoPE or chunked attention (nextword exports none of these)")
+            if raw.get("moe_layers") not in (None, list(range(step - 1, layers, step))):
+                raise refuse(f"sparse layers {raw['moe_layers']} other than every {step}th")
+            return ModelConfig(**shape, d_ff=raw["intermediate_size_mlp"], n_experts=raw["num_local_experts"],
+                               shared_experts=1, moe_every=step, d_expert=raw["intermediate_size"])
+        if arch == "Qwen3MoeForCausalLM":
+            if raw.get("mlp_only_layers") or not raw.get("norm_topk_prob"):
+                raise refuse("dense-only layers or top-k weights left unnormalised")
+            n_experts = raw.get("num_local_experts") or raw["num_experts"]  # transformers 5 renamed it
+            return ModelConfig(**shape, qk_norm=True, d_ff=raw["intermediate_size"], n_experts=n_experts,
+                               moe_every=raw.get("decoder_sparse_step", 1), d_expert=raw["moe_intermediate_size"])
+        # Mixtral has no dense block, so no dense width either: d_ff is left at the family's default.
+        return ModelConfig(**shape, n_experts=raw["num_local_experts"], d_expert=raw["intermediate_size"])
+
+
+def interleave_rope_rows(weight: Tensor, head_dim: int) -> Tensor:
+    """q or k rows from rotate-half pairs (j, j + hd/2) to interleaved pairs (2j, 2j + 1), head by head."""
+    heads = weight.shape[0] // head_dim
+    return weight.view(heads, 2, head_dim // 2, -1).transpose(1, 2).reshape(weight.shape).contiguous()
+
+
+def halve_rope_rows(weight: Tensor, head_dim: int) -> Tensor:
+    """The inverse of interleave_rope_rows."""
+    heads = weight.shape[0] // head_dim
+    return weight.view(heads, head_dim // 2, 2, -1).transpose(1, 2).reshape(weight.shape).contiguous()
+
+
+def fused_experts(hf: dict[str, Tensor], prefix: str, n_experts: int) -> tuple[Tensor, Tensor]:
+    """[experts, 2f, d] gate-then-up and [experts, d, f] down, from fused tensors or from each expert's own."""
+    if prefix + "gate_up_proj" in hf:
+        return hf[prefix + "gate_up_proj"], hf[prefix + "down_proj"]
+    mixtral = prefix + "0.w1.weight" in hf
+    gate, up, down = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    try:
+        gate_up = torch.stack([torch.cat([hf[f"{prefix}{e}.{gate}.weight"], hf[f"{prefix}{e}.{up}.weight"]])
+                               for e in range(n_experts)])
+        return gate_up, torch.stack([hf[f"{prefix}{e}.{down}.weight"] for e in range(n_experts)])
+    except KeyError as e:
+        raise CheckpointError(f"no weights {e.args[0]!r} for expert layer {prefix!r}") from None
+
+
 LAYOUTS = {"gpt2": GPT2Layout, "llama": LlamaLayout}
+
+
+def layout_for(cfg: ModelConfig):
+    return SparseLayout if cfg.n_experts else LAYOUTS[cfg.arch]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,7 +401,7 @@ def hf_architecture(cfg: ModelConfig) -> str:
         raise ConfigError(f"model.logit_softcap = {cfg.logit_softcap:g}: no GPT-2, Llama or Qwen3 model in "
                           "transformers caps its logits, so this model cannot be exported; train with "
                           "logit_softcap = 0 to export")
-    return LAYOUTS[cfg.arch].architecture(cfg)
+    return layout_for(cfg).architecture(cfg)
 
 
 def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None):
@@ -217,13 +409,13 @@ def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None):
     the end of the one before, as GPT-2's do."""
     common = dict(vocab_size=cfg.vocab_size, bos_token_id=eos_id if bos_id is None else bos_id, eos_token_id=eos_id,
                   tie_word_embeddings=cfg.tie_embeddings, architectures=[hf_architecture(cfg)])
-    return LAYOUTS[cfg.arch].config(cfg, common)
+    return layout_for(cfg).config(cfg, common)
 
 
 def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
     """nextword's weights under Hugging Face's names (see the key list in network.py)."""
     cfg, sd = model.cfg, {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    out = LAYOUTS[cfg.arch].to_hf(cfg, sd)
+    out = layout_for(cfg).to_hf(cfg, sd)
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
     return out
@@ -236,7 +428,8 @@ def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
 def load_hf_model(path: str | Path) -> GPT:
     """A transformers model directory (safetensors weights) as a nextword GPT, in eval mode, fp32.
 
-    Reads GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM and MistralForCausalLM without a sliding window;
+    Reads GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM and MistralForCausalLM without a sliding window,
+    and the mixtures of experts SparseLayout reads;
     anything nextword's blocks cannot compute exactly is refused with the reason."""
     path = Path(path)
     raw = read_hf_config(path)
@@ -268,9 +461,10 @@ def model_config_from_hf(raw: dict, path: Path) -> ModelConfig:
     def refuse(reason: str) -> CheckpointError:
         return CheckpointError(f"{where}: {reason}; nextword cannot represent this model")
 
-    layout = next((layout for layout in LAYOUTS.values() if arch in layout.reads), None)
+    layouts = [*LAYOUTS.values(), SparseLayout]
+    layout = next((layout for layout in layouts if arch in layout.reads), None)
     if layout is None:
-        readable = [name for layout in LAYOUTS.values() for name in layout.reads]
+        readable = [name for layout in layouts for name in layout.reads]
         raise refuse(f"only {', '.join(readable[:-1])} and {readable[-1]} are read")
     return layout.model_config(raw, refuse)
 
@@ -294,7 +488,7 @@ def read_hf_weights(path: Path) -> dict[str, Tensor]:
 def from_hf_state_dict(cfg: ModelConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
     """The inverse of to_hf_state_dict."""
     hf = {k: v.float() for k, v in hf.items()}
-    sd = LAYOUTS[cfg.arch].from_hf(cfg, hf)
+    sd = layout_for(cfg).from_hf(cfg, hf)
     if not cfg.tie_embeddings:
         if "lm_head.weight" not in hf:
             raise CheckpointError("config says the output head is untied, but the weights have no lm_head.weight")

@@ -26,6 +26,7 @@ State-dict keys (stable; the Hugging Face exporter maps them one to one):
     blocks.{i}.mlp.gate.weight              [ffn, d]        llama: down(silu(gate(x)) · up(x))
     blocks.{i}.mlp.up.weight                [ffn, d]
     blocks.{i}.mlp.down.weight              [d, ffn]
+    blocks.{i}.mlp.router.weight, .gate_up, .down, .shared.*  a sparse block instead (see moe.py)
     norm.weight / .bias                                     final norm; .bias gpt2 only
     lm_head.weight                          [vocab, d]      only when tie_embeddings is false; never a bias
 
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 from nextword.config import ModelConfig
 from nextword.model.kv_cache import KVCache
 from nextword.model.loss import linear_cross_entropy, softcap
-
+from nextword.model.moe import MoE
 
 def rotate_half(x: Tensor) -> Tensor:
     first, second = x.chunk(2, dim=-1)
@@ -168,12 +169,12 @@ MLPS = {"gelu": MLP, "relu2": MLP, "swiglu": SwiGLU}
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.attn_norm = make_norm(cfg, cfg.d_model)
         self.attn = Attention(cfg)
         self.mlp_norm = make_norm(cfg, cfg.d_model)
-        self.mlp = MLPS[cfg.mlp](cfg)
+        self.mlp = MoE(cfg) if cfg.is_sparse(layer) else MLPS[cfg.mlp](cfg)  # MoE: see moe.py
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
@@ -194,7 +195,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.norm = make_norm(cfg, cfg.d_model)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -272,7 +273,8 @@ class GPT(nn.Module):
     def flops_per_token(self) -> int:
         """Training FLOPs per token: 6·N_matmul + 12·L·T·d.
 
-        N_matmul counts the weights that take part in matrix multiplies: every linear layer in the blocks and the
+        N_matmul counts the weights that take part in matrix multiplies: every linear layer in the blocks, the
+        routed experts a token visits in a sparse block (not all of them: MFU counts active parameters), the
         output head (V·d, whether or not it is tied), but not the embedding lookups, norms or biases. Each such
         weight costs 2 FLOPs per token forward and 4 backward, hence 6·N. Attention adds Q·Kᵀ and A·V: 2·T·d
         each per layer forward, ×3 with backward, hence 12·L·T·d with T = context (the whole T×T score matrix
@@ -280,6 +282,8 @@ class GPT(nn.Module):
         """
         cfg = self.cfg
         n_matmul = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
+        # A sparse block's routed experts count only as many as a token visits (router and shared are linears).
+        n_matmul += sum(m.routed_params_per_token() for m in self.blocks.modules() if isinstance(m, MoE))
         n_matmul += cfg.vocab_size * cfg.d_model
         return 6 * n_matmul + 12 * cfg.n_layers * cfg.context * cfg.d_model
 

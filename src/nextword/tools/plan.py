@@ -79,12 +79,26 @@ def this_machine() -> Gpu:
 
 @dataclass(frozen=True)
 class Moe:
-    """Each block's MLP becomes `experts` MLPs of d_ff each; a router sends every token to `active` of them,
-    and `shared` experts see every token. Plan-only: nextword's trainer is dense."""
+    """Every `every`-th block's MLP becomes `experts` MLPs of `width` each (0: d_ff); a router sends every token
+    to `active` of them, and `shared` experts see every token. A llama config with model.n_experts set is one
+    (moe_of); nextword trains those (model/moe.py)."""
 
     experts: int
     active: int
     shared: int = 0
+    width: int = 0
+    every: int = 1
+
+    def sparse_layers(self, n_layers: int) -> int:
+        return n_layers // self.every
+
+
+def moe_of(cfg: ModelConfig) -> Moe | None:
+    """The mixture of experts a model config describes, or None for a dense one."""
+    if not cfg.n_experts:
+        return None
+    return Moe(experts=cfg.n_experts, active=cfg.experts_per_token, shared=cfg.shared_experts,
+               width=cfg.expert_dim, every=cfg.moe_every)
 
 
 @dataclass(frozen=True)
@@ -168,7 +182,9 @@ class Params:
 
 
 def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
-    """Parameter counts of nextword's GPT (see model/network.py for the layer list), from the shape alone."""
+    """Parameter counts of nextword's GPT (see model/network.py for the layer list), from the shape alone; `moe`
+    (default: the config's own, if sparse) makes every moe.every-th block a mixture of experts."""
+    moe = moe or moe_of(cfg)
     d, f, V = cfg.d_model, cfg.ffn_dim, cfg.vocab_size
     family = cfg.family
     q_out, kv_out = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
@@ -176,18 +192,25 @@ def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
 
     attn_weights = d * q_out + 2 * d * kv_out + q_out * d
     attn_other = (q_out + 2 * kv_out + d if family.bias else 0) + (2 * cfg.head_dim if cfg.qk_norm else 0)
-    mlp_weights = (3 if cfg.mlp == "swiglu" else 2) * d * f
-    mlp_biases = f + d if family.bias else 0
+    matrices = 3 if cfg.mlp == "swiglu" else 2
+    mlp_weights, mlp_biases = matrices * d * f, (f + d if family.bias else 0)
 
-    experts, active, router = 1, 1, 0
+    # Sparse blocks: experts (routed and shared) of their own width, and a router.
+    sparse, experts, active, router, expert_weights, expert_biases = 0, 0, 0, 0, 0, 0
     if moe:
-        experts, active, router = moe.experts + moe.shared, moe.active + moe.shared, d * moe.experts
-    per_layer = attn_weights + attn_other + experts * (mlp_weights + mlp_biases) + router + 2 * norm
+        width = moe.width or f
+        sparse, experts, active, router = moe.sparse_layers(cfg.n_layers), moe.experts + moe.shared, \
+            moe.active + moe.shared, d * moe.experts
+        expert_weights, expert_biases = matrices * d * width, (width + d if family.bias else 0)
+    dense = cfg.n_layers - sparse
+    blocks = (cfg.n_layers * (attn_weights + attn_other + 2 * norm) + dense * (mlp_weights + mlp_biases)
+              + sparse * (experts * (expert_weights + expert_biases) + router))
     embedding = V * d + (cfg.context * d if family.positions == "learned" else 0)
     head = 0 if cfg.tie_embeddings else V * d
-    total = cfg.n_layers * per_layer + norm + embedding + head
-    inactive = cfg.n_layers * (experts - active) * (mlp_weights + mlp_biases)
-    matmul = cfg.n_layers * (attn_weights + active * mlp_weights + router) + V * d
+    total = blocks + norm + embedding + head
+    inactive = sparse * (experts - active) * (expert_weights + expert_biases)
+    matmul = (cfg.n_layers * attn_weights + dense * mlp_weights + sparse * (active * expert_weights + router)
+              + V * d)
     return Params(total=total, embedding=embedding, head=head, non_embedding=total - embedding - head,
                   active=total - inactive, matmul=matmul)
 
@@ -294,13 +317,21 @@ def layer_activation_bytes(cfg: ModelConfig, moe: Moe | None, micro_batch: int, 
     h, f, a, s, b = cfg.d_model, cfg.ffn_dim, cfg.n_heads, cfg.context, micro_batch
     tokens = s * b
     dropout = cfg.dropout > 0
-    routed = (moe.active + moe.shared) if moe else 1
+    moe = moe or moe_of(cfg)
     kv = cfg.kv_heads * cfg.head_dim
+
     # SwiGLU keeps gate(x), silu(gate(x)), up(x) and their product; RoPE keeps q and k before rotation and their
-    # rotate_half copies.
-    mlp = h + 4 * f if cfg.mlp == "swiglu" else h + 2 * f
+    # rotate_half copies. A sparse block keeps that for each expert a token visits; averaged over the blocks.
+    def mlp(width: int) -> int:
+        return h + 4 * width if cfg.mlp == "swiglu" else h + 2 * width
+
+    mlp_elements = float(mlp(f))
+    if moe:
+        sparse = moe.sparse_layers(cfg.n_layers)
+        routed = (moe.active + moe.shared) * mlp(moe.width or f)
+        mlp_elements = ((cfg.n_layers - sparse) * mlp(f) + sparse * routed) / cfg.n_layers
     rope = 2 * (h + kv) if cfg.family.positions == "rotary" else 0
-    elements = tokens * (2 * h + 3 * h + 2 * kv + rope + routed * mlp)
+    elements = tokens * (2 * h + 3 * h + 2 * kv + rope + mlp_elements)
     if flash:
         scores = 4.0 * a * s * b
     else:
@@ -509,6 +540,7 @@ def plan_run(cfg: ModelConfig, tokens: float, *, gpu: Gpu | str = "h100", gpus: 
              flash: bool = True, run_name: str | None = None, from_run: str | Path | None = None) -> Plan:
     """Everything `nextword plan` prints, for a model shape with its vocabulary set."""
     gpu = gpu_spec(gpu)
+    moe = moe or moe_of(cfg)
     check_model(cfg, moe)
     if tokens <= 0 or gpus < 1 or not 0 < mfu <= 1 or micro_batch < 1:
         raise ConfigError(f"tokens {tokens:g}, --gpus {gpus} and --micro-batch {micro_batch} must be above 0, "
@@ -532,8 +564,8 @@ def plan_run(cfg: ModelConfig, tokens: float, *, gpu: Gpu | str = "h100", gpus: 
     if from_run:
         plan.measured = measure_from_run(Path(from_run), flops.total, flops.per_token, gpu, gpus, price)
     if moe:
-        plan.notes.append("MoE is plan-only: nextword trains dense models. FLOPs use the active parameters, "
-                          "memory the total; the Chinchilla fit was made on dense models and is applied to active N.")
+        plan.notes.append("MoE: FLOPs use the active parameters, memory the total; the Chinchilla fit was made on "
+                          "dense models and is applied to active N.")
     return plan
 
 
@@ -562,9 +594,10 @@ def check_model(cfg: ModelConfig, moe: Moe | None) -> None:
                           "be divisible by heads and heads by kv_heads")
     if moe and moe.experts < 1:
         raise ConfigError(f"--experts {moe.experts} must be at least 1 (leave it out for a dense model)")
-    if moe and not (1 <= moe.active <= moe.experts and moe.shared >= 0):
-        raise ConfigError(f"--active-experts {moe.active} must be between 1 and --experts {moe.experts}, and "
-                          f"--shared-experts {moe.shared} 0 or more")
+    if moe and not (1 <= moe.active <= moe.experts and moe.shared >= 0 and moe.width >= 0 and moe.every >= 1):
+        raise ConfigError(f"--active-experts {moe.active} must be between 1 and --experts {moe.experts}, "
+                          f"--shared-experts {moe.shared} 0 or more, model.d_expert {moe.width} 0 or more and "
+                          f"model.moe_every {moe.every} at least 1")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -614,8 +647,12 @@ def table(header: list[str], rows: list[list[str]], align: str = "") -> list[str
 
 def render(plan: Plan) -> str:
     m, p, f, c = plan.model, plan.params, plan.flops, plan.compute
-    moe = f", MoE {plan.moe['experts']} experts ({plan.moe['active']} routed + {plan.moe['shared']} shared)" \
-        if plan.moe else ""
+    moe = ""
+    if plan.moe:
+        e = plan.moe
+        where = "every block" if e["every"] == 1 else f"1 block of every {e['every']}"
+        moe = (f", MoE {e['experts']} experts ({e['active']} routed + {e['shared']} shared) of width "
+               f"{e['width'] or m['d_ff'] or 'd_ff'} in {where}")
     out = [f"model      {m['arch']}: {m['n_layers']} layers, d_model {m['d_model']}, {m['n_heads']} heads "
            f"({m['n_kv_heads'] or m['n_heads']} kv), d_ff {m['d_ff'] or 'default'}, context {m['context']}, "
            f"vocab {m['vocab_size']}{moe}",

@@ -2,9 +2,10 @@
 
 write_report writes RUN/report/index.html (or OUT/index.html) and PNG plots beside it: training and validation
 loss against tokens seen, with the ln V of an untrained model; bits per byte; the learning rate; tokens/s and
-MFU. Then the downstream tasks' scores where `nextword eval --tasks` has measured some, the samples from each
-evaluation in order, so the move from noise to words is visible, and the run's hardware, precision, config and
-final summary. Works on a run still training: what is not there yet is a note.
+MFU; for a mixture of experts, each expert's share of the routed tokens and the balance loss. Then the downstream
+tasks' scores where `nextword eval --tasks` has measured some, the samples from each evaluation in order, so the
+move from noise to words is visible, and the run's hardware, precision, config and final summary. Works on a run
+still training: what is not there yet is a note.
 """
 
 from __future__ import annotations
@@ -168,7 +169,29 @@ def plot_throughput(history: RunHistory) -> Figure | None:
     return figure
 
 
-# name: (file, caption, how to draw it, what the page says when there is nothing to draw)
+def plot_experts(history: RunHistory) -> Figure | None:
+    """Each expert's share of the routed tokens (averaged over the sparse blocks), and the balance loss."""
+    records = [r for r in history.train if r.get("expert_load")]
+    if not records:
+        return None
+    figure, (load, balance) = _new_axes("step", "share of routed tokens", rows=2)
+    steps = [r["step"] for r in records]
+    shares = [[sum(column) / len(column) for column in zip(*r["expert_load"])] for r in records]
+    for expert, series in enumerate(zip(*shares)):
+        load.plot(steps, series, linewidth=1, label=f"expert {expert}")
+    experts = len(shares[0])
+    load.axhline(1 / experts, color=GUIDE_COLOUR, linestyle="--", linewidth=1, label=f"balanced: 1/{experts}")
+    load.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    load.set_ylim(bottom=0)
+    load.legend(loc="best", fontsize="x-small", ncol=2)
+    x, y = _series(records, "step", "balance_loss")
+    balance.plot(x, y, color=VAL_COLOUR, linewidth=1)
+    balance.axhline(1.0, color=GUIDE_COLOUR, linestyle="--", linewidth=1)
+    balance.set_ylabel("balance loss")
+    return figure
+
+
+# name: (file, caption, how to draw it, what the page says when there is nothing to draw: "" for nothing)
 PLOTS: dict[str, tuple[str, str, Callable[[RunHistory], Figure | None], str]] = {
     "loss": ("loss.png", "Loss against tokens seen. It starts near ln V, where the model spreads its bets evenly "
              "over the vocabulary, and falls as it learns which tokens follow which.", plot_loss,
@@ -180,6 +203,9 @@ PLOTS: dict[str, tuple[str, str, Callable[[RunHistory], Figure | None], str]] = 
     "throughput": ("throughput.png", "Training speed in tokens per second, and model FLOPs utilisation (MFU): "
                    "the share of the machine's measured peak that the model's FLOPs use.", plot_throughput,
                    "No training steps logged yet."),
+    "experts": ("experts.png", "Mixture of experts: each expert's share of the tokens routed to it, averaged over "
+                "the sparse blocks (the dashed line is perfect balance), and the balance loss the run adds to its "
+                "loss (1.0 when balanced; the run record gives its weight).", plot_experts, ""),
 }
 
 
@@ -210,6 +236,7 @@ RUN_FIELDS = {
     "tokens_per_step": "tokens per step", "accumulation": "micro-steps per step", "governs": "length set by",
     "limit": "limit", "planned_steps": "planned steps", "resumed_from": "started at step", "torch": "torch",
     "bf16_native": "native bf16", "tensorboard": "TensorBoard logs",
+    "params_active": "parameters active per token", "balance_coef": "balance loss weight",
 }
 DOWNSTREAM_COLUMNS = ("task", "metric", "value", "stderr", "few-shot", "examples", "step")
 SKIPPED_FIELDS = {"kind", "time", "cpu", "sample", "samples"}  # "cpu" repeats "name"; samples have their section
@@ -224,7 +251,7 @@ def render_html(history: RunHistory, plot_files: dict[str, str | None]) -> str:
         if file:
             figures.append(f'<figure><img src="{esc(file)}" alt="{esc(name)}"><figcaption>{esc(caption)}'
                            "</figcaption></figure>")
-        else:
+        elif missing:  # a plot with nothing to say for this kind of run (a dense one's experts) is left out
             figures.append(f'<p class="note">{esc(missing)}</p>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>nextword report: {esc(str(history.run_dir))}</title>

@@ -13,6 +13,9 @@ render_text (a terminal) and render_html (a page) to show:
      each hidden matrix's gradient and step by their singular values: the step is the gradient orthogonalised;
   5. the same predictions after the step: p before → after.
 
+In a mixture of experts, each position also shows which experts each sparse block's router chose for it, and
+with what weights (model/moe.py).
+
 A freshly initialised model gives every token about the same probability 1/V, so its loss is about ln V.
 """
 
@@ -27,6 +30,7 @@ import torch
 from nextword.config import TrainConfig
 from nextword.errors import ConfigError, DataError
 from nextword.model import GPT
+from nextword.model.moe import MoE
 from nextword.training.optimizer import build_optimizer
 
 DEFAULT_TEXT = "The function returns a new list of the keys in the dictionary."
@@ -67,6 +71,15 @@ class MatrixStep:
 
 
 @dataclass
+class Routing:
+    """Where one sparse block sent one position: its chosen experts and their weights, heaviest first."""
+
+    block: int
+    experts: list[int]
+    weights: list[float]
+
+
+@dataclass
 class PositionTrace:
     """Predicting the token at `index + 1` from the tokens 0..index."""
 
@@ -78,6 +91,7 @@ class PositionTrace:
     p_after: float
     loss_after: float
     top_k: list[Candidate]
+    routing: list[Routing] = field(default_factory=list)  # one per sparse block; empty for a dense model
 
 
 @dataclass
@@ -102,6 +116,9 @@ class TraceResult:
         del record["focus"], record["text_tokens"]
         if not self.matrices:
             del record["muon_lr"], record["matrices"]
+        for position in record["positions"]:
+            if not position["routing"]:  # a dense model routes nothing
+                del position["routing"]
         return record
 
     @property
@@ -154,6 +171,7 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
         logits = model(x)
+    routing = _routing(model)
     loss = model(x, y)  # the training loop's own loss and gradient
     loss.backward()
     grad_norm = _norm(p.grad for p in params if p.grad is not None)
@@ -169,7 +187,8 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
     log_p_before = torch.log_softmax(logits[0].detach().double(), dim=-1)
     log_p_after = torch.log_softmax(logits_after[0].double(), dim=-1)
     positions = [
-        _position(t, ids, tokenizer, log_p_before[t], log_p_after[t], top_k) for t in range(len(ids) - 1)
+        _position(t, ids, tokenizer, log_p_before[t], log_p_after[t], top_k, [r[t] for r in routing])
+        for t in range(len(ids) - 1)
     ]
     return TraceResult(
         vocab_size=model.cfg.vocab_size, lr=lr, optimizer=optimizer,
@@ -181,6 +200,17 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
         matrices=[_matrix_step(name, p, gradients[id(p)], steps[id(p)], train.muon_lr)
                   for name, p in model.named_parameters() if id(p) in gradients],
     )
+
+
+def _routing(model: GPT) -> list[list[Routing]]:
+    """Per sparse block, per position: the router's choice in the forward pass just made (before the step)."""
+    blocks = []
+    for index, block in enumerate(model.blocks):
+        if isinstance(block.mlp, MoE):
+            experts, weights = block.mlp.routing
+            blocks.append([Routing(index, e.tolist(), [round(float(w), 6) for w in ws])
+                           for e, ws in zip(experts[0], weights[0])])
+    return blocks
 
 
 def _check_position(position: int | None, count: int) -> int | None:
@@ -217,7 +247,7 @@ def _norm(tensors) -> float:
 
 
 def _position(t: int, ids: list[int], tokenizer, log_p_before: torch.Tensor, log_p_after: torch.Tensor,
-              top_k: int) -> PositionTrace:
+              top_k: int, routing: list[Routing]) -> PositionTrace:
     target = ids[t + 1]
     top = torch.topk(log_p_before, min(top_k, log_p_before.shape[0]))
     return PositionTrace(
@@ -228,6 +258,7 @@ def _position(t: int, ids: list[int], tokenizer, log_p_before: torch.Tensor, log
         p_after=math.exp(log_p_after[target]), loss_after=-float(log_p_after[target]),
         top_k=[Candidate(int(i), tokenizer.token_text(int(i)), math.exp(lp))
                for lp, i in zip(top.values.tolist(), top.indices.tolist())],
+        routing=routing,
     )
 
 
@@ -294,6 +325,12 @@ def matrix_lines(result: TraceResult) -> list[str]:
     return lines
 
 
+def routing_text(routing: list[Routing]) -> str:
+    """'1: 3×0.62 5×0.38  3: 0×0.55' — each sparse block's chosen experts and weights."""
+    return "  ".join(f"{r.block}: " + " ".join(f"{e}×{w:.2f}" for e, w in zip(r.experts, r.weights))
+                     for r in routing)
+
+
 def render_text(result: TraceResult, style: Style | None = None) -> str:
     s = style or Style(False)
     r = result
@@ -306,13 +343,19 @@ def render_text(result: TraceResult, style: Style | None = None) -> str:
     out.append("")
 
     out.append(s.bold("2. At each position the model sees a prefix and predicts the next token"))
+    routed = bool(r.positions[0].routing)
+    experts_width = max((len(routing_text(pos.routing)) for pos in r.shown_positions), default=0)
+    experts_header = f"  {'experts (block: expert×weight)':<{experts_width}}" if routed else ""
     out.append(f"   {'pos':>4}  {'prefix (what the model sees)':<32}  {'actual next':<14}  {'p':>9}  "
-               f"{'−ln p':>7}  {'bits':>6}  top {len(r.positions[0].top_k)} predictions")
+               f"{'−ln p':>7}  {'bits':>6}{experts_header}  top {len(r.positions[0].top_k)} predictions")
     for pos in r.shown_positions:
         top = ", ".join(f"{shown(c.text)} {c.p:.3g}" for c in pos.top_k)
+        experts = f"  {routing_text(pos.routing):<{experts_width}}" if routed else ""
         out.append(f"   {pos.index:>4}  {shown(pos.prefix, 32):<32}  {shown(pos.target.text, 14):<14}  "
-                   f"{pos.p_before:>9.3g}  {pos.loss_before:>7.4f}  {bits(pos.loss_before):>6.2f}  {top}")
+                   f"{pos.p_before:>9.3g}  {pos.loss_before:>7.4f}  {bits(pos.loss_before):>6.2f}{experts}  {top}")
     out.append("   loss = −ln p in nats (natural log); bits = −log₂ p = nats / ln 2")
+    if routed:
+        out.append("   experts: in each sparse block, the experts the router sent this position to, each × its weight")
     out.append("")
 
     out.append(s.bold(f"3. The loss of this batch: the mean over {len(r.positions)} positions = "
@@ -383,6 +426,7 @@ def render_html(result: TraceResult) -> str:
         position_rows.append(
             f'<tr><td class="num">{pos.index}</td><td><code>{esc(shown(pos.prefix, 40))}</code></td>'
             f"<td><code>{esc(shown(pos.target.text))}</code></td><td>{top}</td>"
+            f"<td>{esc(routing_text(pos.routing))}</td>"
             f'<td class="num">{pos.p_before:.4g}</td><td class="num">{pos.loss_before:.4f}</td>'
             f'<td class="num {verdict}">{pos.p_after:.4g}</td><td class="num {verdict}">{pos.loss_after:.4f}</td></tr>')
     rule = RULES[r.optimizer]
@@ -406,7 +450,8 @@ Hover over a token for its numbers.</p>
 <p>Gradient norm ‖∇θ‖ = {r.grad_norm:.4g}; update size ‖Δθ‖/‖θ‖ = {r.update_ratio:.3g}.</p>
 {matrix_table}
 <h2>Each position</h2>
-<table><tr><th>pos</th><th>prefix</th><th>actual next</th><th>top predictions (before)</th><th>p before</th>
+<table><tr><th>pos</th><th>prefix</th><th>actual next</th><th>top predictions (before)</th>
+<th>experts (block: expert×weight)</th><th>p before</th>
 <th>loss before</th><th>p after</th><th>loss after</th></tr>
 {"".join(position_rows)}</table>
 <h2>The tokens</h2>

@@ -54,9 +54,20 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+SPARSE_FIELDS = ("n_experts", "experts_per_token", "shared_experts", "moe_every", "d_expert")
+# Fields that do not change which weights fit: where training starts from, and how it goes.
+NOT_SHAPE = ("init_from", "dropout", "balance_coef", "zero_init_projections")
+# Options added after checkpoints existed, left out while off, so a model without them hashes as it did before.
+OFF_VALUES = {"mlp_activation": "", "logit_softcap": 0.0}
+
+
 def config_hash(cfg: RunConfig) -> str:
     """A hash of what makes weights compatible: the model's shape (training settings may change on resume)."""
-    shape = {k: v for k, v in cfg.to_dict()["model"].items() if k not in ("init_from", "dropout")}
+    shape = {k: v for k, v in cfg.to_dict()["model"].items()
+             if k not in NOT_SHAPE and not (k in OFF_VALUES and v == OFF_VALUES[k])}
+    if not cfg.model.n_experts:  # a dense model hashes as it did before mixtures of experts were added
+        for key in SPARSE_FIELDS:
+            del shape[key]
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -252,7 +252,9 @@ def wrap(model: nn.Module, mode: str, world: World, *, precision: str, activatio
         checkpoint_blocks(model)
     if mode == "ddp":
         device_ids = [world.local_rank] if next(model.parameters()).is_cuda else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        # The model's buffers are constant RoPE tables and each rank's own routing counts (model/moe.py): none
+        # should be overwritten with rank 0's at every forward, DDP's default.
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
     if mode != "fsdp":
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

@@ -1,5 +1,6 @@
 """What a run reports while it trains: at every log step a record of the loss, learning rate, gradient norm,
-tokens per second and MFU, and between them a progress bar; and the count of updates skipped for a non-finite
+tokens per second and MFU (a mixture of experts adds each sparse block's per-expert load and its balance loss), and
+between them a progress bar; and the count of updates skipped for a non-finite
 loss or gradient, which stops a run that keeps diverging.
 
 Between log steps these numbers stay on the device: reading them back is a host synchronisation, made once per
@@ -18,6 +19,7 @@ import torch
 
 from nextword.config import TrainConfig
 from nextword.errors import NextwordError
+from nextword.model.moe import MoE
 from nextword.training.distributed import World
 from nextword.training.progress import Progress
 from nextword.training.runlog import RunLog
@@ -32,8 +34,9 @@ class Metrics:
 
     def __init__(self, log: RunLog, t: TrainConfig, progress: Progress, *, tokens_per_step: int,
                  flops_per_token: float, peak_flops: float, world: World, device: torch.device, run_dir: Path,
-                 start: float, show_bar: bool) -> None:
+                 start: float, show_bar: bool, sparse: list[MoE] | None = None) -> None:
         self.log, self.t, self.world, self.run_dir, self.start = log, t, world, run_dir, start
+        self.sparse = sparse or []  # a mixture of experts' sparse blocks, whose routing is logged
         self.tokens_per_step, self.flops_per_token, self.peak_flops = tokens_per_step, flops_per_token, peak_flops
         self.recent_seconds: deque[float] = deque(maxlen=t.log_every)  # of the latest steps, for tokens/s
         self.skipped_since_log = torch.zeros((), device=device)
@@ -59,9 +62,20 @@ class Metrics:
         mean_loss = float(self.world.mean(loss))  # each rank's loss is over its own windows
         self.log.write(kind="train", step=progress.step, tokens=progress.tokens, loss=mean_loss, lr=lr,
                        grad_norm=float(grad_norm), tokens_per_s=tokens_per_s, mfu=mfu,
-                       elapsed_s=time.monotonic() - self.start)
+                       elapsed_s=time.monotonic() - self.start, **self._routing())
         self.bar.set_postfix_str(f"loss {mean_loss:.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
         return mean_loss
+
+    def _routing(self) -> dict[str, Any]:
+        """Since the last log step, over every rank: each sparse block's share of routed tokens per expert
+        (a row summing to 1; 1/experts each when balanced) and the mean balance loss (1.0 when balanced)."""
+        if not self.sparse:
+            return {}
+        loads, balance, forwards = zip(*(block.take_stats() for block in self.sparse))
+        loads = [self.world.mean(load) for load in loads]
+        shares = [[round(float(x), 4) for x in load / load.sum().clamp(min=1)] for load in loads]
+        balance_loss = float(self.world.mean(sum(balance) / max(1.0, float(sum(forwards)))))
+        return {"expert_load": shares, "balance_loss": balance_loss}
 
     def rolled_back(self, progress: Progress) -> None:
         """The run went back to an earlier step: a fresh count of skipped updates, and the bar there."""

@@ -57,7 +57,8 @@ def choose_precision(cfg: RunConfig, world: World, machine: Machine, model: GPT)
         rng = torch.get_rng_state()
         began = time.process_time()
         train_step(net, opt, lambda: (race_batch[:, :-1], race_batch[:, 1:]), 1, 0.0, t.grad_clip,
-                   autocast_for(machine.device, precision), scaler_for(machine.device, precision))
+                   autocast_for(machine.device, precision), scaler_for(machine.device, precision),
+                   balance_coef=cfg.model.balance_coef)
         torch.set_rng_state(rng)
         return time.process_time() - began
 

@@ -11,29 +11,34 @@ from collections.abc import Callable
 
 import torch
 
+from nextword.model.moe import moe_layers, total_balance_loss
 from nextword.training import distributed
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], tuple],
                accumulation: int, lr: float, grad_clip: float, autocast: contextlib.AbstractContextManager,
-               scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               scaler: torch.amp.GradScaler, balance_coef: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer update over `accumulation` micro-batches: (mean loss, gradient norm, 1.0 if skipped).
 
     `lr` is the schedule's rate for train.lr; a parameter group with its own peak rate (Muon's) takes it scaled by
     the group's `lr_scale`, so the schedule shapes every rate alike.
+    A mixture of experts also learns from its load-balancing loss, times balance_coef (see model/moe.py); the
+    loss returned is −log p alone, comparable with a dense model's.
 
     Nothing here reads a value back to the host, so on a GPU the step runs without a synchronisation.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     total = None
+    sparse = moe_layers(model)
     for micro_step in range(accumulation):
         x, y = next_batch()
         # Over several processes, gradients are averaged across ranks once, in the last micro-step's backward.
         with distributed.gradient_sync(model, micro_step == accumulation - 1):
             with autocast:
                 loss = model(x, y)
-            scaler.scale(loss / accumulation).backward()
+                objective = loss + total_balance_loss(sparse, balance_coef)
+            scaler.scale(objective / accumulation).backward()
         total = loss.detach() if total is None else total + loss.detach()
     scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))

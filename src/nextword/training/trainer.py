@@ -29,6 +29,7 @@ from nextword.data.tokenizer import Tokenizer
 from nextword.errors import ConfigError, NextwordError
 from nextword.files import folder_lock
 from nextword.model import GPT
+from nextword.model.moe import idle_params, moe_layers
 from nextword.training import distributed, precision
 from nextword.training.batch import GlobalBatch, global_batch, keep_saved_batch
 from nextword.training.budget import RunLength, TimeBudget, plan_length
@@ -144,7 +145,7 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
             evaluator.evaluate(progress)
         metrics = Metrics(log, t, progress, tokens_per_step=batch.tokens_per_step, flops_per_token=flops_per_token,
                           peak_flops=peak, world=world, device=machine.device, run_dir=run_dir, start=start,
-                          show_bar=show_progress)
+                          show_bar=show_progress, sparse=moe_layers(setup.model))
         with contextlib.closing(metrics), StopRequest(world).installed() as stop:
             stopped = train_loop(
                 progress, _update(setup, loader, batch, cfg, mode, machine), functools.partial(rate_for, t),
@@ -270,7 +271,15 @@ def _update(setup: _ModelSetup, loader: TokenLoader, batch: GlobalBatch, cfg: Ru
         autocast = contextlib.nullcontext()
     return functools.partial(train_step, setup.net, setup.optimizer, loader.next_batch, batch.accumulation,
                              grad_clip=cfg.train.grad_clip, autocast=autocast,
-                             scaler=precision.scaler_for(machine.device, setup.precision))
+                             scaler=precision.scaler_for(machine.device, setup.precision),
+                             balance_coef=cfg.model.balance_coef)
+
+
+def _sparsity(model: GPT, cfg: RunConfig) -> dict[str, Any]:
+    """What the run record adds for a mixture of experts: the parameters a token uses, and the balance weight."""
+    if not cfg.model.n_experts:
+        return {}
+    return {"params_active": model.num_params() - idle_params(model), "balance_coef": cfg.model.balance_coef}
 
 
 def _announce(log: RunLog, cfg: RunConfig, world: World, mode: str, machine: Machine, setup: _ModelSetup,
@@ -283,10 +292,17 @@ def _announce(log: RunLog, cfg: RunConfig, world: World, mode: str, machine: Mac
               params=model.num_params(), params_non_embedding=model.num_params(non_embedding=True),
               flops_per_token=flops_per_token, peak_flops=peak, tokens_per_step=batch.tokens_per_step,
               accumulation=batch.accumulation, optimizer=cfg.train.optimizer, governs=length.governs,
-              limit=length.limit, resumed_from=progress.step, planned_steps=progress.planned_steps)
+              limit=length.limit, resumed_from=progress.step, planned_steps=progress.planned_steps,
+              **_sparsity(model, cfg))
     print(f"model: {cfg.model.arch}, {model.num_params() / 1e6:.2f}M parameters "
           f"({model.num_params(non_embedding=True) / 1e6:.2f}M without embeddings), context {cfg.model.context}, "
           f"vocabulary {cfg.model.vocab_size}")
+    if cfg.model.n_experts:
+        m = cfg.model
+        print(f"mixture of experts: {m.experts_per_token} of {m.n_experts} experts + {m.shared_experts} shared in "
+              f"every {'' if m.moe_every == 1 else f'{m.moe_every}th '}block; "
+              f"{(model.num_params() - idle_params(model)) / 1e6:.2f}M parameters active per token (MFU counts "
+              f"these); balance loss × {m.balance_coef}")
     print(f"machine: {machine.name} ({machine.capability}), {machine.threads} threads, "
           f"peak {peak / 1e12:.2f} TFLOP/s measured")
     print(f"precision: {setup.precision} ({setup.precision_reason}); torch.compile: "
