@@ -120,10 +120,12 @@ def test_a_resumed_run_takes_its_own_muon_lr_not_the_checkpoints():
     assert changed.muon.param_groups[0]["lr_scale"] == pytest.approx(0.04 / 3e-3)
 
 
-def test_adamw_stays_the_default():
+def test_muon_is_the_default_and_adamw_a_choice():
     cfg = tiny_run()
     model, _ = model_and_batch(cfg)
-    assert cfg.train.optimizer == "adamw" and isinstance(build_optimizer(model, cfg.train), torch.optim.AdamW)
+    assert cfg.train.optimizer == "muon" and isinstance(build_optimizer(model, cfg.train), MuonAdamW)
+    cfg = tiny_run(optimizer="adamw")
+    assert isinstance(build_optimizer(model, cfg.train), torch.optim.AdamW)
 
 
 def test_a_torch_without_muon_is_a_one_line_config_error(monkeypatch):
@@ -148,3 +150,16 @@ def test_the_recipe_options_refuse_values_that_cannot_work(section, field, value
     setattr(getattr(cfg, section), field, value)
     with pytest.raises(ConfigError, match=message):
         cfg.validate()
+
+
+def test_a_run_saved_before_the_optimizer_field_resumes_with_adamw(tmp_path):
+    """A run directory's config.toml from before train.optimizer existed (and Muon became the default) was trained
+    with AdamW; resuming it must ask for AdamW, or its checkpoint would be refused."""
+    from nextword.config import RunConfig, load_saved_run
+
+    saved = tmp_path / "config.toml"
+    RunConfig().save(saved)
+    assert load_saved_run(saved).train.optimizer == "muon" == RunConfig().train.optimizer
+    saved.write_text("\n".join(line for line in saved.read_text().splitlines()
+                               if not line.startswith("optimizer")))
+    assert load_saved_run(saved).train.optimizer == "adamw"

@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from nextword import cli
 from nextword.cli import options
-from nextword.config import RunConfig, load
+from nextword.config import RunConfig, load_saved_run
 from nextword.errors import ConfigError
 from nextword.tools.downstream import check_tasks, evaluate_run, format_table
 from nextword.training import distributed
@@ -101,7 +101,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     run_dir = Path(args.run_dir or cfg.train.run_dir)
     saved = run_dir / "config.toml"
     if saved.is_file() and not (args.config or args.preset):
-        cfg = options.config_from_args(args, base=load(saved))
+        cfg = options.config_from_args(args, base=load_saved_run(saved))
     for name in ("budget", "tokens", "steps"):
         value = getattr(args, name)
         if value:
