@@ -90,7 +90,7 @@ def measure(name: str, net: nn.Module, params_owner: nn.Module, flops_per_token:
             vocab: int, args: argparse.Namespace, peak: float, note: str = "", use_autocast: bool = True) -> Row:
     """Train `net` for warmup + timed steps on one fixed batch; tokens/s, MFU and peak memory of the timed ones."""
     device = torch.device(args.device)
-    t = TrainConfig()
+    t = TrainConfig(optimizer="adamw")  # the same AdamW step for nextword and transformers
     optimizer = build_optimizer(params_owner, t)
     data = torch.randint(0, vocab, (batch, context + 1), device=device)
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()

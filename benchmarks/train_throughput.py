@@ -88,7 +88,7 @@ def check_same_loss(a: nn.Module, b: nn.Module, x: Tensor, y: Tensor) -> tuple[f
 
 def stepper(model: nn.Module, precision: str, x: Tensor, y: Tensor, machine: Machine) -> Callable[[], None]:
     """One training step of `model` on (x, y) in `precision`, exactly as the training loop runs it."""
-    t = TrainConfig()
+    t = TrainConfig(optimizer="adamw")  # the same AdamW step for nextword and transformers
     optimizer = build_optimizer(model, t)
     autocast, scaler = autocast_for(machine.device, precision), scaler_for(machine.device, precision)
     return lambda: train_step(model, optimizer, lambda: (x, y), 1, 1e-4, t.grad_clip, autocast, scaler)

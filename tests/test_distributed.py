@@ -38,6 +38,9 @@ def setup(tmp_path_factory):
     cfg.train.micro_batch, cfg.train.log_every, cfg.train.steps = 4, 1, STEPS
     cfg.train.batch_tokens = 4 * 32 * 2  # one micro-batch per rank at world size 2; two micro-steps alone
     cfg.train.precision, cfg.train.compile, cfg.train.threads = "fp32", "off", 1
+    # AdamW, whose step sums in fp32, matches one process to 1e-5; Muon's Newton–Schulz runs in bf16 and has its
+    # own tests below, to 1e-4.
+    cfg.train.optimizer = "adamw"
     cfg.eval.batches, cfg.eval.every, cfg.eval.sample_tokens, cfg.eval.prompts = 2, 1000, 4, ["def "]
     cfg.save(tmp / "config.toml")
 

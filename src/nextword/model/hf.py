@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -172,26 +173,31 @@ class LlamaLayout:
     @staticmethod
     def model_config(raw: dict, refuse: Refusal) -> ModelConfig:
         arch = raw["architectures"][0]
-        if raw.get("attention_bias") or raw.get("mlp_bias"):
-            raise refuse("biases in attention or MLP layers (nextword's llama blocks have none)")
-        if raw.get("hidden_act", "silu") != "silu":
-            raise refuse(f"activation {raw.get('hidden_act')!r} instead of SiLU")
         if arch == "MistralForCausalLM" and raw.get("sliding_window"):
             raise refuse(f"sliding-window attention (window {raw['sliding_window']})")
         if arch == "Qwen3ForCausalLM" and raw.get("use_sliding_window"):
             raise refuse("sliding-window attention")
-        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise refuse(f"RoPE scaling {rope.get('rope_type') or rope.get('type')!r}")
-        d, heads = raw["hidden_size"], raw["num_attention_heads"]
-        if raw.get("head_dim") not in (None, d // heads):
-            raise refuse(f"head_dim {raw['head_dim']} differs from hidden_size / heads = {d // heads}")
-        return ModelConfig(arch="llama", n_layers=raw["num_hidden_layers"], d_model=d, n_heads=heads,
-                           n_kv_heads=raw.get("num_key_value_heads") or heads, d_ff=raw["intermediate_size"],
-                           context=raw.get("max_position_embeddings", 2048), vocab_size=raw["vocab_size"],
-                           tie_embeddings=raw.get("tie_word_embeddings", False), qk_norm=arch == "Qwen3ForCausalLM",
-                           rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
-                           norm_eps=raw.get("rms_norm_eps", 1e-6))
+        return ModelConfig(**llama_shape(raw, refuse), d_ff=raw["intermediate_size"], qk_norm=arch == "Qwen3ForCausalLM")
+
+
+def llama_shape(raw: dict, refuse: Refusal) -> dict[str, Any]:
+    """The ModelConfig fields every llama-family config.json gives, dense or sparse; refused where the blocks
+    differ from nextword's (biases, another activation, scaled RoPE, another head width)."""
+    if raw.get("attention_bias") or raw.get("mlp_bias"):
+        raise refuse("biases in attention or MLP layers (nextword's llama blocks have none)")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise refuse(f"activation {raw.get('hidden_act')!r} instead of SiLU")
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise refuse(f"RoPE scaling {rope.get('rope_type') or rope.get('type')!r}")
+    d, heads = raw["hidden_size"], raw["num_attention_heads"]
+    if raw.get("head_dim") not in (None, d // heads):
+        raise refuse(f"head_dim {raw['head_dim']} differs from hidden_size / heads = {d // heads}")
+    return dict(arch="llama", n_layers=raw["num_hidden_layers"], d_model=d, n_heads=heads,
+                n_kv_heads=raw.get("num_key_value_heads") or heads, context=raw.get("max_position_embeddings", 2048),
+                vocab_size=raw["vocab_size"], tie_embeddings=raw.get("tie_word_embeddings", False),
+                rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+                norm_eps=raw.get("rms_norm_eps", 1e-6))
 
 
 class SparseLayout:
@@ -318,25 +324,10 @@ class SparseLayout:
     @staticmethod
     def model_config(raw: dict, refuse: Refusal) -> ModelConfig:
         arch = raw["architectures"][0]
-        if raw.get("attention_bias") or raw.get("mlp_bias"):
-            raise refuse("biases in attention or MLP layers (nextword's llama blocks have none)")
-        if raw.get("hidden_act", "silu") != "silu":
-            raise refuse(f"activation {raw.get('hidden_act')!r} instead of SiLU")
         if raw.get("sliding_window") and (arch != "Qwen3MoeForCausalLM" or raw.get("use_sliding_window")):
             raise refuse(f"sliding-window attention (window {raw['sliding_window']})")
-        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            raise refuse(f"RoPE scaling {rope.get('rope_type') or rope.get('type')!r}")
-        d, heads = raw["hidden_size"], raw["num_attention_heads"]
-        if raw.get("head_dim") not in (None, d // heads):
-            raise refuse(f"head_dim {raw['head_dim']} differs from hidden_size / heads = {d // heads}")
-        layers = raw["num_hidden_layers"]
-        shape = dict(arch="llama", n_layers=layers, d_model=d, n_heads=heads,
-                     n_kv_heads=raw.get("num_key_value_heads") or heads,
-                     context=raw.get("max_position_embeddings", 2048), vocab_size=raw["vocab_size"],
-                     tie_embeddings=raw.get("tie_word_embeddings", False), norm_eps=raw.get("rms_norm_eps", 1e-6),
-                     rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
-                     experts_per_token=raw.get("num_experts_per_tok", 1))
+        shape = llama_shape(raw, refuse) | dict(experts_per_token=raw.get("num_experts_per_tok", 1))
+        layers = shape["n_layers"]
         if arch == "Llama4ForCausalLM":
             step = raw.get("interleave_moe_layer_step", 1)
             if raw.get("use_qk_norm") or not all(raw.get("no_rope_layers") or [0]) or raw.get("attention_chunk_size"):

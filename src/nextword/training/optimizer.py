@@ -77,10 +77,7 @@ class Muon(TorchMuon or torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _loss_of(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
@@ -130,10 +127,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _loss_of(closure)
         self.muon.step()
         self.adamw.step()
         return loss
@@ -157,3 +151,10 @@ class MuonAdamW(torch.optim.Optimizer):
         self.muon.param_groups, self.adamw.param_groups = self.param_groups[:count], self.param_groups[count:]
         self.muon.state = self.adamw.state = self.state
 
+
+def _loss_of(closure: Any) -> Any:
+    """What torch's optimizers do with a step's closure: call it, with gradients on, for the loss it returns."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
