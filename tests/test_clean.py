@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from pyarrow import table as pa_table
 import pytest
 
 pytest.importorskip("fastwarc")
@@ -331,3 +332,12 @@ def test_data_clean_command_takes_engine_settings(crawl, tmp_path):
     args.overrides = {"engine.executor": "spark"}
     with pytest.raises(ConfigError, match="engine.executor = 'spark' is not one of: local, slurm, ray"):
         commands.run(args)
+
+
+def test_shard_rows_reads_any_range_across_row_groups(tmp_path):
+    from nextword.data.clean import shard_rows
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa_table({"id": [str(i) for i in range(2500)]}), path, row_group_size=1024)
+    for first, stop in [(0, 2500), (1000, 1030), (1024, 2048), (2047, 2049), (2499, 2500), (5, 5)]:
+        assert shard_rows(path, first, stop, ["id"]).column("id").to_pylist() == [str(i) for i in range(first, stop)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 from collections import Counter
@@ -128,8 +129,6 @@ def clean(sources: list[str], out_dir: str | Path, cfg: CleanConfig, *, engine: 
 
 def _default_tasks(engine: EngineConfig, inputs: int) -> int:
     if engine.executor == "local":
-        import os
-
         return engine.workers or len(os.sched_getaffinity(0))
     return max(inputs, 1)
 
@@ -576,8 +575,8 @@ def _mb(n: int) -> str:
 def read_cleaned(out_dir: str | Path, start: int = 0, stop: int | None = None) -> Iterator[Document]:
     """The cleaned documents of a clean output folder, in order; with `start`/`stop`, only that range of rows.
 
-    The merge writes inputs in order, so the documents of one input (its `docs_final` in stats.json) are one such
-    range; shards wholly outside the range are not read.
+    The write stage names shards by input, so the documents of one input (its `docs_final` in stats.json) are one
+    such range; shards wholly outside the range are not read.
     """
     offset = 0
     for shard in sorted(Path(out_dir).glob("docs_*.parquet")):
@@ -586,10 +585,26 @@ def read_cleaned(out_dir: str | Path, start: int = 0, stop: int | None = None) -
         last = rows if stop is None else min(stop - offset, rows)
         offset += rows
         if first < last:
-            for row in pq.read_table(shard).slice(first, last - first).to_pylist():
+            for row in shard_rows(shard, first, last).to_pylist():
                 yield Document(id=row["id"], text=row["text"], source=row["source"], meta=json.loads(row["meta"]))
         if stop is not None and offset >= stop:
             return
+
+
+def shard_rows(path: str | Path, first: int, stop: int, columns: list[str] | None = None) -> pa.Table:
+    """Rows first … stop - 1 of a parquet file, reading only the row groups that hold them."""
+    file = pq.ParquetFile(path)
+    groups, group_start, skip = [], 0, 0
+    for group in range(file.num_row_groups):
+        group_stop = group_start + file.metadata.row_group(group).num_rows
+        if group_start < stop and group_stop > first:
+            if not groups:
+                skip = first - group_start
+            groups.append(group)
+        group_start = group_stop
+    if not groups:
+        return file.schema_arrow.empty_table().select(columns or file.schema_arrow.names)
+    return file.read_row_groups(groups, columns=columns).slice(skip, stop - first)
 
 
 # ---- mixing ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from nextword.data.clean import BLOCK_ROWS, MixReport, plan_inputs, say
+from nextword.data.clean import BLOCK_ROWS, MixReport, plan_inputs, say, shard_rows
 from nextword.data.shards import SPLITS, ShardWriter, token_dtype
 from nextword.data.split import split_pieces
 from nextword.data.tokenizer import Tokenizer
@@ -146,7 +146,7 @@ class EncodeUnits:
 
 def _taken_rows(unit: Unit) -> list[tuple[str, str, str]]:
     """(id, text, source) of the unit's rows, while the mix's share of its bytes is not yet taken."""
-    table = pq.read_table(unit.shard, columns=["id", "text"]).slice(unit.first_row, unit.stop_row - unit.first_row)
+    table = shard_rows(unit.shard, unit.first_row, unit.stop_row, columns=["id", "text"])
     rows, taken = [], 0
     for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
         if unit.take_bytes is not None and taken >= unit.take_bytes:
