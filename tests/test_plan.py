@@ -346,3 +346,15 @@ def test_a_users_sparse_config_plans_what_the_model_it_builds_has(tmp_path, caps
     assert plan["flops"]["per_token"] == model.flops_per_token()
     assert "MoE 6 experts (2 routed + 1 shared) of width 48 in 1 block of every 2" in render(
         plan_run(load(config).model, 1e6))
+
+
+@pytest.mark.parametrize("cfg", [tiny("gpt2"), tiny("llama", n_kv_heads=2, qk_norm=True),
+                                 tiny("llama", n_experts=4, experts_per_token=2, shared_experts=1, moe_every=2)],
+                         ids=["gpt2", "llama", "llama-moe"])
+def test_muon_state_is_counted_on_the_matrices_it_optimizes(cfg):
+    params = count_params(cfg)
+    assert params.muon_matrices == sum(p.numel() for p in GPT(cfg).hidden_matrices())
+    adamw = memory_plan(cfg, params, None, "bf16", 1, 1, 80, True, "adamw").rows[0]
+    muon = memory_plan(cfg, params, None, "bf16", 1, 1, 80, True, "muon").rows[0]
+    assert adamw.optimizer - muon.optimizer == 4 * params.muon_matrices
+    assert "Muon: one fp32 momentum" in render(plan_run(cfg, 1e6, optimizer="muon"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nextword.config import (
-    FAMILIES, DataConfig, ModelConfig, RunConfig, apply_overrides, load, model_preset, parse_count,
+    FAMILIES, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, load, model_preset, parse_count,
 )
 from nextword.errors import ConfigError, DataError
 from nextword.tools.plan import (
@@ -66,6 +66,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--from-run", metavar="RUN", help="a nextword run directory: use its model and measured speed")
     memory = parser.add_argument_group("memory")
     memory.add_argument("--precision", default="bf16", choices=PRECISIONS, help="bf16 (default), amp or fp32")
+    memory.add_argument("--optimizer", choices=("adamw", "muon"),
+                        help="whose state to count: adamw (the default for --run), or muon (nextword's default: one "
+                             "momentum for the blocks' matrices, AdamW's two moments for the rest)")
     memory.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per forward pass (default 1)")
     memory.add_argument("--no-flash", action="store_true", help="attention that stores the T×T scores")
     parser.add_argument("--json", action="store_true", help="print the whole plan as JSON")
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     same_gpu = args.run and gpu == GPUS[RUNS[args.run].gpu]
     plan = plan_run(cfg, tokens, gpu=gpu, gpus=_given(args.gpus, defaults.get("gpus", 1)), mfu=mfu, price=args.price,
                     moe=moe, precision=args.precision, micro_batch=args.micro_batch, flash=not args.no_flash,
-                    run_name=args.run if same_gpu else None, from_run=args.from_run)
+                    run_name=args.run if same_gpu else None, from_run=args.from_run,
+                    optimizer=args.optimizer or ("adamw" if args.run else TrainConfig().optimizer))
     if args.run and not same_gpu:
         plan.notes.append(f"the published comparison is left out: the GPU differs from the run's {RUNS[args.run].gpu}")
     print(json.dumps(plan.to_dict(), indent=2) if args.json else render(plan))

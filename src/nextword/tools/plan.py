@@ -179,6 +179,7 @@ class Params:
     non_embedding: int  # total − embedding − head, as GPT.num_params(non_embedding=True)
     active: int  # used for each token: total less the experts a token does not visit (= total when dense)
     matmul: int  # weights in a matrix multiply per token: block linears (active experts), router, V·d head
+    muon_matrices: int = 0  # the blocks' 2-D weights (attention, dense MLPs, routers, shared experts): Muon's
 
 
 def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
@@ -211,8 +212,11 @@ def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
     inactive = sparse * (experts - active) * (expert_weights + expert_biases)
     matmul = (cfg.n_layers * attn_weights + dense * mlp_weights + sparse * (active * expert_weights + router)
               + V * d)
+    # Routed experts are 3-D tensors, which Muon leaves to AdamW; shared experts and routers are linear layers.
+    muon_matrices = (cfg.n_layers * attn_weights + dense * mlp_weights
+                     + sparse * ((moe.shared * expert_weights + router) if moe else 0))
     return Params(total=total, embedding=embedding, head=head, non_embedding=total - embedding - head,
-                  active=total - inactive, matmul=matmul)
+                  active=total - inactive, matmul=matmul, muon_matrices=muon_matrices)
 
 
 def shape_for_params(target: float, arch: str, vocab_size: int, context: int) -> ModelConfig:
@@ -288,6 +292,7 @@ class Precision:
     weights: int  # bytes per parameter
     grads: int
     optimizer: int  # AdamW: the two moments, plus an fp32 master copy when the weights are 16-bit
+    # Muon keeps one fp32 momentum for each of its matrices where AdamW keeps two moments
     activations: int  # bytes per stored activation element
     meaning: str
 
@@ -364,6 +369,7 @@ class MemoryRow:
 class Memory:
     precision: str
     precision_meaning: str
+    optimizer: str
     micro_batch: int
     flash_attention: bool
     gpu_memory_gib: float
@@ -371,11 +377,15 @@ class Memory:
     rows: list[MemoryRow]
 
 
+MUON_SAVES = 4  # bytes per Muon matrix weight: one fp32 momentum where AdamW keeps two moments
+
+
 def memory_plan(cfg: ModelConfig, params: Params, moe: Moe | None, precision: str, micro_batch: int,
-                gpus: int, gpu_memory_gib: float, flash: bool) -> Memory:
+                gpus: int, gpu_memory_gib: float, flash: bool, optimizer: str = "adamw") -> Memory:
     p = PRECISIONS[precision]
+    muon_saves = MUON_SAVES * params.muon_matrices if optimizer == "muon" else 0
     states = {"weights": p.weights * params.total, "grads": p.grads * params.total,
-              "optimizer": p.optimizer * params.total}
+              "optimizer": p.optimizer * params.total - muon_saves}
     per_layer = layer_activation_bytes(cfg, moe, micro_batch, p.activations, flash)
     output = output_activation_bytes(cfg, micro_batch, p.activations)
     full = cfg.n_layers * per_layer + output
@@ -400,7 +410,7 @@ def memory_plan(cfg: ModelConfig, params: Params, moe: Moe | None, precision: st
             min_gpus = max(1, math.ceil(sum(states.values()) / room)) if room > 0 else None
         rows.append(MemoryRow(strategy=strategy, activations=activations, buffers=buffers, total=total,
                               fits=total <= usable, min_gpus=min_gpus, **parts))
-    return Memory(precision=precision, precision_meaning=p.meaning, micro_batch=micro_batch, flash_attention=flash,
+    return Memory(precision=precision, precision_meaning=p.meaning, optimizer=optimizer, micro_batch=micro_batch, flash_attention=flash,
                   gpu_memory_gib=gpu_memory_gib, usable_fraction=USABLE_MEMORY, rows=rows)
 
 
@@ -537,7 +547,8 @@ class Plan:
 
 def plan_run(cfg: ModelConfig, tokens: float, *, gpu: Gpu | str = "h100", gpus: int = 1, mfu: float = DEFAULT_MFU,
              price: float | None = None, moe: Moe | None = None, precision: str = "bf16", micro_batch: int = 1,
-             flash: bool = True, run_name: str | None = None, from_run: str | Path | None = None) -> Plan:
+             flash: bool = True, run_name: str | None = None, from_run: str | Path | None = None,
+             optimizer: str = "adamw") -> Plan:
     """Everything `nextword plan` prints, for a model shape with its vocabulary set."""
     gpu = gpu_spec(gpu)
     moe = moe or moe_of(cfg)
@@ -547,6 +558,8 @@ def plan_run(cfg: ModelConfig, tokens: float, *, gpu: Gpu | str = "h100", gpus: 
                           f"and --mfu {mfu:g} a fraction in (0, 1]")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    if optimizer not in ("adamw", "muon"):
+        raise ConfigError(f"--optimizer {optimizer!r} is not one of: adamw, muon")
     if not (gpu.peak_flops > 0 and gpu.memory_gib > 0):
         raise ConfigError(f"--peak-flops {gpu.peak_flops:g} and --memory-gb {gpu.memory_gib:g} must be above 0")
     if price is not None and not price >= 0:
@@ -557,7 +570,8 @@ def plan_run(cfg: ModelConfig, tokens: float, *, gpu: Gpu | str = "h100", gpus: 
     plan = Plan(model=dataclasses.asdict(cfg), moe=dataclasses.asdict(moe) if moe else None, tokens=tokens,
                 params=params, flops=flops, gpu_source=gpu.source,
                 compute=compute_time(flops.total, flops.per_token, gpu, gpus, mfu, price),
-                memory=memory_plan(cfg, params, moe, precision, micro_batch, gpus, gpu.memory_gib, flash),
+                memory=memory_plan(cfg, params, moe, precision, micro_batch, gpus, gpu.memory_gib, flash,
+                                   optimizer),
                 chinchilla=chinchilla_view(params, tokens))
     if run_name:
         plan.published = compare_published(run_name, RUNS[run_name], flops.total, gpu.peak_flops)
@@ -694,7 +708,8 @@ def render(plan: Plan) -> str:
                 f"{duration(r.cluster.days * 86400)}, {dollars(r.cluster.cost)}"]
 
     mem = plan.memory
-    out += ["", f"memory per GPU ({mem.precision}: {mem.precision_meaning}; micro-batch {mem.micro_batch} × "
+    muon = "; Muon: one fp32 momentum for the blocks' matrices" if mem.optimizer == "muon" else ""
+    out += ["", f"memory per GPU ({mem.precision}: {mem.precision_meaning}{muon}; micro-batch {mem.micro_batch} × "
                 f"{m['context']} tokens, {'flash' if mem.flash_attention else 'plain'} attention; "
                 f"{mem.gpu_memory_gib:.3g} GiB GPUs, {mem.usable_fraction:.0%} usable; {c.gpus} GPUs)"]
     rows = [[r.strategy, gib(r.weights), gib(r.grads), gib(r.optimizer), gib(r.activations), gib(r.buffers),
