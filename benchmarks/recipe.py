@@ -29,11 +29,11 @@ from nextword.data.prepare import prepare
 from nextword.training.machine import usable_cores
 
 RECIPES = {
-    "today": {},  # GPT-2's: AdamW, GELU, learned positions, a tied head
-    "muon": {"train.optimizer": "muon"},
-    # Muon with the one option that helped it in a short ablation on this machine (benchmarks/RESULTS.md): QK-norm.
-    # Squared ReLU, zero-initialised projections and a logit soft-cap of 15 did not, over 150 steps.
-    "new": {"train.optimizer": "muon", "model.qk_norm": "true"},
+    # GPT-2's: AdamW, GELU, learned positions, a tied head, at the default model's fixed shape (4 layers of 256)
+    "today": {"train.optimizer": "adamw", "model.size": "fixed"},
+    "muon": {"model.size": "fixed"},  # Muon at that same fixed shape
+    # The defaults: Muon, and a model sized to the budget (training/sizing.py)
+    "new": {},
 }
 
 
@@ -71,6 +71,11 @@ def curve(records: list[dict]) -> list[list[object]]:
             rows.append([f"{r['time'] - start:.0f}", r["step"], "" if train_loss is None else f"{train_loss:.3f}",
                          f"{r['val_loss']:.3f}", f"{r['val_bpb']:.3f}"])
     return rows
+
+
+def model_size(records: list[dict]) -> str:
+    run = next(r for r in records if r["kind"] == "run")
+    return f"{run['params'] / 1e6:.2f}M"
 
 
 def main() -> None:
@@ -115,12 +120,12 @@ def main() -> None:
         fields = ", ".join(f"{k} = {v}" for k, v in recipes[name].items()) or "the defaults"
         lines += ["", f"{name}: {fields} ({run['precision']})"]
         lines += markdown_table(["s after setup", "step", "train loss", "val loss", "bits per byte"], curve(records))
-    final = [[name, curve(records)[-1][1], curve(records)[-1][3], curve(records)[-1][4]]
+    final = [[name, model_size(records), curve(records)[-1][1], curve(records)[-1][3], curve(records)[-1][4]]
              for name, records in results.items()]
     lines += ["", "At the end of each budget:"]
-    lines += markdown_table(["recipe", "steps", "val loss", "bits per byte"], final)
-    first = float(final[0][3])
-    lines += [f"# {row[0]}: bits per byte {100 * (1 - float(row[3]) / first):.1f}% lower than {final[0][0]}'s"
+    lines += markdown_table(["recipe", "model", "steps", "val loss", "bits per byte"], final)
+    first = float(final[0][4])
+    lines += [f"# {row[0]}: bits per byte {100 * (1 - float(row[4]) / first):.1f}% lower than {final[0][0]}'s"
               for row in final[1:]]
     print("\n".join(lines))
 

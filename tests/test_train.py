@@ -40,6 +40,7 @@ def tiny(tmp_path, monkeypatch):
     corpus = make_corpus(tmp_path / "corpus")
     cfg = RunConfig()
     cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context = 2, 32, 2, 32
+    cfg.model.size = "fixed"  # this shape, even under a time budget
     cfg.data.sources, cfg.data.vocab_size, cfg.data.val_fraction = [str(corpus)], 300, 0.2
     cfg.data.data_dir = str(tmp_path / "data")
     cfg.train.run_dir, cfg.train.micro_batch, cfg.train.log_every = str(tmp_path / "run"), 4, 1

@@ -48,6 +48,10 @@ class ModelConfig:
     biases) or "llama" (RoPE, RMSNorm, SwiGLU MLP, no biases, grouped-query attention)."""
 
     arch: str = "gpt2"
+    # "budget": a run governed by train.budget chooses depth and width from the compute its budget buys
+    # (training/sizing.py), and n_layers, d_model and n_heads below are what other runs train; "fixed": as set.
+    # Naming any of those three, or a preset, fixes the size unless `size` itself is named too.
+    size: str = "budget"
     n_layers: int = 4
     d_model: int = 256
     n_heads: int = 4
@@ -363,10 +367,20 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eva
             "engine": EngineConfig}
 
 
+SIZE_FIELDS = ("n_layers", "d_model", "n_heads")  # naming one fixes the model's size (see ModelConfig.size)
+
+
 def model_preset(name: str) -> ModelConfig:
     if name not in MODEL_PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of: {', '.join(MODEL_PRESETS)}")
-    return ModelConfig(**MODEL_PRESETS[name])
+    return ModelConfig(size="fixed", **MODEL_PRESETS[name])
+
+
+def _named_size(cfg: RunConfig, named: set[str]) -> None:
+    """A config file or overrides that name the model's depth, width or heads fix its size, unless they name
+    model.size as well."""
+    if named & set(SIZE_FIELDS) and "size" not in named:
+        cfg.model.size = "fixed"
 
 
 def from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
@@ -380,6 +394,7 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
         target = getattr(cfg, section)
         for key, value in values.items():
             set_field(target, section, key, value, where)
+    _named_size(cfg, set(raw.get("model", {})))
     return cfg
 
 
@@ -440,6 +455,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
             setattr(target, key, coerce(text, kind))
         except InvalidValue as e:
             raise ConfigError(f"--{dotted}: {e.value!r} is not a valid {e.type_name}") from None
+    _named_size(cfg, {dotted.partition(".")[2] for dotted in overrides if dotted.startswith("model.")})
     return cfg
 
 
@@ -509,6 +525,7 @@ def _as_float(value: Any) -> float | None:
 MLP_ACTIVATIONS = ("gelu", "relu2", "swiglu")
 CHOICES = {
     "model.arch": tuple(FAMILIES),
+    "model.size": ("budget", "fixed"),
     "train.optimizer": ("adamw", "muon"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.compile": ("auto", "on", "off"),

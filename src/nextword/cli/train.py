@@ -7,6 +7,12 @@ loss, bits per byte, a checkpoint and a sample. Run the same command again to re
 How long a run trains is set by exactly one of --budget (wall clock), --tokens or --steps. With a budget, the
 trainer measures its own speed in the first steps and plans the number of steps so that training, evaluations
 and checkpoints end inside it, with the learning rate annealed by the end.
+
+A budgeted run that names no model shape (no --preset, no --model.n_layers, --model.d_model or --model.n_heads)
+is sized to its budget: depth and width come from the compute the budget buys on this machine (its measured
+matmul peak), by a rule fitted from measured runs, so a 2-minute run trains a smaller model than an hour's. The
+choice, and how many times the run will read its training data, are printed. --model.size fixed keeps the
+default shape.
 """
 
 from __future__ import annotations

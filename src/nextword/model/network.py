@@ -273,19 +273,22 @@ class GPT(nn.Module):
     def flops_per_token(self) -> int:
         """Training FLOPs per token: 6·N_matmul + 12·L·T·d.
 
-        N_matmul counts the weights that take part in matrix multiplies: every linear layer in the blocks, the
-        routed experts a token visits in a sparse block (not all of them: MFU counts active parameters), the
-        output head (V·d, whether or not it is tied), but not the embedding lookups, norms or biases. Each such
-        weight costs 2 FLOPs per token forward and 4 backward, hence 6·N. Attention adds Q·Kᵀ and A·V: 2·T·d
-        each per layer forward, ×3 with backward, hence 12·L·T·d with T = context (the whole T×T score matrix
-        is counted, as in the PaLM paper's appendix B and nanoGPT's estimate_mfu).
+        Each weight in a matrix multiply (see matmul_weights) costs 2 FLOPs per token forward and 4 backward, hence
+        6·N. Attention adds Q·Kᵀ and A·V: 2·T·d each per layer forward, ×3 with backward, hence 12·L·T·d with
+        T = context (the whole T×T score matrix is counted, as in the PaLM paper's appendix B and nanoGPT's
+        estimate_mfu).
         """
         cfg = self.cfg
+        return 6 * self.matmul_weights() + 12 * cfg.n_layers * cfg.context * cfg.d_model
+
+    def matmul_weights(self) -> int:
+        """The weights a token meets in matrix multiplies: every linear layer in the blocks, the routed experts a
+        token visits in a sparse block (not all of them: MFU counts active parameters), the output head (V·d,
+        whether or not it is tied), but not the embedding lookups, norms or biases."""
         n_matmul = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
         # A sparse block's routed experts count only as many as a token visits (router and shared are linears).
         n_matmul += sum(m.routed_params_per_token() for m in self.blocks.modules() if isinstance(m, MoE))
-        n_matmul += cfg.vocab_size * cfg.d_model
-        return 6 * n_matmul + 12 * cfg.n_layers * cfg.context * cfg.d_model
+        return n_matmul + self.cfg.vocab_size * self.cfg.d_model
 
     def hidden_matrices(self) -> list[nn.Parameter]:
         """The blocks' weight matrices (attention's q, k, v, o and the MLP's): what Muon optimizes."""

@@ -91,6 +91,11 @@ def plan_length(length: RunLength, progress: Progress, tokens_per_step: int, t: 
     return None
 
 
+def reads(tokens: int, train_tokens: int) -> str:
+    """How many times `tokens` of training read the training split, in words."""
+    return f"{tokens / 1e6:.1f}M tokens, {tokens / max(1, train_tokens):.1f} reads of the training split"
+
+
 @dataclass
 class BudgetPlanner:
     deadline: float  # on the time.monotonic() clock
@@ -125,8 +130,9 @@ class TimeBudget:
     """The planner at work in the loop: it plans the run's steps once enough of them are timed, and revises the
     plan at log steps. Without a planner (a step or token count, or a resumed run) it does nothing."""
 
-    def __init__(self, planner: BudgetPlanner | None, world: World, log: RunLog) -> None:
+    def __init__(self, planner: BudgetPlanner | None, world: World, log: RunLog, train_tokens: int = 0) -> None:
         self.planner, self.world, self.log = planner, world, log
+        self.train_tokens = train_tokens  # of the training split: the plan says how many times it will be read
         self.step_seconds: list[float] = []
         self.planned_at = 0  # how many steps had been timed when the plan was first made
 
@@ -144,6 +150,8 @@ class TimeBudget:
         progress.planned_steps = self.world.from_main(self.planner.plan, progress.step, measured, eval_seconds,
                                                       ckpt_seconds)
         self.log.write(kind="plan", step=progress.step, step_seconds=measured, planned_steps=progress.planned_steps)
+        print(f"\nplan: {progress.planned_steps:,} steps fit in the budget at {measured:.2f} s a step; "
+              f"{reads(progress.planned_steps * progress.tokens_per_step, self.train_tokens)}")
 
     def revise_if_due(self, progress: Progress, eval_seconds: float, ckpt_seconds: float) -> None:
         """At a log step before the last: re-plan from the measured speed when the steps left would not fit (or

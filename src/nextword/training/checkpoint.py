@@ -56,7 +56,7 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 SPARSE_FIELDS = ("n_experts", "experts_per_token", "shared_experts", "moe_every", "d_expert")
 # Fields that do not change which weights fit: where training starts from, and how it goes.
-NOT_SHAPE = ("init_from", "dropout", "balance_coef", "zero_init_projections")
+NOT_SHAPE = ("size", "init_from", "dropout", "balance_coef", "zero_init_projections")
 # Options added after checkpoints existed, left out while off, so a model without them hashes as it did before.
 OFF_VALUES = {"mlp_activation": "", "logit_softcap": 0.0}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from nextword.config import RunConfig
+from nextword.config import RunConfig, load_saved_run
 from nextword.data.loader import TokenLoader
 from nextword.data.prepare import prepare
 from nextword.data.shards import TokenShards
@@ -30,9 +30,9 @@ from nextword.errors import ConfigError, NextwordError
 from nextword.files import folder_lock
 from nextword.model import GPT
 from nextword.model.moe import idle_params, moe_layers
-from nextword.training import distributed, precision
+from nextword.training import distributed, precision, sizing
 from nextword.training.batch import GlobalBatch, global_batch, keep_saved_batch
-from nextword.training.budget import RunLength, TimeBudget, plan_length
+from nextword.training.budget import RunLength, TimeBudget, plan_length, reads
 from nextword.training.checkpointer import Checkpointer
 from nextword.training.distributed import World
 from nextword.training.evaluator import DEFAULT_CORPUS_PROMPTS, Evaluator, prompts_from
@@ -102,6 +102,11 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     if not cfg.eval.prompts:  # chosen once, and kept in the run's config.toml
         own_data = any(source != DEFAULT_CORPUS_NAME for source in cfg.data.sources)
         cfg.eval.prompts = prompts_from(val_split, tokenizer) if own_data else DEFAULT_CORPUS_PROMPTS
+    peak = world.from_main(peak_flops, machine)  # one device's matmul FLOP/s, the ceiling MFU is reported against
+    length = RunLength.from_config(t)
+    if _sized_by_budget(cfg, length, pretrained):
+        _size_to_budget(cfg, world, peak, start + length.limit - time.monotonic(),
+                        train_split.num_tokens)
     model = (pretrained or GPT(cfg.model)).to(machine.device)
     # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
     # single process would.
@@ -122,8 +127,6 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     early_end = _nothing_to_train(run_dir, progress, stop_after)
     if early_end is not None:
         return early_end
-    peak = world.from_main(peak_flops, machine)  # one device's matmul FLOP/s, the ceiling MFU is reported against
-    length = RunLength.from_config(t)
     length.refuse_another(progress, batch.tokens_per_step, t, run_dir)
     if world.size > 1:
         torch.manual_seed(distributed.rank_seed(t.seed, world, progress.step))  # dropout differs between ranks
@@ -137,7 +140,8 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     # ends, and a log that cannot be written, TensorBoard's included, ends it in one line.
     with (_unwritable_run_dir_is_one_line(run_dir),
           RunLog(run_dir / "log.jsonl" if world.is_main else os.devnull) as log):
-        _announce(log, cfg, world, mode, machine, setup, flops_per_token, peak, batch, length, progress)
+        _announce(log, cfg, world, mode, machine, setup, flops_per_token, peak, batch, length, progress,
+                  train_split.num_tokens)
         evaluator = Evaluator(model, tokenizer, val_split, cfg, device=machine.device, world=world,
                               autocast=precision.autocast_for(machine.device, setup.precision), log=log,
                               samples_on_every_rank=mode == "fsdp")
@@ -149,7 +153,7 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
         with contextlib.closing(metrics), StopRequest(world).installed() as stop:
             stopped = train_loop(
                 progress, _update(setup, loader, batch, cfg, mode, machine), functools.partial(rate_for, t),
-                batch.tokens_per_step, budget=TimeBudget(planner, world, log), metrics=metrics,
+                batch.tokens_per_step, budget=TimeBudget(planner, world, log, train_split.num_tokens), metrics=metrics,
                 spike_guard=SpikeGuard(t, checkpointer, metrics, world, log, batch.tokens_per_step),
                 evaluator=evaluator, checkpointer=checkpointer, stop=stop, stop_after=stop_after)
         if stopped:
@@ -208,6 +212,28 @@ def _refuse_run_dir_inside_code(cfg: RunConfig) -> None:
         if repository is not None and run_dir.is_relative_to(repository.resolve()):
             raise ConfigError(f"{cfg.train.run_dir}: the run directory is inside the source {source}, whose files "
                               "are all read, the run's own included; give --run-dir a folder outside it")
+
+
+def _sized_by_budget(cfg: RunConfig, length: RunLength, pretrained: GPT | None) -> bool:
+    """Whether this run's shape comes from its budget: a budgeted run that names no size (model.size = "budget"),
+    of a dense model trained from scratch. A run directory that already holds a run keeps that run's size."""
+    if cfg.model.size != "budget" or length.governs != "budget" or pretrained or cfg.model.n_experts:
+        return False
+    saved = Path(cfg.train.run_dir) / "config.toml"
+    if saved.is_file():
+        before = load_saved_run(saved).model
+        cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads = before.n_layers, before.d_model, before.n_heads
+        cfg.model.size = "fixed"
+        return False
+    return True
+
+
+def _size_to_budget(cfg: RunConfig, world: World, peak: float, seconds_left: float, train_tokens: int) -> None:
+    """Set the model's depth and width from the compute the rest of the budget buys (training/sizing.py)."""
+    flops = sizing.training_flops(seconds_left, peak, world.size)
+    choice = world.from_main(sizing.size_for_compute, flops, cfg.model, train_tokens)
+    cfg.model = dataclasses.replace(choice.rung.model, size="fixed")  # fixed from now on: a resume keeps it
+    print(f"model: {choice.describe()}")
 
 
 def _pretrained(cfg: RunConfig) -> GPT | None:
@@ -283,7 +309,8 @@ def _sparsity(model: GPT, cfg: RunConfig) -> dict[str, Any]:
 
 
 def _announce(log: RunLog, cfg: RunConfig, world: World, mode: str, machine: Machine, setup: _ModelSetup,
-              flops_per_token: float, peak: float, batch: GlobalBatch, length: RunLength, progress: Progress) -> None:
+              flops_per_token: float, peak: float, batch: GlobalBatch, length: RunLength, progress: Progress,
+              train_tokens: int) -> None:
     """Log the run's record and print what is about to train, on what, how."""
     model = setup.model
     log.write(kind="run", **machine.describe(), cpu=machine.name, precision=setup.precision,
@@ -309,7 +336,10 @@ def _announce(log: RunLog, cfg: RunConfig, world: World, mode: str, machine: Mac
           f"{'on' if setup.compiled else 'off'} ({setup.compile_reason})")
     if world.size > 1 or mode != "none":
         print(f"parallel: {mode} over {world.size} process{'es' if world.size > 1 else ''}")
-    print(f"batch: {batch.tokens_per_step:,} tokens per step ({batch.describe()}); {length.describe(progress)}")
+    planned = f" ({reads(progress.planned_steps * batch.tokens_per_step, train_tokens)})" \
+        if progress.planned_steps else ""
+    print(f"batch: {batch.tokens_per_step:,} tokens per step ({batch.describe()}); {length.describe(progress)}"
+          f"{planned}")
     if cfg.train.optimizer == "muon":
         print(f"optimizer: Muon at lr {cfg.train.muon_lr:g} for the blocks' {len(model.hidden_matrices())} weight "
               f"matrices, AdamW at lr {cfg.train.lr:g} for the rest")
