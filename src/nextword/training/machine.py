@@ -171,8 +171,15 @@ def peak_flops(machine: Machine) -> float:
     """The fastest dense matmul rate this device reaches in any precision it supports natively: measured again at
     every run (0.3 s a precision) and kept at the best seen, so that one measured on a busy machine does not
     report MFU above 100% on every run after it."""
+    return measured_peaks(machine)[1]
+
+
+def measured_peaks(machine: Machine) -> tuple[float, float]:
+    """The fastest dense matmul rate in any precision the device supports natively, as measured now (what a run
+    starting now can expect, other processes' load included) and the best ever seen (the ceiling)."""
     precisions = ["fp32", "bf16"] if (machine.bf16_native or machine.is_cuda) else ["fp32"]
-    return max(best_measured(machine, f"matmul {p}", matmul_flops(machine.device, DTYPES[p])) for p in precisions)
+    now = {p: matmul_flops(machine.device, DTYPES[p]) for p in precisions}
+    return max(now.values()), max(best_measured(machine, f"matmul {p}", rate) for p, rate in now.items())
 
 
 def _sync(device: torch.device) -> None:

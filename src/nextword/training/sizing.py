@@ -1,8 +1,9 @@
 """A model sized to the compute a run has: the shape of a `--budget` run that names none (`model.size = "budget"`).
 
 Shapes come from one ladder, L layers of width 64·L with heads of 64 (the default model is its L = 4 rung), so one
-number, the depth, sizes the model. The compute a budget buys is the device's measured matmul peak times the
-share of it a training step reaches, over the seconds left for training. The rung is the one nearest the
+number, the depth, sizes the model. The compute a budget buys is the device's matmul rate measured as the run
+starts (on a machine that other processes share, lower: the run will get less) times the share of it a training
+step reaches, over the seconds left for training. The rung is the one nearest the
 loss-minimising size for that compute, N_opt = COEF · C^EXPONENT, where N counts the weights in a matrix multiply
 per token (blocks and head; `GPT.flops_per_token` is about 6·N plus attention). The rule is fitted from IsoFLOP
 sweeps on this project's own runs (`benchmarks/model_size.py`; the runs and the fit are in benchmarks/RESULTS.md),

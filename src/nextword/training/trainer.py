@@ -37,7 +37,7 @@ from nextword.training.checkpointer import Checkpointer
 from nextword.training.distributed import World
 from nextword.training.evaluator import DEFAULT_CORPUS_PROMPTS, Evaluator, prompts_from
 from nextword.training.loop import Stopped, Update, train_loop
-from nextword.training.machine import Machine, cpu_bf16_native, detect, peak_flops
+from nextword.training.machine import Machine, cpu_bf16_native, detect, measured_peaks
 from nextword.training.metrics import Metrics
 from nextword.training.optimizer import build_optimizer
 from nextword.training.progress import Progress
@@ -102,11 +102,12 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     if not cfg.eval.prompts:  # chosen once, and kept in the run's config.toml
         own_data = any(source != DEFAULT_CORPUS_NAME for source in cfg.data.sources)
         cfg.eval.prompts = prompts_from(val_split, tokenizer) if own_data else DEFAULT_CORPUS_PROMPTS
-    peak = world.from_main(peak_flops, machine)  # one device's matmul FLOP/s, the ceiling MFU is reported against
+    # One device's matmul FLOP/s: as measured now, which sizes a budgeted model to the compute it will get, and the
+    # best seen here, the ceiling MFU is reported against.
+    peak_now, peak = world.from_main(measured_peaks, machine)
     length = RunLength.from_config(t)
     if _sized_by_budget(cfg, length, pretrained):
-        _size_to_budget(cfg, world, peak, start + length.limit - time.monotonic(),
-                        train_split.num_tokens)
+        _size_to_budget(cfg, world, peak_now, start + length.limit - time.monotonic(), train_split.num_tokens)
     model = (pretrained or GPT(cfg.model)).to(machine.device)
     # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
     # single process would.
