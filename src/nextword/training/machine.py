@@ -151,8 +151,11 @@ def _write_cache_table(table: dict) -> None:
 def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
     """Dense square-matmul rate in FLOP/s: the ceiling that MFU is measured against."""
     n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # A generator of its own: drawing from the global one would change the model's initial weights, on rank 0 alone
+    # when rank 0 measures for every rank.
+    generator = torch.Generator(device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     _sync(device)
     a @ b
     _sync(device)
