@@ -125,6 +125,9 @@ class DataConfig:
     sources: list[str] = field(default_factory=list)  # empty: the embedded default corpus (Python's stdlib)
     weights: list[float] = field(default_factory=list)  # one per source: its share of the bytes; empty: as read
     clean: bool = False  # run the [clean] step (extract, filter, deduplicate) on the sources before tokenizing
+    # Where data.clean writes the cleaned corpus and reads it back: a folder, or a URL (s3://BUCKET/clean) shared by
+    # every machine; "": DATA_DIR/clean, or a folder in the cache named by the clean inputs and settings
+    clean_dir: str = ""
     data_dir: str = ""  # "": a folder in the cache named by a hash of the sources and these settings
     vocab_size: int = 8192
     tokenizer: str = ""  # a tokenizer.json to use as it is; "": train one on the corpus

@@ -22,11 +22,13 @@ repository, and anything `read_sources` reads (text folders, .txt/.md, JSONL, pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +45,8 @@ from nextword.data.dedup import (BUCKET_RECORD, PAIR_RECORD, SORT_CHUNK_RECORDS,
 from nextword.data.filters import EXAMPLE_CHARS, FilterChain, RuleStats
 from nextword.data.remote import is_url, remote_files
 from nextword.data.sources import Document, SkipLog, code_repository, read_sources
-from nextword.errors import DataError, make_folder
-from nextword.files import atomic_write, replace_atomically, temporary_name, write_text_atomically
+from nextword.data.store import Folder, open_folder, open_parquet, sorted_range, write_sorted
+from nextword.errors import DataError
 
 PART_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
                          ("meta", pa.string()), ("exact", pa.binary(16)), ("minhash", pa.binary())])
@@ -110,21 +112,21 @@ def clean(sources: list[str], out_dir: str | Path, cfg: CleanConfig, *, engine: 
 
     cfg.validate()
     engine = (engine or EngineConfig()).validate()
-    out = Path(out_dir)
+    out = open_folder(out_dir)
     inputs = plan_inputs(sources)
     _write_manifest(out, inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS)
-    if (out / "stats.json").exists():
-        return json.loads((out / "stats.json").read_text(encoding="utf-8"))
-    job = CleanJob(str(out), inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS, sort_chunk_records)
+    if out.exists("stats.json"):
+        return json.loads(out.read_text("stats.json"))
+    job = CleanJob(out, inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS, sort_chunk_records)
     done = sum(map(job.input_done, range(len(inputs))))
     if done:
         log(f"clean: {done} input(s) already done, skipped")
     tasks = engine.tasks or _default_tasks(engine, len(inputs))
     stages = [Stage(CleanInputs(job), min(tasks, len(inputs))), Stage(FindDuplicates(job), tasks),
               Stage(WriteKept(job, tasks), min(tasks, len(inputs))), Stage(Summarise(job), 1)]
-    if not run_stages(stages, engine, Path(engine.logs) if engine.logs else out / "logs", log):
+    if not run_stages(stages, engine, engine.logs or out.location("logs"), log):
         return None
-    return json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    return json.loads(out.read_text("stats.json"))
 
 
 def _default_tasks(engine: EngineConfig, inputs: int) -> int:
@@ -133,17 +135,16 @@ def _default_tasks(engine: EngineConfig, inputs: int) -> int:
     return max(inputs, 1)
 
 
-def _write_manifest(out: Path, inputs: list[Input], cfg: CleanConfig, extensions: list[str]) -> None:
+def _write_manifest(out: Folder, inputs: list[Input], cfg: CleanConfig, extensions: list[str]) -> None:
     manifest = {"format": CLEAN_FORMAT, "inputs": [dataclasses.asdict(i) for i in inputs],
                 "clean": dataclasses.asdict(cfg), "extensions": extensions}
-    path = out / "manifest.json"
-    if path.exists():
-        if json.loads(path.read_text(encoding="utf-8")) != manifest:
-            raise DataError(f"{path}: this folder was made from other sources or settings; "
+    if out.exists("manifest.json"):
+        if json.loads(out.read_text("manifest.json")) != manifest:
+            raise DataError(f"{out.location('manifest.json')}: this folder was made from other sources or settings; "
                             "use a new --out folder or delete this one")
         return
-    make_folder(out, "output", "--out")
-    write_text_atomically(path, json.dumps(manifest, indent=1))
+    out.make("--out")
+    out.write_text("manifest.json", json.dumps(manifest, indent=1))
 
 
 def say(line: str) -> None:
@@ -153,32 +154,42 @@ def say(line: str) -> None:
 
 @dataclass
 class CleanJob:
-    """What every stage knows: where the output goes, the inputs and the settings; and where each file lies."""
+    """What every stage knows: where the output goes, the inputs and the settings; and the names of its files."""
 
-    out: str
+    out: Folder
     inputs: list[Input]
     cfg: CleanConfig
     extensions: list[str]
     sort_chunk_records: int = SORT_CHUNK_RECORDS
 
-    def part(self, index: int) -> Path:
-        return Path(self.out) / "parts" / f"{index:05d}"
+    def part(self, index: int, suffix: str) -> str:
+        return f"parts/{index:05d}{suffix}"
 
     def input_done(self, index: int) -> bool:
         """Stage one has finished this input: its counts are written last, after its part and its keys."""
-        return self.part(index).with_suffix(".json").exists() and self.keys(index).exists()
+        return self.out.exists(self.part(index, ".json")) and self.out.exists(self.keys(index))
 
-    def keys(self, index: int) -> Path:
-        return Path(self.out) / "dedup" / "keys" / f"{index:05d}.bin"
+    def keys(self, index: int) -> str:
+        return f"dedup/keys/{index:05d}.bin"
 
-    def pairs(self, bucket: int, buckets: int) -> Path:
-        return Path(self.out) / "dedup" / "pairs" / f"{bucket:05d}-of-{buckets:05d}.bin"
+    def pairs(self, bucket: int, buckets: int) -> str:
+        return f"dedup/pairs/{bucket:05d}-of-{buckets:05d}.bin"
 
-    def work(self, name: str) -> Path:
-        """A scratch folder of one task, emptied first (a task that died leaves its sorted runs)."""
-        folder = Path(self.out) / "dedup" / "work" / name
-        shutil.rmtree(folder, ignore_errors=True)
-        return folder
+    @contextlib.contextmanager
+    def scratch(self, name: str) -> Iterator[Path]:
+        """A scratch folder of one task (its sorted runs), removed when the task is done with it. Scratch is not
+        shared: beside a local output, and in the system's temporary folder when the output is a URL."""
+        beside = self.out.local_path("dedup")
+        if beside is None:
+            with tempfile.TemporaryDirectory(prefix=f"nextword-{name}-") as folder:
+                yield Path(folder)
+            return
+        folder = beside / "work" / name
+        shutil.rmtree(folder, ignore_errors=True)  # a task that died leaves its sorted runs
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def hasher(self) -> MinHasher:
         c = self.cfg
@@ -227,15 +238,23 @@ def _rules_for(inp: Input, cfg: CleanConfig) -> list[str]:
 def _clean_input(job: CleanJob, index: int) -> dict[str, Any]:
     """Read, extract and filter one input; write its kept documents (parts/IIIII.parquet), their dedup keys
     sorted (dedup/keys/IIIII.bin) and its counts (parts/IIIII.json, last)."""
+    with job.scratch(f"keys_{index:05d}") as scratch:
+        keys = ExternalSort(scratch, BUCKET_RECORD, job.sort_chunk_records)
+        stats, chain, skips = _write_part(job, index, keys)
+        write_sorted(job.out, job.keys(index), keys.sorted_blocks(), "high")
+    stats.update(rules={name: s.to_dict() for name, s in chain.stats.items()}, skips=skips.to_dict())
+    job.out.write_text(job.part(index, ".json"), json.dumps(stats))
+    return stats
+
+
+def _write_part(job: CleanJob, index: int, keys: ExternalSort) -> tuple[dict[str, Any], FilterChain, SkipLog]:
+    """The input's kept documents into its part, their keys into `keys`; its counts, rules and skips."""
     inp, cfg = job.inputs[index], job.cfg
     skips = SkipLog()
     chain = FilterChain(_rules_for(inp, cfg), cfg)
     hasher = job.hasher() if cfg.minhash_dedup else None
-    keys = ExternalSort(job.work(f"keys_{index:05d}"), BUCKET_RECORD, job.sort_chunk_records)
     stats = {"input": inp.spec, "kind": inp.kind, "docs_read": 0, "bytes_read": 0, "docs_kept": 0, "bytes_kept": 0}
-    part = job.part(index)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(part.with_suffix(".parquet")) as tmp, pq.ParquetWriter(tmp, PART_SCHEMA) as writer:
+    with job.out.writing(job.part(index, ".parquet")) as file, pq.ParquetWriter(file, PART_SCHEMA) as writer:
         rows = _empty_rows()
         for doc in _documents(inp, cfg, job.extensions, skips):
             stats["docs_read"] += 1
@@ -251,10 +270,7 @@ def _clean_input(job: CleanJob, index: int) -> dict[str, Any]:
                 _write_part_rows(writer, rows, keys, index, stats["docs_kept"], job, hasher)
                 rows = _empty_rows()
         _write_part_rows(writer, rows, keys, index, stats["docs_kept"], job, hasher)
-    _write_keys(keys, job.keys(index))
-    stats.update(rules={name: s.to_dict() for name, s in chain.stats.items()}, skips=skips.to_dict())
-    write_text_atomically(part.with_suffix(".json"), json.dumps(stats))
-    return stats
+    return stats, chain, skips
 
 
 def _empty_rows() -> dict[str, list]:
@@ -278,14 +294,6 @@ def _write_part_rows(writer: pq.ParquetWriter, rows: dict[str, list], keys: Exte
     keys.add(key_records(docs, rows["exact"] if job.cfg.exact_dedup else None, rows["minhash"], hasher))
 
 
-def _write_keys(keys: ExternalSort, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        for block in keys.sorted_blocks():
-            block.tofile(f)
-    shutil.rmtree(keys.folder)
-
-
 # ---- stage 2: one range of keys → the pairs (document, rank, earliest document) ----------------------------
 
 
@@ -297,37 +305,24 @@ class FindDuplicates:
     def run_task(self, rank: int, world_size: int) -> dict[str, int]:
         """Task `rank` takes the keys whose `high` lies in range `rank` of `world_size` from every input's sorted
         keys; each of its keys' later documents becomes a pair, written sorted by document."""
-        path = self.job.pairs(rank, world_size)
-        if path.exists():
+        job = self.job
+        name = job.pairs(rank, world_size)
+        if job.out.exists(name):
             return {}
         low, high = rank * KEY_SPACE // world_size, (rank + 1) * KEY_SPACE // world_size
-        buckets = ExternalSort(self.job.work(f"bucket_{rank:05d}"), BUCKET_RECORD, self.job.sort_chunk_records)
-        records = 0
-        for index in range(len(self.job.inputs)):
-            keys = _sorted_file(self.job.keys(index), BUCKET_RECORD)
-            first, last = np.searchsorted(keys["high"], [low, high]) if high < KEY_SPACE else \
-                (np.searchsorted(keys["high"], low), len(keys))
-            buckets.add(np.array(keys[first:last]))
-            records += int(last - first)
-        pairs = ExternalSort(self.job.work(f"pairs_{rank:05d}"), PAIR_RECORD, self.job.sort_chunk_records)
-        for block in bucket_pairs(buckets.sorted_blocks()):
-            pairs.add(block)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        count = 0
-        with atomic_write(path) as tmp, open(tmp, "wb") as f:
-            for block in pairs.sorted_blocks():
-                block.tofile(f)
-                count += len(block)
-        shutil.rmtree(buckets.folder)
-        shutil.rmtree(pairs.folder)
+        with job.scratch(f"bucket_{rank:05d}") as bucket_scratch, job.scratch(f"pairs_{rank:05d}") as pair_scratch:
+            buckets = ExternalSort(bucket_scratch, BUCKET_RECORD, job.sort_chunk_records)
+            records = 0
+            for index in range(len(job.inputs)):
+                for block in sorted_range(job.out, job.keys(index), BUCKET_RECORD, "high", low,
+                                          high if high < KEY_SPACE else None):
+                    buckets.add(block)
+                    records += len(block)
+            pairs = ExternalSort(pair_scratch, PAIR_RECORD, job.sort_chunk_records)
+            for block in bucket_pairs(buckets.sorted_blocks()):
+                pairs.add(block)
+            count = write_sorted(job.out, name, pairs.sorted_blocks(), "doc")
         return {"keys": records, "pairs": count}
-
-
-def _sorted_file(path: Path, dtype: np.dtype) -> np.ndarray:
-    """A file of records, mapped rather than read: a task reads only its slice."""
-    if not path.stat().st_size:
-        return np.empty(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
 
 
 # ---- stage 3: each input's documents, the duplicates dropped, into shards ---------------------------------
@@ -349,7 +344,7 @@ class WriteKept:
     def run_task(self, rank: int, world_size: int) -> dict[str, int]:
         counts: Counter = Counter()
         for index in self.job.my_inputs(rank, world_size):
-            if self.job.part(index).with_suffix(".kept.json").exists():
+            if self.job.out.exists(self.job.part(index, ".kept.json")):
                 continue
             kept = _write_input(self.job, index, self.duplicates_of(index))
             counts.update(docs_in=kept["dedup"]["docs_in"], docs_final=kept["docs_final"])
@@ -359,11 +354,10 @@ class WriteKept:
         """The input's duplicates in row order: each document's lowest-ranked pair over every bucket (exact before
         band 0 before band 1, as `dedup.Deduplicator` checks them)."""
         low, high = document_number(index, 0), document_number(index + 1, 0)
-        slices = []
+        slices = [np.empty(0, dtype=PAIR_RECORD)]
         for bucket in range(self.buckets):
-            pairs = _sorted_file(self.job.pairs(bucket, self.buckets), PAIR_RECORD)
-            first, last = np.searchsorted(pairs["doc"], [low, high])
-            slices.append(np.array(pairs[first:last]))
+            slices.extend(sorted_range(self.job.out, self.job.pairs(bucket, self.buckets), PAIR_RECORD, "doc", low,
+                                       high))
         pairs = np.concatenate(slices)
         if not len(pairs):
             return []
@@ -378,8 +372,8 @@ def _write_input(job: CleanJob, index: int, duplicates: list[Duplicate]) -> dict
     dedup = DedupStats()
     dropped = {d.row: d for d in duplicates}
     kept_docs = kept_bytes = 0
-    with _ShardWriter(Path(job.out), f"docs_{index:05d}", job.cfg.shard_docs) as writer:
-        for row_number, row in enumerate(_rows(job.part(index).with_suffix(".parquet"))):
+    with _ShardWriter(job.out, f"docs_{index:05d}", job.cfg.shard_docs) as writer:
+        for row_number, row in enumerate(_rows(job.out.location(job.part(index, ".parquet")))):
             size = len(row["text"].encode("utf-8"))
             dedup.docs_in += 1
             dedup.bytes_in += size
@@ -397,18 +391,18 @@ def _write_input(job: CleanJob, index: int, duplicates: list[Duplicate]) -> dict
                               "text": row["text"][:EXAMPLE_CHARS]})
     kept = {"docs_final": kept_docs, "bytes_final": kept_bytes, "shards": writer.names,
             "block_bytes": writer.block_bytes, "dedup": dedup.to_dict()}
-    write_text_atomically(job.part(index).with_suffix(".kept.json"), json.dumps(kept))
+    job.out.write_text(job.part(index, ".kept.json"), json.dumps(kept))
     return kept
 
 
-def _rows(path: Path) -> Iterator[dict]:
-    for batch in pq.ParquetFile(path).iter_batches(READ_BATCH_DOCS, columns=DOC_SCHEMA.names):
+def _rows(location: str) -> Iterator[dict]:
+    for batch in open_parquet(location).iter_batches(READ_BATCH_DOCS, columns=DOC_SCHEMA.names):
         yield from batch.to_pylist()
 
 
 def _document_id(job: CleanJob, number: int) -> str:
     part, row = document_place(number)
-    return pq.read_table(job.part(part).with_suffix(".parquet"), columns=["id"]).column("id")[row].as_py()
+    return open_parquet(job.out.location(job.part(part, ".parquet"))).read(columns=["id"]).column("id")[row].as_py()
 
 
 @dataclass
@@ -441,11 +435,12 @@ class _ShardWriter:
     """Kept documents into PREFIX_SSSS.parquet files of `shard_docs` rows, written a row group at a time (so memory
     holds one row group, not a shard), each under a temporary name until it is whole."""
 
-    def __init__(self, out: Path, prefix: str, shard_docs: int) -> None:
+    def __init__(self, out: Folder, prefix: str, shard_docs: int) -> None:
         self.out, self.prefix, self.shard_docs = out, prefix, shard_docs
         self.rows: list[dict] = []
         self.names: list[str] = []
         self.block_bytes: list[list[int]] = []  # per shard, the UTF-8 bytes of each BLOCK_ROWS rows
+        self.shard = contextlib.ExitStack()  # the open shard's file, moved into place when closed whole
         self.file: pq.ParquetWriter | None = None
         self.in_shard = 0  # rows written to the open shard
 
@@ -466,27 +461,27 @@ class _ShardWriter:
 
     def _write_rows(self) -> None:
         if self.file is None:
-            self.file = pq.ParquetWriter(temporary_name(self._path()), DOC_SCHEMA)
+            self.file = pq.ParquetWriter(self.shard.enter_context(self.out.writing(self._name())), DOC_SCHEMA)
         self.file.write_table(pa.Table.from_pylist(self.rows, schema=DOC_SCHEMA))
         self.in_shard += len(self.rows)
         self.rows = []
         if self.in_shard >= self.shard_docs:
             self._finish_shard()
 
-    def _path(self) -> Path:
-        return self.out / f"{self.prefix}_{len(self.names):04d}.parquet"
+    def _name(self) -> str:
+        return f"{self.prefix}_{len(self.names):04d}.parquet"
 
     def _finish_shard(self) -> None:
         self.file.close()
-        replace_atomically(temporary_name(self._path()), self._path())
-        self.names.append(self._path().name)
+        self.shard.close()
+        self.names.append(self._name())
         self.file, self.in_shard = None, 0
 
     def __exit__(self, error_type, error, traceback) -> None:
         if error_type is not None:  # leave no half-written shard behind
             if self.file is not None:
                 self.file.close()
-                temporary_name(self._path()).unlink(missing_ok=True)
+                self.shard.__exit__(error_type, error, traceback)
             return
         if self.rows:
             self._write_rows()
@@ -503,20 +498,19 @@ class Summarise:
     name: str = "summary"
 
     def run_task(self, rank: int, world_size: int) -> dict[str, int]:
-        out, cfg = Path(self.job.out), self.job.cfg
+        out, cfg = self.job.out, self.job.cfg
         per_input, dedup = [], DedupStats()
         for index in range(len(self.job.inputs)):
-            part = self.job.part(index)
-            stats = json.loads(part.with_suffix(".json").read_text(encoding="utf-8"))
-            kept = json.loads(part.with_suffix(".kept.json").read_text(encoding="utf-8"))
+            stats = json.loads(out.read_text(self.job.part(index, ".json")))
+            kept = json.loads(out.read_text(self.job.part(index, ".kept.json")))
             dedup.add(kept["dedup"], cfg.examples_per_rule)
             stats.update(docs_final=kept["docs_final"], bytes_final=kept["bytes_final"], shards=kept["shards"],
                          block_bytes=kept["block_bytes"])
             per_input.append(stats)
         stats = _summarise(per_input, dedup, cfg)
-        write_text_atomically(out / "report.md", render_report(stats))
-        write_text_atomically(out / "stats.json", json.dumps(stats, indent=1))  # last: the folder is finished
-        shutil.rmtree(out / "dedup", ignore_errors=True)
+        out.write_text("report.md", render_report(stats))
+        out.write_text("stats.json", json.dumps(stats, indent=1))  # last: the folder is finished
+        out.remove("dedup")
         say(f"clean: {stats['docs_final']:,} documents ({stats['bytes_final'] / 1e6:.2f} MB) kept in {out}")
         return {"docs_final": stats["docs_final"]}
 
@@ -573,14 +567,16 @@ def _mb(n: int) -> str:
 
 
 def read_cleaned(out_dir: str | Path, start: int = 0, stop: int | None = None) -> Iterator[Document]:
-    """The cleaned documents of a clean output folder, in order; with `start`/`stop`, only that range of rows.
+    """The cleaned documents of a clean output folder (a local path or a URL), in order; with `start`/`stop`, only
+    that range of rows.
 
     The write stage names shards by input, so the documents of one input (its `docs_final` in stats.json) are one
     such range; shards wholly outside the range are not read.
     """
+    folder = open_folder(out_dir, write=False)
     offset = 0
-    for shard in sorted(Path(out_dir).glob("docs_*.parquet")):
-        rows = pq.ParquetFile(shard).metadata.num_rows
+    for shard in map(folder.location, folder.names("docs_*.parquet")):
+        rows = open_parquet(shard).metadata.num_rows
         first = max(start - offset, 0)
         last = rows if stop is None else min(stop - offset, rows)
         offset += rows
@@ -591,9 +587,9 @@ def read_cleaned(out_dir: str | Path, start: int = 0, stop: int | None = None) -
             return
 
 
-def shard_rows(path: str | Path, first: int, stop: int, columns: list[str] | None = None) -> pa.Table:
-    """Rows first … stop - 1 of a parquet file, reading only the row groups that hold them."""
-    file = pq.ParquetFile(path)
+def shard_rows(location: str | Path, first: int, stop: int, columns: list[str] | None = None) -> pa.Table:
+    """Rows first … stop - 1 of a parquet file (a local path or a URL), reading only the row groups that hold them."""
+    file = open_parquet(location)
     groups, group_start, skip = [], 0, 0
     for group in range(file.num_row_groups):
         group_stop = group_start + file.metadata.row_group(group).num_rows

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from nextword.data.clean import BLOCK_ROWS, MixReport, plan_inputs, say, shard_rows
+from nextword.data.remote import file_name
 from nextword.data.shards import SPLITS, ShardWriter, token_dtype
 from nextword.data.split import split_pieces
+from nextword.data.store import open_folder, open_parquet
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import DataError
 from nextword.files import write_text_atomically
@@ -36,14 +37,14 @@ ENCODE_BATCH_DOCS = 1024  # documents encoded in one batch call
 
 @dataclass(frozen=True)
 class Unit:
-    shard: str  # a cleaned shard's path
+    shard: str  # a cleaned shard's path or URL
     first_row: int
     stop_row: int
     source: str  # the data.sources entry it comes from ("" when the corpus is not mixed)
     take_bytes: int | None  # of its text, the bytes the mix takes (documents are taken while fewer were); None: all
 
 
-def plan_units(cleaned: dict[str, Any], clean_dir: Path, sources: list[str],
+def plan_units(cleaned: dict[str, Any], clean_dir: str | Path, sources: list[str],
                weights: list[float]) -> tuple[list[Unit], str]:
     """The units of a cleaned corpus in order, with each one's share of a weighted mix; and the source whose end
     ends the mix ("" when not mixed)."""
@@ -57,36 +58,37 @@ def plan_units(cleaned: dict[str, Any], clean_dir: Path, sources: list[str],
         for shard, first, stop, size in blocks:
             if left is not None and left <= 0:
                 break
-            units.append(Unit(str(shard), first, stop, source if weights else "",
+            units.append(Unit(shard, first, stop, source if weights else "",
                               None if left is None or left >= size else left))
             left = None if left is None else left - size
     ends = min((s for s, w in mix.items() if w > 0), key=lambda s: (available[s] / mix[s], s)) if weights else ""
     return units, ends
 
 
-def _blocks_by_source(cleaned: dict[str, Any], clean_dir: Path,
-                      sources: list[str]) -> dict[str, list[tuple[Path, int, int, int]]]:
+def _blocks_by_source(cleaned: dict[str, Any], clean_dir: str | Path,
+                      sources: list[str]) -> dict[str, list[tuple[str, int, int, int]]]:
     """Each source's blocks (shard, first row, stop row, bytes) in order; one source "" for an unmixed corpus. The
     clean step writes inputs in order, and plan_inputs splits a source the same way alone as among the others."""
-    inputs = cleaned["inputs"]
+    inputs, folder = cleaned["inputs"], open_folder(clean_dir, write=False)
     counts = [len(plan_inputs([s])) for s in sources] if sources else [len(inputs)]
     by_source, first = {}, 0
     for source, count in zip(sources or [""], counts):
         blocks = by_source.setdefault(source, [])
         for part in inputs[first:first + count]:
-            for shard, sizes in zip(part["shards"], part.get("block_bytes") or _measure(clean_dir, part["shards"])):
-                rows = pq.ParquetFile(clean_dir / shard).metadata.num_rows
-                blocks += [(clean_dir / shard, b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, rows), size)
+            shards = [folder.location(shard) for shard in part["shards"]]
+            for shard, sizes in zip(shards, part.get("block_bytes") or _measure(shards)):
+                rows = open_parquet(shard).metadata.num_rows
+                blocks += [(shard, b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, rows), size)
                            for b, size in enumerate(sizes)]
         first += count
     return by_source
 
 
-def _measure(clean_dir: Path, shards: list[str]) -> list[list[int]]:
+def _measure(shards: list[str]) -> list[list[int]]:
     """Block bytes of shards cleaned before stats.json recorded them: read from the text."""
     sizes = []
     for shard in shards:
-        texts = pq.read_table(clean_dir / shard, columns=["text"]).column("text").to_pylist()
+        texts = open_parquet(shard).read(columns=["text"]).column("text").to_pylist()
         sizes.append([sum(len(t.encode("utf-8")) for t in texts[i:i + BLOCK_ROWS])
                       for i in range(0, len(texts), BLOCK_ROWS)])
     return sizes
@@ -139,7 +141,7 @@ class EncodeUnits:
                 "bytes": sum(len(text.encode("utf-8")) for _, text, _ in documents), "tokens": tokens,
                 "splits": {split: writer.close() for split, writer in writers.items()}}
         write_text_atomically(unit_file(self.data_dir, number), json.dumps(done))  # last: the unit is done
-        say(f"encode: unit {number} ({Path(unit.shard).name} rows {unit.first_row}-{unit.stop_row - 1}): "
+        say(f"encode: unit {number} ({file_name(unit.shard)} rows {unit.first_row}-{unit.stop_row - 1}): "
             f"{len(documents)} documents, {tokens:,} tokens")
         return done
 

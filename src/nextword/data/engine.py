@@ -16,7 +16,6 @@ under a temporary name, renamed when whole, and skips what is already there.
 from __future__ import annotations
 
 import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import multiprocess
 from datatrove.executor import LocalPipelineExecutor
+from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from loguru import logger
 
@@ -67,42 +67,49 @@ class _DatatroveStep(PipelineStep):
             self.stat_update(label, value=int(value))
 
 
-def run_stages(stages: list[Stage], engine: EngineConfig, logs: Path, log: Callable[[str], None] = print) -> bool:
-    """Run the stages in order under engine.executor; True when they have finished here, False when they were
-    submitted to Slurm to run later."""
+def run_stages(stages: list[Stage], engine: EngineConfig, logs: str | Path, log: Callable[[str], None] = print
+               ) -> bool:
+    """Run the stages in order under engine.executor, their logs under `logs` (a folder or a URL, as datatrove
+    takes it); True when they have finished here, False when they were submitted to Slurm to run later."""
     engine.validate()
     if engine.executor == "slurm":
-        _submit_to_slurm(stages, engine, logs, log)
+        _submit_to_slurm(stages, engine, str(logs), log)
         return False
     if engine.executor == "ray":
         _start_ray(engine)
     for stage in stages:
-        folder = logs / stage.step.name
-        shutil.rmtree(folder / "completions", ignore_errors=True)  # each task's own files say what is done
+        folder = f"{logs}/{stage.step.name}"
+        _remove_completions(folder)  # each task's own files say what is done
         executor = _executor(stage, engine, folder)
         with _quiet_when_local(engine):
             executor.run()
         failed = executor.get_incomplete_ranks(skip_completed=True)
         if failed:
             raise DataError(f"{stage.step.name}: {len(failed)} of {stage.tasks} task(s) failed (first: task "
-                            f"{failed[0]}); see {folder / 'logs'}, fix the cause and run the same command again")
+                            f"{failed[0]}); see {folder}/logs, fix the cause and run the same command again")
     return True
 
 
-def _executor(stage: Stage, engine: EngineConfig, folder: Path):
+def _remove_completions(folder: str) -> None:
+    logs = get_datafolder(folder)
+    if logs.exists("completions"):
+        logs.rm("completions", recursive=True)
+
+
+def _executor(stage: Stage, engine: EngineConfig, folder: str):
     pipeline = [_DatatroveStep(stage.step)]
     if engine.executor == "ray":
         from datatrove.executor.ray import RayPipelineExecutor
 
         return RayPipelineExecutor(pipeline, tasks=stage.tasks, workers=engine.workers or -1,
-                                   logging_dir=str(folder), skip_completed=False,
+                                   logging_dir=folder, skip_completed=False,
                                    cpus_per_task=engine.ray_cpus_per_task)
     workers = min(engine.workers or len(os.sched_getaffinity(0)), stage.tasks)
     # Workers start from datatrove's default forkserver, not by forking this process: a fork of a process with
     # threads (Ray's, a progress bar's) can copy a lock some thread held and hang forever. The server imports the
     # steps' modules once, so that each stage's workers, forked from it, start without importing them again.
     multiprocess.set_forkserver_preload(WORKER_PRELOAD)
-    return LocalPipelineExecutor(pipeline, tasks=stage.tasks, workers=workers, logging_dir=str(folder),
+    return LocalPipelineExecutor(pipeline, tasks=stage.tasks, workers=workers, logging_dir=folder,
                                  skip_completed=False)
 
 
@@ -132,7 +139,7 @@ def _start_ray(engine: EngineConfig) -> None:
                  log_to_driver=False)
 
 
-def _submit_to_slurm(stages: list[Stage], engine: EngineConfig, logs: Path, log: Callable[[str], None]) -> None:
+def _submit_to_slurm(stages: list[Stage], engine: EngineConfig, logs: str, log: Callable[[str], None]) -> None:
     from datatrove.executor.slurm import SlurmPipelineExecutor
 
     previous = None
@@ -141,7 +148,7 @@ def _submit_to_slurm(stages: list[Stage], engine: EngineConfig, logs: Path, log:
             [_DatatroveStep(stage.step)], tasks=stage.tasks, workers=engine.workers or -1,
             time=engine.slurm_time, partition=engine.slurm_partition, cpus_per_task=engine.slurm_cpus_per_task,
             mem_per_cpu_gb=engine.slurm_mem_per_cpu_gb, job_name=f"nextword-{stage.step.name}",
-            env_command=engine.slurm_env_command or None, logging_dir=str(logs / stage.step.name),
+            env_command=engine.slurm_env_command or None, logging_dir=f"{logs}/{stage.step.name}",
             depends=previous, skip_completed=True, mail_type="NONE")
     previous.run()  # submits the stages before it first, each depending on the one before
     log(f"submitted {len(stages)} Slurm job(s), one per stage ({', '.join(s.step.name for s in stages)}); "

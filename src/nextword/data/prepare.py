@@ -32,6 +32,7 @@ from tqdm import tqdm
 from nextword.config import CleanConfig, DataConfig, EngineConfig
 from nextword.data.clean import CLEAN_FORMAT, MixReport, clean, mix_documents, plan_inputs, read_cleaned
 from nextword.data.code import LANGUAGES
+from nextword.data.remote import is_url
 from nextword.data.encode import UNITS_DIR, EncodeUnits, gather_units, plan_units, unit_file
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
                                   token_dtype, write_index)
@@ -67,6 +68,9 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, engine: Engine
     """sources → (clean) → (mix) → tokenizer → shards in a data dir, or the data dir as it is if it was made from
     the same inputs. `clean` holds the settings used when cfg.clean is on (default: CleanConfig()), `engine` where
     the clean step's tasks run (default: this machine, data.workers at once)."""
+    if cfg.clean_dir and not cfg.clean:
+        raise ConfigError("data.clean_dir names where data.clean writes the cleaned corpus; set data.clean = true, "
+                          "or leave data.clean_dir empty")
     clean_cfg = (clean or CleanConfig()).validate() if cfg.clean else None
     cleaned_from = clean_fingerprint(cfg, clean_cfg) if clean_cfg else ""
     key = cache_key(cfg, cleaned_from)
@@ -172,14 +176,20 @@ def _short_hash(settings: dict[str, Any]) -> str:
 
 
 def resolve_data_dir(cfg: DataConfig, key: str) -> Path:
+    if is_url(cfg.data_dir):
+        raise ConfigError(f"data.data_dir = {cfg.data_dir}: training maps its token shards from a local or shared "
+                          "filesystem; give a local folder (the cleaned corpus may be a URL: data.clean_dir)")
     if cfg.data_dir:
         return Path(cfg.data_dir).expanduser()
     return _cache_root() / "data" / key
 
 
-def resolve_clean_dir(cfg: DataConfig, data_dir: Path, cleaned_from: str) -> Path:
-    """DATA_DIR/clean in a data dir the user named; in the cache, a folder named by the clean inputs and settings
-    alone, so that another tokenizer or other weights reuse the cleaned corpus instead of cleaning again."""
+def resolve_clean_dir(cfg: DataConfig, data_dir: Path, cleaned_from: str) -> str | Path:
+    """data.clean_dir as given (a folder or a URL); else DATA_DIR/clean in a data dir the user named; in the cache, a
+    folder named by the clean inputs and settings alone, so that another tokenizer or other weights reuse the
+    cleaned corpus instead of cleaning again."""
+    if cfg.clean_dir:
+        return cfg.clean_dir
     if cfg.data_dir:
         return data_dir / CLEAN_DIR
     return _cache_root() / "clean" / cleaned_from
@@ -233,14 +243,18 @@ def _remove_previous_output(data_dir: Path, key: str) -> dict[str, Any] | None:
 # --- the documents: read, or cleaned; then mixed -------------------------------------------------------------
 
 
-def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, engine: EngineConfig, clean_dir: Path,
+def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, engine: EngineConfig, clean_dir: str | Path,
                    fingerprint: str) -> dict[str, Any]:
     """Clean all sources together into clean_dir, so the merge also removes duplicates across sources.
 
     Resumable: with the same fingerprint, an input already cleaned is not redone (the clean step keeps finished
     parts), and a finished clean (stats.json written) is reused as it is. A clean made from other inputs or
     settings is removed first; a folder in its place that prepare did not make is left alone, with an error.
+    A folder the user named (data.clean_dir, perhaps a URL) is never removed: the clean step reuses or resumes it
+    when its manifest names the same inputs and settings, and stops with an error when it does not.
     """
+    if cfg.clean_dir:
+        return _clean_into(cfg, clean_cfg, engine, clean_dir)
     key_file = clean_dir / CLEAN_KEY_NAME
     if clean_dir.exists():
         if not key_file.exists():
@@ -253,19 +267,24 @@ def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, engine: EngineConfig
             return json.loads((clean_dir / "stats.json").read_text(encoding="utf-8"))
     clean_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(fingerprint, encoding="utf-8")
+    return _clean_into(cfg, clean_cfg, engine, clean_dir)
+
+
+def _clean_into(cfg: DataConfig, clean_cfg: CleanConfig, engine: EngineConfig, clean_dir: str | Path
+                ) -> dict[str, Any]:
     stats = clean(cfg.sources, clean_dir, clean_cfg, engine=engine, extensions=cfg.extensions, log=report)
     if stats is None:
         raise DataError(f"prepare: the clean step was submitted to Slurm; once its jobs finish, run this command "
                         f"again (it reuses {clean_dir}), or run prepare with --engine.executor local or ray")
-    report(f"prepare: cleaned {stats['docs_final']:,} documents into {clean_dir}; see {clean_dir / 'report.md'}")
+    report(f"prepare: cleaned {stats['docs_final']:,} documents into {clean_dir}; see {clean_dir}/report.md")
     return stats
 
 
-def _documents(cfg: DataConfig, cleaned: dict[str, Any] | None, clean_dir: Path, mix: MixReport | None,
+def _documents(cfg: DataConfig, cleaned: dict[str, Any] | None, clean_dir: str | Path, mix: MixReport | None,
                skips: SkipLog) -> Iterator[Document]:
     """The documents to tokenize, from the sources or their cleaned corpus; mixed to data.weights if given."""
     if cleaned is not None and not cleaned["docs_final"]:
-        raise DataError(f"{', '.join(cfg.sources)}: the clean step kept no documents; {clean_dir / 'report.md'} "
+        raise DataError(f"{', '.join(cfg.sources)}: the clean step kept no documents; {clean_dir}/report.md "
                         "shows what each rule dropped: add sources or loosen the [clean] settings")
     if mix is None:
         return iter(read_cleaned(clean_dir) if cleaned else read_sources(cfg.sources, cfg.extensions, skips))
@@ -281,7 +300,7 @@ def _documents(cfg: DataConfig, cleaned: dict[str, Any] | None, clean_dir: Path,
     return mix_documents(tagged, mix.weights, report=mix)
 
 
-def _cleaned_by_source(sources: list[str], cleaned: dict[str, Any], clean_dir: Path,
+def _cleaned_by_source(sources: list[str], cleaned: dict[str, Any], clean_dir: str | Path,
                        weights: dict[str, float]) -> dict[str, Iterator[Document]]:
     """One stream per source over the cleaned corpus: the merge writes inputs in order, so a source's documents
     are the rows of its inputs (plan_inputs splits each source the same way alone as among the others)."""
@@ -292,7 +311,7 @@ def _cleaned_by_source(sources: list[str], cleaned: dict[str, Any], clean_dir: P
         rows = sum(part["docs_final"] for part in inputs)
         if not rows and weights[source] > 0:
             raise DataError(f"{source}: the clean step kept none of its documents, so the mix can take nothing; "
-                            f"see {clean_dir / 'report.md'}, or give this source weight 0 in data.weights")
+                            f"see {clean_dir}/report.md, or give this source weight 0 in data.weights")
         streams[source] = read_cleaned(clean_dir, first_row, first_row + rows)
         first_input += len(inputs)
         first_row += rows
@@ -378,7 +397,7 @@ def _write_shards(data_dir: Path, cfg: DataConfig, tokenizer: Tokenizer, documen
     return {split: writer.close() for split, writer in writers.items()}, tokens_by_source
 
 
-def _encode_as_tasks(data_dir: Path, key: str, cfg: DataConfig, cleaned: dict[str, Any], clean_dir: Path,
+def _encode_as_tasks(data_dir: Path, key: str, cfg: DataConfig, cleaned: dict[str, Any], clean_dir: str | Path,
                      tokenizer: Tokenizer, tokenizer_note: dict[str, Any], held_out: str,
                      engine: EngineConfig) -> tuple[dict[str, dict[str, Any]], Counter, MixReport | None]:
     """Tokenize the cleaned corpus as tasks of the engine (see encode.py); each split's shard figures, the tokens
@@ -528,8 +547,8 @@ def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds
     return lines
 
 
-def _clean_summary(stats: dict[str, Any], clean_dir: Path) -> dict[str, Any]:
-    return {"dir": str(clean_dir), "report": str(clean_dir / "report.md"), "docs_final": stats["docs_final"],
+def _clean_summary(stats: dict[str, Any], clean_dir: str | Path) -> dict[str, Any]:
+    return {"dir": str(clean_dir), "report": f"{clean_dir}/report.md", "docs_final": stats["docs_final"],
             "bytes_final": stats["bytes_final"], "docs_read": sum(p["docs_read"] for p in stats["inputs"]),
             "bytes_read": sum(p["bytes_read"] for p in stats["inputs"]),
             "skipped": sum(stats["reader_skips"].values())}

@@ -52,7 +52,7 @@ def file_name(location: Path | str) -> str:
     return location.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
-def _brief(error: BaseException) -> str:
+def brief(error: BaseException) -> str:
     """An exception as a few words on one line."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -65,7 +65,7 @@ def _filesystem(source: str):
         return fsspec.core.url_to_fs(source)
     except (ImportError, ValueError) as error:  # a scheme fsspec does not know, or one whose package is missing
         scheme = source.split("://", 1)[0]
-        raise DataError(f"{source}: cannot read {scheme}:// URLs here ({_brief(error)}); install the package it "
+        raise DataError(f"{source}: cannot read {scheme}:// URLs here ({brief(error)}); install the package it "
                         "names, or check the URL") from None
 
 
@@ -77,7 +77,7 @@ def _access_error(source: str, error: Exception) -> DataError:
         else None
     if isinstance(error, FileNotFoundError) and unreachable is None:
         return DataError(f"{source}: no such file or folder there; check the URL given to --source")
-    return DataError(f"{source}: cannot reach it ({_brief(unreachable or error)}); check the URL and the network, "
+    return DataError(f"{source}: cannot reach it ({brief(unreachable or error)}); check the URL and the network, "
                      "or give a local copy")
 
 
@@ -153,7 +153,7 @@ def _guarded(url: str, call: Callable[[], Any]) -> Any:
     except RemoteReadError:
         raise
     except Exception as error:  # a dropped connection, a timeout, a server error: whatever the store raises
-        raise RemoteReadError(f"reading {url} failed: {_brief(error)}") from error
+        raise RemoteReadError(f"reading {url} failed: {brief(error)}") from error
 
 
 class _GuardedFile(io.RawIOBase):
