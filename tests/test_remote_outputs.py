@@ -210,3 +210,27 @@ def test_a_range_of_a_sorted_file_is_found_and_read_in_bounded_reads(where, tmp_
         assert found.tolist() == wanted.tolist(), (low, high)
     if where == "memory":  # the index (13 marks), windows of 4 records and chunks of 3: never the whole file
         assert reads and all(size <= 4 * dtype.itemsize or size == 13 * 8 for size in reads)
+
+
+def test_an_s3_output_on_a_local_s3_server_gets_the_local_output(planted, local_output, monkeypatch):
+    """moto's server gives the S3 API on localhost; s3fs talks to it as to AWS. Skipped without s3fs and moto."""
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    sources, _ = planted
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(name, value)  # read by botocore in this process: the tasks run here (one worker)
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir("nextword-test")
+        url = "s3://nextword-test/clean"
+        stats = clean(sources, url, CONFIG, engine=IN_THIS_PROCESS, **QUIET)
+        assert (kept(url), stats, open_folder(url).read_text("report.md")) == local_output
+        written = names_under(url)
+        assert not [name for name in written if name.startswith("dedup/") or ".tmp" in name]
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()

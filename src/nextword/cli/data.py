@@ -4,6 +4,7 @@
   nextword data clean --source cc/ --source code:~/src/project --source books/ --out clean/ --workers 4
   nextword data clean --source cc/ --out /shared/clean --executor slurm --tasks 64 --engine.slurm_partition cpu
   nextword data clean --source cc/ --out /shared/clean --executor ray --tasks 64 --engine.ray_address auto
+  nextword data clean --source s3://bucket/cc/ --out s3://bucket/clean --executor ray --tasks 64
 
 The stages run as datatrove jobs (see nextword.data.engine); the output is the same under every executor and
 task count. Run the same command again to finish a job that died: finished work is kept.
@@ -36,7 +37,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     clean.add_argument("--source", action="append", dest="sources", default=[], metavar="PATH",
                        help="a WARC/WET file or folder (local or a URL), code:REPO, or a text/JSONL/parquet source "
                             "(repeatable)")
-    clean.add_argument("--out", required=True, help="output folder (parts, shards, stats.json, report.md)")
+    clean.add_argument("--out", required=True, help="output folder (parts, shards, stats.json, report.md): a path "
+                       "or a URL (s3://BUCKET/PATH, hf://datasets/..., file://...)")
     add_engine_arguments(clean)
 
 
