@@ -201,8 +201,8 @@ def test_a_range_of_a_sorted_file_is_found_and_read_in_bounded_reads(where, tmp_
     blocks = [records[i:i + 7] for i in range(0, 50, 7)]  # blocks that do not line up with the index's stride
     assert write_sorted(folder, "sorted.bin", iter(blocks), "key") == 50
     reads = []
-    read_bytes = type(folder).read_bytes
-    monkeypatch.setattr(type(folder), "read_bytes", lambda self, name, start, stop: reads.append(stop - start) or
+    read_bytes = RemoteFolder.read_bytes
+    monkeypatch.setattr(RemoteFolder, "read_bytes", lambda self, name, start, stop: reads.append(stop - start) or
                         read_bytes(self, name, start, stop))
     for low, high in [(0, 30), (5, 6), (7, 19), (12, 12), (29, None), (0, None), (31, None), (13, 14)]:
         found = np.concatenate([np.empty(0, dtype), *sorted_range(folder, "sorted.bin", dtype, "key", low, high)])

@@ -14,7 +14,9 @@ Every file is written under a temporary name and renamed when whole, and a task 
 a job that died is run again with the same command.
 
 Output folder: `docs_*.parquet` (id, text, source, meta as JSON; in input order), `stats.json` (written last),
-`report.md`, `manifest.json` (the inputs and settings), `parts/` (each input's documents and counts), `logs/`.
+`report.md`, `manifest.json` (the inputs and settings), `parts/` (each input's documents and counts), `logs/`. It
+may be a local path or an fsspec URL (s3://, hf://, file://, memory://): see store.py. A task's scratch (its
+sorted runs) is never shared: beside a local output, or in the system's temporary folder.
 
 Source specs: a WARC/WET file, a folder holding WARC/WET files (each file an input), `code:PATH` for a code
 repository, and anything `read_sources` reads (text folders, .txt/.md, JSONL, parquet) for books and articles.

@@ -40,9 +40,9 @@ class Folder:
     def __str__(self) -> str:
         return str(self.path)
 
-    def location(self, name: str = "") -> str:
+    def location(self, name: str) -> str:
         """Where `name` is, as a reader takes it: a local path, or a URL."""
-        return str(self.path / name) if name else str(self.path)
+        return str(self.path / name)
 
     def local_path(self, name: str) -> Path | None:
         """The file as a local path (which numpy can map), or None for a remote one."""
@@ -51,19 +51,11 @@ class Folder:
     def make(self, flag: str) -> None:
         make_folder(self.path, "output", flag)
 
-    def exists(self, name: str = "") -> bool:
+    def exists(self, name: str) -> bool:
         return (self.path / name).exists()
-
-    def size(self, name: str) -> int:
-        return (self.path / name).stat().st_size
 
     def read_text(self, name: str) -> str:
         return (self.path / name).read_text(encoding="utf-8")
-
-    def read_bytes(self, name: str, start: int, stop: int) -> bytes:
-        with open(self.path / name, "rb") as f:
-            f.seek(start)
-            return f.read(stop - start)
 
     def write_text(self, name: str, text: str) -> None:
         """Write `name` whole or not at all."""
@@ -84,9 +76,6 @@ class Folder:
         with atomic_write(path) as tmp, open(tmp, "wb") as f:
             yield f
 
-    def open(self, name: str) -> BinaryIO:
-        return open(self.path / name, "rb")
-
     def names(self, pattern: str) -> list[str]:
         """The names of the files in the folder matching a glob pattern, sorted."""
         return sorted(path.name for path in self.path.glob(pattern))
@@ -99,8 +88,7 @@ class Folder:
 class RemoteFolder(Folder):
     """A folder at an fsspec URL, read and written through datatrove's DataFolder."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(Path())
+    def __init__(self, url: str) -> None:  # no local path: every method of Folder that uses one is replaced here
         self.url = url.rstrip("/")
         self.fs = _data_folder(self.url)
 
@@ -110,8 +98,8 @@ class RemoteFolder(Folder):
     def __reduce__(self) -> tuple[Any, ...]:
         return RemoteFolder, (self.url,)  # tasks in other processes open the store again, with its own settings
 
-    def location(self, name: str = "") -> str:
-        return f"{self.url}/{name}" if name else self.url
+    def location(self, name: str) -> str:
+        return f"{self.url}/{name}"
 
     def local_path(self, name: str) -> Path | None:
         return None
@@ -123,7 +111,7 @@ class RemoteFolder(Folder):
             raise DataError(f"{self.url}: cannot make the output folder ({brief(error)}); check the URL and your "
                             f"credentials, or give {flag} a local folder") from None
 
-    def exists(self, name: str = "") -> bool:
+    def exists(self, name: str) -> bool:
         return self.fs.exists(name)
 
     def size(self, name: str) -> int:
@@ -133,6 +121,7 @@ class RemoteFolder(Folder):
         return self.fs.cat_file(name).decode("utf-8")
 
     def read_bytes(self, name: str, start: int, stop: int) -> bytes:
+        """Bytes start … stop - 1 of `name`: one range request."""
         return self.fs.cat_file(name, start=start, end=stop)
 
     def write_text(self, name: str, text: str) -> None:
@@ -152,10 +141,8 @@ class RemoteFolder(Folder):
                 self.fs.rm(tmp)
             raise
 
-    def open(self, name: str) -> BinaryIO:
-        return self.fs.open(name, "rb")
-
     def names(self, pattern: str) -> list[str]:
+        self.fs.invalidate_cache()  # a listing cached here would miss what tasks in other processes wrote since
         return sorted(path.rsplit("/", 1)[-1] for path in self.fs.glob(pattern))
 
     def remove(self, name: str) -> None:
@@ -229,6 +216,11 @@ def sorted_range(folder: Folder, name: str, dtype: np.dtype, key: str, low: int,
         last = len(records) if high is None else np.searchsorted(records[key], high)
         yield np.array(records[first:last])
         return
+    yield from _remote_range(folder, name, dtype, key, low, high)
+
+
+def _remote_range(folder: RemoteFolder, name: str, dtype: np.dtype, key: str, low: int, high: int | None
+                  ) -> Iterator[np.ndarray]:
     count = folder.size(name) // dtype.itemsize
     index = np.frombuffer(folder.read_bytes(index_name(name), 0, folder.size(index_name(name))) if count else b"",
                           dtype="<u8")
@@ -238,17 +230,17 @@ def sorted_range(folder: Folder, name: str, dtype: np.dtype, key: str, low: int,
         yield _records(folder, name, dtype, start, min(start + READ_CHUNK_RECORDS, last))
 
 
-def _position(folder: Folder, name: str, dtype: np.dtype, key: str, index: np.ndarray, count: int,
+def _position(folder: RemoteFolder, name: str, dtype: np.dtype, key: str, index: np.ndarray, count: int,
               value: int) -> int:
-    """The first record whose `key` is >= value: after the last index mark below value, within one window."""
-    below = int(np.searchsorted(index, value))  # marks below value: the records up to mark `below` are
+    """The first record whose `key` is >= value, found in the one window of records the index points to."""
+    below = int(np.searchsorted(index, value))  # marks < value: every record before mark `below - 1` is < value
     if below == 0:
         return 0
-    start = (below - 1) * INDEX_STRIDE
+    start = (below - 1) * INDEX_STRIDE  # and mark `below`, if there is one, is >= value
     window = _records(folder, name, dtype, start, min(start + INDEX_STRIDE, count))
     return start + int(np.searchsorted(window[key], value))
 
 
-def _records(folder: Folder, name: str, dtype: np.dtype, first: int, stop: int) -> np.ndarray:
+def _records(folder: RemoteFolder, name: str, dtype: np.dtype, first: int, stop: int) -> np.ndarray:
     data = folder.read_bytes(name, first * dtype.itemsize, stop * dtype.itemsize)
     return np.frombuffer(data, dtype=dtype)
