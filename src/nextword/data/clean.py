@@ -590,7 +590,8 @@ def read_cleaned(out_dir: str | Path, start: int = 0, stop: int | None = None) -
 
 
 def shard_rows(location: str | Path, first: int, stop: int, columns: list[str] | None = None) -> pa.Table:
-    """Rows first … stop - 1 of a parquet file (a local path or a URL), reading only the row groups that hold them."""
+    """Rows first … stop - 1 of a parquet file (a local path or a URL), reading only the row groups that hold
+    them."""
     file = open_parquet(location)
     groups, group_start, skip = [], 0, 0
     for group in range(file.num_row_groups):

@@ -1,10 +1,11 @@
 """Turn sources into token shards: read documents, train (or load) a tokenizer, encode on every core, write shards.
 
 By default this prepares the embedded corpus, Python's standard library. With data.clean the sources are
-first cleaned (extracted, filtered, deduplicated, by the [clean] settings) into DATA_DIR/clean/, and with
-data.weights each source's documents are mixed to its share. The result is cached: a data dir records a key made
-from the inputs and the settings that change its output, and a later run with the same key reuses it instead of
-doing the work again. Every message goes to stderr, so a command whose stdout is data stays clean.
+first cleaned (extracted, filtered, deduplicated, by the [clean] settings) into DATA_DIR/clean/ (or data.clean_dir,
+a folder or a URL such as s3://BUCKET/clean), and with data.weights each source's documents are mixed to its
+share. The result is cached: a data dir records a key made from the inputs and the settings that change its
+output, and a later run with the same key reuses it instead of doing the work again. Every message goes to
+stderr, so a command whose stdout is data stays clean.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from tqdm import tqdm
 from nextword.config import CleanConfig, DataConfig, EngineConfig
 from nextword.data.clean import CLEAN_FORMAT, MixReport, clean, mix_documents, plan_inputs, read_cleaned
 from nextword.data.code import LANGUAGES
-from nextword.data.remote import is_url
 from nextword.data.encode import UNITS_DIR, EncodeUnits, gather_units, plan_units, unit_file
+from nextword.data.remote import is_url
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
                                   token_dtype, write_index)
 from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
