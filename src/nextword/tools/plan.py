@@ -292,7 +292,6 @@ class Precision:
     weights: int  # bytes per parameter
     grads: int
     optimizer: int  # AdamW: the two moments, plus an fp32 master copy when the weights are 16-bit
-    # Muon keeps one fp32 momentum for each of its matrices where AdamW keeps two moments
     activations: int  # bytes per stored activation element
     meaning: str
 
@@ -410,8 +409,8 @@ def memory_plan(cfg: ModelConfig, params: Params, moe: Moe | None, precision: st
             min_gpus = max(1, math.ceil(sum(states.values()) / room)) if room > 0 else None
         rows.append(MemoryRow(strategy=strategy, activations=activations, buffers=buffers, total=total,
                               fits=total <= usable, min_gpus=min_gpus, **parts))
-    return Memory(precision=precision, precision_meaning=p.meaning, optimizer=optimizer, micro_batch=micro_batch, flash_attention=flash,
-                  gpu_memory_gib=gpu_memory_gib, usable_fraction=USABLE_MEMORY, rows=rows)
+    return Memory(precision=precision, precision_meaning=p.meaning, optimizer=optimizer, micro_batch=micro_batch,
+                  flash_attention=flash, gpu_memory_gib=gpu_memory_gib, usable_fraction=USABLE_MEMORY, rows=rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -33,12 +33,13 @@ MAX_EPOCHS = 4.0
 # Growing for scarce data stops at this many times N_opt: a model far larger than its compute can train takes
 # too few steps to learn, however rarely it repeats its data.
 MAX_GROWTH = 4.0
-# The share of the measured matmul peak that a training step reaches: the default model's bf16 steps on a CPU
-# measured 57-65% (benchmarks/RESULTS.md, precision and the README's run). Smaller rungs reach less, so a budget
-# buys a little less than this promises; the time budget still plans its steps from measured speed.
+# The share of the measured matmul rate that a training step reaches: the 4 × 256 model's bf16 steps on a CPU
+# measured 57-65% (benchmarks/RESULTS.md), the 3 × 192 rung 42%. The time budget plans the steps themselves from
+# measured speed; these two only size the model.
 EXPECTED_MFU = 0.5
 # The share of the seconds left that goes into training steps: the rest is evaluations, the final checkpoint and
-# the planner's safety margin (training/budget.py).
+# the planner's safety margin (training/budget.py). With EXPECTED_MFU, the default 10-minute run in a fresh clone
+# expected 1.1e14 FLOPs and trained 1.0e14.
 TRAINING_SHARE = 0.85
 
 
@@ -80,9 +81,10 @@ class SizeChoice:
         m = self.rung.model
         why = (f"N_opt {self.optimal_weights / 1e6:.2f}M for {self.flops:.2g} FLOPs"
                + (", then larger so the data is read fewer times" if self.grown_for_data else ""))
-        return (f"sized to the budget: {m.n_layers} layer{'s' if m.n_layers > 1 else ''} of width {m.d_model} ({self.rung.weights / 1e6:.2f}M weights "
-                f"in matmuls; {why}), about {self.tokens / 1e6:.1f}M tokens, {self.epochs:.1f} reads of the "
-                "training split")
+        layers = f"{m.n_layers} layer{'s' if m.n_layers > 1 else ''}"
+        return (f"sized to the budget: {layers} of width {m.d_model} ({self.rung.weights / 1e6:.2f}M weights in "
+                f"matmuls; {why}), about {self.tokens / 1e6:.1f}M tokens, {self.epochs:.1f} reads of the training "
+                "split")
 
 
 def training_flops(seconds_left: float, peak_flops: float, world_size: int = 1) -> float:

@@ -106,7 +106,7 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     # best seen here, the ceiling MFU is reported against.
     peak_now, peak = world.from_main(measured_peaks, machine)
     length = RunLength.from_config(t)
-    if _sized_by_budget(cfg, length, pretrained):
+    if _sized_by_budget(cfg, length, pretrained) and not _keep_saved_size(cfg):
         _size_to_budget(cfg, world, peak_now, start + length.limit - time.monotonic(), train_split.num_tokens)
     model = (pretrained or GPT(cfg.model)).to(machine.device)
     # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
@@ -217,15 +217,19 @@ def _refuse_run_dir_inside_code(cfg: RunConfig) -> None:
 
 def _sized_by_budget(cfg: RunConfig, length: RunLength, pretrained: GPT | None) -> bool:
     """Whether this run's shape comes from its budget: a budgeted run that names no size (model.size = "budget"),
-    of a dense model trained from scratch. A run directory that already holds a run keeps that run's size."""
-    if cfg.model.size != "budget" or length.governs != "budget" or pretrained or cfg.model.n_experts:
-        return False
+    of a dense model trained from scratch."""
+    return cfg.model.size == "budget" and length.governs == "budget" and not pretrained and not cfg.model.n_experts
+
+
+def _keep_saved_size(cfg: RunConfig) -> bool:
+    """A run directory that already holds a run keeps that run's size: take it from its config.toml, and say
+    whether there was one."""
     saved = Path(cfg.train.run_dir) / "config.toml"
-    if saved.is_file():
-        before = load_saved_run(saved).model
-        cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads = before.n_layers, before.d_model, before.n_heads
-        cfg.model.size = "fixed"
+    if not saved.is_file():
         return False
+    before = load_saved_run(saved).model
+    cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads = before.n_layers, before.d_model, before.n_heads
+    cfg.model.size = "fixed"
     return True
 
 
