@@ -118,7 +118,7 @@ def test_a_budgeted_run_that_names_no_size_is_sized_saves_it_and_resumes_at_it(b
 def test_a_budgeted_run_prints_how_many_times_it_will_read_its_data(budgeted, capsys):
     budgeted.model.size = "fixed"
     budgeted.model.n_layers, budgeted.model.d_model, budgeted.model.n_heads = 1, 32, 2
-    budgeted.train.budget = "8s"
+    budgeted.train.budget = "15s"
     train(budgeted, progress=False)
     out = capsys.readouterr().out
     assert "model: sized" not in out
