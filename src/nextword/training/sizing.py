@@ -28,7 +28,7 @@ from nextword.model.network import GPT
 HEAD_DIM = 64
 WIDTH_PER_LAYER = 64
 MAX_LAYERS = 32  # d_model 2048: far past what a budget on one machine trains
-COEF, EXPONENT = 0.2, 0.5  # N_opt = COEF · C^EXPONENT (fitted; see the module's docstring)
+COEF, EXPONENT = 0.21, 0.5  # N_opt = COEF · C^EXPONENT (fitted; see the module's docstring)
 MAX_EPOCHS = 4.0
 # Growing for scarce data stops at this many times N_opt: a model far larger than its compute can train takes
 # too few steps to learn, however rarely it repeats its data.
