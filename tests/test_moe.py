@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import tiny  # noqa: F401  (a fixture)
+from test_train import continue_from_export, tiny  # noqa: F401  (tiny: a fixture)
 
 from nextword.config import ModelConfig, RunConfig, model_preset, validate
 from nextword.errors import ConfigError
@@ -204,18 +204,7 @@ def test_a_dense_runs_checkpoints_match_as_before_and_a_sparse_shape_is_its_own(
 @pytest.mark.parametrize("shared", [1, 0])  # exported as Llama 4, and as Mixtral
 def test_continued_pretraining_starts_from_an_exported_sparse_model(tiny, tmp_path, shared):  # noqa: F811
     pytest.importorskip("transformers")
-    from nextword.tools.export import export_model
-    from nextword.training.checkpoint import load_for_inference
-
     make_sparse(tiny).train.steps = 6
     tiny.model.shared_experts, tiny.model.experts_per_token = shared, 2 - shared
-    first = train(copy.deepcopy(tiny), progress=False)
-    model, tokenizer, _ = load_for_inference(tmp_path / "run")
-    export_model(model, tokenizer, tmp_path / "hf")
-
-    tiny.train.run_dir, tiny.train.steps = str(tmp_path / "continued"), 1
-    tiny.model.init_from = str(tmp_path / "hf")
-    train(tiny, progress=False)
-    start = [r for r in map(json.loads, (tmp_path / "continued" / "log.jsonl").read_text().splitlines())
-             if r["kind"] == "eval"][0]
+    first, start = continue_from_export(tiny, tmp_path)
     assert start["step"] == 0 and start["val_loss"] == pytest.approx(first["val_loss"], abs=1e-4)

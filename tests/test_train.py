@@ -196,19 +196,25 @@ def test_a_config_that_cannot_work_fails_in_one_line(capsys):
     assert "data.eos_token = '</s>'" in capsys.readouterr().err
 
 
-def test_continued_pretraining_starts_from_an_exported_model(tiny, tmp_path):
-    pytest.importorskip("transformers")
+def continue_from_export(cfg, tmp_path):
+    """Train `cfg`, export its model to tmp_path/hf, start a run from that export; return the first run's summary
+    and the continued run's first evaluation."""
     from nextword.tools.export import export_model
 
-    tiny.train.steps = 30
-    first = train(copy.deepcopy(tiny), progress=False)
-    model, tokenizer, _ = load_for_inference(tmp_path / "run")
+    first = train(copy.deepcopy(cfg), progress=False)
+    model, tokenizer, _ = load_for_inference(cfg.train.run_dir)
     export_model(model, tokenizer, tmp_path / "hf")
 
-    tiny.train.run_dir, tiny.train.steps = str(tmp_path / "continued"), 1
-    tiny.model.init_from = str(tmp_path / "hf")
-    train(tiny, progress=False)
-    start = read_log(tmp_path / "continued", "eval")[0]
+    cfg.train.run_dir, cfg.train.steps = str(tmp_path / "continued"), 1
+    cfg.model.init_from = str(tmp_path / "hf")
+    train(cfg, progress=False)
+    return first, read_log(tmp_path / "continued", "eval")[0]
+
+
+def test_continued_pretraining_starts_from_an_exported_model(tiny, tmp_path):
+    pytest.importorskip("transformers")
+    tiny.train.steps = 30
+    first, start = continue_from_export(tiny, tmp_path)
     assert start["step"] == 0 and start["val_loss"] == pytest.approx(first["val_loss"], abs=1e-4)
 
 
