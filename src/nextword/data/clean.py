@@ -46,7 +46,8 @@ from nextword.data.dedup import (BUCKET_RECORD, PAIR_RECORD, SORT_CHUNK_RECORDS,
                                  key_records, lowest_ranked_pairs)
 from nextword.data.filters import EXAMPLE_CHARS, FilterChain, RuleStats
 from nextword.data.remote import is_url, remote_files
-from nextword.data.sources import Document, SkipLog, code_repository, read_sources
+from nextword.data.documents import Document, SkipLog
+from nextword.data.sources import code_repository, read_sources
 from nextword.data.store import Folder, open_folder, open_parquet, sorted_range, write_sorted
 from nextword.errors import DataError
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
-from nextword.data.sources import Document, SkipLog
+from nextword.data.documents import Document, SkipLog
 from nextword.errors import DataError
 
 LANGUAGES = {

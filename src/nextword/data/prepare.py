@@ -37,7 +37,8 @@ from nextword.data.encode import UNITS_DIR, EncodeUnits, gather_units, plan_unit
 from nextword.data.remote import is_url
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
                                   token_dtype, write_index)
-from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
+from nextword.data.documents import Document, SkipLog
+from nextword.data.sources import read_sources, sources_fingerprint
 from nextword.data.split import BY_TAILS, choose_rule, split_pieces
 from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import ConfigError, DataError, make_folder

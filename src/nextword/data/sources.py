@@ -16,17 +16,16 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import sys
 import sysconfig
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from nextword.data.code import listed_files, read_code_repo
+from nextword.data.documents import Document, SkipLog
 from nextword.data.remote import RemoteReadError, file_name, file_size, is_url, open_binary, remote_files
 from nextword.errors import DataError
 
@@ -36,8 +35,6 @@ MAX_FILE_BYTES = 64 * 1024 * 1024  # a text file larger than this is skipped: it
 BINARY_SNIFF_BYTES = 8192  # a NUL byte this early marks a file as binary
 READ_CHUNK_BYTES = 1 << 20
 PARQUET_BATCH_ROWS = 1024
-MAX_SKIP_EXAMPLES = 20
-NAMES_PER_REASON = 3  # file names shown per reason in the summary line
 
 # Bump when a reader changes what it yields, so prepared data made by the old readers is not reused.
 READER_VERSION = 3
@@ -53,66 +50,6 @@ DEFAULT_CORPUS_NAME = "stdlib"
 # Folders of the standard library that are not library code: installed packages, bytecode, and test suites.
 STDLIB_EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__", "idle_test"}
 PYDOC_TOPICS = Path("pydoc_data") / "topics.py"
-
-
-@dataclass
-class Document:
-    """One unit of text with where it came from."""
-
-    id: str  # stable and unique, e.g. "stdlib:json/decoder.py", "docs/a.jsonl:17"
-    text: str
-    source: str  # "stdlib", "pydoc", "file", "jsonl", "parquet", "warc", "wet"
-    meta: dict[str, Any] = field(default_factory=dict)  # provenance: path, line or row, url where known
-
-
-def _reason_category(reason: str) -> str:
-    """The reason without its specifics, so that "line 3: not JSON" and "line 9: not JSON" count together."""
-    category = re.sub(r"^(line|row) \d+: ", "", reason)
-    category = re.sub(r" after (line|row) \d+", "", category)
-    return category.split(" (")[0]
-
-
-class SkipLog:
-    """Counts what the readers dropped, by reason, and keeps the first few examples with their files."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.by_reason: Counter[str] = Counter()
-        self.examples: list[tuple[str, str]] = []
-        self._names: dict[str, list[str]] = {}  # the first few files per reason, for the summary line
-        self._more_names: set[str] = set()  # reasons that were seen in more files than the summary shows
-
-    def skip(self, path: str | Path, reason: str) -> None:  # path: a local path or a URL
-        category = _reason_category(reason)
-        self.total += 1
-        self.by_reason[category] += 1
-        if len(self.examples) < MAX_SKIP_EXAMPLES:
-            self.examples.append((str(path), reason))
-        names = self._names.setdefault(category, [])
-        name = "/".join(Path(path).parts[-2:]) if len(Path(path).parts) > 2 else str(path)
-        if name not in names:
-            if len(names) < NAMES_PER_REASON:
-                names.append(name)
-            else:
-                self._more_names.add(category)
-
-    def summary_lines(self) -> list[str]:
-        """e.g. ["skipped 3 files or records: 2 not valid UTF-8 (a.txt, b.txt), 1 empty (c.txt)"]; [] if none."""
-        if not self.total:
-            return []
-        parts = []
-        for category, count in self.by_reason.most_common():
-            names = self._names[category]
-            more = ", …" if category in self._more_names else ""
-            parts.append(f"{count} {category} ({', '.join(names)}{more})")
-        return [f"skipped {self.total} files or records: " + ", ".join(parts)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "total": self.total,
-            "by_reason": dict(self.by_reason),
-            "examples": [{"path": path, "reason": reason} for path, reason in self.examples],
-        }
 
 
 # --- the default corpus: Python's standard library -------------------------------------------------------
@@ -474,8 +411,6 @@ def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> I
              for source, repository in zip(sources, repositories)]
     for source_files, repository in zip(files, repositories):
         if repository is not None:
-            from nextword.data.code import read_code_repo  # here: the code reader builds on this module
-
             yield from read_code_repo(repository, skips)
         elif source_files is None:
             yield from default_corpus(skips)
@@ -511,8 +446,6 @@ def sources_fingerprint(sources: list[str], extensions: list[str]) -> str:
             continue
         repository = code_repository(source)
         if repository is not None:
-            from nextword.data.code import listed_files
-
             files = [repository.resolve() / name for name in listed_files(repository)]
         else:
             path = _existing_path(source).resolve()
