@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from nextword.data.code import listed_files, read_code_repo
 from nextword.data.documents import Document, SkipLog
+from nextword.data.listing import Listing, count_links_outside, walk_files
 from nextword.data.remote import RemoteReadError, file_name, file_size, is_url, open_binary, remote_files
 from nextword.errors import DataError
 
@@ -350,17 +351,15 @@ def _matches(name: str, extensions: list[str]) -> bool:
     return lowered.endswith(DATA_FORMAT_SUFFIXES) or any(lowered.endswith(ext.lower()) for ext in extensions)
 
 
-def _folder_files(root: Path, extensions: list[str]) -> list[Path]:
+def _folder_files(root: Path, extensions: list[str]) -> Listing:
     """Files under `root` in a data format (JSONL, parquet, WARC/WET) or whose names end with one of
-    `extensions` (which text and code files to take), sorted by relative path.
+    `extensions` (which text and code files to take), sorted by relative path; links that lead out of `root`
+    set apart (listing.py).
 
     Hidden folders (.git, .venv) and bytecode caches are not walked: they hold tooling, not the user's text.
     """
-    files = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = [name for name in dirnames if not name.startswith(".") and name != "__pycache__"]
-        files.extend(Path(folder, name) for name in filenames if _matches(name, extensions))
-    return sorted(files, key=lambda path: path.relative_to(root).as_posix())
+    return walk_files(root, keep_folder=lambda name: not name.startswith(".") and name != "__pycache__",
+                      keep_file=lambda name: _matches(name, extensions))
 
 
 def code_repository(source: str) -> Path | None:
@@ -382,17 +381,19 @@ def _existing_path(source: str) -> Path:
     return path
 
 
-def _source_files(source: str, extensions: list[str]) -> list[tuple[Path | str, str]]:
-    """(file, the name its documents' ids use) for each file a folder, file or URL names, in reading order.
+def _source_files(source: str, extensions: list[str]) -> tuple[list[tuple[Path | str, str]], list[Path]]:
+    """(file, the name its documents' ids use) for each file a folder, file or URL names, in reading order; and
+    the links in a folder that lead out of it, which are not read.
 
     Raises DataError for a path that does not exist or a URL that is not there or cannot be reached.
     """
     if is_url(source):
-        return [(file.url, file.name) for file in remote_files(source, lambda name: _matches(name, extensions))]
+        return [(file.url, file.name) for file in remote_files(source, lambda name: _matches(name, extensions))], []
     path = _existing_path(source)
     if path.is_dir():
-        return [(file, file.relative_to(path).as_posix()) for file in _folder_files(path, extensions)]
-    return [(path, path.name)]
+        listing = _folder_files(path, extensions)
+        return [(file, file.relative_to(path).as_posix()) for file in listing.files], listing.links_outside
+    return [(path, path.name)], []
 
 
 def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> Iterator[Document]:
@@ -409,12 +410,14 @@ def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> I
     repositories = [code_repository(source) for source in sources]
     files = [None if source == DEFAULT_CORPUS_NAME or repository else _source_files(source, extensions)
              for source, repository in zip(sources, repositories)]
-    for source_files, repository in zip(files, repositories):
+    for listed, repository in zip(files, repositories):
         if repository is not None:
             yield from read_code_repo(repository, skips)
-        elif source_files is None:
+        elif listed is None:
             yield from default_corpus(skips)
         else:
+            source_files, links_outside = listed
+            count_links_outside(links_outside, skips)
             for file, display in source_files:
                 yield from _read_file(file, display, skips)
 
@@ -446,10 +449,14 @@ def sources_fingerprint(sources: list[str], extensions: list[str]) -> str:
             continue
         repository = code_repository(source)
         if repository is not None:
-            files = [repository.resolve() / name for name in listed_files(repository)]
+            listing = listed_files(repository)
+            files = [repository.resolve() / path.relative_to(repository) for path in listing.files]
         else:
             path = _existing_path(source).resolve()
-            files = _folder_files(path, extensions) if path.is_dir() else [path]
+            listing = _folder_files(path, extensions) if path.is_dir() else Listing([path])
+            files = listing.files
+        for link in listing.links_outside:  # not read, but counted: the report would change with them
+            add(link, "link outside")
         for file in files:
             try:
                 stat = file.stat()
