@@ -44,10 +44,10 @@ from nextword.config import CleanConfig, EngineConfig
 from nextword.data.dedup import (BUCKET_RECORD, PAIR_RECORD, SORT_CHUNK_RECORDS, ROW_BITS, ExternalSort, MinHasher,
                                  bucket_pairs, document_number, document_numbers, document_place, exact_key,
                                  key_records, lowest_ranked_pairs)
+from nextword.data.documents import Document, SkipLog
 from nextword.data.filters import EXAMPLE_CHARS, FilterChain, RuleStats
 from nextword.data.listing import Listing, count_links_outside, walk_files
 from nextword.data.remote import is_url, remote_files
-from nextword.data.documents import Document, SkipLog
 from nextword.data.sources import code_repository, read_sources
 from nextword.data.store import Folder, open_folder, open_parquet, sorted_range, write_sorted
 from nextword.errors import DataError
