@@ -47,7 +47,8 @@ LINK_LEAVES_REPOSITORY = "code: link leaves the repository"
 # - --no-pager, and --no-optional-locks: no core.pager, and the user's index is never rewritten by a read.
 # Filters (filter.*.clean/smudge/process) and diff drivers (diff.*.textconv, diff.external) cannot be overridden
 # by name; they run only when git reads file contents through them (add, checkout, diff, status refreshing a
-# changed file), which `ls-files --cached --others` never does.
+# changed file), which `ls-files --cached --others` never does (checked with git 2.39: a filter.*.process and a
+# diff textconv set in a checkout's config did not run, where `ls-files -m` ran the filter).
 GIT_SAFETY = ["--no-pager", "--no-optional-locks", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
               "-c", "protocol.allow=never"]
 
@@ -95,8 +96,13 @@ def listed_files(root: Path) -> Listing:
     ignore = root / ".gitignore"
     if ignore.is_file():
         spec = pathspec.GitIgnoreSpec.from_lines(ignore.read_text(encoding="utf-8").splitlines())
-        listing.files = [path for path in listing.files if not spec.match_file(path.relative_to(root).as_posix())]
+        listing.files = _not_ignored(listing.files, root, spec)
+        listing.links_outside = _not_ignored(listing.links_outside, root, spec)
     return listing
+
+
+def _not_ignored(paths: list[Path], root: Path, spec: pathspec.GitIgnoreSpec) -> list[Path]:
+    return [path for path in paths if not spec.match_file(path.relative_to(root).as_posix())]
 
 
 def _git_listed(root: Path) -> list[str]:

@@ -154,7 +154,7 @@ def _download_once(url: str, partial: Path, timeout_s: float) -> None:
         raise
     with response:
         if response.status == 206:
-            total = _announced_size(response.headers["Content-Range"].rsplit("/", 1)[1])
+            total = _announced_size(response.headers.get("Content-Range", "").rpartition("/")[2])
             mode = "ab"
         else:  # the server ignored the Range header: start again
             total = _announced_size(response.headers.get("Content-Length", ""))
