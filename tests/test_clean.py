@@ -264,6 +264,20 @@ def test_code_and_text_sources(tmp_path):
     assert not any("build.log" in json.dumps(part["skips"]) for part in stats["inputs"])
 
 
+@pytest.mark.slow
+def test_a_web_file_linked_from_outside_the_folder_is_a_counted_skip(crawl, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_wet(elsewhere / "d.warc.wet.gz", [ARTICLES[2]])
+    (crawl / "d.warc.wet.gz").symlink_to(elsewhere / "d.warc.wet.gz")
+
+    assert [(Path(i.path).name, i.kind) for i in plan_inputs([str(crawl)])] == [
+        ("a.warc.gz", "web"), ("b.warc.gz", "web"), ("c.warc.wet.gz", "web"), ("d.warc.wet.gz", "outside link")]
+    stats = clean([str(crawl)], tmp_path / "out", CleanConfig(), log=lambda line: None)
+    assert stats["reader_skips"]["link leaves the source folder"] == 1
+    assert stats["inputs"][3]["docs_read"] == 0
+
+
 def test_plan_inputs_names_a_missing_path(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         plan_inputs([str(tmp_path / "nope.warc.gz")])

@@ -14,6 +14,8 @@ from nextword.errors import ConfigError, DataError
 
 CRAWL = "CC-MAIN-2024-22"
 WET_PATHS = [f"crawl-data/{CRAWL}/segments/1/wet/file{i}.warc.wet.gz" for i in range(3)]
+OTHER_CRAWL = "CC-MAIN-2024-26"
+OTHER_WET_PATHS = [f"crawl-data/{OTHER_CRAWL}/segments/7/wet/other{i}.warc.wet.gz" for i in range(2)]
 
 
 class CrawlServer(BaseHTTPRequestHandler):
@@ -36,6 +38,11 @@ class CrawlServer(BaseHTTPRequestHandler):
             self.send_error(503)
             return
         start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        if fault == "no length, cut":  # HTTP/1.0 without Content-Length: the body ends where the connection closes
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(data[:len(data) // 2])
+            return
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -52,6 +59,8 @@ class CrawlServer(BaseHTTPRequestHandler):
 def server():
     CrawlServer.files = {f"crawl-data/{CRAWL}/wet.paths.gz": gzip.compress("\n".join(WET_PATHS).encode())}
     CrawlServer.files.update({p: bytes(range(256)) * (40 + i) for i, p in enumerate(WET_PATHS)})
+    CrawlServer.files[f"crawl-data/{OTHER_CRAWL}/wet.paths.gz"] = gzip.compress("\n".join(OTHER_WET_PATHS).encode())
+    CrawlServer.files.update({p: bytes(range(255, -1, -1)) * (50 + i) for i, p in enumerate(OTHER_WET_PATHS)})
     CrawlServer.failures, CrawlServer.requests = {}, []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), CrawlServer)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -85,6 +94,48 @@ def test_partial_file_from_an_earlier_run_is_resumed_and_complete_files_kept(ser
     CrawlServer.requests.clear()
     fetch_cc(CRAWL, 1, tmp_path, options(server), log=lambda line: None)
     assert CrawlServer.requests == []  # listing and file already complete: nothing downloaded again
+
+
+def test_a_second_crawl_into_the_same_folder_downloads_its_own_files(server, tmp_path):
+    fetch_cc(CRAWL, 1, tmp_path, options(server), log=lambda line: None)
+    got = fetch_cc(OTHER_CRAWL, 2, tmp_path, options(server), log=lambda line: None)
+    assert [p.name for p in got] == ["other0.warc.wet.gz", "other1.warc.wet.gz"]
+    assert [p.read_bytes() for p in got] == [CrawlServer.files[p] for p in OTHER_WET_PATHS]
+    assert (tmp_path / f"{CRAWL}.wet.paths.gz").exists() and (tmp_path / f"{OTHER_CRAWL}.wet.paths.gz").exists()
+
+
+def test_a_listing_not_named_by_its_crawl_is_not_trusted(server, tmp_path):
+    """A bare wet.paths.gz (as an earlier version kept it) could list any crawl: it is downloaded anew."""
+    (tmp_path / "wet.paths.gz").write_bytes(gzip.compress("\n".join(OTHER_WET_PATHS).encode()))
+    got = fetch_cc(CRAWL, 1, tmp_path, options(server), log=lambda line: None)
+    assert got == [tmp_path / "file0.warc.wet.gz"]
+    assert got[0].read_bytes() == CrawlServer.files[WET_PATHS[0]]
+
+
+def test_a_crawl_name_that_would_leave_the_folder_is_an_error(server, tmp_path):
+    with pytest.raises(ConfigError, match="--crawl"):
+        fetch_cc("../CC-MAIN-2024-22", 1, tmp_path / "cc", options(server), log=lambda line: None)
+    assert CrawlServer.requests == []
+
+
+def test_a_body_without_a_length_that_breaks_off_is_resumed_not_kept(server, tmp_path):
+    """Without Content-Length a closed connection looks like the end of the file: the gzip stream shows it is not."""
+    whole = b"".join(gzip.compress(f"WARC record {i}\n".encode() * 200) for i in range(3))  # the cut is mid-member
+    CrawlServer.files[WET_PATHS[0]] = whole
+    CrawlServer.failures = {WET_PATHS[0]: ["no length, cut"]}
+    got = fetch_cc(CRAWL, 1, tmp_path, options(server), log=lambda line: None)
+    assert got[0].read_bytes() == whole
+    ranges = [r for p, r in CrawlServer.requests if p == WET_PATHS[0]]
+    assert ranges == ["", f"bytes={len(whole) // 2}-"]  # the half that came was kept and resumed from
+
+
+def test_a_body_without_a_length_that_always_breaks_off_is_never_renamed_into_place(server, tmp_path):
+    CrawlServer.files[WET_PATHS[0]] = gzip.compress(b"WARC record\n" * 500)
+    CrawlServer.failures = {WET_PATHS[0]: ["no length, cut"] * 3}
+    with pytest.raises(DataError, match="gzip stream ends part way"):
+        fetch_cc(CRAWL, 1, tmp_path, FetchOptions(base_url=server, retries=2, backoff_s=0.0, timeout_s=5.0),
+                 log=lambda line: None)
+    assert not (tmp_path / "file0.warc.wet.gz").exists()
 
 
 def test_a_file_that_keeps_failing_is_a_clear_error(server, tmp_path):

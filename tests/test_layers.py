@@ -114,3 +114,42 @@ def test_the_checker_sees_a_backward_import(tmp_path):
     assert {"nextword.cli", "nextword.training.step"} <= imported_modules(bad)
     assert sets_environment_on_import(bad)
     assert RANK[part_of("nextword.cli")] < RANK[part_of("nextword.model.network")]
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle in a graph of module → the modules it imports, as the modules along it; [] if there is none."""
+    state: dict[str, str] = {}  # "open" while a module's imports are being followed, "done" after
+    trail: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        state[module] = "open"
+        trail.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                return trail[trail.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        trail.pop()
+        state[module] = "done"
+        return []
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return []
+
+
+def test_modules_within_a_part_import_one_way():
+    """No circle of imports inside a part either, lazy ones included: the readers share Document and SkipLog
+    through data/documents.py, not through each other."""
+    known = {module for module, _ in modules()}
+    graph = {module: {target for target in imported_modules(path) if target in known and target != module
+                      and part_of(target) == part_of(module)}
+             for module, path in modules()}
+    cycle = import_cycle(graph)
+    assert not cycle, " → ".join(cycle)
+
+
+def test_the_cycle_finder_sees_a_circle():
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []

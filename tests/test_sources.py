@@ -300,6 +300,41 @@ def test_broken_links_in_a_folder_are_counted_skips_and_part_of_the_fingerprint(
     assert sources_fingerprint([str(tmp_path)], extensions) != before
 
 
+def test_links_out_of_a_folder_are_counted_skips_and_never_read(tmp_path):
+    """A link in a data folder that leads out of it (to a private key, say) is not followed; one inside is."""
+    data, home = tmp_path / "data", tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa.txt").write_text("PRIVATE KEY")
+    (home / "notes").mkdir()
+    (home / "notes" / "diary.txt").write_text("a private diary")
+    data.mkdir()
+    (data / "book.txt").write_text("a readable document")
+    (data / "key.txt").symlink_to(home / ".ssh" / "id_rsa.txt")
+    (data / "notes").symlink_to(home / "notes")
+    (data / "again.txt").symlink_to(data / "book.txt")
+
+    docs, skips = read([data])
+
+    assert sorted(d.id for d in docs) == ["again.txt", "book.txt"]
+    assert skips.by_reason == {"link leaves the source folder": 2}
+    assert sorted(path for path, _ in skips.examples) == [str(data / "key.txt"), str(data / "notes")]
+    before = sources_fingerprint([str(data)], EXTENSIONS)
+    (data / "key.txt").unlink()
+    assert sources_fingerprint([str(data)], EXTENSIONS) != before
+
+
+def test_a_folder_or_file_named_through_a_link_is_read(tmp_path):
+    """The path the user names is followed even if it is a link: that is where the data is."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "book.txt").write_text("a readable document")
+    (tmp_path / "named").symlink_to(tmp_path / "real")
+    (tmp_path / "one.txt").symlink_to(tmp_path / "real" / "book.txt")
+
+    docs, skips = read([tmp_path / "named", tmp_path / "one.txt"])
+
+    assert [d.id for d in docs] == ["book.txt", "one.txt"] and skips.total == 0
+
+
 def test_default_corpus_fingerprint_is_stable_and_differs_from_paths(tmp_path):
     (tmp_path / "a.txt").write_text("text")
     default = sources_fingerprint([], EXTENSIONS)

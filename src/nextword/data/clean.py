@@ -44,9 +44,11 @@ from nextword.config import CleanConfig, EngineConfig
 from nextword.data.dedup import (BUCKET_RECORD, PAIR_RECORD, SORT_CHUNK_RECORDS, ROW_BITS, ExternalSort, MinHasher,
                                  bucket_pairs, document_number, document_numbers, document_place, exact_key,
                                  key_records, lowest_ranked_pairs)
+from nextword.data.documents import Document, SkipLog
 from nextword.data.filters import EXAMPLE_CHARS, FilterChain, RuleStats
+from nextword.data.listing import Listing, count_links_outside, walk_files
 from nextword.data.remote import is_url, remote_files
-from nextword.data.sources import Document, SkipLog, code_repository, read_sources
+from nextword.data.sources import code_repository, read_sources
 from nextword.data.store import Folder, open_folder, open_parquet, sorted_range, write_sorted
 from nextword.errors import DataError
 
@@ -69,7 +71,7 @@ class Input:
     """One unit of parallel work: a web archive file, a code repository, or one text source."""
 
     spec: str  # as the user named it
-    kind: str  # "web" | "code" | "text"
+    kind: str  # "web" | "code" | "text", or "outside link": a link in a folder that leads out of it, not read
     path: str
 
 
@@ -94,12 +96,13 @@ def plan_inputs(sources: list[str]) -> list[Input]:
         path = Path(spec)
         if not path.exists():
             raise DataError(f"{spec}: no such file or folder; check the path given to --source")
-        web_files = sorted(p for p in path.rglob("*") if p.is_file() and is_web_file(p)) if path.is_dir() else []
+        web_files = walk_files(path, keep_file=is_web_file) if path.is_dir() else Listing()
         if is_web_file(path):
             inputs.append(Input(spec, "web", str(path)))
-        elif web_files:
-            inputs.extend(Input(str(p), "web", str(p)) for p in web_files)
-        else:
+        elif web_files.files:
+            inputs.extend(Input(str(p), "web", str(p)) for p in web_files.files)
+            inputs.extend(Input(str(p), "outside link", str(p)) for p in web_files.links_outside)
+        else:  # read_sources lists the folder, and counts the links that lead out of it
             inputs.append(Input(spec, "text", str(path)))
     return inputs
 
@@ -230,11 +233,14 @@ def _documents(inp: Input, cfg: CleanConfig, extensions: list[str], skips: SkipL
         from nextword.data.code import read_code_repo
 
         return read_code_repo(Path(inp.path), skips, max_file_bytes=cfg.code_max_file_bytes)
+    if inp.kind == "outside link":
+        count_links_outside([Path(inp.path)], skips)
+        return iter(())
     return read_sources([inp.path], extensions, skips)
 
 
 def _rules_for(inp: Input, cfg: CleanConfig) -> list[str]:
-    return {"web": cfg.web_rules, "code": cfg.code_rules, "text": cfg.text_rules}[inp.kind]
+    return {"web": cfg.web_rules, "code": cfg.code_rules, "text": cfg.text_rules, "outside link": []}[inp.kind]
 
 
 def _clean_input(job: CleanJob, index: int) -> dict[str, Any]:

@@ -1,12 +1,15 @@
 """Common Crawl fetcher: a crawl's list of WET files, then the first N of them, over HTTP(S).
 
 `https://data.commoncrawl.org/crawl-data/CC-MAIN-2024-22/wet.paths.gz` lists the crawl's WET files, one path per
-line, each relative to the same base URL. Every download goes to `NAME.part` first and is renamed only once its
-size matches what the server announced, so a finished file is never partial. A `.part` left by an interrupted run
-is resumed with an HTTP Range request; a failed attempt (a dropped connection, a stall longer than the timeout, a
-body shorter than its Content-Length, a 5xx) is retried after a growing pause with jitter, or after the server's
-Retry-After for a 429 or 503. A 4xx other than 408 and 429 will not change on retry, so it fails at once. The
-files download `parallel` at a time (threads: the work is waiting on the network), each with its own retries.
+line, each relative to the same base URL. It is kept as `CC-MAIN-2024-22.wet.paths.gz`, named by its crawl, so
+that fetching another crawl into the same folder downloads that crawl's files; a bare `wet.paths.gz` could be any
+crawl's and is never read. Every download goes to `NAME.part` first and is renamed only once it is known whole:
+its size matches what the server announced, or, when the server announced none, its gzip stream ends with a
+complete member. A `.part` left by an interrupted run is resumed with an HTTP Range request; a failed attempt (a
+dropped connection, a stall longer than the timeout, a body shorter than its Content-Length or a gzip stream cut
+short, a 5xx) is retried after a growing pause with jitter, or after the server's Retry-After for a 429 or 503. A
+4xx other than 408 and 429 will not change on retry, so it fails at once. The files download `parallel` at a time
+(threads: the work is waiting on the network), each with its own retries.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import email.utils
 import gzip
 import http.client
 import random
+import re
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +35,7 @@ CHUNK_BYTES = 1 << 20
 USER_AGENT = "nextword-fetch-cc"
 MAX_RETRY_AFTER_S = 600.0  # a server asking for a longer pause than this is treated as down
 RETRYABLE_CLIENT_ERRORS = (408, 429)
+CRAWL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # CC-MAIN-2024-22; it becomes part of a file name
 
 
 @dataclass
@@ -52,9 +57,12 @@ def fetch_cc(crawl: str, files: int, out_dir: str | Path, options: FetchOptions 
         raise ConfigError(f"--retries {options.retries}: give 0 or more")
     if options.parallel < 1:
         raise ConfigError(f"--parallel {options.parallel}: give the number of files to download at once, 1 or more")
+    if not CRAWL_NAME.fullmatch(crawl):
+        raise ConfigError(f"--crawl {crawl!r}: give a crawl name such as CC-MAIN-2024-22 (letters, digits, '.', "
+                          "'_' and '-')")
     out = Path(out_dir)
     make_folder(out, "download", "--out")
-    listing = download(_url(options, f"crawl-data/{crawl}/wet.paths.gz"), out / "wet.paths.gz", options, log)
+    listing = download(_url(options, f"crawl-data/{crawl}/wet.paths.gz"), out / f"{crawl}.wet.paths.gz", options, log)
     try:
         text = gzip.decompress(listing.read_bytes()).decode("utf-8")
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
@@ -101,7 +109,7 @@ def download(url: str, dest: Path, options: FetchOptions, log: Callable[[str], N
             if 400 <= e.code < 500 and e.code not in RETRYABLE_CLIENT_ERRORS:
                 break
             pause = _retry_after(e) or _backoff(options, attempt)
-        except (OSError, http.client.HTTPException, _SizeMismatch) as e:
+        except (OSError, http.client.HTTPException, _Incomplete) as e:
             last_error = str(e) or type(e).__name__
             pause = _backoff(options, attempt)
         log(f"fetch: {url}: attempt {attempt + 1} failed: {last_error}")
@@ -129,8 +137,8 @@ def _retry_after(error: urllib.error.HTTPError) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-class _SizeMismatch(Exception):
-    pass
+class _Incomplete(Exception):
+    """The download ended before the whole file arrived; the part is kept to resume from, unless it is unusable."""
 
 
 def _download_once(url: str, partial: Path, timeout_s: float) -> None:
@@ -146,16 +154,50 @@ def _download_once(url: str, partial: Path, timeout_s: float) -> None:
         raise
     with response:
         if response.status == 206:
-            total = int(response.headers["Content-Range"].rsplit("/", 1)[1])
+            total = _announced_size(response.headers.get("Content-Range", "").rpartition("/")[2])
             mode = "ab"
         else:  # the server ignored the Range header: start again
-            total = int(response.headers.get("Content-Length", -1))
+            total = _announced_size(response.headers.get("Content-Length", ""))
             mode = "wb"
         with open(partial, mode) as f:
             while chunk := response.read1(CHUNK_BYTES):  # what has arrived: a stall keeps it
                 f.write(chunk)
     size = partial.stat().st_size
-    if total >= 0 and size > total:
+    if total is None:
+        _check_gzip_ends(partial)
+        return
+    if size > total:
         partial.unlink()  # more bytes than the file has: the part is not this file, start again
-    if total >= 0 and size != total:
-        raise _SizeMismatch(f"got {size} of {total} bytes")
+    if size != total:
+        raise _Incomplete(f"got {size} of {total} bytes")
+
+
+def _announced_size(value: str) -> int | None:
+    """The size a Content-Length or a Content-Range's complete length gives; None when the server gave none
+    ("*" in a Content-Range, RFC 9110 §14.4)."""
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _check_gzip_ends(partial: Path) -> None:
+    """Raise _Incomplete unless the file's gzip stream ends with a whole member.
+
+    Without a length, a connection that closes early looks like the end of the body; every file the crawl lists
+    is gzip, whose members end with a trailer, so a stream cut short inside a member shows (one cut exactly
+    between two members cannot be told from the end). A part that is not gzip at all is removed, as resuming it
+    could never make it whole.
+    """
+    if not partial.name.endswith(".gz.part"):
+        return
+    if partial.stat().st_size == 0:
+        raise _Incomplete("an empty body and no length")
+    try:
+        with gzip.open(partial, "rb") as stream:
+            while stream.read(CHUNK_BYTES):
+                pass
+    except EOFError:  # gzip: "Compressed file ended before the end-of-stream marker was reached"
+        raise _Incomplete(f"the gzip stream ends part way after {partial.stat().st_size} bytes and the server "
+                          "gave no length") from None
+    except (OSError, zlib.error) as e:
+        partial.unlink()
+        raise _Incomplete(f"not a gzip file ({e}); removed, to download again") from None

@@ -33,11 +33,12 @@ from tqdm import tqdm
 from nextword.config import CleanConfig, DataConfig, EngineConfig
 from nextword.data.clean import CLEAN_FORMAT, MixReport, clean, mix_documents, plan_inputs, read_cleaned
 from nextword.data.code import LANGUAGES
+from nextword.data.documents import Document, SkipLog
 from nextword.data.encode import UNITS_DIR, EncodeUnits, gather_units, plan_units, unit_file
 from nextword.data.remote import is_url
 from nextword.data.shards import (FORMAT_VERSION, INDEX_NAME, SPLITS, ShardWriter, TokenShards, read_index,
                                   token_dtype, write_index)
-from nextword.data.sources import Document, SkipLog, read_sources, sources_fingerprint
+from nextword.data.sources import read_sources, sources_fingerprint
 from nextword.data.split import BY_TAILS, choose_rule, split_pieces
 from nextword.data.tokenizer import EOS, Tokenizer
 from nextword.errors import ConfigError, DataError, make_folder

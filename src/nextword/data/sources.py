@@ -16,17 +16,17 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import sys
 import sysconfig
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from nextword.data.code import listed_files, read_code_repo
+from nextword.data.documents import Document, SkipLog
+from nextword.data.listing import Listing, count_links_outside, walk_files
 from nextword.data.remote import RemoteReadError, file_name, file_size, is_url, open_binary, remote_files
 from nextword.errors import DataError
 
@@ -36,8 +36,6 @@ MAX_FILE_BYTES = 64 * 1024 * 1024  # a text file larger than this is skipped: it
 BINARY_SNIFF_BYTES = 8192  # a NUL byte this early marks a file as binary
 READ_CHUNK_BYTES = 1 << 20
 PARQUET_BATCH_ROWS = 1024
-MAX_SKIP_EXAMPLES = 20
-NAMES_PER_REASON = 3  # file names shown per reason in the summary line
 
 # Bump when a reader changes what it yields, so prepared data made by the old readers is not reused.
 READER_VERSION = 3
@@ -53,66 +51,6 @@ DEFAULT_CORPUS_NAME = "stdlib"
 # Folders of the standard library that are not library code: installed packages, bytecode, and test suites.
 STDLIB_EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__", "idle_test"}
 PYDOC_TOPICS = Path("pydoc_data") / "topics.py"
-
-
-@dataclass
-class Document:
-    """One unit of text with where it came from."""
-
-    id: str  # stable and unique, e.g. "stdlib:json/decoder.py", "docs/a.jsonl:17"
-    text: str
-    source: str  # "stdlib", "pydoc", "file", "jsonl", "parquet", "warc", "wet"
-    meta: dict[str, Any] = field(default_factory=dict)  # provenance: path, line or row, url where known
-
-
-def _reason_category(reason: str) -> str:
-    """The reason without its specifics, so that "line 3: not JSON" and "line 9: not JSON" count together."""
-    category = re.sub(r"^(line|row) \d+: ", "", reason)
-    category = re.sub(r" after (line|row) \d+", "", category)
-    return category.split(" (")[0]
-
-
-class SkipLog:
-    """Counts what the readers dropped, by reason, and keeps the first few examples with their files."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.by_reason: Counter[str] = Counter()
-        self.examples: list[tuple[str, str]] = []
-        self._names: dict[str, list[str]] = {}  # the first few files per reason, for the summary line
-        self._more_names: set[str] = set()  # reasons that were seen in more files than the summary shows
-
-    def skip(self, path: str | Path, reason: str) -> None:  # path: a local path or a URL
-        category = _reason_category(reason)
-        self.total += 1
-        self.by_reason[category] += 1
-        if len(self.examples) < MAX_SKIP_EXAMPLES:
-            self.examples.append((str(path), reason))
-        names = self._names.setdefault(category, [])
-        name = "/".join(Path(path).parts[-2:]) if len(Path(path).parts) > 2 else str(path)
-        if name not in names:
-            if len(names) < NAMES_PER_REASON:
-                names.append(name)
-            else:
-                self._more_names.add(category)
-
-    def summary_lines(self) -> list[str]:
-        """e.g. ["skipped 3 files or records: 2 not valid UTF-8 (a.txt, b.txt), 1 empty (c.txt)"]; [] if none."""
-        if not self.total:
-            return []
-        parts = []
-        for category, count in self.by_reason.most_common():
-            names = self._names[category]
-            more = ", …" if category in self._more_names else ""
-            parts.append(f"{count} {category} ({', '.join(names)}{more})")
-        return [f"skipped {self.total} files or records: " + ", ".join(parts)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "total": self.total,
-            "by_reason": dict(self.by_reason),
-            "examples": [{"path": path, "reason": reason} for path, reason in self.examples],
-        }
 
 
 # --- the default corpus: Python's standard library -------------------------------------------------------
@@ -413,17 +351,15 @@ def _matches(name: str, extensions: list[str]) -> bool:
     return lowered.endswith(DATA_FORMAT_SUFFIXES) or any(lowered.endswith(ext.lower()) for ext in extensions)
 
 
-def _folder_files(root: Path, extensions: list[str]) -> list[Path]:
+def _folder_files(root: Path, extensions: list[str]) -> Listing:
     """Files under `root` in a data format (JSONL, parquet, WARC/WET) or whose names end with one of
-    `extensions` (which text and code files to take), sorted by relative path.
+    `extensions` (which text and code files to take), sorted by relative path; links that lead out of `root`
+    set apart (listing.py).
 
     Hidden folders (.git, .venv) and bytecode caches are not walked: they hold tooling, not the user's text.
     """
-    files = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = [name for name in dirnames if not name.startswith(".") and name != "__pycache__"]
-        files.extend(Path(folder, name) for name in filenames if _matches(name, extensions))
-    return sorted(files, key=lambda path: path.relative_to(root).as_posix())
+    return walk_files(root, keep_folder=lambda name: not name.startswith(".") and name != "__pycache__",
+                      keep_file=lambda name: _matches(name, extensions))
 
 
 def code_repository(source: str) -> Path | None:
@@ -445,17 +381,19 @@ def _existing_path(source: str) -> Path:
     return path
 
 
-def _source_files(source: str, extensions: list[str]) -> list[tuple[Path | str, str]]:
-    """(file, the name its documents' ids use) for each file a folder, file or URL names, in reading order.
+def _source_files(source: str, extensions: list[str]) -> tuple[list[tuple[Path | str, str]], list[Path]]:
+    """(file, the name its documents' ids use) for each file a folder, file or URL names, in reading order; and
+    the links in a folder that lead out of it, which are not read.
 
     Raises DataError for a path that does not exist or a URL that is not there or cannot be reached.
     """
     if is_url(source):
-        return [(file.url, file.name) for file in remote_files(source, lambda name: _matches(name, extensions))]
+        return [(file.url, file.name) for file in remote_files(source, lambda name: _matches(name, extensions))], []
     path = _existing_path(source)
     if path.is_dir():
-        return [(file, file.relative_to(path).as_posix()) for file in _folder_files(path, extensions)]
-    return [(path, path.name)]
+        listing = _folder_files(path, extensions)
+        return [(file, file.relative_to(path).as_posix()) for file in listing.files], listing.links_outside
+    return [(path, path.name)], []
 
 
 def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> Iterator[Document]:
@@ -472,14 +410,14 @@ def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> I
     repositories = [code_repository(source) for source in sources]
     files = [None if source == DEFAULT_CORPUS_NAME or repository else _source_files(source, extensions)
              for source, repository in zip(sources, repositories)]
-    for source_files, repository in zip(files, repositories):
+    for listed, repository in zip(files, repositories):
         if repository is not None:
-            from nextword.data.code import read_code_repo  # here: the code reader builds on this module
-
             yield from read_code_repo(repository, skips)
-        elif source_files is None:
+        elif listed is None:
             yield from default_corpus(skips)
         else:
+            source_files, links_outside = listed
+            count_links_outside(links_outside, skips)
             for file, display in source_files:
                 yield from _read_file(file, display, skips)
 
@@ -511,12 +449,14 @@ def sources_fingerprint(sources: list[str], extensions: list[str]) -> str:
             continue
         repository = code_repository(source)
         if repository is not None:
-            from nextword.data.code import listed_files
-
-            files = [repository.resolve() / name for name in listed_files(repository)]
+            listing = listed_files(repository)
+            files = [repository.resolve() / path.relative_to(repository) for path in listing.files]
         else:
             path = _existing_path(source).resolve()
-            files = _folder_files(path, extensions) if path.is_dir() else [path]
+            listing = _folder_files(path, extensions) if path.is_dir() else Listing([path])
+            files = listing.files
+        for link in listing.links_outside:  # not read, but counted: the report would change with them
+            add(link, "link outside")
         for file in files:
             try:
                 stat = file.stat()

@@ -34,7 +34,7 @@ from fastwarc.warc import ArchiveIterator
 
 from nextword.data.extract import extract_text
 from nextword.data.remote import RemoteReadError, file_size, is_url, open_binary
-from nextword.data.sources import Document, SkipLog
+from nextword.data.documents import Document, SkipLog
 
 WEB_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 GZIP_MAGIC = b"\x1f\x8b\x08"
