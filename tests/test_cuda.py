@@ -201,13 +201,15 @@ def test_the_loader_copies_batches_to_the_gpu_from_pinned_memory(tmp_path):
     shards = TokenShards(tmp_path, "train")
     on_gpu = TokenLoader(shards, batch_size=4, context=16, seed=1, device=CUDA)
     on_cpu = TokenLoader(shards, batch_size=4, context=16, seed=1)
+    torch.zeros(1, device=CUDA)  # the CUDA context is up before the profiler starts
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
         x, y = on_gpu.next_batch()
         torch.cuda.synchronize()
-    copies = [event.name for event in profile.events() if event.name.startswith("Memcpy HtoD")]
+    # CUPTI names each copy by where it came from: "Memcpy HtoD (Pinned -> Device)" or "(Pageable -> Device)".
+    copies = [event.name.lower() for event in profile.events() if event.name.lower().startswith("memcpy htod")]
     if not copies:
         pytest.skip("the profiler recorded no copies here (CUPTI is not available)")
-    assert copies == ["Memcpy HtoD (Pinned -> Device)"] * 2, copies  # x and y, each from pinned memory
+    assert len(copies) >= 2 and all("pinned -> device" in name for name in copies), copies  # x and y
     cpu_x, cpu_y = on_cpu.next_batch()
     assert x.is_cuda and torch.equal(x.cpu(), cpu_x) and torch.equal(y.cpu(), cpu_y)
 
