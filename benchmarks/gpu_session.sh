@@ -39,7 +39,7 @@
 # NEXTWORD_PYTHON to choose another). What each part imports beside the standard library, checked before any part
 # runs (one line names what is missing):
 #   smoke       torch numpy tokenizers safetensors pyarrow tqdm fsspec transformers pytest
-#   throughput  torch numpy tokenizers safetensors pyarrow tqdm fsspec transformers
+#   throughput  torch numpy tqdm transformers
 #   recipes     torch numpy tokenizers safetensors pyarrow tqdm fsspec
 # Not needed by any part: datatrove, lm-eval, fastwarc, ray, matplotlib, tensorboard (prepared without cleaning,
 # the corpus is read and encoded without the data engine).
@@ -48,7 +48,7 @@ cd "$(dirname "$0")/.."
 
 declare -A NEEDS=(
     [smoke]="torch numpy tokenizers safetensors pyarrow tqdm fsspec transformers pytest"
-    [throughput]="torch numpy tokenizers safetensors pyarrow tqdm fsspec transformers"
+    [throughput]="torch numpy tqdm transformers"
     [recipes]="torch numpy tokenizers safetensors pyarrow tqdm fsspec"
 )
 # Every module holding a test marked `cuda` (tests/test_gpu_session.py checks that none is left out).

@@ -90,11 +90,10 @@ def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> RunC
     """A few KB of text and a tiny model that `train` runs on the GPU in bf16 in seconds."""
     monkeypatch.setenv("NEXTWORD_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "corpus"
-    if not corpus.exists():
-        corpus.mkdir()
-        for i in range(30):
-            text = " ".join(WORDS[(i * 7 + j * j) % len(WORDS)] for j in range(400))
-            (corpus / f"doc_{i:03d}.txt").write_text(text + "\n", encoding="utf-8")
+    corpus.mkdir()
+    for i in range(30):
+        text = " ".join(WORDS[(i * 7 + j * j) % len(WORDS)] for j in range(400))
+        (corpus / f"doc_{i:03d}.txt").write_text(text + "\n", encoding="utf-8")
     cfg = RunConfig()
     cfg.model.arch, cfg.model.size = "llama", "fixed"
     cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context = 2, 64, 4, 32
