@@ -5,9 +5,9 @@
 #   benchmarks/gpu_session.sh [--cpu] PART [PART...] [--out DIR]
 #
 #   smoke       every CUDA test (`pytest -m cuda`); the default `nextword train` by --steps, which must choose
-#               bf16 and compile (a fresh machine would spend a 60-second budget compiling); 20 steps of moe-tiny
-#               with the experts on torch's grouped matmul; the GPU-trained run exported, and transformers' logits
-#               for the export compared with the run's on the GPU
+#               bf16 and compile (a fresh machine would spend a 60-second budget compiling); 20 eager steps of
+#               moe-tiny with the experts on torch's grouped matmul; the GPU-trained run exported, and
+#               transformers' logits for the export compared with the run's on the GPU
 #   throughput  benchmarks/gpu_throughput.py --only gpt2: gpt2-124m beside transformers' GPT2LMHeadModel, eager and
 #               compiled (tokens/s, MFU, peak memory)
 #   recipes     benchmarks/recipe.py: today's recipe and the new one at gpt2-124m, 70 s each, one after the other
