@@ -9,10 +9,11 @@ readers cut a large file:
                  cut at data.doc_separator
     words        every word on one line, no punctuation (text8): cut at spaces
 
-Each size runs `python -m nextword prepare` in a fresh process, with the default settings (an 8,192-token
-tokenizer trained on the first 20 MB, every core encoding). This process samples /proc every 50 ms for the peak
-RSS (VmHWM) of each process under it, the encoding workers included, and reports the largest with its command;
-getrusage's RUSAGE_CHILDREN (the largest child waited for) is printed beside it as a check.
+Each size runs `python -m nextword prepare` in a fresh process, with the default settings (a tokenizer of up to
+8,192 tokens trained on the first 20 MB; the generated text's small vocabulary runs out of merges before that;
+every core encoding). This process samples /proc every 50 ms for the peak RSS (VmHWM) of each process under it,
+the encoding workers included, and reports the largest with its command; getrusage's RUSAGE_CHILDREN is printed
+beside it as a check (the largest process waited for so far in this run, so a row's figure covers the rows above).
 
     .venv/bin/python benchmarks/large_file.py                      # 1,000 MB, paragraphs
     .venv/bin/python benchmarks/large_file.py --mb 100 1000 --layout stories
@@ -30,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import header, markdown_table
+from common import header
 from data_scale import ProcessTree, sentences
 
 SEPARATOR = "<|endoftext|>"
@@ -114,7 +115,8 @@ def main() -> None:
     args = parser.parse_args()
     for line in header("nextword prepare of one large text file"):
         print(line, flush=True)
-    rows = []
+    print("| layout | MB | wall s | MB/s | peak RSS MB, largest process (/proc) | RUSAGE_CHILDREN MB |")
+    print("|---|--:|--:|--:|--:|--:|", flush=True)
     with tempfile.TemporaryDirectory(prefix="nextword-large-file-") as tmp:
         for mb in args.mb:
             path = Path(tmp) / f"{args.layout}_{mb}mb.txt"
@@ -122,16 +124,12 @@ def main() -> None:
             work = Path(tmp) / f"work_{mb}"
             r = measure(path, args.layout, work)
             path.unlink()
+            subprocess.run(["rm", "-rf", str(work)], check=True)  # the shards of a 1 GB file take 400 MB of disk
+            print(f"| {args.layout} | {size / 1e6:,.0f} | {r['seconds']:.1f} | {size / 1e6 / r['seconds']:.2f} | "
+                  f"{r['peak_mb']:.0f} | {r['children_maxrss_mb']:.0f} |", flush=True)
             for line in r["summary"]:
-                print(f"# {mb} MB: {line}", flush=True)
-            print(f"# {mb} MB: largest process ({r['processes']} watched): {r['largest']}", flush=True)
-            rows.append([args.layout, f"{size / 1e6:,.0f}", f"{r['seconds']:.1f}", f"{size / 1e6 / r['seconds']:.2f}",
-                         f"{r['peak_mb']:.0f}", f"{r['children_maxrss_mb']:.0f}"])
-            subprocess.run(["rm", "-rf", str(work)], check=True)  # the shards of a 1 GB file take 500 MB of disk
-    for line in markdown_table(["layout", "MB", "wall s", "MB/s", "peak RSS MB (largest process)",
-                                "RUSAGE_CHILDREN MB"], rows):
-        print(line)
-
+                print(f"#   {line}", flush=True)
+            print(f"#   largest process, of {r['processes']} watched: {r['largest']}", flush=True)
 
 if __name__ == "__main__":
     main()
