@@ -12,8 +12,9 @@ readers cut a large file:
 Each size runs `python -m nextword prepare` in a fresh process, with the default settings (a tokenizer of up to
 8,192 tokens trained on the first 20 MB; the generated text's small vocabulary runs out of merges before that;
 every core encoding). This process samples /proc every 50 ms for the peak RSS (VmHWM) of each process under it,
-the encoding workers included, and reports the largest with its command; getrusage's RUSAGE_CHILDREN is printed
-beside it as a check (the largest process waited for so far in this run, so a row's figure covers the rows above).
+the encoding workers included, and reports the largest with its command. getrusage's RUSAGE_CHILDREN is printed
+beside it as an upper bound only: Linux keeps a process's peak across exec, so it counts the size of this process
+(torch imported for the header) at the fork, and it holds the largest of every child so far in this run.
 
     .venv/bin/python benchmarks/large_file.py                      # 1,000 MB, paragraphs
     .venv/bin/python benchmarks/large_file.py --mb 100 1000 --layout stories
@@ -115,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     for line in header("nextword prepare of one large text file"):
         print(line, flush=True)
-    print("| layout | MB | wall s | MB/s | peak RSS MB, largest process (/proc) | RUSAGE_CHILDREN MB |")
+    print("| layout | MB | wall s | MB/s | peak RSS MB, largest process (/proc) | RUSAGE_CHILDREN MB (bound) |")
     print("|---|--:|--:|--:|--:|--:|", flush=True)
     with tempfile.TemporaryDirectory(prefix="nextword-large-file-") as tmp:
         for mb in args.mb:
