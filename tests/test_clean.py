@@ -278,6 +278,17 @@ def test_a_web_file_linked_from_outside_the_folder_is_a_counted_skip(crawl, tmp_
     assert stats["inputs"][3]["docs_read"] == 0
 
 
+def test_a_text_file_is_cut_at_the_document_separator_before_the_rules(tmp_path):
+    stories = [f"{article}\n\nStory {i}." for i, article in enumerate(ARTICLES)]
+    (tmp_path / "stories.txt").write_text("".join(f"{story}\n<|endoftext|>\n" for story in stories))
+    out = tmp_path / "out"
+    stats = clean([str(tmp_path / "stories.txt")], out, CleanConfig(text_rules=[]), doc_separator="<|endoftext|>",
+                  log=lambda line: None)
+    assert stats["inputs"][0]["docs_read"] == len(stories)
+    assert [d.text for d in read_cleaned(out)] == stories
+    assert json.loads((out / "manifest.json").read_text())["doc_separator"] == "<|endoftext|>"
+
+
 def test_plan_inputs_names_a_missing_path(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         plan_inputs([str(tmp_path / "nope.warc.gz")])

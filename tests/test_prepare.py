@@ -342,3 +342,16 @@ def test_a_data_dir_being_written_by_another_process_is_refused(tmp_path):
         with pytest.raises(FolderInUse, match=r"data: the data folder in use by process \d+ .*--data-dir"):
             prepare(config(corpus, tmp_path / "data"), progress=False)
     assert not prepare(config(corpus, tmp_path / "data"), progress=False).reused
+
+
+def test_the_document_separator_is_in_the_cache_key_and_cannot_be_only_whitespace(tmp_path):
+    from nextword.config import RunConfig, apply_overrides
+    from nextword.data.prepare import cache_key
+    from nextword.errors import ConfigError
+
+    corpus = make_corpus(tmp_path / "corpus")
+    cfg = config(corpus, tmp_path / "data")
+    assert cache_key(cfg) != cache_key(config(corpus, tmp_path / "data", doc_separator="<|endoftext|>"))
+    assert apply_overrides(RunConfig(), {"data.doc_separator": "<|endoftext|>"}).validate()
+    with pytest.raises(ConfigError, match="data.doc_separator = '\\\\n' is only whitespace"):
+        apply_overrides(RunConfig(), {"data.doc_separator": "\n"}).validate()

@@ -111,14 +111,92 @@ def test_single_file_is_read_whatever_its_extension(tmp_path):
     assert skips.total == 0
 
 
-def test_file_over_the_size_cap_is_skipped(tmp_path, monkeypatch):
-    monkeypatch.setattr("nextword.data.sources.MAX_FILE_BYTES", 10)
-    (tmp_path / "big.txt").write_text("x" * 11)
-    (tmp_path / "small.txt").write_text("x" * 10)
+@pytest.fixture
+def small_caps(monkeypatch):
+    """A "large" file is one over 1,000 bytes, cut into documents of at most 100, read 64 bytes at a time (so
+    separators and characters fall across reads)."""
+    monkeypatch.setattr("nextword.data.sources.MAX_FILE_BYTES", 1_000)
+    monkeypatch.setattr("nextword.data.sources.CUT_DOCUMENT_BYTES", 100)
+    monkeypatch.setattr("nextword.data.sources.READ_CHUNK_BYTES", 64)
+    monkeypatch.setattr("nextword.data.sources.BINARY_SNIFF_BYTES", 16)
+
+
+def test_file_over_the_size_cap_is_cut_at_blank_lines_into_bounded_documents(tmp_path, small_caps):
+    text = "\n\n".join(f"Paragraph {i}: " + "word " * (i % 9) for i in range(120)) + "\n"
+    (tmp_path / "big.txt").write_text(text)
+    (tmp_path / "small.txt").write_text("x" * 1_000)
     docs, skips = read([tmp_path])
-    assert [d.id for d in docs] == ["small.txt"]
-    assert skips.by_reason == {"too large": 1}
-    assert "MiB" in skips.examples[0][1]
+    assert docs[-1].id == "small.txt" and docs[-1].text == "x" * 1_000  # up to the cap: one document, as it was
+    pieces = docs[:-1]
+    assert skips.total == 0 and len(pieces) > 10
+    assert "".join(d.text for d in pieces) == text  # every byte, once, in order
+    assert [d.id for d in pieces] == [f"big.txt:{n}" for n in range(1, len(pieces) + 1)]
+    assert all(len(d.text.encode()) <= 100 and d.text.endswith("\n\n") for d in pieces[:-1])  # whole paragraphs
+    assert [d.meta["byte"] for d in pieces] == [text.encode().find(d.text.encode()) for d in pieces]
+
+
+def test_text_without_blank_lines_is_cut_at_whitespace_and_text_without_any_between_characters(tmp_path, small_caps):
+    words = " ".join(f"w{i}" for i in range(1_000))  # text8: one line of words
+    runes = "é€🙂" * 200  # no whitespace at all, and characters of 2, 3 and 4 bytes
+    (tmp_path / "text8.txt").write_text(words)
+    (tmp_path / "runes.txt").write_text(runes)
+    for name, text in (("text8.txt", words), ("runes.txt", runes)):
+        docs, skips = read([tmp_path / name])
+        assert skips.total == 0 and "".join(d.text for d in docs) == text
+        assert all(len(d.text.encode()) <= 100 for d in docs)
+        if name == "text8.txt":
+            assert all(d.text.endswith(" ") for d in docs[:-1])  # no word is cut in two
+
+
+def test_a_document_separator_cuts_every_text_file_and_never_stays_in_the_text(tmp_path, small_caps):
+    stories = [f"Story {i}. Once upon a time " + "la " * (i % 11) + "the end." for i in range(60)]
+    text = "".join(f"{story}\n<|endoftext|>\n" for story in stories)  # TinyStories' layout
+    (tmp_path / "stories.txt").write_text(text)
+    docs, skips = read([tmp_path / "stories.txt"])
+    assert "<|endoftext|>" in docs[0].text  # without the setting, a file is cut only for its size
+    skips = SkipLog()
+    docs = list(read_sources([str(tmp_path / "stories.txt")], [], skips, doc_separator="<|endoftext|>"))
+    assert [d.text for d in docs] == stories and skips.total == 0
+    assert [d.id for d in docs] == [f"stories.txt:{n}" for n in range(1, 61)]
+    (tmp_path / "three.txt").write_text("one\n<|endoftext|>\ntwo<|endoftext|>three\n")  # under the cap too
+    docs = list(read_sources([str(tmp_path / "three.txt")], [], SkipLog(), doc_separator="<|endoftext|>"))
+    assert [d.text for d in docs] == ["one", "two", "three"]
+
+
+def test_a_separated_document_over_the_cap_is_cut_so_memory_stays_bounded(tmp_path, small_caps):
+    (tmp_path / "long.txt").write_text("short<SEP>" + "word " * 500 + "<SEP>last")
+    docs = list(read_sources([str(tmp_path / "long.txt")], [], SkipLog(), doc_separator="<SEP>"))
+    assert docs[0].text == "short" and docs[-1].text == "last" and len(docs) == 5
+    assert all(len(d.text) <= 1_000 for d in docs) and "<SEP>" not in "".join(d.text for d in docs)
+
+
+def test_a_large_file_counts_its_bad_pieces_and_keeps_the_rest(tmp_path, small_caps):
+    good = ("good text " * 9 + "\n\n").encode()
+    (tmp_path / "mixed.txt").write_bytes(good * 10 + b"bad \xff\xfe bytes\n\n" + good * 10)
+    (tmp_path / "binary.txt").write_bytes(b"\0" * 2_000)
+    (tmp_path / "blank.txt").write_bytes(b" \n" * 1_000)
+    docs, skips = read([tmp_path])
+    assert {d.id.split(":")[0] for d in docs} == {"mixed.txt"} and len(docs) == 20
+    assert skips.by_reason == {"not valid UTF-8": 1, "binary": 1, "empty": 1}
+    assert ("mixed.txt", "not valid UTF-8 (byte 924)") in [(Path(p).name, r) for p, r in skips.examples]
+
+
+def test_a_large_file_is_read_in_bounded_memory(tmp_path, monkeypatch):
+    import tracemalloc
+
+    monkeypatch.setattr("nextword.data.sources.MAX_FILE_BYTES", 1 << 20)
+    paragraph = ("All work and no play makes a dull model. " * 20 + "\n\n").encode()
+    with open(tmp_path / "big.txt", "wb") as file:
+        for _ in range((16 << 20) // len(paragraph)):  # 16 MiB, 16 times the cap
+            file.write(paragraph)
+    tracemalloc.start()
+    try:
+        total = sum(len(d.text) for d in read_sources([str(tmp_path / "big.txt")], [], SkipLog()))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == (tmp_path / "big.txt").stat().st_size
+    assert peak < 4 << 20, f"reading a 16 MiB file held {peak / 2**20:.1f} MiB at once"
 
 
 def test_missing_path_raises_data_error_naming_it(tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 from nextword.config import DataConfig
 from nextword.data.prepare import prepare, summary_lines
 from nextword.data.shards import TokenShards
-from nextword.data.sources import SkipLog
-from nextword.data.split import BY_DOCUMENTS, BY_TAILS, choose_rule, cut_tail, split_pieces
+from nextword.data.sources import SkipLog, read_sources
+from nextword.data.split import BY_DOCUMENTS, BY_TAILS, choose_rule, cut_tail, split_of, split_pieces
 
 WORDS = "the of and to in a is that for it as was with be by on not he this are or his from at which".split()
 
@@ -90,3 +90,33 @@ def test_many_documents_are_still_held_out_whole(tmp_path):
     assert prepared.index["val_held_out"] == BY_DOCUMENTS
     val = split_texts(prepared.data_dir, prepared.tokenizer, "val")
     assert val and set(val) <= set(texts.values())  # whole documents
+
+
+def test_documents_cut_from_a_large_file_are_held_out_whole_by_hash(tmp_path, monkeypatch):
+    monkeypatch.setattr("nextword.data.sources.MAX_FILE_BYTES", 20_000)
+    monkeypatch.setattr("nextword.data.sources.CUT_DOCUMENT_BYTES", 1_000)
+    text = paragraphs(600, seed=2)  # about 150 KB: far over the lowered cap
+    (tmp_path / "big.txt").write_text(text, encoding="utf-8")
+    cfg = DataConfig(sources=[str(tmp_path / "big.txt")], data_dir=str(tmp_path / "data"), vocab_size=300,
+                     val_fraction=0.1, workers=1)
+    prepared = prepare(cfg, progress=False)
+    assert prepared.index["val_held_out"] == BY_DOCUMENTS
+    train = split_texts(prepared.data_dir, prepared.tokenizer, "train")
+    val = split_texts(prepared.data_dir, prepared.tokenizer, "val")
+    assert len(train) > 50 and 0.03 <= len(val) / (len(train) + len(val)) <= 0.25
+    pieces = [d.text for d in read_sources([str(tmp_path / "big.txt")], [], SkipLog())]
+    expected_val = [piece for n, piece in enumerate(pieces, 1) if split_of(f"big.txt:{n}", 0.1) == "val"]
+    assert val == expected_val  # whole pieces, each by its hash
+    assert sorted(train + val) == sorted(pieces) and "".join(pieces) == text
+
+
+def test_a_document_separator_never_reaches_the_tokenizer_as_text(tmp_path):
+    stories = [paragraphs(2, seed=i).strip() for i in range(120)]
+    (tmp_path / "stories.txt").write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories), encoding="utf-8")
+    cfg = DataConfig(sources=[str(tmp_path / "stories.txt")], data_dir=str(tmp_path / "data"), vocab_size=300,
+                     val_fraction=0.1, workers=1, doc_separator="<|endoftext|>")
+    prepared = prepare(cfg, progress=False)
+    texts = (split_texts(prepared.data_dir, prepared.tokenizer, "train")
+             + split_texts(prepared.data_dir, prepared.tokenizer, "val"))
+    assert sorted(texts) == sorted(stories)  # one end-of-document token per story, and no marker in any text
+    assert prepared.index["val_held_out"] == BY_DOCUMENTS

@@ -141,6 +141,10 @@ class DataConfig:
     extensions: list[str] = field(
         default_factory=lambda: [".txt", ".md", ".rst", ".py", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs"]
     )
+    # The text that ends each document in the text files, e.g. "<|endoftext|>" (TinyStories): they are cut there,
+    # and it is dropped with the whitespace around it, so it never reaches the tokenizer as text. "": a text file is
+    # one document, or, over 64 MiB (enwik9, text8), cut at blank lines into documents of at most 64 KiB.
+    doc_separator: str = ""
 
 
 @dataclass
@@ -596,6 +600,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.weights must be non-negative and not all zero")
     if not 0.0 < d.val_fraction < 0.5:
         raise ConfigError(f"data.val_fraction = {d.val_fraction} must be in (0, 0.5)")
+    if d.doc_separator and not d.doc_separator.strip():
+        raise ConfigError(f"data.doc_separator = {d.doc_separator!r} is only whitespace, which would cut the text at "
+                          "every space or line; give the marker that ends each document, e.g. <|endoftext|> (a "
+                          "large file is already cut at blank lines without one)")
     governing = [name for name, v in (("budget", t.budget), ("tokens", t.tokens), ("steps", t.steps)) if v]
     if len(governing) > 1:
         raise ConfigError(f"train.{' and train.'.join(governing)} are all set; exactly one of budget, tokens, steps governs")

@@ -40,7 +40,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--source", action="append", metavar="PATH", dest="sources",
                        help="a folder, or a .txt, .jsonl[.gz|.zst], .parquet or WARC/WET file to read, local or a "
                             "URL (https://, s3://, hf://datasets/...) (repeatable); default: the embedded corpus, "
-                            "Python's standard library")
+                            "Python's standard library; a text file over 64 MiB is read as documents cut at blank "
+                            "lines (at spaces where it has none)")
+    group.add_argument("--doc-separator", metavar="TEXT", help="the text that ends each document in the text files, "
+                       "e.g. '<|endoftext|>' (TinyStories): they are cut there, and it never reaches the tokenizer "
+                       "(data.doc_separator)")
     parser.epilog = ((parser.epilog or "") + "\nAny config field can be set as --SECTION.FIELD VALUE, "
                      "e.g. --train.lr 3e-4 --model.n_layers 6.").strip()
 
@@ -52,5 +56,7 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
         cfg.model = model_preset(args.preset)
     if getattr(args, "sources", None):
         cfg.data.sources = list(args.sources)
+    if getattr(args, "doc_separator", None):
+        cfg.data.doc_separator = args.doc_separator
     apply_overrides(cfg, getattr(args, "overrides", {}) or {})
     return cfg.validate()

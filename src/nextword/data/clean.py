@@ -108,21 +108,22 @@ def plan_inputs(sources: list[str]) -> list[Input]:
 
 
 def clean(sources: list[str], out_dir: str | Path, cfg: CleanConfig, *, engine: EngineConfig | None = None,
-          extensions: list[str] | None = None, log: Callable[[str], None] = print,
+          extensions: list[str] | None = None, doc_separator: str = "", log: Callable[[str], None] = print,
           sort_chunk_records: int = SORT_CHUNK_RECORDS) -> dict | None:
     """Clean the sources into out_dir under engine's executor; the stats, or None when the stages were submitted to
     Slurm. A finished folder (stats.json written) made from the same sources and settings is returned as it is.
-    `sort_chunk_records` bounds the dedup's memory: records sorted at once."""
+    `doc_separator` cuts text files into documents (data.doc_separator); `sort_chunk_records` bounds the dedup's
+    memory: records sorted at once."""
     from nextword.data.engine import Stage, run_stages  # here: datatrove is needed only to run the stages
 
     cfg.validate()
     engine = (engine or EngineConfig()).validate()
     out = open_folder(out_dir)
     inputs = plan_inputs(sources)
-    _write_manifest(out, inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS)
+    _write_manifest(out, inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS, doc_separator)
     if out.exists("stats.json"):
         return json.loads(out.read_text("stats.json"))
-    job = CleanJob(out, inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS, sort_chunk_records)
+    job = CleanJob(out, inputs, cfg, extensions or DEFAULT_TEXT_EXTENSIONS, doc_separator, sort_chunk_records)
     done = sum(map(job.input_done, range(len(inputs))))
     if done:
         log(f"clean: {done} input(s) already done, skipped")
@@ -140,9 +141,12 @@ def _default_tasks(engine: EngineConfig, inputs: int) -> int:
     return max(inputs, 1)
 
 
-def _write_manifest(out: Folder, inputs: list[Input], cfg: CleanConfig, extensions: list[str]) -> None:
+def _write_manifest(out: Folder, inputs: list[Input], cfg: CleanConfig, extensions: list[str],
+                    doc_separator: str) -> None:
     manifest = {"format": CLEAN_FORMAT, "inputs": [dataclasses.asdict(i) for i in inputs],
                 "clean": dataclasses.asdict(cfg), "extensions": extensions}
+    if doc_separator:  # named only when set, so a folder cleaned before the setting existed still matches
+        manifest["doc_separator"] = doc_separator
     if out.exists("manifest.json"):
         if json.loads(out.read_text("manifest.json")) != manifest:
             raise DataError(f"{out.location('manifest.json')}: this folder was made from other sources or settings; "
@@ -165,6 +169,7 @@ class CleanJob:
     inputs: list[Input]
     cfg: CleanConfig
     extensions: list[str]
+    doc_separator: str = ""
     sort_chunk_records: int = SORT_CHUNK_RECORDS
 
     def part(self, index: int, suffix: str) -> str:
@@ -224,7 +229,8 @@ class CleanInputs:
         return dict(counts)
 
 
-def _documents(inp: Input, cfg: CleanConfig, extensions: list[str], skips: SkipLog) -> Iterator[Document]:
+def _documents(inp: Input, job: CleanJob, skips: SkipLog) -> Iterator[Document]:
+    cfg = job.cfg
     if inp.kind == "web":
         from nextword.data.web import read_web
 
@@ -236,7 +242,7 @@ def _documents(inp: Input, cfg: CleanConfig, extensions: list[str], skips: SkipL
     if inp.kind == "outside link":
         count_links_outside([Path(inp.path)], skips)
         return iter(())
-    return read_sources([inp.path], extensions, skips)
+    return read_sources([inp.path], job.extensions, skips, job.doc_separator)
 
 
 def _rules_for(inp: Input, cfg: CleanConfig) -> list[str]:
@@ -264,7 +270,7 @@ def _write_part(job: CleanJob, index: int, keys: ExternalSort) -> tuple[dict[str
     stats = {"input": inp.spec, "kind": inp.kind, "docs_read": 0, "bytes_read": 0, "docs_kept": 0, "bytes_kept": 0}
     with job.out.writing(job.part(index, ".parquet")) as file, pq.ParquetWriter(file, PART_SCHEMA) as writer:
         rows = _empty_rows()
-        for doc in _documents(inp, cfg, job.extensions, skips):
+        for doc in _documents(inp, job, skips):
             stats["docs_read"] += 1
             stats["bytes_read"] += len(doc.text.encode("utf-8"))
             text = chain.apply(doc.text)

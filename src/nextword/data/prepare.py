@@ -147,7 +147,8 @@ def cache_key(cfg: DataConfig, cleaned_from: str = "") -> str:
             tokenizer["specials"] = [loaded.eos_token, loaded.bos_token]
     else:
         tokenizer = {"vocab_size": cfg.vocab_size, "train_bytes": cfg.tokenizer_train_bytes}
-    settings: dict[str, Any] = {"format": FORMAT_VERSION, "tokenizer": tokenizer, "val_fraction": cfg.val_fraction}
+    settings: dict[str, Any] = {"format": FORMAT_VERSION, "tokenizer": tokenizer, "val_fraction": cfg.val_fraction,
+                                "doc_separator": cfg.doc_separator}
     if cleaned_from:
         settings["clean"] = cleaned_from
     else:
@@ -170,7 +171,7 @@ def clean_fingerprint(cfg: DataConfig, clean: CleanConfig) -> str:
     inputs = [(inp.kind, inp.spec, sources_fingerprint([inp.path], extensions[inp.kind]))
               for inp in plan_inputs(cfg.sources)]
     return _short_hash({"inputs": inputs, "clean": dataclasses.asdict(clean), "extensions": cfg.extensions,
-                        "format": CLEAN_FORMAT})
+                        "doc_separator": cfg.doc_separator, "format": CLEAN_FORMAT})
 
 
 def _short_hash(settings: dict[str, Any]) -> str:
@@ -274,7 +275,8 @@ def _clean_sources(cfg: DataConfig, clean_cfg: CleanConfig, engine: EngineConfig
 
 def _clean_into(cfg: DataConfig, clean_cfg: CleanConfig, engine: EngineConfig, clean_dir: str | Path
                 ) -> dict[str, Any]:
-    stats = clean(cfg.sources, clean_dir, clean_cfg, engine=engine, extensions=cfg.extensions, log=report)
+    stats = clean(cfg.sources, clean_dir, clean_cfg, engine=engine, extensions=cfg.extensions,
+                  doc_separator=cfg.doc_separator, log=report)
     if stats is None:
         raise DataError(f"prepare: the clean step was submitted to Slurm; once its jobs finish, run this command "
                         f"again (it reuses {clean_dir}), or run prepare with --engine.executor local or ray")
@@ -289,13 +291,16 @@ def _documents(cfg: DataConfig, cleaned: dict[str, Any] | None, clean_dir: str |
         raise DataError(f"{', '.join(cfg.sources)}: the clean step kept no documents; {clean_dir}/report.md "
                         "shows what each rule dropped: add sources or loosen the [clean] settings")
     if mix is None:
-        return iter(read_cleaned(clean_dir) if cleaned else read_sources(cfg.sources, cfg.extensions, skips))
+        if cleaned is not None:
+            return iter(read_cleaned(clean_dir))
+        return read_sources(cfg.sources, cfg.extensions, skips, cfg.doc_separator)
     if len(set(cfg.sources)) != len(cfg.sources):
         raise ConfigError("data.sources names a source twice; with data.weights each source needs its own entry")
     if cleaned is not None:
         streams = _cleaned_by_source(cfg.sources, cleaned, clean_dir, mix.weights)
     else:
-        streams = {source: read_sources([source], cfg.extensions, skips) for source in cfg.sources}
+        streams = {source: read_sources([source], cfg.extensions, skips, cfg.doc_separator)
+                   for source in cfg.sources}
     tagged = {source: _tag_with_source(stream, source) for source, stream in streams.items()}
     # Mixed by UTF-8 bytes: the mix comes before the tokenizer (which may be trained on it), and counting tokens
     # here would encode every document twice. The token shares it gives are counted as the shards are written.

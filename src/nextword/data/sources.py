@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -32,13 +33,19 @@ from nextword.errors import DataError
 
 CODE_PREFIX = "code:"  # a source spec naming a code repository: code:PATH
 
-MAX_FILE_BYTES = 64 * 1024 * 1024  # a text file larger than this is skipped: it is likely a dump, not prose or code
+# A text file up to this size is one document; a larger one (enwik9, TinyStories, text8, books in one .txt) is read
+# streaming, as documents cut from it, and so is any text file when data.doc_separator is set.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+# A large file without a separator is cut at blank lines into documents of at most this size: small enough that a
+# sample of the corpus holds hundreds of them, so whole ones are held out by hash (split.py); large enough that an
+# end-of-document token every few thousand tokens barely interrupts the text.
+CUT_DOCUMENT_BYTES = 64 * 1024
 BINARY_SNIFF_BYTES = 8192  # a NUL byte this early marks a file as binary
 READ_CHUNK_BYTES = 1 << 20
 PARQUET_BATCH_ROWS = 1024
 
 # Bump when a reader changes what it yields, so prepared data made by the old readers is not reused.
-READER_VERSION = 3
+READER_VERSION = 4  # 4: a text file over MAX_FILE_BYTES is read in documents, not skipped
 
 # Dolma and C4 name their compressed JSON-lines files .json.gz; a plain .json may be one JSON document, not lines.
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
@@ -148,6 +155,155 @@ def _read_remote(url: str) -> bytes:
     """A remote file's bytes, one past the cap at most: a store that gives no size up front is capped too."""
     with open_binary(url) as file:
         return file.read(MAX_FILE_BYTES + 1)
+
+
+# --- text files cut into documents: large ones, and any with a document separator ------------------------------
+
+BLANK_LINES = (b"\n\n", b"\n\r\n")
+WHITESPACE = (b" ", b"\n", b"\t", b"\r")
+
+
+def _read_text(path: Path | str, display: str, skips: SkipLog, doc_separator: str) -> Iterator[Document]:
+    """A text file as one document; or, when `doc_separator` is given or the file is larger than MAX_FILE_BYTES
+    (or of a size its store does not report), as the documents cut from it (_cut_text_file)."""
+    if doc_separator or _maybe_over_cap(path):
+        yield from _cut_text_file(path, display, skips, doc_separator)
+        return
+    text = _read_text_file(path, skips)
+    if text is not None:
+        yield Document(id=display, text=text, source="file", meta={"path": str(path)})
+
+
+def _maybe_over_cap(path: Path | str) -> bool:
+    """True for a file over MAX_FILE_BYTES or of unknown size; False where its size cannot be read, so that the
+    whole-file reader counts it as unreadable."""
+    try:
+        size = file_size(path)
+    except OSError:
+        return False
+    return size is None or size > MAX_FILE_BYTES
+
+
+def _cut_text_file(path: Path | str, display: str, skips: SkipLog, doc_separator: str) -> Iterator[Document]:
+    """The documents of a text file, read a chunk at a time and never whole: with `doc_separator`, the text between
+    separators without the whitespace around them (one over MAX_FILE_BYTES cut as below); without, groups of whole
+    paragraphs of at most CUT_DOCUMENT_BYTES, a longer paragraph cut at a space, text without one at the bound.
+
+    Document N of the file is FILE:N. The file is cut as bytes: a blank line, a space, or a separator in valid UTF-8
+    never starts inside a character, so each cut falls between characters and each piece is decoded alone; one
+    that is not UTF-8 is counted and left out, and the rest of the file is still read.
+    """
+    try:
+        file = open_binary(path)
+    except OSError as error:
+        skips.skip(path, f"unreadable ({error.strerror or error})")
+        return
+    with file:
+        try:
+            head = file.read(BINARY_SNIFF_BYTES)
+        except OSError as error:
+            skips.skip(path, f"unreadable ({error.strerror or error})")
+            return
+        if b"\0" in head:
+            skips.skip(path, "binary (NUL byte in the first 8 KB)")
+            return
+        chunks = itertools.chain([head], iter(lambda: file.read(READ_CHUNK_BYTES), b""))
+        if doc_separator:
+            pieces = _separated_pieces(chunks, doc_separator.encode("utf-8"), MAX_FILE_BYTES)
+        else:
+            pieces = _paragraph_groups(chunks, CUT_DOCUMENT_BYTES)
+        yield from _piece_documents(pieces, path, display, skips)
+
+
+def _piece_documents(pieces: Iterator[tuple[int, bytes]], path: Path | str, display: str,
+                     skips: SkipLog) -> Iterator[Document]:
+    """A document from each (offset in the file, bytes) piece that is UTF-8 and not blank; a file that gives none,
+    and had nothing else counted, is counted as empty."""
+    number = 0
+    read_to = 0  # the bytes of the file cut into pieces so far
+    skipped_before = skips.total
+    found_text = False
+    while True:
+        try:
+            offset, piece = next(pieces)
+        except StopIteration:
+            break
+        except OSError as error:  # RemoteReadError included: a dropped connection part way
+            skips.skip(path, f"read failed after byte {read_to} ({error.strerror or error})")
+            return
+        number += 1
+        read_to = offset + len(piece)
+        try:
+            text = piece.decode("utf-8")
+        except UnicodeDecodeError as error:
+            skips.skip(path, f"not valid UTF-8 (byte {offset + error.start})")
+            continue
+        if text.strip():
+            found_text = True
+            yield Document(id=f"{display}:{number}", text=text, source="file",
+                           meta={"path": str(path), "byte": offset})
+    if not found_text and skips.total == skipped_before:
+        skips.skip(path, "empty")
+
+
+def _paragraph_groups(chunks: Iterable[bytes], limit: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of consecutive pieces of at most `limit` bytes that together make up `chunks`, each cut at
+    the last blank line that fits, else the last whitespace, else at the limit (see _cut_point)."""
+    pending = b""
+    offset = 0  # where `pending` starts in the file
+    for chunk in chunks:
+        pending += chunk
+        start = 0
+        while len(pending) - start > limit:
+            end = _cut_point(pending, start, start + limit)
+            yield offset + start, pending[start:end]
+            start = end
+        pending = pending[start:]
+        offset += start
+    if pending:
+        yield offset, pending
+
+
+def _separated_pieces(chunks: Iterable[bytes], separator: bytes, limit: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of the text between separators, stripped of the whitespace at both ends (a separator usually
+    has a line of its own), blank ones left out; text that runs past `limit` bytes without a separator is cut
+    there as _cut_point says, so memory stays bounded whatever the file holds."""
+    pending = b""
+    offset = 0  # where `pending` starts in the file
+    searched = 0  # `pending` holds no separator that starts before this
+    for chunk in chunks:
+        pending += chunk
+        start = 0
+        while (at := pending.find(separator, searched)) >= 0:
+            yield from _stripped(offset + start, pending[start:at])
+            start = searched = at + len(separator)
+        while len(pending) - start > limit:
+            end = _cut_point(pending, start, start + limit)
+            yield from _stripped(offset + start, pending[start:end])
+            start = end
+        pending = pending[start:]
+        offset += start
+        searched = max(0, len(pending) - len(separator) + 1)  # a separator may begin in this chunk's last bytes
+    yield from _stripped(offset, pending)
+
+
+def _stripped(offset: int, piece: bytes) -> Iterator[tuple[int, bytes]]:
+    text = piece.strip()
+    if text:
+        yield offset + len(piece) - len(piece.lstrip()), text
+
+
+def _cut_point(data: bytes, start: int, end: int) -> int:
+    """Where a piece that starts at `start` ends, at `end` at the latest: just after the last blank line, else the
+    last whitespace, else at `end` moved back to the first byte of a UTF-8 character."""
+    for marks in (BLANK_LINES, WHITESPACE):
+        found = [at + len(mark) for mark in marks if (at := data.rfind(mark, start, end)) >= 0]
+        if found:
+            return max(found)
+    cut = end
+    while cut > start + 1 and data[cut] & 0xC0 == 0x80:  # 10xxxxxx: a byte inside a character
+        cut -= 1
+    return cut
 
 
 # --- JSONL, plain or compressed --------------------------------------------------------------------------
@@ -314,8 +470,9 @@ def _parquet_rows(parquet: Any, path: Path | str, display: str, skips: SkipLog) 
 # --- routing ---------------------------------------------------------------------------------------------
 
 
-def _read_file(path: Path | str, display: str, skips: SkipLog) -> Iterator[Document]:
-    """Route one file (a local path or a URL) to its reader by the end of its name; anything else is read as text."""
+def _read_file(path: Path | str, display: str, skips: SkipLog, doc_separator: str = "") -> Iterator[Document]:
+    """Route one file (a local path or a URL) to its reader by the end of its name; anything else is read as text,
+    cut into documents at `doc_separator` where one is given."""
     name = file_name(path).lower()
     if name.endswith(WEB_SUFFIXES):
         from nextword.data.web import read_web  # imported here: the web readers pull in HTML extraction
@@ -328,9 +485,7 @@ def _read_file(path: Path | str, display: str, skips: SkipLog) -> Iterator[Docum
     elif name.endswith(PARQUET_SUFFIX):
         yield from _read_parquet(path, display, skips)
     else:
-        text = _read_text_file(path, skips)
-        if text is not None:
-            yield Document(id=display, text=text, source="file", meta={"path": str(path)})
+        yield from _read_text(path, display, skips, doc_separator)
 
 
 def _is_empty(path: Path | str, skips: SkipLog) -> bool:
@@ -396,11 +551,14 @@ def _source_files(source: str, extensions: list[str]) -> tuple[list[tuple[Path |
     return [(path, path.name)], []
 
 
-def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> Iterator[Document]:
+def read_sources(sources: list[str], extensions: list[str], skips: SkipLog,
+                 doc_separator: str = "") -> Iterator[Document]:
     """Documents from each source in order: "stdlib" (also what [] means) is the default corpus; `code:PATH` a
     code repository, one document per source file; a folder is read recursively for JSONL, parquet and WARC/WET
     files and for files ending with one of `extensions`; a single file is read whatever its extension. A URL
-    (https://, s3://, hf://, memory://, file://) is read as the file or folder it names.
+    (https://, s3://, hf://, memory://, file://) is read as the file or folder it names. A text file is one
+    document, or, when it is larger than MAX_FILE_BYTES or `doc_separator` is given, the documents cut from it
+    (see _read_text).
 
     Raises DataError for a source that does not exist, before reading anything.
     """
@@ -419,7 +577,7 @@ def read_sources(sources: list[str], extensions: list[str], skips: SkipLog) -> I
             source_files, links_outside = listed
             count_links_outside(links_outside, skips)
             for file, display in source_files:
-                yield from _read_file(file, display, skips)
+                yield from _read_file(file, display, skips, doc_separator)
 
 
 # --- fingerprint -----------------------------------------------------------------------------------------
