@@ -6,6 +6,7 @@ Every error names the field and says what would work, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -13,6 +14,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import tomli_w
 
 from nextword.errors import ConfigError
 from nextword.files import write_text_atomically
@@ -408,7 +411,7 @@ EARLIER_DEFAULTS = {("train", "optimizer"): "adamw"}
 
 def load_saved_run(path: str | Path) -> RunConfig:
     """Read the config.toml a run directory saved, as the run used it (see EARLIER_DEFAULTS)."""
-    raw = _read_toml(Path(path))
+    raw = read_toml(Path(path))
     cfg = from_dict(raw, where=str(path))
     for (section, key), value in EARLIER_DEFAULTS.items():
         if key not in raw.get(section, {}):
@@ -419,21 +422,44 @@ def load_saved_run(path: str | Path) -> RunConfig:
 def load(path: str | Path) -> RunConfig:
     """Read a TOML config file."""
     path = Path(path)
-    return from_dict(_read_toml(path), where=str(path))
+    return from_dict(read_toml(path), where=str(path))
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+# What TOML forbids raw in a string: "control characters other than tab (U+0000 to U+0008, U+000A to U+001F,
+# U+007F)" (toml.io/en/v1.0.0#string), less the line breaks that end a file's lines. nextword's own TOML writer
+# wrote them raw before tomli-w wrote its configs, in strings taken from the data (eval.prompts).
+RAW_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's tables, as every reader of a config (a run's own included) reads them. A file an earlier
+    nextword wrote with raw control characters in its strings is read with them escaped, and a line says so."""
+    text = _config_text(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a run config; fix the file") from None
+    except tomllib.TOMLDecodeError as e:
+        error = e
+    escaped = RAW_CONTROL_CHARACTER.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    if escaped != text:
+        with contextlib.suppress(tomllib.TOMLDecodeError):
+            raw = tomllib.loads(escaped)
+            print(f"note: {path}: read the raw control characters an earlier nextword wrote into its strings as "
+                  "escapes; the run's next start writes the file anew", file=sys.stderr)
+            return raw
+    raise ConfigError(f"{path}: not valid TOML ({error}); fix the file or start from `nextword train --dump-config`")
+
+
+def _config_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file ({e.strerror}); pass a TOML file") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a run config; fix the file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e}); fix the file or start from `nextword train --dump-config`") from None
-    return raw
 
 
 def set_field(target: Any, section: str, key: str, value: Any, where: str = "config") -> None:
@@ -702,28 +728,6 @@ def parse_count(text: str | int | float, name: str = "tokens") -> int:
 
 
 def to_toml(sections: dict[str, dict[str, Any]]) -> str:
-    """Write flat sections of str, int, float, bool and lists of those as TOML."""
-    lines: list[str] = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_string(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-    return f'"{escaped}"'
+    """Flat sections of str, int, float, bool and lists of those as TOML, every string escaped as TOML needs it
+    (tomli-w escapes each control character; a prompt taken from the data may hold any)."""
+    return tomli_w.dumps(sections)

@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from nextword.config import RunConfig, load
+from nextword.config import RunConfig, load_saved_run
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import CheckpointError
 from nextword.training.distributed import World
@@ -381,7 +381,7 @@ def load_for_inference(run_dir: str | Path, device: str = "cpu") -> tuple[torch.
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.toml); train one with `nextword train`")
-    cfg = load(run_dir / "config.toml")
+    cfg = load_saved_run(run_dir / "config.toml")
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     path = latest_checkpoint(run_dir)
     if path is None:
