@@ -349,7 +349,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         raise CheckpointError(f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected "
                               f"{unexpected[:3]}); the checkpoint belongs to another model shape")
     if optimizer is not None:
-        state = _load_state(path / "state.pt", device)
+        state = load_state(path / "state.pt", device)
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
     try:
@@ -359,9 +359,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                               "before it") from None
 
 
-def _load_state(path: Path, device: torch.device | str) -> dict[str, Any]:
+def load_state(path: Path, device: torch.device | str) -> dict[str, Any]:
     """Optimizer and RNG state, unpickled with weights_only=True: tensors, numbers and containers only, so a
-    crafted file cannot run code; anything else in it is refused before it is built."""
+    crafted file cannot run code; anything else in it is refused before it is built. A file nextword did not write
+    is one line, whatever reads it: one process, or every rank of a sharded model."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
