@@ -564,30 +564,51 @@ CHOICES = {
 }
 
 
+# Counts that must be above 0, and those where 0 means "chosen for you".
+POSITIVE = ("model.n_layers", "model.d_model", "model.n_heads", "model.context", "train.micro_batch", "train.lr",
+            "data.vocab_size", "train.log_every", "eval.batches")
+ZERO_IS_AUTOMATIC = ("model.n_kv_heads", "model.d_ff", "model.vocab_size", "train.steps", "train.batch_tokens",
+                     "train.threads", "train.ckpt_every", "eval.every", "data.workers", "eval.task_limit")
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject a config that cannot work, naming the field and a value that would."""
     _validate_numbers(cfg)
     cfg.engine.validate()
+    _validate_choices(cfg)
+    _validate_counts(cfg)
+    _validate_model(cfg.model)
+    _validate_muon(cfg.train)
+    _validate_moe(cfg.model)
+    _validate_data(cfg.data, cfg.model)
+    _validate_length(cfg.train, cfg.model)
+    _validate_schedule(cfg.train)
+    _validate_spike_rollback(cfg.train)
+
+
+def _value(cfg: RunConfig, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def _validate_choices(cfg: RunConfig) -> None:
     for dotted, allowed in CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
+        value = _value(cfg, dotted)
         if value not in allowed:
             raise ConfigError(f"{dotted} = {value!r} is not one of: {', '.join(allowed)}")
-    m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
-    positive = {
-        "model.n_layers": m.n_layers, "model.d_model": m.d_model, "model.n_heads": m.n_heads,
-        "model.context": m.context, "train.micro_batch": t.micro_batch, "train.lr": t.lr,
-        "data.vocab_size": d.vocab_size, "train.log_every": t.log_every, "eval.batches": e.batches,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{name} = {value} must be greater than 0")
-    for name, value in {"model.n_kv_heads": m.n_kv_heads, "model.d_ff": m.d_ff, "model.vocab_size": m.vocab_size,
-                        "train.steps": t.steps, "train.batch_tokens": t.batch_tokens, "train.threads": t.threads,
-                        "train.ckpt_every": t.ckpt_every, "eval.every": e.every, "data.workers": d.workers,
-                        "eval.task_limit": e.task_limit}.items():
-        if value < 0:
-            raise ConfigError(f"{name} = {value} must be 0 (automatic) or more")
+
+
+def _validate_counts(cfg: RunConfig) -> None:
+    for name in POSITIVE:
+        if _value(cfg, name) <= 0:
+            raise ConfigError(f"{name} = {_value(cfg, name)} must be greater than 0")
+    for name in ZERO_IS_AUTOMATIC:
+        if _value(cfg, name) < 0:
+            raise ConfigError(f"{name} = {_value(cfg, name)} must be 0 (automatic) or more")
+
+
+def _validate_model(m: ModelConfig) -> None:
+    """The shape of the attention heads, the MLP and the output."""
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model = {m.d_model} must be divisible by model.n_heads = {m.n_heads}")
     if m.n_heads % m.kv_heads:
@@ -602,12 +623,18 @@ def validate(cfg: RunConfig) -> None:
                           f"use it with model.arch = llama, or gelu or relu2 with {m.arch}")
     if m.logit_softcap < 0:
         raise ConfigError(f"model.logit_softcap = {m.logit_softcap} must be 0 (off) or more, e.g. 30")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")
+
+
+def _validate_muon(t: TrainConfig) -> None:
     if t.muon_lr <= 0 or not 0.0 <= t.muon_momentum < 1.0:
         raise ConfigError(f"train.muon_lr = {t.muon_lr} must be above 0 and train.muon_momentum = "
                           f"{t.muon_momentum} in [0, 1), e.g. 0.02 and 0.95")
-    _validate_moe(m)
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")
+
+
+def _validate_data(d: DataConfig, m: ModelConfig) -> None:
+    """The vocabulary, the tokenizer's special tokens, the mix of sources and the split."""
     if d.vocab_size < 257:
         raise ConfigError(f"data.vocab_size = {d.vocab_size} must be at least 257 (256 bytes + end of text)")
     if d.vocab_size > 2**32:
@@ -622,6 +649,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.weights must be non-negative and not all zero")
     if not 0.0 < d.val_fraction < 0.5:
         raise ConfigError(f"data.val_fraction = {d.val_fraction} must be in (0, 0.5)")
+
+
+def _validate_length(t: TrainConfig, m: ModelConfig) -> None:
+    """What governs the run's length, spelled so it can be read, and the global batch."""
     governing = [name for name, v in (("budget", t.budget), ("tokens", t.tokens), ("steps", t.steps)) if v]
     if len(governing) > 1:
         raise ConfigError(f"train.{' and train.'.join(governing)} are all set; exactly one of budget, tokens, steps governs")
@@ -634,6 +665,10 @@ def validate(cfg: RunConfig) -> None:
             f"train.batch_tokens = {t.batch_tokens} must be a multiple of train.micro_batch × model.context "
             f"= {t.micro_batch * m.context}"
         )
+
+
+def _validate_schedule(t: TrainConfig) -> None:
+    """The learning rate's warmup and decay, and the checkpoints kept."""
     if t.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps = {t.warmup_steps} must be 0 or more")
     if not 0.0 <= t.warmup_frac < 1.0 or not 0.0 <= t.decay_frac <= 1.0 or t.warmup_frac + t.decay_frac > 1.0:
@@ -642,7 +677,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.min_lr_ratio = {t.min_lr_ratio} must be in [0, 1]")
     if t.keep_last < 1:
         raise ConfigError(f"train.keep_last = {t.keep_last} must be at least 1")
-    _validate_spike_rollback(t)
 
 
 def _validate_numbers(cfg: RunConfig) -> None:
