@@ -206,7 +206,7 @@ class EvalConfig:
     temperature: float = 0.8
     top_k: int = 50
     # Downstream tasks run once training ends (lm-eval names or task YAML files, as `nextword eval --tasks`
-    # takes them); they need the downstream extra. []: none.
+    # takes them); they need the downstream extra. A task file is code (its !function lines run Python). []: none.
     tasks: list[str] = field(default_factory=list)
     task_limit: int = 0  # examples scored per task; 0: all of them
 
