@@ -4,6 +4,7 @@ characters is still read."""
 
 from __future__ import annotations
 
+import tomllib
 from types import SimpleNamespace
 
 import pytest
@@ -32,6 +33,7 @@ def test_any_string_a_document_can_hold_round_trips_through_a_saved_config(tmp_p
     path = tmp_path_factory.mktemp("config") / "config.toml"
     cfg.save(path)
     assert load(path) == cfg
+    assert tomllib.loads(path.read_text(encoding="utf-8")) == cfg.to_dict()  # valid TOML to any reader, as written
 
 
 # What the earlier writer made of eval.prompts = ["\x0cdef main", "a\x0bb\x1fc", "x\\\x1cy"]: it escaped only
@@ -119,3 +121,4 @@ def test_a_run_trained_on_text_full_of_control_characters_resumes_samples_evals_
     assert '"bpb"' in capsys.readouterr().out
     assert cli.main(["export", str(run_dir), "--hf", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+    assert "control characters" not in capsys.readouterr().err  # written escaped: nothing needed repair
