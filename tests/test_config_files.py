@@ -24,6 +24,7 @@ document_text = st.text(st.one_of(st.characters(blacklist_categories=("Cs",)), s
                         max_size=40)
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None)
 @given(prompts=st.lists(document_text, max_size=4), source=document_text, run_dir=document_text)
 def test_any_string_a_document_can_hold_round_trips_through_a_saved_config(tmp_path_factory, prompts, source,
