@@ -90,3 +90,37 @@ def test_train_and_data_clean_refuse_a_misspelling_with_the_same_line(tmp_path, 
     assert train_err.count("\n") == clean_err.count("\n") == 1
     assert train_err.removeprefix("nextword train: ") == clean_err.removeprefix("nextword data: ")
     assert train_err.startswith(f"nextword train: --clean.{field}: ")
+
+
+def command_parser(name):
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser(prog=f"nextword {name}")
+    importlib.import_module(cli.COMMANDS[name][0]).configure(parser)
+    return parser
+
+
+def option_helps(parser, names):
+    return {action.option_strings[0]: (action.help, action.choices, action.default) for action in parser._actions
+            if action.option_strings and action.option_strings[0] in names}
+
+
+def test_prepare_and_data_clean_take_the_executor_options_as_one_definition():
+    engine = ("--executor", "--tasks", "--workers")
+    clean = command_parser("data")._subparsers._group_actions[0].choices["clean"]
+    assert option_helps(command_parser("prepare"), engine) == option_helps(clean, engine)
+    assert len(option_helps(clean, engine)) == 3
+
+
+def test_every_command_that_runs_a_trained_model_picks_its_device_as_train_does():
+    from nextword.config import TrainConfig
+
+    for name in ("eval", "sample"):
+        assert command_parser(name).parse_args(["run"]).device == TrainConfig().device == "auto"
+
+
+def test_eval_help_says_a_task_file_is_code(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    assert "!function" in capsys.readouterr().out.replace("\n", " ")

@@ -368,3 +368,40 @@ def test_a_run_saved_with_adamw_refuses_to_resume_with_muon(setup, muon, monkeyp
     cfg.train.optimizer = "muon"
     with pytest.raises(CheckpointError, match="saved with train.optimizer = adamw, but this run asks for muon"):
         train(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def foreign_state(setup):
+    """A run stopped at a checkpoint whose state.pt another program wrote, with a manifest that vouches for it."""
+    import torch
+
+    from nextword.training.checkpoint import _sha256
+
+    tmp, env, cfg = setup
+    cfg = copy.deepcopy(cfg)
+    cfg.train.run_dir = str(tmp / "foreign-state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NEXTWORD_CACHE", env["NEXTWORD_CACHE"])
+        train(cfg, progress=False, stop_after=STOP_AT)
+    checkpoint = latest_checkpoint(cfg.train.run_dir)
+    state = checkpoint / "state.pt"
+    torch.save({"model": {"weight": torch.zeros(2)}, "epoch": 3}, state)  # another trainer's checkpoint
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"]["state.pt"] = {"bytes": state.stat().st_size, "sha256": _sha256(state)}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    return Path(cfg.train.run_dir), state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_foreign_state_file_is_the_same_one_line_error_in_one_process_and_under_ddp(setup, foreign_state,
+                                                                                     processes):
+    _, env, _ = setup
+    run_dir, state = foreign_state
+    command = ["-m", "nextword", "train", "--run-dir", str(run_dir), "--quiet"]
+    done, _ = launch(torchrun(*command) if processes == 2 else [sys.executable, *command], env)
+    assert done.returncode != 0
+    error = f"{state}: not optimizer state nextword wrote; delete {state.parent} to resume from the checkpoint before it"
+    assert done.stderr.count(error) >= processes, done.stderr[-3000:]  # every rank says it, in one line
+    # No frame of nextword's own code: torchrun's report of the failed ranks is its launcher's traceback alone.
+    assert not re.search(r'File ".*nextword[/\\]', done.stderr), done.stderr[-3000:]

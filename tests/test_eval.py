@@ -27,7 +27,8 @@ def tiny_model(tokenizer: Tokenizer) -> GPT:
 
 @pytest.fixture
 def run_dir(tmp_path, tokenizer):
-    checkpoint = pytest.importorskip("nextword.training.checkpoint")
+    from nextword.training import checkpoint
+
     cfg = RunConfig()
     model = tiny_model(tokenizer)
     cfg.model = model.cfg

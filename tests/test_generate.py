@@ -125,8 +125,8 @@ def test_stream_decoder_holds_back_a_split_character(tokenizer):
 
 
 def test_sample_command_streams_the_continuation(tmp_path, tokenizer, capsys):
-    checkpoint = pytest.importorskip("nextword.training.checkpoint")
     from nextword import cli
+    from nextword.training import checkpoint
 
     cfg = RunConfig()
     cfg.model = ModelConfig(arch="llama", n_layers=1, d_model=32, n_heads=2, context=CONTEXT,

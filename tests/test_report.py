@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import find_chromium, needs_chromium
 from matplotlib.image import imread
 
 from nextword import cli
@@ -14,7 +15,6 @@ from nextword.tools.report import VAL_COLOUR, read_history, render_html, write_r
 from nextword.training.trainer import train
 
 WORDS = "def return import class self value the model token data while for if else print list dict".split()
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def write_log(run_dir: Path, records: list[dict]) -> None:
@@ -145,7 +145,15 @@ def test_an_out_folder_that_cannot_be_made_is_a_one_line_error(tmp_path, capsys)
         assert "\n" not in err and str(out) in err and "--out" in err
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium for a headless screenshot")
+def test_the_browser_is_found_under_any_of_its_usual_names(tmp_path, monkeypatch):
+    browser = tmp_path / "chromium-browser"  # Ubuntu's and Fedora's name for it
+    browser.write_text("#!/bin/sh\n")
+    browser.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_chromium() == str(browser)
+
+
+@needs_chromium
 def test_a_browser_draws_the_page_with_its_plots(tmp_path):
     run_dir = tmp_path / "run"
     evals = [{"kind": "eval", "step": s, "tokens": 64 * s, "val_loss": 6.0 - 0.2 * s, "val_bpb": 3.0 - 0.1 * s,
@@ -154,7 +162,7 @@ def test_a_browser_draws_the_page_with_its_plots(tmp_path):
                         *evals[1:]])
     page = write_report(run_dir)
     shot = tmp_path / "shot.png"
-    subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    subprocess.run([find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
                     f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1280,900",
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=60, check=True)

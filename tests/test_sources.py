@@ -425,7 +425,9 @@ def test_default_corpus_fingerprint_is_stable_and_differs_from_paths(tmp_path):
 
 
 def test_web_archives_go_to_the_web_reader(tmp_path):
-    web = pytest.importorskip("nextword.data.web", reason="the WARC/WET reader is not in this tree yet")
+    pytest.importorskip("fastwarc", reason="the WARC/WET reader needs the web extra")
+    from nextword.data import web
+
     text = "A page of plain English text about rivers and the towns along them. " * 5
     body = text.encode()
     record = (
@@ -447,7 +449,7 @@ def test_web_archives_go_to_the_web_reader(tmp_path):
 def test_a_folder_of_dataset_files_is_read_whatever_the_text_extensions(tmp_path):
     """A downloaded dataset is a folder of JSONL, parquet or WARC/WET files: `extensions` only picks which text
     and code files a folder contributes, so the folder is not read as empty."""
-    pytest.importorskip("nextword.data.web", reason="the WARC/WET reader is not in this tree yet")
+    pytest.importorskip("fastwarc", reason="the WARC/WET reader needs the web extra")
     (tmp_path / "shard_0.jsonl").write_text(json.dumps({"text": "a line of jsonl text"}) + "\n")
     (tmp_path / "part").mkdir()
     (tmp_path / "part" / "p.json.gz").write_bytes(gzip.compress(b'{"text": "a dolma record"}\n'))

@@ -1,13 +1,13 @@
 import copy
 import json
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from browser import find_chromium, needs_chromium
 
 from nextword.config import ModelConfig, RunConfig, TrainConfig
 from nextword.data.tokenizer import Tokenizer
@@ -226,14 +226,14 @@ def test_html_page_is_self_contained_and_shows_the_tokens(tokenizer):
     assert page.count('class="tok"') == 2 * len(result.tokens)
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no headless browser (/usr/bin/chromium)")
+@needs_chromium
 def test_html_page_renders_in_a_headless_browser(tmp_path, tokenizer):
     import matplotlib.image
 
     page = tmp_path / "trace.html"
     page.write_text(render_html(trace_step(tiny_model(tokenizer), tokenizer, TEXT, lr=1e-3)), encoding="utf-8")
     shot = tmp_path / "shot.png"
-    subprocess.run([shutil.which("chromium") or "/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
+    subprocess.run([find_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
                     f"--screenshot={shot}", "--window-size=1000,800", page.as_uri()], check=True, timeout=60,
                    capture_output=True)
     pixels = matplotlib.image.imread(shot)
@@ -242,7 +242,8 @@ def test_html_page_renders_in_a_headless_browser(tmp_path, tokenizer):
 
 def write_run(run_dir: Path, tokenizer: Tokenizer) -> Path:
     """A run directory with one checkpoint of tiny_model, as `nextword train` leaves it."""
-    checkpoint = pytest.importorskip("nextword.training.checkpoint")
+    from nextword.training import checkpoint
+
     run_dir.mkdir()
     cfg = RunConfig()
     cfg.model = tiny_model(tokenizer).cfg

@@ -6,6 +6,7 @@ Every error names the field and says what would work, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -13,6 +14,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import tomli_w
 
 from nextword.errors import ConfigError
 from nextword.files import write_text_atomically
@@ -207,7 +210,7 @@ class EvalConfig:
     temperature: float = 0.8
     top_k: int = 50
     # Downstream tasks run once training ends (lm-eval names or task YAML files, as `nextword eval --tasks`
-    # takes them); they need the downstream extra. []: none.
+    # takes them); they need the downstream extra. A task file is code (its !function lines run Python). []: none.
     tasks: list[str] = field(default_factory=list)
     task_limit: int = 0  # examples scored per task; 0: all of them
 
@@ -412,7 +415,7 @@ EARLIER_DEFAULTS = {("train", "optimizer"): "adamw"}
 
 def load_saved_run(path: str | Path) -> RunConfig:
     """Read the config.toml a run directory saved, as the run used it (see EARLIER_DEFAULTS)."""
-    raw = _read_toml(Path(path))
+    raw = read_toml(Path(path))
     cfg = from_dict(raw, where=str(path))
     for (section, key), value in EARLIER_DEFAULTS.items():
         if key not in raw.get(section, {}):
@@ -423,21 +426,44 @@ def load_saved_run(path: str | Path) -> RunConfig:
 def load(path: str | Path) -> RunConfig:
     """Read a TOML config file."""
     path = Path(path)
-    return from_dict(_read_toml(path), where=str(path))
+    return from_dict(read_toml(path), where=str(path))
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+# What TOML forbids raw in a string: "control characters other than tab (U+0000 to U+0008, U+000A to U+001F,
+# U+007F)" (toml.io/en/v1.0.0#string), less the line breaks that end a file's lines. nextword's own TOML writer
+# wrote them raw before tomli-w wrote its configs, in strings taken from the data (eval.prompts).
+RAW_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's tables, as every reader of a config (a run's own included) reads them. A file an earlier
+    nextword wrote with raw control characters in its strings is read with them escaped, and a line says so."""
+    text = _config_text(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a run config; fix the file") from None
+    except tomllib.TOMLDecodeError as e:
+        error = e
+    escaped = RAW_CONTROL_CHARACTER.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    if escaped != text:
+        with contextlib.suppress(tomllib.TOMLDecodeError):
+            raw = tomllib.loads(escaped)
+            print(f"note: {path}: read the raw control characters an earlier nextword wrote into its strings as "
+                  "escapes; the run's next start writes the file anew", file=sys.stderr)
+            return raw
+    raise ConfigError(f"{path}: not valid TOML ({error}); fix the file or start from `nextword train --dump-config`")
+
+
+def _config_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file ({e.strerror}); pass a TOML file") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a run config; fix the file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e}); fix the file or start from `nextword train --dump-config`") from None
-    return raw
 
 
 def set_field(target: Any, section: str, key: str, value: Any, where: str = "config") -> None:
@@ -542,30 +568,51 @@ CHOICES = {
 }
 
 
+# Counts that must be above 0, and those where 0 means "chosen for you".
+POSITIVE = ("model.n_layers", "model.d_model", "model.n_heads", "model.context", "train.micro_batch", "train.lr",
+            "data.vocab_size", "train.log_every", "eval.batches")
+ZERO_IS_AUTOMATIC = ("model.n_kv_heads", "model.d_ff", "model.vocab_size", "train.steps", "train.batch_tokens",
+                     "train.threads", "train.ckpt_every", "eval.every", "data.workers", "eval.task_limit")
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject a config that cannot work, naming the field and a value that would."""
     _validate_numbers(cfg)
     cfg.engine.validate()
+    _validate_choices(cfg)
+    _validate_counts(cfg)
+    _validate_model(cfg.model)
+    _validate_muon(cfg.train)
+    _validate_moe(cfg.model)
+    _validate_data(cfg.data, cfg.model)
+    _validate_length(cfg.train, cfg.model)
+    _validate_schedule(cfg.train)
+    _validate_spike_rollback(cfg.train)
+
+
+def _value(cfg: RunConfig, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def _validate_choices(cfg: RunConfig) -> None:
     for dotted, allowed in CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
+        value = _value(cfg, dotted)
         if value not in allowed:
             raise ConfigError(f"{dotted} = {value!r} is not one of: {', '.join(allowed)}")
-    m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
-    positive = {
-        "model.n_layers": m.n_layers, "model.d_model": m.d_model, "model.n_heads": m.n_heads,
-        "model.context": m.context, "train.micro_batch": t.micro_batch, "train.lr": t.lr,
-        "data.vocab_size": d.vocab_size, "train.log_every": t.log_every, "eval.batches": e.batches,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{name} = {value} must be greater than 0")
-    for name, value in {"model.n_kv_heads": m.n_kv_heads, "model.d_ff": m.d_ff, "model.vocab_size": m.vocab_size,
-                        "train.steps": t.steps, "train.batch_tokens": t.batch_tokens, "train.threads": t.threads,
-                        "train.ckpt_every": t.ckpt_every, "eval.every": e.every, "data.workers": d.workers,
-                        "eval.task_limit": e.task_limit}.items():
-        if value < 0:
-            raise ConfigError(f"{name} = {value} must be 0 (automatic) or more")
+
+
+def _validate_counts(cfg: RunConfig) -> None:
+    for name in POSITIVE:
+        if _value(cfg, name) <= 0:
+            raise ConfigError(f"{name} = {_value(cfg, name)} must be greater than 0")
+    for name in ZERO_IS_AUTOMATIC:
+        if _value(cfg, name) < 0:
+            raise ConfigError(f"{name} = {_value(cfg, name)} must be 0 (automatic) or more")
+
+
+def _validate_model(m: ModelConfig) -> None:
+    """The shape of the attention heads, the MLP and the output."""
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model = {m.d_model} must be divisible by model.n_heads = {m.n_heads}")
     if m.n_heads % m.kv_heads:
@@ -580,12 +627,18 @@ def validate(cfg: RunConfig) -> None:
                           f"use it with model.arch = llama, or gelu or relu2 with {m.arch}")
     if m.logit_softcap < 0:
         raise ConfigError(f"model.logit_softcap = {m.logit_softcap} must be 0 (off) or more, e.g. 30")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")
+
+
+def _validate_muon(t: TrainConfig) -> None:
     if t.muon_lr <= 0 or not 0.0 <= t.muon_momentum < 1.0:
         raise ConfigError(f"train.muon_lr = {t.muon_lr} must be above 0 and train.muon_momentum = "
                           f"{t.muon_momentum} in [0, 1), e.g. 0.02 and 0.95")
-    _validate_moe(m)
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")
+
+
+def _validate_data(d: DataConfig, m: ModelConfig) -> None:
+    """The vocabulary, the tokenizer's special tokens, the mix of sources and the split."""
     if d.vocab_size < 257:
         raise ConfigError(f"data.vocab_size = {d.vocab_size} must be at least 257 (256 bytes + end of text)")
     if d.vocab_size > 2**32:
@@ -604,6 +657,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.doc_separator = {d.doc_separator!r} is only whitespace, which would cut the text at "
                           "every space or line; give the marker that ends each document, e.g. <|endoftext|> (a "
                           "large file is already cut at blank lines without one)")
+
+
+def _validate_length(t: TrainConfig, m: ModelConfig) -> None:
+    """What governs the run's length, spelled so it can be read, and the global batch."""
     governing = [name for name, v in (("budget", t.budget), ("tokens", t.tokens), ("steps", t.steps)) if v]
     if len(governing) > 1:
         raise ConfigError(f"train.{' and train.'.join(governing)} are all set; exactly one of budget, tokens, steps governs")
@@ -616,6 +673,10 @@ def validate(cfg: RunConfig) -> None:
             f"train.batch_tokens = {t.batch_tokens} must be a multiple of train.micro_batch × model.context "
             f"= {t.micro_batch * m.context}"
         )
+
+
+def _validate_schedule(t: TrainConfig) -> None:
+    """The learning rate's warmup and decay, and the checkpoints kept."""
     if t.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps = {t.warmup_steps} must be 0 or more")
     if not 0.0 <= t.warmup_frac < 1.0 or not 0.0 <= t.decay_frac <= 1.0 or t.warmup_frac + t.decay_frac > 1.0:
@@ -624,7 +685,6 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.min_lr_ratio = {t.min_lr_ratio} must be in [0, 1]")
     if t.keep_last < 1:
         raise ConfigError(f"train.keep_last = {t.keep_last} must be at least 1")
-    _validate_spike_rollback(t)
 
 
 def _validate_numbers(cfg: RunConfig) -> None:
@@ -710,28 +770,6 @@ def parse_count(text: str | int | float, name: str = "tokens") -> int:
 
 
 def to_toml(sections: dict[str, dict[str, Any]]) -> str:
-    """Write flat sections of str, int, float, bool and lists of those as TOML."""
-    lines: list[str] = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_string(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-    return f'"{escaped}"'
+    """Flat sections of str, int, float, bool and lists of those as TOML, every string escaped as TOML needs it
+    (tomli-w escapes each control character; a prompt taken from the data may hold any)."""
+    return tomli_w.dumps(sections)

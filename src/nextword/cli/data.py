@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from nextword.config import EXECUTORS, CleanConfig, EngineConfig, RunConfig, apply_overrides
+from nextword.cli import options
+from nextword.config import CleanConfig, EngineConfig, RunConfig, apply_overrides
 from nextword.errors import ConfigError
 
 
@@ -39,19 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "(repeatable)")
     clean.add_argument("--out", required=True, help="output folder (parts, shards, stats.json, report.md): a path "
                        "or a URL (s3://BUCKET/PATH, hf://datasets/..., file://...)")
-    add_engine_arguments(clean)
-
-
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """--executor, --tasks, --workers: the [engine] settings a data command runs its stages under."""
-    parser.add_argument("--executor", choices=EXECUTORS, default=None,
-                        help="where the tasks run: this machine (default), a Slurm cluster (sbatch array jobs, "
-                        "one per stage) or a Ray cluster")
-    parser.add_argument("--tasks", type=int, default=None,
-                        help="tasks each stage is split into (default: one per worker on this machine, one per "
-                        "input on a cluster)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="tasks running at once (default: every core here; no limit on a cluster)")
+    options.add_engine_arguments(clean)
 
 
 def run(args: argparse.Namespace) -> int:

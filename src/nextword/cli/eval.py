@@ -7,7 +7,8 @@ tokenizer, so runs with different vocabularies can be compared.
 --tasks hellaswag,arc_easy,lambada_openai runs the tasks with EleutherAI's lm-evaluation-harness (pip install
 'nextword[downstream]') on the run's newest checkpoint, prints task, metric, value, standard error and few-shot
 count, and adds them to RUN/downstream.json, which `nextword report` shows. Task names are lm-eval's
-(`lm-eval ls tasks`); a path to a YAML file is a local task in lm-eval's format.
+(`lm-eval ls tasks`); a path to a YAML file is a local task in lm-eval's format. A task file is code: its
+`!function` lines import and run Python files beside it, so pass only task files you would run as programs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from nextword.cli import options
 from nextword.errors import ConfigError, DataError
 from nextword.tools.downstream import RESULTS_FILE, evaluate_run, format_table
 from nextword.tools.evaluate import evaluate_split, evaluate_text
@@ -26,11 +28,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", metavar="FILE", help="a UTF-8 text file to score; default: the run's validation split")
     parser.add_argument("--shard-dir", metavar="DIR", help="a prepared data dir to score (its val split)")
     parser.add_argument("--batches", type=int, default=50, help="batches of the split to score (default 50)")
-    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
+    options.add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     tasks = parser.add_argument_group("downstream tasks (lm-evaluation-harness)")
     tasks.add_argument("--tasks", metavar="TASK,...",
-                       help="lm-eval task names or task YAML files, comma-separated, e.g. hellaswag,arc_easy")
+                       help="lm-eval task names or task YAML files, comma-separated, e.g. hellaswag,arc_easy; a "
+                       "task file is code (its !function lines run Python), so pass only files you trust")
     tasks.add_argument("--limit", type=int, metavar="N", help="score the first N examples of each task only")
     tasks.add_argument("--num-fewshot", type=int, metavar="K", help="few-shot examples (default: each task's own)")
     tasks.add_argument("--batch-size", type=int, default=32, help="continuations scored per forward (default 32)")

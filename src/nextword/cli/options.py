@@ -1,4 +1,5 @@
-"""The options several commands share: the config options, and --SECTION.FIELD VALUE overrides of any config field.
+"""The options several commands share: the config options, --SECTION.FIELD VALUE overrides of any config field, the
+device a trained model runs on, and where the data path's tasks run.
 
 A config-driven command builds its RunConfig in one order: the config file (or a base), then the preset, then the
 named options, then the overrides, which config.apply_overrides converts to each field's type.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from nextword.config import RunConfig, apply_overrides, load, model_preset
+from nextword.config import EXECUTORS, RunConfig, apply_overrides, load, model_preset
 
 
 def parse_overrides(parser: argparse.ArgumentParser, unknown: list[str]) -> dict[str, str]:
@@ -47,6 +48,25 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                        "(data.doc_separator)")
     parser.epilog = ((parser.epilog or "") + "\nAny config field can be set as --SECTION.FIELD VALUE, "
                      "e.g. --train.lr 3e-4 --model.n_layers 6.").strip()
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device for a command that runs a trained model, with train.device's default."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: a GPU if there "
+                        "is one)")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--executor, --tasks, --workers: the [engine] settings a data command runs its stages under."""
+    parser.add_argument("--executor", choices=EXECUTORS, default=None,
+                        help="where the tasks run: this machine (default), a Slurm cluster (sbatch array jobs, "
+                        "one per stage) or a Ray cluster; see docs/scale.md")
+    parser.add_argument("--tasks", type=int, default=None, metavar="N",
+                        help="tasks each stage is split into (default: one per worker on this machine, one per "
+                        "input on a cluster)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="tasks running at once (and in prepare, processes encoding) (default: every core here; no "
+                        "limit on a cluster)")
 
 
 def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from nextword.config import (
-    FAMILIES, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, load, model_preset, parse_count,
+    FAMILIES, DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, load, load_saved_run, model_preset,
+    parse_count,
 )
 from nextword.errors import ConfigError, DataError
 from nextword.tools.plan import (
@@ -119,7 +120,7 @@ def model_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Moe | None, 
         path = Path(args.from_run) / "config.toml"
         if not path.is_file():
             raise DataError(f"{path}: no such file; --from-run takes a run directory that `nextword train` wrote")
-        cfg = load(path).model
+        cfg = load_saved_run(path).model
     elif args.config:
         cfg = load(args.config).model
     elif args.preset:

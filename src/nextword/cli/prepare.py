@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from nextword.cli.options import add_config_arguments, config_from_args
-from nextword.config import EXECUTORS
+from nextword.cli.options import add_config_arguments, add_engine_arguments, config_from_args
 from nextword.data.prepare import prepare
 
 
@@ -21,12 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="write the shards here (default: a cache folder "
                         "named by the inputs, under $NEXTWORD_CACHE or ~/.cache/nextword)")
     parser.add_argument("--vocab-size", type=int, metavar="N", help="tokens in the trained tokenizer (default 8192)")
-    parser.add_argument("--workers", type=int, metavar="N", help="processes that encode, and clean tasks running at "
-                        "once (default: every core)")
-    parser.add_argument("--executor", choices=EXECUTORS, help="where the clean and encode tasks of data.clean run: "
-                        "this machine (default), a Slurm or a Ray cluster; see docs/scale.md")
-    parser.add_argument("--tasks", type=int, metavar="N", help="tasks each stage of data.clean is split into "
-                        "(default: one per worker here, one per input or unit on a cluster)")
+    add_engine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

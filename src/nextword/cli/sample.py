@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 
+from nextword.cli import options
 from nextword.model.sampling import sample
 from nextword.tools.generate import StreamDecoder
 
@@ -27,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="a seed for a repeatable draw")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole text at every step (slower; "
                         "gives the same tokens)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    options.add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,14 +19,10 @@ from typing import Any, Callable
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
-from nextword.errors import CheckpointError, DataError
+from nextword.config import read_toml
+from nextword.errors import CheckpointError, ConfigError, DataError
 from nextword.tools.downstream import read_results
 from nextword.training.runlog import read_log, short_count
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 FIGURE_SIZE = (6.4, 4.0)  # inches; at 100 dpi 640 × 400 pixels, two side by side on a wide screen
 DPI = 100
@@ -83,14 +78,14 @@ def read_history(run_dir: str | Path) -> RunHistory:
     config_path = run_dir / "config.toml"
     if config_path.is_file():
         history.config_text = config_path.read_text(encoding="utf-8")
-        history.vocab_size = _vocab_size(history.config_text)
+        history.vocab_size = _vocab_size(config_path)
     return history
 
 
-def _vocab_size(config_text: str) -> int | None:
+def _vocab_size(config_path: Path) -> int | None:
     try:
-        vocab = tomllib.loads(config_text).get("model", {}).get("vocab_size")
-    except tomllib.TOMLDecodeError:
+        vocab = read_toml(config_path).get("model", {}).get("vocab_size")
+    except ConfigError:
         return None  # the page still shows the text; only the ln V guide is lost
     return vocab if isinstance(vocab, int) and vocab > 1 else None
 

@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from nextword.config import RunConfig, load
+from nextword.config import RunConfig, load_saved_run
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import CheckpointError
 from nextword.training.distributed import World
@@ -349,7 +349,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         raise CheckpointError(f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected "
                               f"{unexpected[:3]}); the checkpoint belongs to another model shape")
     if optimizer is not None:
-        state = _load_state(path / "state.pt", device)
+        state = load_state(path / "state.pt", device)
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
     try:
@@ -359,9 +359,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                               "before it") from None
 
 
-def _load_state(path: Path, device: torch.device | str) -> dict[str, Any]:
+def load_state(path: Path, device: torch.device | str) -> dict[str, Any]:
     """Optimizer and RNG state, unpickled with weights_only=True: tensors, numbers and containers only, so a
-    crafted file cannot run code; anything else in it is refused before it is built."""
+    crafted file cannot run code; anything else in it is refused before it is built. A file nextword did not write
+    is one line, whatever reads it: one process, or every rank of a sharded model."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
@@ -381,7 +382,7 @@ def load_for_inference(run_dir: str | Path, device: str = "cpu") -> tuple[torch.
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.toml); train one with `nextword train`")
-    cfg = load(run_dir / "config.toml")
+    cfg = load_saved_run(run_dir / "config.toml")
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     path = latest_checkpoint(run_dir)
     if path is None:

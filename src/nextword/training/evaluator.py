@@ -28,6 +28,10 @@ SAMPLE_LINES = 6  # of each sample printed at an evaluation (all of it is in the
 # Prompts taken from the data: the first few words of a few validation documents.
 PROMPT_COUNT, PROMPT_WORDS, PROMPT_TOKENS = 3, 3, 64  # PROMPT_TOKENS: read of each document, enough for the words
 DEFAULT_CORPUS_PROMPTS = ["def ", "import ", "The "]  # the standard library's code and its docstrings
+# A prompt ends before the first control character other than tab and line breaks: form feeds (between pages of C
+# sources, mail and old texts), vertical tabs, the separators U+001C to U+001F and C1 controls are real in the data,
+# but a prompt is printed and read as text, and Python splits lines at most of them.
+PROMPT_ENDS_AT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @torch.no_grad()
@@ -62,15 +66,17 @@ def figures(loss: float, tokens_per_byte: float, tokens: int) -> dict[str, float
 def prompts_from(split: TokenShards, tokenizer: Tokenizer, count: int = PROMPT_COUNT,
                  words: int = PROMPT_WORDS) -> list[str]:
     """The first `words` words (with the spaces and line breaks after them) of `count` documents spread evenly over
-    `split`: prompts that begin as the data's own documents do, whatever its language or kind."""
+    `split`: prompts that begin as the data's own documents do, whatever its language or kind. Each is a real
+    start of its document, cut short before a control character (PROMPT_ENDS_AT)."""
     documents = [(array, start) for array, starts in zip(split.arrays, split.doc_starts) for start in starts]
     chosen = documents[::max(1, len(documents) // count)][:count]
     prompts = []
     for array, start in chosen:
         head = [int(t) for t in array[start:start + PROMPT_TOKENS]]
         head = head[:head.index(tokenizer.eos_id)] if tokenizer.eos_id in head else head
-        text = tokenizer.decode(head[len(tokenizer.document_start):])
-        prompt = re.match(rf"\s*(?:\S+\s+){{1,{words}}}", text)
+        text, *after_control = PROMPT_ENDS_AT.split(tokenizer.decode(head[len(tokenizer.document_start):]), maxsplit=1)
+        word_end = r"(?:\s+|\Z)" if after_control else r"\s+"  # a control character ends the word before it too
+        prompt = re.match(rf"\s*(?:\S+{word_end}){{1,{words}}}", text)
         if prompt and prompt.group(0).strip():
             prompts.append(prompt.group(0))
     return prompts

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
 
-from nextword.training.checkpoint import attempt_on_main, failure_reason, read_manifest
+from nextword.training.checkpoint import attempt_on_main, failure_reason, load_state, read_manifest
 from nextword.training.distributed import World
 
 SHARDED = "sharded"  # manifest "layout" of a checkpoint written by several processes
@@ -76,7 +76,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         from safetensors.torch import load_file
 
         weights = load_file(str(path / "model.safetensors"))
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        state = load_state(path / "state.pt", "cpu")
         load_full(model, optimizer, weights, state["optimizer"])
     return json.loads((path / "trainer.json").read_text())
 
