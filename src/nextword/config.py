@@ -146,7 +146,7 @@ class DataConfig:
     )
     # The text that ends each document in the text files, e.g. "<|endoftext|>" (TinyStories): they are cut there,
     # and it is dropped with the whitespace around it, so it never reaches the tokenizer as text. "": a text file is
-    # one document, or, over 64 MiB (enwik9, text8), cut at blank lines into documents of at most 64 KiB.
+    # one document, or, over 4 MiB (enwik9, text8), cut at blank lines into documents of at most 64 KiB.
     doc_separator: str = ""
 
 

@@ -41,7 +41,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--source", action="append", metavar="PATH", dest="sources",
                        help="a folder, or a .txt, .jsonl[.gz|.zst], .parquet or WARC/WET file to read, local or a "
                             "URL (https://, s3://, hf://datasets/...) (repeatable); default: the embedded corpus, "
-                            "Python's standard library; a text file over 64 MiB is read as documents cut at blank "
+                            "Python's standard library; a text file over 4 MiB is read as documents cut at blank "
                             "lines (at spaces where it has none)")
     group.add_argument("--doc-separator", metavar="TEXT", help="the text that ends each document in the text files, "
                        "e.g. '<|endoftext|>' (TinyStories): they are cut there, and it never reaches the tokenizer "
