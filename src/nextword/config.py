@@ -140,6 +140,9 @@ class DataConfig:
     bos_token: str = ""
     tokenizer_train_bytes: int = 20_000_000  # train the tokenizer on at most this much text
     val_fraction: float = 0.05
+    # Evaluation texts (files, or folders that count as one text each) no training document may overlap: one that
+    # shares a 13-gram of normalised words with any of them is dropped (data/decontaminate.py). []: none checked.
+    decontaminate: list[str] = field(default_factory=list)
     workers: int = 0  # 0: every core this process may use
     extensions: list[str] = field(
         default_factory=lambda: [".txt", ".md", ".rst", ".py", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs"]
