@@ -51,11 +51,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
-from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter
 
 from nextword.config import SECTIONS, RunConfig, from_dict, parse_count, parse_duration, read_toml
 from nextword.data.decontaminate import eval_files, read_text
@@ -64,11 +62,13 @@ from nextword.data.prepare import Prepared, prepare
 from nextword.errors import ConfigError, NextwordError
 from nextword.files import folder_lock, write_text_atomically
 from nextword.tools.evaluate import evaluate_text
-from nextword.tools.report import DPI, FIGURE_SIZE, PAGE_CSS
 from nextword.tools.stats import paired_t_test, summarize
 from nextword.training.machine import resolve_device, usable_cores
 from nextword.training.runlog import read_log, short_count
 from nextword.training.trainer import train
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RESULT_FILE = "compare.json"
 SCORES_FILE = "scores.json"  # in a run's folder: its scores; written last, so a run with one is finished
@@ -290,13 +290,14 @@ def _hash(value: Any) -> str:
 
 
 def parallel_runs(spec: Spec, runs: int) -> tuple[int, int]:
-    """How many runs train at once on this machine, and the threads each one takes. A time budget, or a GPU,
-    takes one run at a time: runs side by side would share the time, or the device, each one measures."""
+    """How many runs train at once on this machine, and the threads each one takes: one a core, or as many as
+    [engine] workers allows. A time budget, or a GPU, takes one run at a time: runs side by side would share the
+    time, or the device, each one measures."""
     cores = usable_cores()
     on_gpu = resolve_device(spec.variants[spec.baseline].train.device).type == "cuda"
-    if spec.budget.kind == "time" or on_gpu or runs <= 1:
+    at_once = min(runs, spec.variants[spec.baseline].engine.workers or cores)
+    if spec.budget.kind == "time" or on_gpu or at_once <= 1:
         return 1, 0
-    at_once = min(runs, cores)
     return at_once, max(1, cores // at_once)
 
 
@@ -589,6 +590,11 @@ def _caption(result: dict[str, Any]) -> str:
 
 def plot_curves(result: dict[str, Any], runs: list[Run]) -> Figure:
     """Each run's validation bits per byte against tokens seen, coloured by variant."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    from nextword.tools.report import DPI, FIGURE_SIZE
+
     figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
     ax = figure.subplots()
     ax.grid(True, alpha=0.3)
@@ -607,6 +613,10 @@ def plot_curves(result: dict[str, Any], runs: list[Run]) -> Figure:
 
 def plot_scores(result: dict[str, Any]) -> Figure:
     """Each metric's mean per variant with its 95% interval, and each seed's value."""
+    from matplotlib.figure import Figure
+
+    from nextword.tools.report import DPI, FIGURE_SIZE
+
     metrics = result["metrics"]
     figure = Figure(figsize=(FIGURE_SIZE[0], 1.0 + 1.6 * len(metrics)), dpi=DPI, layout="constrained")
     axes = figure.subplots(len(metrics), 1, squeeze=False)[:, 0]
@@ -626,6 +636,9 @@ def plot_scores(result: dict[str, Any]) -> Figure:
 
 
 def write_page(result: dict[str, Any], runs: list[Run], spec: Spec, out: Path) -> Path:
+    """OUT/index.html in the run report's style, with its two plots beside it."""
+    from nextword.tools.report import PAGE_CSS
+
     plot_curves(result, runs).savefig(out / "curves.png")
     plot_scores(result).savefig(out / "scores.png")
     esc = html.escape
