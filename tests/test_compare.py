@@ -107,6 +107,17 @@ def test_a_spec_resolves_each_variant_from_the_shared_sections_and_its_own_overr
         assert cfg.data.decontaminate == list(spec.evals.values())
 
 
+@pytest.mark.parametrize(("budget", "field", "at_once"), [("flops:1e12", "flops", 2), ("time:2m", "budget", 1)])
+def test_a_flops_budget_trains_runs_side_by_side_and_a_time_budget_one_at_a_time(data, monkeypatch, budget, field,
+                                                                                  at_once):
+    import nextword.tools.compare as compare
+
+    monkeypatch.setattr(compare, "usable_cores", lambda: 2)
+    spec = load_spec(write_spec(data, budget=budget))
+    assert all(getattr(cfg.train, field) == budget.split(":")[1] for cfg in spec.variants.values())
+    assert compare.parallel_runs(spec, 6) == (at_once, 1 if at_once > 1 else 0)
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda s: s.replace('baseline = "clean"', 'baseline = "cleaned"'), "must name a variant: clean, noisy"),
     (lambda s: s.replace("seeds = 3", "seeds = 1"), "seeds = 1 must be a whole number of 2 or more"),

@@ -237,9 +237,11 @@ class Run:
     def folder(self) -> Path:
         return Path(self.config.train.run_dir)
 
-    def finished(self, metrics: list[str]) -> bool:
+    def finished(self, spec: Spec) -> bool:
+        """Whether the run has scores for every evaluation text and task the spec names."""
         scores = read_scores(self.folder)
-        return scores is not None and all(m in scores["metrics"] for m in metrics)
+        return (scores is not None and all(m in scores["metrics"] for m in spec.evals)
+                and set(spec.tasks) <= set(scores["tasks"]))
 
 
 def read_scores(folder: Path) -> dict[str, Any] | None:
@@ -333,7 +335,7 @@ def train_and_score(run: Run, evals: dict[str, str], tasks: list[str], task_limi
             metrics.update(task_scores(run.folder, tasks, task_limit, device))
     finished = [r for r in read_log(run.folder / "log.jsonl") if r.get("kind") == "summary"]
     scores = {"variant": run.variant, "seed": run.seed, "key": run.key, "tokens": finished[-1]["tokens"],
-              "metrics": metrics, "seconds": time.monotonic() - started}
+              "metrics": metrics, "tasks": tasks, "seconds": time.monotonic() - started}
     write_text_atomically(run.folder / SCORES_FILE, json.dumps(scores, indent=1))
     return scores
 
@@ -402,8 +404,8 @@ class ProgressLine:
     """Shows runs done, running and left while the stage runs, from what the run folders hold: a line that
     rewrites itself on a terminal, a new line when the counts change elsewhere."""
 
-    def __init__(self, runs: list[Run], metrics: list[str], at_once: int, stream: TextIO | None = None) -> None:
-        self.runs, self.metrics, self.at_once = runs, metrics, at_once
+    def __init__(self, runs: list[Run], spec: Spec, at_once: int, stream: TextIO | None = None) -> None:
+        self.runs, self.spec, self.at_once = runs, spec, at_once
         self.stream = stream or sys.stdout  # taken now: a run trained in this process redirects sys.stdout
         self.began = time.time()
         self.stopping = threading.Event()
@@ -440,10 +442,9 @@ class ProgressLine:
     def line(self) -> str:
         finished, running, left = [], [], 0
         for run in self.runs:
-            scores = read_scores(run.folder)
-            if scores is not None and all(m in scores["metrics"] for m in self.metrics):
+            if run.finished(self.spec):
                 if (run.folder / SCORES_FILE).stat().st_mtime >= self.began:
-                    finished.append(scores["seconds"])
+                    finished.append(read_scores(run.folder)["seconds"])
             elif self._started_now(run):
                 running.append(_share_done(run.folder, self.began))
             else:
@@ -482,8 +483,7 @@ def compare(spec_path: str | Path, out: str | Path | None = None, progress: bool
     with folder_lock(out, "the compare folder", "--out"):
         prepared = prepare_once(spec, progress=progress)
         runs = plan_runs(spec, prepared, out)
-        metrics = list(spec.evals)
-        to_do = [run for run in runs if not run.finished(metrics)]
+        to_do = [run for run in runs if not run.finished(spec)]
         kept = len(runs) - len(to_do)
         stream.write(f"compare: {len(spec.variants)} variants × {spec.seeds} seeds at {spec.budget.describe()} "
                      f"each; {kept} run(s) already done, {len(to_do)} to train\n")
@@ -506,7 +506,7 @@ def _train_runs(spec: Spec, to_do: list[Run], runs: list[Run], out: Path, stream
         stream.write(f"compare: {at_once} run(s) at a time on this machine"
                      f"{f', {threads} thread(s) each' if threads else ''}; each run's output is in "
                      f"{out / 'runs'}/KEY/{OUTPUT_FILE}\n")
-    with ProgressLine(runs, list(spec.evals), at_once, stream) if engine.executor == "local" \
+    with ProgressLine(runs, spec, at_once, stream) if engine.executor == "local" \
             else contextlib.nullcontext():
         finished = run_stages([Stage(step, len(to_do))], engine, out / "logs", lambda line: stream.write(line + "\n"))
     if not finished:
@@ -519,7 +519,8 @@ def collect(spec: Spec, runs: list[Run], prepared: dict[str, Prepared]) -> dict[
     """compare.json's content: per variant and metric, the mean over seeds, its interval, each seed's value and
     the paired test against the baseline; the tokens one run trained, the reads of the data and decontamination."""
     scores = {(run.variant, run.seed): read_scores(run.folder) for run in runs}
-    metrics = list(spec.evals) + [m for m in scores[spec.baseline, 0]["metrics"] if m not in spec.evals]
+    tasks = [m for m in scores[spec.baseline, 0]["metrics"] if m not in spec.evals] if spec.tasks else []
+    metrics = list(spec.evals) + tasks
     baseline = {m: [scores[spec.baseline, s]["metrics"][m] for s in range(spec.seeds)] for m in metrics}
     variants = {}
     for name in spec.variants:
