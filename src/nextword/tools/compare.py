@@ -47,6 +47,7 @@ import math
 import re
 import statistics
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ SET_BY_COMPARE = {("train", "steps"): "the budget", ("train", "tokens"): "the bu
                   ("data", "decontaminate"): "[compare] eval"}
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 POLL_SECONDS = 1.0
+CAPTION_WIDTH = 116
 
 
 # ---- The spec ---------------------------------------------------------------------------------------------------
@@ -188,7 +190,8 @@ def _evals(entries: Any, where: str) -> dict[str, str]:
 
 def _refuse_fields_set_by_compare(sections: dict[str, Any], where: str, part: str) -> None:
     for (section, key), owner in SET_BY_COMPARE.items():
-        if key in (sections.get(section) or {}):
+        values = sections.get(section)
+        if isinstance(values, dict) and key in values:
             raise ConfigError(f"{where}: {part} sets {section}.{key}, which {owner} sets for every run; remove it")
 
 
@@ -579,7 +582,7 @@ def format_table(result: dict[str, Any]) -> str:
     rows = table_rows(result)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join([_caption(result), *lines])
+    return "\n".join([textwrap.fill(_caption(result), width=CAPTION_WIDTH), *lines])
 
 
 def _caption(result: dict[str, Any]) -> str:
