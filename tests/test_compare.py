@@ -1,5 +1,6 @@
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -164,7 +165,7 @@ def test_half_random_training_text_loses_to_the_clean_baseline_and_a_second_comp
     spec, out = write_spec(data), data / "out"
     assert cli.main(["compare", str(spec), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "0 run(s) already done, 6 to train" in printed
+    assert "0 run(s) already done, 6 to train and score" in printed
     assert "compare: 0 done, 0 running, 6 left; estimating the time left" in printed
     assert "compare: 6 done, 0 running, 0 left" in printed
 
@@ -188,19 +189,37 @@ def test_half_random_training_text_loses_to_the_clean_baseline_and_a_second_comp
     scored = {path: path.stat().st_mtime_ns for path in out.glob(f"runs/*/{SCORES_FILE}")}
     assert len(scored) == 6
     assert cli.main(["compare", str(spec), "--out", str(out), "--quiet"]) == 0
-    assert "6 run(s) already done, 0 to train" in capsys.readouterr().out
+    assert "6 run(s) already done, 0 to train and score" in capsys.readouterr().out
     assert {path: path.stat().st_mtime_ns for path in out.glob(f"runs/*/{SCORES_FILE}")} == scored
 
 
 @pytest.mark.slow
-def test_after_a_variant_changes_only_its_runs_train_again(data, capsys):
+def test_after_a_variant_changes_only_its_runs_train_again_and_new_tasks_score_the_trained_models(data, capsys):
+    pytest.importorskip("lm_eval")
+    from test_downstream import MULTIPLE_CHOICE_YAML, QUESTIONS
+
     one_at_a_time = "[engine]\nworkers = 1\n"  # in this process: no worker processes to start
     spec, out = write_spec(data, budget="tokens:1280", seeds=2, shared=one_at_a_time), data / "out"
     assert cli.main(["compare", str(spec), "--out", str(out), "--quiet"]) == 0
     before = {p.parent.name for p in out.glob(f"runs/*/{SCORES_FILE}")}
     write_spec(data, noisy_extra="train.lr = 1e-3", budget="tokens:1280", seeds=2, shared=one_at_a_time)
     assert cli.main(["compare", str(spec), "--out", str(out), "--quiet"]) == 0
-    assert "2 run(s) already done, 2 to train" in capsys.readouterr().out
+    assert "2 run(s) already done, 2 to train and score" in capsys.readouterr().out
     result = json.loads((out / "compare.json").read_text())
     assert {run.rsplit("/", 1)[1] for run in result["variants"]["clean"]["runs"]} <= before
     assert not {run.rsplit("/", 1)[1] for run in result["variants"]["noisy"]["runs"]} & before
+
+    # An lm-eval task added to the spec scores the models already trained, without training them again.
+    questions = data / "choice.jsonl"
+    questions.write_text("".join(json.dumps(row) + "\n" for row in QUESTIONS))
+    (data / "choice.yaml").write_text(MULTIPLE_CHOICE_YAML.format(data=questions, cache=data / "datasets-cache"))
+    spec.write_text(spec.read_text().replace("seeds = 2", f'seeds = 2\ntasks = ["{data / "choice.yaml"}"]\n'
+                                                          "task_limit = 2"))
+    assert cli.main(["compare", str(spec), "--out", str(out), "--quiet"]) == 0
+    assert "0 run(s) already done, 4 to train and score" in capsys.readouterr().out
+    result = json.loads((out / "compare.json").read_text())
+    figures = result["variants"]["noisy"]["metrics"]["acc:tiny_choice"]
+    assert len(figures["values"]) == 2 and 0 <= figures["p_vs_baseline"] <= 1
+    for run in result["variants"]["clean"]["runs"] + result["variants"]["noisy"]["runs"]:
+        log = (Path(run) / "log.jsonl").read_text().splitlines()
+        assert sum(json.loads(line)["kind"] == "run" for line in log) == 1  # trained once

@@ -489,7 +489,7 @@ def compare(spec_path: str | Path, out: str | Path | None = None, progress: bool
         to_do = [run for run in runs if not run.finished(spec)]
         kept = len(runs) - len(to_do)
         stream.write(f"compare: {len(spec.variants)} variants × {spec.seeds} seeds at {spec.budget.describe()} "
-                     f"each; {kept} run(s) already done, {len(to_do)} to train\n")
+                     f"each; {kept} run(s) already done, {len(to_do)} to train and score\n")
         if to_do and not _train_runs(spec, to_do, runs, out, stream):
             return None
         result = {**collect(spec, runs, prepared), "out": str(out)}
