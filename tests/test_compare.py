@@ -138,6 +138,20 @@ def test_a_spec_that_cannot_work_is_one_line_naming_the_fix(data, edit, message)
     assert "\n" not in str(error.value)
 
 
+def test_variants_with_the_same_data_share_one_prepared_data_dir(data, capsys):
+    from nextword.tools.compare import plan_runs, prepare_once
+
+    spec_file = write_spec(data, noisy_extra="train.lr = 1e-3")
+    spec_file.write_text(spec_file.read_text().replace(str(data / "noisy"), str(data / "clean")))
+    spec = load_spec(spec_file)
+    prepared = prepare_once(spec, progress=False)
+    assert prepared["clean"] is prepared["noisy"]
+    assert capsys.readouterr().err.count("prepared ") == 1
+    runs = plan_runs(spec, prepared, data / "out")
+    assert len({run.key for run in runs}) == 6 and {run.config.train.seed for run in runs} == {1337, 1338, 1339}
+    assert len({run.config.data.data_dir for run in runs}) == 1
+
+
 def test_a_runs_key_follows_what_decides_its_result_and_not_where_it_runs(data):
     cfg = load_spec(write_spec(data)).variants["clean"]
     key = run_key(cfg, "data1")
