@@ -21,8 +21,10 @@ SPEC.toml names the variants and how to compare them:
 Every run trains the same model shape (the spec's, or the default one) to the same budget. Each distinct data
 setting is prepared once, and every evaluation text is kept out of every variant's training data: a training
 document that shares a 13-gram of words with one is dropped (the counts are in the table). Runs under a token or
-FLOPs budget train in parallel processes sized to the machine (datatrove's local executor; [engine] executor =
-"slurm" or "ray" makes each run a task on a cluster); under a time budget one at a time.
+FLOPs budget train in parallel processes, one a core ([engine] workers caps them), as tasks of datatrove's local
+executor ([engine] executor = "slurm" or "ray" makes each run a task on a cluster); under a time budget, or on a
+GPU, one at a time. A line shows the runs done, running and left, and about how long the rest will take. Paths in
+the spec are relative to the current folder, as in a config file.
 
 The table gives, per variant and evaluation text, the mean bits per byte over seeds ± half its 95% interval, the
 difference to the baseline (variant minus baseline: above 0 is worse) with the p-value of Student's t paired by
