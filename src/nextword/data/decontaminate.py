@@ -62,13 +62,15 @@ def _word_hash(word: str) -> int:
 
 def ngram_hashes(text: str, n: int = NGRAM) -> np.ndarray:
     """The 64-bit hashes of the text's n-grams of normalised words, in order (none for fewer than n words)."""
-    words = np.fromiter((_word_hash(w) for w in normalised_words(text)), dtype=np.uint64)
-    if len(words) < n:
+    words = normalised_words(text)
+    word_hashes = np.fromiter(map(_word_hash, words), dtype=np.uint64, count=len(words))
+    count = len(words) - n + 1
+    if count < 1:
         return np.empty(0, dtype=np.uint64)
-    hashes = np.zeros(len(words) - n + 1, dtype=np.uint64)
+    hashes = np.zeros(count, dtype=np.uint64)
     with np.errstate(over="ignore"):  # the hash wraps around 2^64 by design
         for k in range(n):
-            hashes = hashes * MIX + words[k: len(words) - n + 1 + k]
+            hashes = hashes * MIX + word_hashes[k: k + count]
     return hashes
 
 
