@@ -159,7 +159,7 @@ def load_spec(path: str | Path) -> Spec:
         if not VARIANT_NAME.fullmatch(name) or not isinstance(overrides, dict):
             raise ConfigError(f"{where}: [variant.{name}]: a variant is a table named with letters, digits, _ . -")
         _refuse_fields_set_by_compare(overrides, where, f"[variant.{name}]")
-        if "seed" in overrides.get("train", {}):
+        if isinstance(overrides.get("train"), dict) and "seed" in overrides["train"]:
             raise ConfigError(f"{where}: [variant.{name}] sets train.seed; seeds pair the variants, so set it once "
                               "for all of them, outside the variants")
         resolved[name] = _variant_config(_merged(raw, overrides), budget, evals, f"{where} [variant.{name}]")
