@@ -152,6 +152,18 @@ def test_variants_with_the_same_data_share_one_prepared_data_dir(data, capsys):
     assert len({run.config.data.data_dir for run in runs}) == 1
 
 
+def test_a_task_that_cannot_run_is_refused_before_anything_trains(data):
+    pytest.importorskip("lm_eval")
+    from nextword.errors import DataError
+    from nextword.tools.compare import compare
+
+    spec = write_spec(data)
+    spec.write_text(spec.read_text().replace("seeds = 3", f'seeds = 3\ntasks = ["{data / "missing.yaml"}"]'))
+    with pytest.raises(DataError, match="missing.yaml: no such task file"):
+        compare(spec, data / "out")
+    assert not (data / "out").exists()
+
+
 def test_a_runs_key_follows_what_decides_its_result_and_not_where_it_runs(data):
     cfg = load_spec(write_spec(data)).variants["clean"]
     key = run_key(cfg, "data1")

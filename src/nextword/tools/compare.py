@@ -480,6 +480,10 @@ def compare(spec_path: str | Path, out: str | Path | None = None, progress: bool
     OUT/index.html and return the result; None when the runs were submitted to Slurm, to be collected by running
     the same compare again once they are done."""
     spec = load_spec(spec_path)
+    if spec.tasks:  # a task that cannot run is refused now, not after every run has trained
+        from nextword.tools.downstream import check_tasks
+
+        check_tasks(spec.tasks)
     out = Path(out) if out is not None else Path("runs") / f"compare-{spec.path.stem}"
     stream = stream or sys.stdout
     out.mkdir(parents=True, exist_ok=True)
