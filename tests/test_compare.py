@@ -1,5 +1,9 @@
 import json
+import os
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,7 +214,9 @@ def test_half_random_training_text_loses_to_the_clean_baseline_and_a_second_comp
     # The clean document quoted in held_out/docs is dropped from the clean variant's training data only.
     assert clean["contamination"]["documents_dropped"] == 1 and noisy["contamination"]["documents_dropped"] == 0
     assert "bpb:docs" in printed and "1 of 30 docs" in printed and "(p " in printed
-    assert (out / "index.html").is_file() and (out / "curves.png").is_file() and (out / "scores.png").is_file()
+    page = (out / "index.html").read_text()
+    assert "<td class=\"num\">noisy</td>" in page and "(p 0.0" in page and "[variant.noisy]" in page
+    assert (out / "curves.png").is_file() and (out / "scores.png").is_file()
 
     scored = {path: path.stat().st_mtime_ns for path in out.glob(f"runs/*/{SCORES_FILE}")}
     assert len(scored) == 6
@@ -249,3 +255,32 @@ def test_after_a_variant_changes_only_its_runs_train_again_and_new_tasks_score_t
     for run in result["variants"]["clean"]["runs"] + result["variants"]["noisy"]["runs"]:
         log = (Path(run) / "log.jsonl").read_text().splitlines()
         assert sum(json.loads(line)["kind"] == "run" for line in log) == 1  # trained once
+
+
+@pytest.mark.slow
+def test_on_slurm_each_run_is_a_task_of_one_array_job(data, tmp_path, monkeypatch, capsys):
+    """No cluster here: a stand-in sbatch records the submission, then one array task runs as Slurm would run it."""
+    from test_engine import FAKE_SBATCH
+
+    from nextword.tools.compare import compare
+
+    bin_dir, submitted = tmp_path / "bin", tmp_path / "submitted"
+    bin_dir.mkdir()
+    submitted.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\necho localhost\n")
+    for tool in ("sbatch", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("SUBMITTED", str(submitted))
+    slurm = '[engine]\nexecutor = "slurm"\nslurm_partition = "cpu"\n'
+    spec, out = write_spec(data, budget="tokens:640", seeds=2, shared=slurm), data / "out"
+    assert compare(spec, out) is None  # queued, not run
+    assert "submitted to Slurm" in capsys.readouterr().out
+    script = (submitted / "0.sh").read_text()
+    assert "--job-name=nextword-compare" in script and "--array=0-3" in script
+    pickled = re.search(r"launch_pickled_pipeline (\S+)", script).group(1)
+    subprocess.run(["launch_pickled_pipeline", pickled], check=True, capture_output=True, cwd=tmp_path,
+                   env={**os.environ, "SLURM_ARRAY_TASK_ID": "2", "SLURM_NODELIST": "localhost"})
+    scored = [json.loads(p.read_text()) for p in out.glob(f"runs/*/{SCORES_FILE}")]
+    assert [(s["variant"], s["seed"]) for s in scored] == [("noisy", 0)] and "bpb:docs" in scored[0]["metrics"]
