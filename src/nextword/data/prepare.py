@@ -116,7 +116,7 @@ def _make(data_dir: Path, key: str, cfg: DataConfig, clean_cfg: CleanConfig | No
     if cleaned is not None:
         splits, tokens_by_source, mix, decontaminated = _encode_as_tasks(
             data_dir, key, cfg, cleaned, clean_dir, tokenizer, tokenizer_note, held_out, engine, eval_ngrams)
-        if decontamination is not None:
+        if decontamination is not None:  # the tasks' counts, which cover every document; the sample's would repeat some
             decontamination = Decontamination(eval_ngrams)
             decontamination.add(decontaminated)
     else:
