@@ -87,3 +87,14 @@ def test_every_rank_takes_part_in_each_revision_of_a_budgets_plan():
                 budget.revise_if_due(progress, eval_seconds=0.0, ckpt_seconds=0.0)
     assert ranks[0].calls == ranks[1].calls >= 2
     assert runs[0].planned_steps == runs[1].planned_steps and runs[0].replans == runs[1].replans >= 1
+
+
+def test_a_flops_count_trains_the_tokens_it_buys_at_the_models_flops_per_token():
+    from nextword.config import TrainConfig
+    from nextword.training.budget import RunLength
+
+    length = RunLength.from_config(TrainConfig(flops="1e12")).for_model(flops_per_token=2_000_000)
+    assert length.governs == "flops"
+    assert length.steps(tokens_per_step=1000) == 500  # 1e12 / 2e6 = 500,000 tokens, 1,000 a step
+    assert length.steps(tokens_per_step=3000) == 166  # never more compute than the count: rounded down
+    assert "500,000 tokens" in length.describe(Progress())

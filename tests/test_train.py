@@ -430,3 +430,16 @@ def test_without_prompts_the_samples_begin_as_the_datas_own_documents_do(tiny, t
     assert prompts and all(any(text.startswith(prompt) for text in starts) for prompt in prompts)
     assert all(len(prompt.split()) == 3 for prompt in prompts)
     assert [s["prompt"] for s in read_log(tmp_path / "run", "eval")[-1]["samples"]] == prompts
+
+
+def test_a_flops_budget_trains_the_steps_its_compute_buys(tiny, tmp_path):
+    from nextword.model import GPT
+
+    tiny.model.vocab_size = 300
+    flops_per_token = GPT(tiny.model).flops_per_token()
+    tokens_per_step = tiny.train.micro_batch * tiny.model.context
+    tiny.model.vocab_size = 0
+    tiny.train.flops = str(7 * tokens_per_step * flops_per_token)
+    summary = train(tiny, progress=False)
+    assert summary["steps"] == 7 and summary["tokens"] == 7 * tokens_per_step
+    assert read_log(tmp_path / "run", "run")[0]["governs"] == "flops"

@@ -140,6 +140,9 @@ class DataConfig:
     bos_token: str = ""
     tokenizer_train_bytes: int = 20_000_000  # train the tokenizer on at most this much text
     val_fraction: float = 0.05
+    # Evaluation texts (files, or folders that count as one text each) no training document may overlap: one that
+    # shares a 13-gram of normalised words with any of them is dropped (data/decontaminate.py). []: none checked.
+    decontaminate: list[str] = field(default_factory=list)
     workers: int = 0  # 0: every core this process may use
     extensions: list[str] = field(
         default_factory=lambda: [".txt", ".md", ".rst", ".py", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs"]
@@ -164,9 +167,10 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward to save memory
     micro_batch: int = 16  # sequences per forward/backward
     batch_tokens: int = 0  # global batch in tokens; 0: one micro-batch (no accumulation)
-    # How long: exactly one of these governs (a time budget, a token count, a step count).
+    # How long: exactly one of these governs (a time budget, a token count, a compute count, a step count).
     budget: str = ""  # e.g. "10m", "90s", "2h"
     tokens: str = ""  # e.g. "20M", "1.5B"
+    flops: str = ""  # training FLOPs, e.g. "1e14": tokens = flops / the model's FLOPs per token (GPT.flops_per_token)
     steps: int = 0
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -661,13 +665,17 @@ def _validate_data(d: DataConfig, m: ModelConfig) -> None:
 
 def _validate_length(t: TrainConfig, m: ModelConfig) -> None:
     """What governs the run's length, spelled so it can be read, and the global batch."""
-    governing = [name for name, v in (("budget", t.budget), ("tokens", t.tokens), ("steps", t.steps)) if v]
+    governing = [name for name, v in (("budget", t.budget), ("tokens", t.tokens), ("flops", t.flops),
+                                      ("steps", t.steps)) if v]
     if len(governing) > 1:
-        raise ConfigError(f"train.{' and train.'.join(governing)} are all set; exactly one of budget, tokens, steps governs")
+        raise ConfigError(f"train.{' and train.'.join(governing)} are all set; exactly one of budget, tokens, flops, "
+                          "steps governs")
     if t.budget:
         parse_duration(t.budget, "train.budget")
     if t.tokens:
         parse_count(t.tokens, "train.tokens")
+    if t.flops:
+        parse_count(t.flops, "train.flops")
     if t.batch_tokens and t.batch_tokens % (t.micro_batch * m.context):
         raise ConfigError(
             f"train.batch_tokens = {t.batch_tokens} must be a multiple of train.micro_batch × model.context "

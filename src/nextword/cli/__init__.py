@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("nextword.cli.plan", "FLOPs, memory, GPU-hours and cost of a run, from first principles"),
     "export": ("nextword.cli.export", "write a Hugging Face transformers model directory"),
     "report": ("nextword.cli.report", "plots and a page for a run"),
+    "compare": ("nextword.cli.compare", "train variants of data or recipe with several seeds; means, intervals, p-values"),
 }
 
 EPILOG = """\

@@ -4,9 +4,10 @@ With no arguments: prepare the embedded corpus (Python's standard library) if it
 default model on it for a 10-minute budget (the whole command, preparation included), ending with validation
 loss, bits per byte, a checkpoint and a sample. Run the same command again to resume an interrupted run.
 
-How long a run trains is set by exactly one of --budget (wall clock), --tokens or --steps. With a budget, the
-trainer measures its own speed in the first steps and plans the number of steps so that training, evaluations
-and checkpoints end inside it, with the learning rate annealed by the end.
+How long a run trains is set by exactly one of --budget (wall clock), --tokens, --flops (training compute: the
+tokens it buys at the model's FLOPs per token) or --steps. A token or FLOPs count trains the same on any machine.
+With a budget, the trainer measures its own speed in the first steps and plans the number of steps so that
+training, evaluations and checkpoints end inside it, with the learning rate annealed by the end.
 
 A budgeted run that names no model shape (no --preset, no --model.n_layers, --model.d_model or --model.n_heads)
 is sized to its budget: depth and width come from the compute the budget buys on this machine (its measured
@@ -38,6 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("how long (exactly one governs; default --budget 10m)")
     group.add_argument("--budget", help="wall-clock time for the whole command, e.g. 90s, 10m, 2h")
     group.add_argument("--tokens", help="tokens to train on, e.g. 20M")
+    group.add_argument("--flops", help="training compute, e.g. 1e14: the tokens it buys at the model's FLOPs per "
+                                       "token (the same count on any machine)")
     group.add_argument("--steps", type=_positive_int, help="optimizer steps")
     parser.add_argument("--run-dir", help="where the run lives (config, log, checkpoints); default runs/default")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default auto: measured")
@@ -108,10 +111,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     saved = run_dir / "config.toml"
     if saved.is_file() and not (args.config or args.preset):
         cfg = options.config_from_args(args, base=load_saved_run(saved))
-    for name in ("budget", "tokens", "steps"):
+    for name in ("budget", "tokens", "flops", "steps"):
         value = getattr(args, name)
         if value:
-            cfg.train.budget, cfg.train.tokens, cfg.train.steps = "", "", 0
+            cfg.train.budget, cfg.train.tokens, cfg.train.flops, cfg.train.steps = "", "", "", 0
             setattr(cfg.train, name, value)
     cfg.train.run_dir = str(run_dir)
     cfg.train.precision = args.precision or cfg.train.precision

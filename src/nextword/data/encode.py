@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from nextword.data.clean import BLOCK_ROWS, MixReport, plan_inputs, say, shard_rows
+from nextword.data.decontaminate import Decontamination, EvalNgrams
 from nextword.data.remote import file_name
 from nextword.data.shards import SPLITS, ShardWriter, token_dtype
 from nextword.data.split import split_pieces
@@ -113,6 +114,7 @@ class EncodeUnits:
     bos_token: str | None
     held_out: str
     val_fraction: float
+    eval_ngrams: EvalNgrams | None = None  # with data.decontaminate: documents that overlap these are dropped
     name: str = "encode"
 
     def run_task(self, rank: int, world_size: int) -> dict[str, int]:
@@ -129,7 +131,8 @@ class EncodeUnits:
         unit = self.units[number]
         writers = {split: ShardWriter(self.data_dir, split, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
                                       bos_id=tokenizer.bos_id, name=f"{split}_{number:05d}") for split in SPLITS}
-        documents = _taken_rows(unit)
+        decontamination = Decontamination(self.eval_ngrams) if self.eval_ngrams is not None else None
+        documents = _taken_rows(unit, decontamination)
         dtype = token_dtype(tokenizer.vocab_size)
         tokens = 0
         for start in range(0, len(documents), ENCODE_BATCH_DOCS):
@@ -140,19 +143,24 @@ class EncodeUnits:
         done = {"source": unit.source, "documents": len(documents),
                 "bytes": sum(len(text.encode("utf-8")) for _, text, _ in documents), "tokens": tokens,
                 "splits": {split: writer.close() for split, writer in writers.items()}}
+        if decontamination is not None:
+            done["decontamination"] = decontamination.counts()
         write_text_atomically(unit_file(self.data_dir, number), json.dumps(done))  # last: the unit is done
         say(f"encode: unit {number} ({file_name(unit.shard)} rows {unit.first_row}-{unit.stop_row - 1}): "
             f"{len(documents)} documents, {tokens:,} tokens")
         return done
 
 
-def _taken_rows(unit: Unit) -> list[tuple[str, str, str]]:
-    """(id, text, source) of the unit's rows, while the mix's share of its bytes is not yet taken."""
+def _taken_rows(unit: Unit, decontamination: Decontamination | None = None) -> list[tuple[str, str, str]]:
+    """(id, text, source) of the unit's rows, while the mix's share of its bytes is not yet taken; rows that overlap
+    an evaluation text are dropped first, so the mix takes its share from the rows that are kept."""
     table = shard_rows(unit.shard, unit.first_row, unit.stop_row, columns=["id", "text"])
     rows, taken = [], 0
     for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
         if unit.take_bytes is not None and taken >= unit.take_bytes:
             break
+        if decontamination is not None and not decontamination.keeps(text):
+            continue
         rows.append((doc_id, text, unit.source))
         taken += len(text.encode("utf-8"))
     return rows
@@ -163,13 +171,16 @@ def unit_file(data_dir: str | Path, number: int) -> Path:
 
 
 def gather_units(data_dir: Path, count: int, weights: dict[str, float],
-                 ended_by: str) -> tuple[dict, Counter, MixReport | None]:
-    """Every unit's counts in order: the index's splits, the tokens from each source, and what the mix took."""
+                 ended_by: str) -> tuple[dict, Counter, MixReport | None, Counter]:
+    """Every unit's counts in order: the index's splits, the tokens from each source, what the mix took, and what
+    decontamination checked and dropped."""
     splits = {split: {"tokens": 0, "documents": 0, "bytes": 0, "shards": []} for split in SPLITS}
     tokens_by_source: Counter = Counter()
     mix = MixReport(dict(weights)) if weights else None
+    decontaminated: Counter = Counter()
     for number in range(count):
         done = json.loads(unit_file(data_dir, number).read_text(encoding="utf-8"))
+        decontaminated.update(done.get("decontamination", {}))
         for split, entry in done["splits"].items():
             for key in ("tokens", "documents", "bytes"):
                 splits[split][key] += entry[key]
@@ -180,4 +191,4 @@ def gather_units(data_dir: Path, count: int, weights: dict[str, float],
             mix.docs[done["source"]] += done["documents"]
     if mix is not None:
         mix.exhausted = ended_by
-    return splits, tokens_by_source, mix
+    return splits, tokens_by_source, mix, decontaminated

@@ -31,6 +31,8 @@ from nextword.config import EngineConfig
 from nextword.errors import DataError
 
 QUIET_LOGS = "NEXTWORD_DATATROVE_QUIET"  # set: datatrove's per-task log lines are left out
+if os.environ.get(QUIET_LOGS):  # a local worker's server, started inside _quiet_when_local: quiet from the start
+    logger.disable("datatrove")
 # What local workers need, imported once by the server they are forked from (a module that cannot be imported,
 # an extra not installed, is skipped).
 WORKER_PRELOAD = ["nextword.data.engine", "nextword.data.clean", "nextword.data.encode", "nextword.data.web",

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from nextword.config import CleanConfig, DataConfig, EngineConfig
 from nextword.data.clean import CLEAN_FORMAT, MixReport, clean, mix_documents, plan_inputs, read_cleaned
 from nextword.data.code import LANGUAGES
+from nextword.data.decontaminate import Decontamination, EvalNgrams
 from nextword.data.documents import Document, SkipLog
 from nextword.data.encode import UNITS_DIR, EncodeUnits, gather_units, plan_units, unit_file
 from nextword.data.remote import is_url
@@ -75,7 +76,8 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, engine: Engine
                           "or leave data.clean_dir empty")
     clean_cfg = (clean or CleanConfig()).validate() if cfg.clean else None
     cleaned_from = clean_fingerprint(cfg, clean_cfg) if clean_cfg else ""
-    key = cache_key(cfg, cleaned_from)
+    eval_ngrams = EvalNgrams.from_entries(cfg.decontaminate) if cfg.decontaminate else None
+    key = cache_key(cfg, cleaned_from, eval_ngrams.fingerprint() if eval_ngrams else "")
     data_dir = resolve_data_dir(cfg, key)
     index = _finished_index(data_dir, key)
     if index is not None:
@@ -86,19 +88,23 @@ def prepare(cfg: DataConfig, *, clean: CleanConfig | None = None, engine: Engine
     with folder_lock(data_dir, "the data folder", "--data-dir"):  # one writer; a finished one is read without it
         engine = engine or EngineConfig()
         engine = dataclasses.replace(engine, workers=engine.workers or cfg.workers)
-        return _make(data_dir, key, cfg, clean_cfg, cleaned_from, engine, progress)
+        return _make(data_dir, key, cfg, clean_cfg, cleaned_from, eval_ngrams, engine, progress)
 
 
 def _make(data_dir: Path, key: str, cfg: DataConfig, clean_cfg: CleanConfig | None, cleaned_from: str,
-          engine: EngineConfig, progress: bool) -> Prepared:
-    """Write the data dir: clean, mix, sample, tokenizer, shards, then the index that marks it finished."""
+          eval_ngrams: EvalNgrams | None, engine: EngineConfig, progress: bool) -> Prepared:
+    """Write the data dir: clean, decontaminate, mix, sample, tokenizer, shards, then the index that marks it
+    finished."""
     started = time.perf_counter()
     resumed = _remove_previous_output(data_dir, key)
     skips = SkipLog()
     clean_dir = resolve_clean_dir(cfg, data_dir, cleaned_from)
     cleaned = _clean_sources(cfg, clean_cfg, engine, clean_dir, cleaned_from) if clean_cfg else None
     mix = MixReport(dict(zip(cfg.sources, cfg.weights))) if cfg.weights else None
-    sample, documents = _read_sample(_documents(cfg, cleaned, clean_dir, mix, skips), cfg, progress)
+    # Without the clean step every document reaches the shards through this one filter; with it, the encode tasks
+    # filter the cleaned corpus themselves and this one only keeps the tokenizer's sample clean.
+    decontamination = Decontamination(eval_ngrams) if eval_ngrams is not None else None
+    sample, documents = _read_sample(_documents(cfg, cleaned, clean_dir, mix, skips, decontamination), cfg, progress)
     if not sample:
         raise DataError(_no_documents_message(cfg, skips))
     held_out = choose_rule(((d.id, len(d.text.encode("utf-8"))) for d in sample), cfg.val_fraction)
@@ -108,8 +114,11 @@ def _make(data_dir: Path, key: str, cfg: DataConfig, clean_cfg: CleanConfig | No
         tokenizer, tokenizer_note = _get_tokenizer(cfg, sample, held_out, progress)
         tokenizer.save(data_dir / TOKENIZER_NAME)
     if cleaned is not None:
-        splits, tokens_by_source, mix = _encode_as_tasks(data_dir, key, cfg, cleaned, clean_dir, tokenizer,
-                                                         tokenizer_note, held_out, engine)
+        splits, tokens_by_source, mix, decontaminated = _encode_as_tasks(
+            data_dir, key, cfg, cleaned, clean_dir, tokenizer, tokenizer_note, held_out, engine, eval_ngrams)
+        if decontamination is not None:  # the tasks' counts, which cover every document; the sample's would repeat some
+            decontamination = Decontamination(eval_ngrams)
+            decontamination.add(decontaminated)
     else:
         splits, tokens_by_source = _write_shards(data_dir, cfg, tokenizer, documents, held_out, progress)
     if splits["train"]["documents"] + splits["val"]["documents"] == 0:
@@ -119,6 +128,8 @@ def _make(data_dir: Path, key: str, cfg: DataConfig, clean_cfg: CleanConfig | No
         extra["clean"] = _clean_summary(cleaned, clean_dir)
     if mix is not None:
         extra["mix"] = _mix_summary(mix, tokens_by_source)
+    if decontamination is not None:
+        extra["decontamination"] = decontamination.summary()
     index = write_index(data_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id,
                         tokenizer_hash=tokenizer.hash, splits=splits, key=key, val_held_out=held_out,
                         val_fraction=cfg.val_fraction, tokenizer_lossless=tokenizer.lossless,
@@ -137,9 +148,10 @@ def report(line: str) -> None:
 # --- where the output goes, and whether it is already there --------------------------------------------------
 
 
-def cache_key(cfg: DataConfig, cleaned_from: str = "") -> str:
+def cache_key(cfg: DataConfig, cleaned_from: str = "", decontaminated_from: str = "") -> str:
     """A short hash of the inputs and of every setting that changes the shards; `cleaned_from` is the
-    clean_fingerprint when cfg.clean is on."""
+    clean_fingerprint when cfg.clean is on, `decontaminated_from` the EvalNgrams fingerprint with
+    data.decontaminate."""
     if cfg.tokenizer:
         tokenizer = {"file": hashlib.sha256(_read_bytes(Path(cfg.tokenizer))).hexdigest()}
         loaded = Tokenizer.load(cfg.tokenizer, eos_token=cfg.eos_token, bos_token=cfg.bos_token)
@@ -155,6 +167,8 @@ def cache_key(cfg: DataConfig, cleaned_from: str = "") -> str:
         settings["sources"] = sources_fingerprint(cfg.sources, cfg.extensions)
     if cfg.weights:
         settings["weights"] = cfg.weights
+    if decontaminated_from:
+        settings["decontaminated_from"] = decontaminated_from
     return _short_hash(settings)
 
 
@@ -285,15 +299,17 @@ def _clean_into(cfg: DataConfig, clean_cfg: CleanConfig, engine: EngineConfig, c
 
 
 def _documents(cfg: DataConfig, cleaned: dict[str, Any] | None, clean_dir: str | Path, mix: MixReport | None,
-               skips: SkipLog) -> Iterator[Document]:
-    """The documents to tokenize, from the sources or their cleaned corpus; mixed to data.weights if given."""
+               skips: SkipLog, decontamination: Decontamination | None) -> Iterator[Document]:
+    """The documents to tokenize, from the sources or their cleaned corpus, less those that overlap an evaluation
+    text; mixed to data.weights if given (after decontamination, so each source gives its share of what is kept)."""
     if cleaned is not None and not cleaned["docs_final"]:
         raise DataError(f"{', '.join(cfg.sources)}: the clean step kept no documents; {clean_dir}/report.md "
                         "shows what each rule dropped: add sources or loosen the [clean] settings")
+    checked = decontamination.filter if decontamination is not None else iter
     if mix is None:
         if cleaned is not None:
-            return iter(read_cleaned(clean_dir))
-        return read_sources(cfg.sources, cfg.extensions, skips, cfg.doc_separator)
+            return checked(read_cleaned(clean_dir))
+        return checked(read_sources(cfg.sources, cfg.extensions, skips, cfg.doc_separator))
     if len(set(cfg.sources)) != len(cfg.sources):
         raise ConfigError("data.sources names a source twice; with data.weights each source needs its own entry")
     if cleaned is not None:
@@ -301,7 +317,7 @@ def _documents(cfg: DataConfig, cleaned: dict[str, Any] | None, clean_dir: str |
     else:
         streams = {source: read_sources([source], cfg.extensions, skips, cfg.doc_separator)
                    for source in cfg.sources}
-    tagged = {source: _tag_with_source(stream, source) for source, stream in streams.items()}
+    tagged = {source: _tag_with_source(checked(stream), source) for source, stream in streams.items()}
     # Mixed by UTF-8 bytes: the mix comes before the tokenizer (which may be trained on it), and counting tokens
     # here would encode every document twice. The token shares it gives are counted as the shards are written.
     return mix_documents(tagged, mix.weights, report=mix)
@@ -405,10 +421,11 @@ def _write_shards(data_dir: Path, cfg: DataConfig, tokenizer: Tokenizer, documen
 
 
 def _encode_as_tasks(data_dir: Path, key: str, cfg: DataConfig, cleaned: dict[str, Any], clean_dir: str | Path,
-                     tokenizer: Tokenizer, tokenizer_note: dict[str, Any], held_out: str,
-                     engine: EngineConfig) -> tuple[dict[str, dict[str, Any]], Counter, MixReport | None]:
+                     tokenizer: Tokenizer, tokenizer_note: dict[str, Any], held_out: str, engine: EngineConfig,
+                     eval_ngrams: EvalNgrams | None) -> tuple[dict[str, dict[str, Any]], Counter, MixReport | None,
+                                                              Counter]:
     """Tokenize the cleaned corpus as tasks of the engine (see encode.py); each split's shard figures, the tokens
-    from each mixed source, and what the mix took."""
+    from each mixed source, what the mix took, and what decontamination dropped."""
     from nextword.data.engine import Stage, run_stages  # here: datatrove is needed only to run the tasks
 
     units, ended_by = plan_units(cleaned, clean_dir, cfg.sources, cfg.weights)
@@ -416,7 +433,7 @@ def _encode_as_tasks(data_dir: Path, key: str, cfg: DataConfig, cleaned: dict[st
     write_text_atomically(data_dir / UNITS_DIR / UNITS_STARTED, json.dumps({"key": key, "tokenizer": tokenizer_note}))
     if not all(unit_file(data_dir, n).exists() for n in range(len(units))):
         step = EncodeUnits(units, str(data_dir), tokenizer.to_json(), tokenizer.eos_token, tokenizer.bos_token,
-                           held_out, cfg.val_fraction)
+                           held_out, cfg.val_fraction, eval_ngrams)
         tasks = engine.tasks or (engine.workers or len(os.sched_getaffinity(0)) if engine.executor == "local"
                                  else len(units))
         if not run_stages([Stage(step, max(1, min(tasks, len(units))))], engine, data_dir / "logs", report):
@@ -543,6 +560,11 @@ def summary_lines(data_dir: Path, index: dict[str, Any], skips: SkipLog, seconds
         skipped = f"; {c['skipped']:,} files or records skipped while reading" if c.get("skipped") else ""
         lines.append(f"  clean       {c['docs_final']:,} of {c['docs_read']:,} documents kept "
                      f"({c['bytes_final'] / 1e6:.1f} of {c['bytes_read'] / 1e6:.1f} MB){skipped}; see {c['report']}")
+    if "decontamination" in index:
+        d = index["decontamination"]
+        lines.append(f"  decontam.   {d['documents_dropped']:,} of {d['documents_checked']:,} documents dropped "
+                     f"({d['bytes_dropped'] / 1e6:.2f} MB): each shared a {d['ngram']}-gram of words with "
+                     f"{', '.join(d['eval'])}")
     if "mix" in index:
         lines.append(f"  mix         shares by bytes (mixed until {index['mix']['ended_by']} ran out; "
                      "the rest is left out):")

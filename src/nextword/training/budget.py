@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -38,10 +38,13 @@ REVISE_OVER_STEPS = 100  # latest steps whose mean time a revision plans with: a
 
 @dataclass(frozen=True)
 class RunLength:
-    """What sets how long a run trains, and that setting's value: steps, tokens, or seconds of wall clock."""
+    """What sets how long a run trains, and that setting's value: steps, tokens, FLOPs, or seconds of wall clock.
+    A FLOPs count becomes tokens at the model's training FLOPs per token (GPT.flops_per_token), which the trainer
+    gives once the model is built (`for_model`)."""
 
-    governs: Literal["steps", "tokens", "budget"]
+    governs: Literal["steps", "tokens", "flops", "budget"]
     limit: float
+    flops_per_token: float = 0.0
 
     @classmethod
     def from_config(cls, t: TrainConfig) -> RunLength:
@@ -49,14 +52,21 @@ class RunLength:
             return cls("steps", t.steps)
         if t.tokens:
             return cls("tokens", parse_count(t.tokens, "train.tokens"))
+        if t.flops:
+            return cls("flops", parse_count(t.flops, "train.flops"))
         return cls("budget", parse_duration(t.budget or DEFAULT_BUDGET, "train.budget"))
 
+    def for_model(self, flops_per_token: float) -> RunLength:
+        return replace(self, flops_per_token=flops_per_token)
+
     def steps(self, tokens_per_step: int) -> int:
-        """The steps that a step or token count comes to; 0 for a time budget, which plans them once timed."""
+        """The steps that a step, token or FLOPs count comes to; 0 for a time budget, which plans them once timed."""
         if self.governs == "steps":
             return int(self.limit)
         if self.governs == "tokens":
             return math.ceil(self.limit / tokens_per_step)
+        if self.governs == "flops":
+            return max(1, math.floor(self.limit / self.flops_per_token / tokens_per_step))
         return 0
 
     def describe(self, progress: Progress) -> str:
@@ -67,6 +77,9 @@ class RunLength:
                     "began (train.budget sizes new runs)")
         if self.governs == "budget":
             return f"budget {self.limit:.0f} s of wall clock (steps planned from measured speed)"
+        if self.governs == "flops":
+            return (f"{self.limit:.3g} FLOPs ({self.limit / self.flops_per_token:,.0f} tokens at "
+                    f"{self.flops_per_token:,.0f} FLOPs per token)")
         return f"{self.limit:,.0f} {self.governs}"
 
     def refuse_another(self, progress: Progress, tokens_per_step: int, t: TrainConfig, run_dir: Path) -> None:

@@ -117,6 +117,7 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     TokenLoader(val_split, 1, cfg.model.context)
     batch = global_batch(t, cfg.model.context, world.size)
     flops_per_token = model.flops_per_token()
+    length = length.for_model(flops_per_token)
     setup = _model_setup(model, cfg, world, mode, machine)
 
     # Where the run stands: resumed from its newest checkpoint, or new; how long it trains.
