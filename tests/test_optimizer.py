@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from nextword.errors import ConfigError
 from nextword.model import GPT
 from nextword.training import optimizer as optimizer_module
 from nextword.training.optimizer import ForeachAdamW, MuonAdamW, build_optimizer, orthogonalise
+from nextword.training.precision import autocast_for
 from nextword.training.step import train_step
 
 
@@ -155,6 +157,32 @@ def test_a_skipped_first_update_leaves_the_optimizer_as_new(kind, fused, monkeyp
     poisoned.remove()
     assert steps(model, optimizer, batch, 2, lr=3e-3) == steps(fresh, fresh_optimizer, batch, 2, lr=3e-3)
     assert all(torch.equal(a, b) for a, b in zip(snapshot(model, optimizer), snapshot(fresh, fresh_optimizer)))
+
+
+@pytest.mark.parametrize("kind", ["muon", "adamw"])
+def test_fp16_on_a_cpu_scales_the_loss_up_and_backs_off_at_an_overflow(kind):
+    """The fp16 path a GPU without native bf16 takes, run on a CPU: autocast in fp16 and a GradScaler."""
+    cfg = tiny_run(optimizer=kind)
+    model, batch = model_and_batch(cfg)
+    optimizer = build_optimizer(model, cfg.train)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)  # doubles every 2 good steps
+
+    def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return train_step(model, optimizer, lambda: (batch[:, :-1], batch[:, 1:]), 1, 3e-3, 1.0,
+                          autocast_for(torch.device("cpu"), "fp16"), scaler)
+
+    losses = [float(step()[0]) for _ in range(4)]
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    assert scaler.get_scale() == 2.0**12
+
+    before, weight = snapshot(model, optimizer), model.blocks[0].mlp.fc.weight
+    kept = weight.detach().clone()
+    overflow = weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    step()
+    overflow.remove()
+    assert scaler.get_scale() == 2.0**11  # backed off
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model, optimizer), before))  # and the update skipped
+    assert math.isfinite(float(step()[0])) and not torch.equal(weight, kept)
 
 
 def test_the_orthogonalised_update_has_singular_values_near_one():
