@@ -142,6 +142,25 @@ def test_an_inf_gradient_changes_no_weight_or_state_and_is_never_read_back(kind,
     assert not torch.equal(weight, kept) and all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["muon", "adamw"])
+def test_a_gpu_step_with_an_inf_gradient_never_waits_for_the_device(kind):
+    cfg = tiny_run(optimizer=kind)
+    model, batch = model_and_batch(cfg)
+    model, batch = model.cuda(), batch.cuda()
+    optimizer = build_optimizer(model, cfg.train)
+    model.blocks[0].mlp.fc.weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        for _ in range(2):  # the first step makes the optimizer's state
+            skipped = train_step(model, optimizer, lambda: (batch[:, :-1], batch[:, 1:]), 1, 3e-3, 1.0,
+                                 torch.autocast("cuda", dtype=torch.bfloat16),
+                                 torch.amp.GradScaler("cuda", enabled=False))[2]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert float(skipped) == 1.0
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("kind", ["muon", "adamw"])
 def test_a_skipped_first_update_leaves_the_optimizer_as_new(kind, fused, monkeypatch):
