@@ -72,8 +72,8 @@ def cuda_bf16_native(index: int) -> bool:
 
     torch.cuda.is_bf16_supported() alone also counts emulation, which a V100 or T4 has: bf16 runs there, but far
     slower than fp16. `including_emulation=False` asks for hardware alone; torch has it since early 2025, before
-    2.9, the oldest torch this project takes (https://docs.pytorch.org/docs/stable/generated/
-    torch.cuda.is_bf16_supported.html). Without it, the compute capability decides, as torch's own check does.
+    2.9, the oldest torch this project takes. Without it, the compute capability decides, as torch's own check does.
+    https://docs.pytorch.org/docs/stable/generated/torch.cuda.is_bf16_supported.html
     """
     with torch.cuda.device(index):  # torch asks about the current device
         try:
