@@ -1,7 +1,17 @@
-import pytest
+import contextlib
+import json
 
+import pytest
+import torch
+
+from nextword.config import RunConfig, TrainConfig
 from nextword.training.budget import SAFETY_MARGIN, BudgetPlanner, TimeBudget
+from nextword.training.distributed import World
+from nextword.training.evaluator import Evaluator
+from nextword.training.loop import StepTimer, train_loop
+from nextword.training.metrics import Metrics
 from nextword.training.progress import Progress
+from nextword.training.runlog import RunLog
 
 
 class Clock:
@@ -81,8 +91,8 @@ def test_every_rank_takes_part_in_each_revision_of_a_budgets_plan():
     for step in range(1, 61):
         for budget, progress in zip(budgets, runs):
             budget.plan_once_timed(progress, eval_seconds=0.0, ckpt_seconds=0.0)
-            progress.advance(tokens=1, seconds=0.1)
-            budget.record_step(0.1 if step < 20 else 0.5)  # slower after the plan: it must shrink
+            progress.advance(tokens=1)
+            budget.record_time(1, 0.1 if step < 20 else 0.5)  # slower after the plan: it must shrink
             if step % 10 == 0:
                 budget.revise_if_due(progress, eval_seconds=0.0, ckpt_seconds=0.0)
     assert ranks[0].calls == ranks[1].calls >= 2
@@ -98,3 +108,110 @@ def test_a_flops_count_trains_the_tokens_it_buys_at_the_models_flops_per_token()
     assert length.steps(tokens_per_step=1000) == 500  # 1e12 / 2e6 = 500,000 tokens, 1,000 a step
     assert length.steps(tokens_per_step=3000) == 166  # never more compute than the count: rounded down
     assert "500,000 tokens" in length.describe(Progress())
+
+
+# --- evaluations at the quarters of a moving plan -------------------------------------------------------------
+
+
+def evaluation_steps(plan_at, last_step: int, first_step: int = 1) -> list[int]:
+    """The steps an evaluator evaluates at while `plan_at(step)` gives the plan in force at each step."""
+    evaluator = Evaluator(None, None, None, RunConfig(), device=torch.device("cpu"), world=World(),
+                          autocast=contextlib.nullcontext(), log=None, samples_on_every_rank=False)
+    progress, due = Progress(step=first_step - 1), []
+    while progress.step < last_step:
+        progress.advance(tokens=1)
+        progress.planned_steps = plan_at(progress.step)
+        if evaluator.due(progress):
+            due.append(progress.step)
+    return due
+
+
+def first_steps_past_each_quarter(plan_at, last_step: int) -> list[int]:
+    return [next(step for step in range(1, last_step) if 4 * step >= quarter * plan_at(step)) for quarter in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("plan_at", [
+    lambda step: 1400 - 3 * (step // 10),  # re-planned at every log step, shrinking: 1,400 steps down to 1,079
+    lambda step: 1000 + 5 * (step // 10),  # growing: 1,000 steps up to 1,995
+    lambda step: 1600 if step < 700 else 1000,  # shrunk once, past the second quarter mark (800 to 500)
+], ids=["shrinking", "growing", "shrunk-once"])
+def test_a_moving_plan_is_evaluated_once_at_each_quarter(plan_at):
+    last = next(step for step in range(1, 10**4) if step >= plan_at(step))
+    due = evaluation_steps(plan_at, last)
+    assert due == first_steps_past_each_quarter(plan_at, last)
+
+
+def test_a_resumed_run_does_not_evaluate_again_at_quarters_it_passed():
+    assert evaluation_steps(lambda step: 1000, 1000, first_step=701) == [750]
+    assert evaluation_steps(lambda step: 1000, 1000, first_step=751) == []
+
+
+# --- step times on a device that runs behind the host ---------------------------------------------------------
+
+
+class QueuedDevice:
+    """A GPU as the host sees it: an update returns once its work is queued, after a millisecond; the work takes
+    `step_seconds`, and the host waits for it only when it synchronises."""
+
+    def __init__(self, step_seconds: float) -> None:
+        self.now, self.done_at, self.step_seconds = 0.0, 0.0, step_seconds
+        self.synchronised_at: list[int] = []  # the step of each synchronisation
+        self.steps = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def synchronize(self) -> None:
+        self.synchronised_at.append(self.steps)
+        self.now = max(self.now, self.done_at)
+
+    def update(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.done_at = max(self.done_at, self.now) + self.step_seconds
+        self.now += 0.001
+        self.steps += 1
+        return torch.tensor(2.0), torch.tensor(1.0), torch.tensor(0.0)
+
+
+class Never:
+    """An evaluator, checkpointer, spike guard and stop request that are never due: the loop's steps alone."""
+
+    seconds = 0.0
+
+    def due(self, *_) -> bool:
+        return False
+
+    def rolled_back(self, *_) -> bool:
+        return False
+
+    def agreed(self, *_) -> bool:
+        return False
+
+    def evaluate(self, *_) -> None:
+        pass
+
+    def save(self, *_) -> None:
+        pass
+
+
+def test_the_budget_and_the_metrics_time_the_devices_work_not_the_launch(tmp_path):
+    device = QueuedDevice(step_seconds=0.1)
+    t = TrainConfig(log_every=10)
+    progress, never = Progress(), Never()
+    with RunLog(tmp_path / "log.jsonl") as log:
+        budget = TimeBudget(BudgetPlanner(deadline=30.0, budget=30.0, decay_frac=0.2, clock=device.clock), World(),
+                            log)
+        metrics = Metrics(log, t, progress, tokens_per_step=1000, flops_per_token=1.0, peak_flops=1.0, world=World(),
+                          device=torch.device("cpu"), run_dir=tmp_path, start=0.0, show_bar=False)
+        train_loop(progress, device.update, lambda step, planned: 1e-3, 1000,
+                   timer=StepTimer(device.synchronize, device.clock), budget=budget, metrics=metrics,
+                   spike_guard=never, evaluator=never, checkpointer=never, stop=never, stop_after=None)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    plan = next(r for r in records if r["kind"] == "plan")
+    assert plan["step_seconds"] == pytest.approx(0.1, rel=0.02)  # not the 1 ms the host spends queueing a step
+    assert plan["planned_steps"] == pytest.approx((30 - SAFETY_MARGIN * 30) / 0.1, rel=0.03)
+    assert all(r["tokens_per_s"] == pytest.approx(1000 / 0.1, rel=0.02) for r in records if r["kind"] == "train")
+    assert progress.train_seconds == pytest.approx(0.1 * progress.step, rel=0.02)
+    assert device.now <= 30.0  # the run kept its budget
+    # Every step is timed on its own until the plan; after it, the device is waited for at log steps alone.
+    after_plan = [step for step in device.synchronised_at if step > plan["step"]]
+    assert after_plan and all(step % t.log_every == 0 or step == progress.step for step in after_plan)

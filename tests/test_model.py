@@ -77,7 +77,7 @@ def fused_loss_and_grads(x, weight, targets, scale, cap=0.0):
 
 
 @pytest.mark.parametrize("cap", [0.0, 2.0])  # 2: the soft-cap bends logits of this spread (about ±4) well away
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_fused_loss_and_gradients_equal_the_plain_ones_across_chunks(monkeypatch, dtype, cap):
     # 7 rows a chunk over 3·10 rows: several chunks and a short last one.
     monkeypatch.setitem(loss_module.LOSS_CHUNK_BYTES, "cpu", 7 * 4 * VOCAB)
@@ -85,7 +85,7 @@ def test_fused_loss_and_gradients_equal_the_plain_ones_across_chunks(monkeypatch
     x = torch.randn(3, 10, 16, generator=generator)
     weight = torch.randn(VOCAB, 16, generator=generator)
     targets = torch.randint(0, VOCAB, (3, 10), generator=generator)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
         plain = plain_loss_and_grads(x, weight, targets, scale=0.25, cap=cap)
         fused = fused_loss_and_grads(x, weight, targets, scale=0.25, cap=cap)
     tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-4}

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from nextword.config import RunConfig
 from nextword.errors import ConfigError
 from nextword.model import GPT
 from nextword.training import optimizer as optimizer_module
-from nextword.training.optimizer import MuonAdamW, build_optimizer, orthogonalise
+from nextword.training.optimizer import ForeachAdamW, MuonAdamW, build_optimizer, orthogonalise
+from nextword.training.precision import autocast_for
 from nextword.training.step import train_step
 
 
@@ -82,6 +84,124 @@ def test_a_muon_step_is_torchs_muon_step():
         reference.zero_grad()
     for a, b in zip(model.hidden_matrices(), reference.hidden_matrices()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class AdamWWithoutFusedKernel(torch.optim.AdamW):
+    """torch's AdamW on a machine whose torch has no fused kernel for it."""
+
+    def __init__(self, *args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("no fused AdamW kernel for this device")
+        super().__init__(*args, **kwargs)
+
+
+READ_BACKS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+def snapshot(model: GPT, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every weight and every optimizer state tensor (moments, momentum, step counts), copied."""
+    state = [value for per_param in optimizer.state.values() for _, value in sorted(per_param.items())]
+    return [t.detach().clone() for t in [*model.parameters(), *state]]
+
+
+# fp16 is not among these: GradScaler reads its overflow flag back by design (see training/step.py).
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("kind", ["muon", "adamw"])
+def test_an_inf_gradient_changes_no_weight_or_state_and_is_never_read_back(kind, fused, monkeypatch):
+    if not fused:
+        monkeypatch.setattr(torch.optim, "AdamW", AdamWWithoutFusedKernel)
+    cfg = tiny_run(optimizer=kind)
+    model, batch = model_and_batch(cfg)
+    optimizer = build_optimizer(model, cfg.train)
+    assert isinstance(optimizer.adamw if kind == "muon" else optimizer, ForeachAdamW) != fused
+    steps(model, optimizer, batch, 2, lr=3e-3)  # moments, momentum and step counts that must stay as they are
+    before = snapshot(model, optimizer)
+
+    weight = model.blocks[0].mlp.fc.weight
+    poisoned = weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    reads = []
+    with monkeypatch.context() as patch:
+        for name in READ_BACKS:
+            original = getattr(torch.Tensor, name)
+            patch.setattr(torch.Tensor, name,
+                          lambda tensor, *a, _name=name, _original=original: reads.append((_name, tensor))
+                          or _original(tensor, *a))
+        skipped = train_step(model, optimizer, lambda: (batch[:, :-1], batch[:, 1:]), 1, 3e-3, 1.0,
+                             contextlib.nullcontext(), torch.amp.GradScaler("cpu", enabled=False))[2]
+    poisoned.remove()
+    # On a CPU, torch's unfused AdamW keeps its step count on the host and reads it there; on a GPU that count is
+    # on the device (ForeachAdamW is capturable there) and is not read back.
+    counts = [state["step"] for state in optimizer.state.values() if "step" in state] if not fused else []
+    assert [name for name, tensor in reads if not any(tensor is count for count in counts)] == []
+    assert float(skipped) == 1.0
+    after = snapshot(model, optimizer)
+    assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before))
+
+    kept = weight.detach().clone()
+    steps(model, optimizer, batch, 1, lr=3e-3)  # a finite step moves the weights again
+    assert not torch.equal(weight, kept) and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["muon", "adamw"])
+def test_a_gpu_step_with_an_inf_gradient_never_waits_for_the_device(kind):
+    cfg = tiny_run(optimizer=kind)
+    model, batch = model_and_batch(cfg)
+    model, batch = model.cuda(), batch.cuda()
+    optimizer = build_optimizer(model, cfg.train)
+    model.blocks[0].mlp.fc.weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        for _ in range(2):  # the first step makes the optimizer's state
+            skipped = train_step(model, optimizer, lambda: (batch[:, :-1], batch[:, 1:]), 1, 3e-3, 1.0,
+                                 torch.autocast("cuda", dtype=torch.bfloat16),
+                                 torch.amp.GradScaler("cuda", enabled=False))[2]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert float(skipped) == 1.0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("kind", ["muon", "adamw"])
+def test_a_skipped_first_update_leaves_the_optimizer_as_new(kind, fused, monkeypatch):
+    """State made by a skipped first step is what a fresh optimizer would make: the next update is the first."""
+    if not fused:
+        monkeypatch.setattr(torch.optim, "AdamW", AdamWWithoutFusedKernel)
+    cfg = tiny_run(optimizer=kind)
+    model, batch = model_and_batch(cfg)
+    fresh = copy.deepcopy(model)
+    optimizer, fresh_optimizer = build_optimizer(model, cfg.train), build_optimizer(fresh, cfg.train)
+    poisoned = model.lm_head.weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+    steps(model, optimizer, batch, 1, lr=3e-3)
+    poisoned.remove()
+    assert steps(model, optimizer, batch, 2, lr=3e-3) == steps(fresh, fresh_optimizer, batch, 2, lr=3e-3)
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model, optimizer), snapshot(fresh, fresh_optimizer)))
+
+
+@pytest.mark.parametrize("kind", ["muon", "adamw"])
+def test_fp16_on_a_cpu_scales_the_loss_up_and_backs_off_at_an_overflow(kind):
+    """The fp16 path a GPU without native bf16 takes, run on a CPU: autocast in fp16 and a GradScaler."""
+    cfg = tiny_run(optimizer=kind)
+    model, batch = model_and_batch(cfg)
+    optimizer = build_optimizer(model, cfg.train)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)  # doubles every 2 good steps
+
+    def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return train_step(model, optimizer, lambda: (batch[:, :-1], batch[:, 1:]), 1, 3e-3, 1.0,
+                          autocast_for(torch.device("cpu"), "fp16"), scaler)
+
+    losses = [float(step()[0]) for _ in range(4)]
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    assert scaler.get_scale() == 2.0**12
+
+    before, weight = snapshot(model, optimizer), model.blocks[0].mlp.fc.weight
+    kept = weight.detach().clone()
+    overflow = weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    step()
+    overflow.remove()
+    assert scaler.get_scale() == 2.0**11  # backed off
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model, optimizer), before))  # and the update skipped
+    assert math.isfinite(float(step()[0])) and not torch.equal(weight, kept)
 
 
 def test_the_orthogonalised_update_has_singular_values_near_one():

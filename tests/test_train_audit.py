@@ -4,6 +4,7 @@ the fix, never a traceback and never a silently different run."""
 
 import copy
 import errno
+import math
 import os
 from pathlib import Path
 
@@ -12,14 +13,16 @@ import torch
 from test_train import read_log, tiny  # noqa: F401  (tiny is a fixture)
 
 from nextword import cli
-from nextword.training import checkpoint
+from nextword.training import checkpoint, distributed
 from nextword.training.checkpoint import checkpoint_step, list_checkpoints
 from nextword.config import ModelConfig, RunConfig, TrainConfig
 from nextword.errors import CheckpointError, ConfigError, NextwordError
 from nextword.model import GPT
 from nextword.training.runlog import RunLog
 from nextword.training.trainer import train
+from nextword.training.machine import Machine
 from nextword.training.optimizer import build_optimizer
+from nextword.training.precision import resolve_precision
 
 
 @pytest.mark.parametrize("override, field", [
@@ -41,10 +44,27 @@ def test_a_number_out_of_range_is_one_line_naming_the_field(override, field, cap
     assert err.count("\n") == 0 and err.startswith(f"nextword train: {field} = ")
 
 
-def test_fp16_on_a_cpu_is_one_line_instead_of_a_crash_in_the_first_step(tiny):
-    tiny.train.steps, tiny.train.precision, tiny.train.device = 2, "fp16", "cpu"
-    with pytest.raises(ConfigError, match="fp16 trains on a CUDA GPU only.*use auto, bf16 or fp32"):
-        train(tiny, progress=False)
+def test_fp16_trains_on_a_cpu_with_loss_scaling_when_asked_for(tiny, tmp_path):
+    """The path a GPU without native bf16 takes (fp16 autocast and a GradScaler) runs on a CPU as well."""
+    tiny.train.steps, tiny.train.precision, tiny.train.device = 3, "fp16", "cpu"
+    with pytest.warns(UserWarning, match="fp16 on a CPU"):
+        summary = train(tiny, progress=False)
+    assert summary["precision"] == "fp16"
+    losses = [r["loss"] for r in read_log(tmp_path / "run", "train")] + [summary["val_loss"]]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+
+
+def test_auto_never_chooses_fp16_on_a_cpu():
+    for native in (True, False):
+        cpu = Machine(torch.device("cpu"), "test CPU", "AVX512", 1, bf16_native=native)
+        assert resolve_precision("auto", cpu)[0] != "fp16"
+
+
+def test_fp16_under_fsdp_is_refused_in_one_line():
+    model = GPT(ModelConfig(n_layers=1, d_model=16, n_heads=2, context=8, vocab_size=50))
+    with pytest.raises(ConfigError, match="fp16 is not supported under train.parallel = fsdp"):
+        distributed.wrap(model, "fsdp", distributed.World(), precision="fp16", activation_checkpointing=False,
+                         compile_blocks=False)
 
 
 @pytest.mark.parametrize("option", ["--steps", "--stop-after", "--nproc"])

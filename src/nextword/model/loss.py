@@ -43,6 +43,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), device=x.device, dtype=torch.float32)
         grad_log_p = torch.zeros(min(chunk, rows), vocab, device=x.device) if want_grad else None
+        # The kernel below writes the compute dtype straight from fp32, except fp16 on a CPU, which it has no
+        # kernel for: there it writes fp32, and copy_ rounds that to fp16.
+        grad_dtype = torch.float32 if (x.device.type, dtype) == ("cpu", torch.float16) else dtype
         for begin in range(0, rows, chunk):
             part = logits[begin:begin + chunk]
             target = targets[begin:begin + chunk, None]
@@ -54,7 +57,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 # rows·∂loss/∂logits = p − one_hot, by aten's own log-softmax backward kernel (the 1/rows is
                 # applied after the multiplies in backward, so that fp16 gradients do not underflow)
                 if tanh is None:
-                    part.copy_(torch.ops.aten._log_softmax_backward_data(grad_log_p[:len(part)], log_p, -1, dtype))
+                    part.copy_(torch.ops.aten._log_softmax_backward_data(grad_log_p[:len(part)], log_p, -1, grad_dtype))
                 else:
                     grad = torch.ops.aten._log_softmax_backward_data(grad_log_p[:len(part)], log_p, -1, torch.float32)
                     part.copy_(grad * (1 - tanh.square()))

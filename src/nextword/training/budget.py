@@ -8,6 +8,10 @@ margin) and divides the rest by the measured time per step. It is checked at eve
 measured since it was first made: whenever the steps still planned would no longer fit, it shrinks, annealing or
 not (a budget is a promise about the wall clock); before the learning rate starts to anneal, it also grows when
 more steps would fit, which a warmup–stable–decay schedule allows without bending the rate.
+
+The speed is measured by the loop's StepTimer, between synchronisations of the device, so it counts the device's
+work and not the launch of it. Until the first plan every step is timed on its own (a synchronisation each, for
+the first few steps only); after it, the steps between two log steps are timed together, each at their mean.
 """
 
 from __future__ import annotations
@@ -149,9 +153,15 @@ class TimeBudget:
         self.step_seconds: list[float] = []
         self.planned_at = 0  # how many steps had been timed when the plan was first made
 
-    def record_step(self, seconds: float) -> None:
+    def times_each_step(self) -> bool:
+        """Whether each step is to be timed on its own: until the plan, so the first steps, which pay for
+        allocation and compilation, can be left out of it."""
+        return self.planner is not None and not self.planned_at
+
+    def record_time(self, steps: int, seconds: float) -> None:
+        """`steps` steps took `seconds` in all: each is counted at their mean."""
         if self.planner:
-            self.step_seconds.append(seconds)
+            self.step_seconds.extend([seconds / steps] * steps)
 
     def plan_once_timed(self, progress: Progress, eval_seconds: float, ckpt_seconds: float) -> None:
         if not (self.planner and not progress.planned_steps

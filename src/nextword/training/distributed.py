@@ -257,6 +257,11 @@ def wrap(model: nn.Module, mode: str, world: World, *, precision: str, activatio
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
     if mode != "fsdp":
         return model
+    if precision == "fp16":
+        # Not supported: the policy below knows bf16 and fp32, and GradScaler would find overflows per shard, so
+        # ranks could disagree about skipping a step.
+        raise ConfigError("train.precision = fp16 is not supported under train.parallel = fsdp (on a GPU without "
+                          "native bf16, auto chooses fp16); set train.precision = fp32, or train.parallel = ddp")
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # bf16 weights for the matmuls, gradients reduced and master weights kept in fp32.

@@ -109,12 +109,28 @@ class Evaluator:
         # FSDP's forward is a collective, so there every rank draws the (same) samples; elsewhere rank 0 alone.
         self.draws_samples = world.is_main or samples_on_every_rank
         self.seconds = 0.0  # the longest evaluation yet, which the budget's plan counts on
+        self.marks_taken: int | None = None  # quarter marks of the plan evaluated at (by default)
 
     def due(self, progress: Progress) -> bool:
-        """At every interval of the plan, except in the last half interval: the run ends with an evaluation anyway."""
-        planned = progress.planned_steps
-        every = self.cfg.eval.every or max(1, (planned or 10**9) // EVALS_PER_RUN)
-        return bool(planned) and progress.step % every == 0 and progress.step < planned - every // 2
+        """Every eval.every steps or, by default, at each quarter mark of the plan (each 1/EVALS_PER_RUN of it);
+        never in the last half interval: the run ends with an evaluation anyway. Asked once a step.
+
+        A time budget re-plans as it trains, which moves the quarter marks: a shrinking plan can move one behind
+        the step, a growing one can move a mark already evaluated at ahead of it. So the marks are counted: an
+        evaluation is due at the first step past a mark beyond those taken."""
+        planned, step = progress.planned_steps, progress.step
+        if self.marks_taken is None:  # asked after this process's first step: a resumed run took the marks before it
+            self.marks_taken = _marks_passed(step - 1, planned) if planned else 0
+        if not planned:
+            return False
+        if self.cfg.eval.every:
+            every = self.cfg.eval.every
+            return step % every == 0 and step < planned - every // 2
+        passed = _marks_passed(step, planned)
+        if passed <= self.marks_taken or step >= planned - planned // (2 * EVALS_PER_RUN):
+            return False
+        self.marks_taken = passed
+        return True
 
     def evaluate(self, progress: Progress) -> None:
         """Validation loss and samples at the current step, logged and printed."""
@@ -128,6 +144,11 @@ class Evaluator:
                        val_ppl=result["ppl"], val_bpb=result["bpb"], samples=texts)
         _print_eval(progress.step, result, texts, self.tokenizer.vocab_size)
         self.seconds = max(self.seconds, time.monotonic() - began)
+
+
+def _marks_passed(step: int, planned: int) -> int:
+    """How many of the plan's quarter marks (each 1/EVALS_PER_RUN of it) `step` has reached."""
+    return step * EVALS_PER_RUN // planned
 
 
 def _print_eval(step: int, result: dict[str, float], texts: list[dict[str, str]], vocab_size: int) -> None:

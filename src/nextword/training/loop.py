@@ -4,11 +4,13 @@ to stop.
 The loop decides nothing itself. Each component it calls owns its "is it due now": the time budget plans the
 run's steps once enough are timed and revises the plan at log steps, the metrics log at log steps, the spike
 guard judges each logged loss, the evaluator evaluates at its interval and the checkpointer saves at its own.
-The loop keeps their order: a step, its log, an evaluation, a save.
+The loop keeps their order: a step, its log, an evaluation, a save; and it reads the step timer where the device
+is waited for anyway (StepTimer).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,37 +38,88 @@ class Stopped:
     interrupted: bool  # by a signal
 
 
+class StepTimer:
+    """Wall-clock seconds of the training steps, read only once the device has finished them.
+
+    On a GPU an update returns as soon as its kernels are queued, so a clock read around one step measures the
+    launch, not the work. The timer reads the clock after synchronising the device, at the points the loop
+    chooses: log steps, which read the loss back anyway, and before an evaluation or a save, which wait for the
+    device as well. The seconds between two reads are exact, the device's work included; the time of each step
+    between them is known only as their mean, and that mean is what the budget and the metrics are given.
+    """
+
+    def __init__(self, synchronize: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> None:
+        self.synchronize, self.clock = synchronize, clock
+        self.since, self.since_step = clock(), 0
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> StepTimer:
+        if device.type == "cuda":
+            return cls(functools.partial(torch.cuda.synchronize, device))
+        return cls(lambda: None)  # a CPU step has finished when it returns
+
+    def restart(self, step: int) -> None:
+        """Time the steps from `step` on, leaving out what came before (work that was not a training step)."""
+        self.synchronize()
+        self.since, self.since_step = self.clock(), step
+
+    def lap(self, step: int) -> tuple[int, float]:
+        """The steps done since the last lap or restart, up to `step`, and the exact seconds they took."""
+        self.synchronize()
+        now = self.clock()
+        steps, seconds = step - self.since_step, now - self.since
+        self.since, self.since_step = now, step
+        return steps, seconds
+
+
 def train_loop(progress: Progress, update: Update, learning_rate: Callable[[int, int], float], tokens_per_step: int,
-               *, budget: TimeBudget, metrics: Metrics, spike_guard: SpikeGuard, evaluator: Evaluator,
-               checkpointer: Checkpointer, stop: StopRequest, stop_after: int | None) -> Stopped | None:
+               *, timer: StepTimer, budget: TimeBudget, metrics: Metrics, spike_guard: SpikeGuard,
+               evaluator: Evaluator, checkpointer: Checkpointer, stop: StopRequest,
+               stop_after: int | None) -> Stopped | None:
     """Train until the planned steps are done (None) or a stop is asked for (Stopped)."""
+
+    def time_steps() -> None:
+        """Give the steps since the timer was last read their time (a synchronisation on a GPU)."""
+        steps, seconds = timer.lap(progress.step)
+        if steps:
+            progress.train_seconds += seconds
+            metrics.record_time(steps, seconds)
+            budget.record_time(steps, seconds)
+
+    timer.restart(progress.step)
     while True:
         budget.plan_once_timed(progress, evaluator.seconds, checkpointer.seconds)
         if progress.finished():
             return None
         lr = learning_rate(progress.step, progress.planned_steps)
-        began = time.perf_counter()
         loss, grad_norm, nonfinite = update(lr)
-        seconds = time.perf_counter() - began
-        progress.advance(tokens_per_step, seconds)
-        metrics.record_step(progress, seconds, nonfinite)
-        budget.record_step(seconds)
+        progress.advance(tokens_per_step)
+        metrics.record_step(progress, nonfinite)
 
         at_end = progress.finished()
         at_log_step = metrics.due(progress)
         stopping = stop.agreed(at_log_step)
+        if at_log_step or budget.times_each_step():
+            time_steps()
         if at_log_step:
             logged_loss = metrics.log_step(progress, loss, grad_norm, lr)
             budget.revise_if_due(progress, evaluator.seconds, checkpointer.seconds)
             if spike_guard.rolled_back(progress, logged_loss):
+                timer.restart(progress.step)
                 continue  # from the checkpoint before the spike, past the data trained on since
-        if evaluator.due(progress):
-            evaluator.evaluate(progress)
+        evaluating = evaluator.due(progress)
         asked_to_stop = stopping or progress.step == stop_after
+        saving = at_end or asked_to_stop or checkpointer.due(progress.step)
+        if evaluating or saving:
+            time_steps()  # what follows is not a training step: left out of the steps' time
+        if evaluating:
+            evaluator.evaluate(progress)
         if at_end:  # the run ends on an evaluation, then its last checkpoint
             metrics.close()
             evaluator.evaluate(progress)
-        if at_end or asked_to_stop or checkpointer.due(progress.step):
+        if saving:
             path = checkpointer.save(progress)
             if asked_to_stop and not at_end:  # a stop asked for at the last step: the run is finished
                 return Stopped(path, interrupted=stopping)
+        if evaluating or saving:
+            timer.restart(progress.step)

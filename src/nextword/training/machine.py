@@ -67,6 +67,21 @@ def cpu_bf16_native() -> bool:
         return False
 
 
+def cuda_bf16_native(index: int) -> bool:
+    """True where GPU `index` does bf16 math in hardware (Ampere, sm_80, and later).
+
+    torch.cuda.is_bf16_supported() alone also counts emulation, which a V100 or T4 has: bf16 runs there, but far
+    slower than fp16. `including_emulation=False` asks for hardware alone; torch has it since early 2025, before
+    2.9, the oldest torch this project takes. Without it, the compute capability decides, as torch's own check does.
+    https://docs.pytorch.org/docs/stable/generated/torch.cuda.is_bf16_supported.html
+    """
+    with torch.cuda.device(index):  # torch asks about the current device
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:
+            return torch.cuda.get_device_capability(index)[0] >= 8
+
+
 def resolve_device(device: str, setting: str = "train.device") -> torch.device:
     """'auto' (the GPU where there is one, else the CPU), 'cpu', 'cuda' or 'cuda:N' as a device this machine has;
     anything else is a one-line error naming `setting`, the flag or config field the value came from."""
@@ -93,7 +108,7 @@ def detect(device: str = "auto", threads: int = 0, bf16_probe: Callable[[], bool
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)
         return Machine(dev, torch.cuda.get_device_name(index), f"sm_{major}{minor}", usable_cores(),
-                       torch.cuda.is_bf16_supported())
+                       cuda_bf16_native(index))
     n = threads or usable_cores()
     torch.set_num_threads(n)
     return Machine(dev, cpu_model(), torch.backends.cpu.get_cpu_capability(), n, bf16_probe())
@@ -178,9 +193,10 @@ def peak_flops(machine: Machine) -> float:
 
 
 def measured_peaks(machine: Machine) -> tuple[float, float]:
-    """The fastest dense matmul rate in any precision the device supports natively, as measured now (what a run
-    starting now can expect, other processes' load included) and the best ever seen (the ceiling)."""
-    precisions = ["fp32", "bf16"] if (machine.bf16_native or machine.is_cuda) else ["fp32"]
+    """The fastest dense matmul rate in any precision the device supports natively (fp16 on a GPU without native
+    bf16), as measured now (what a run starting now can expect, other processes' load included) and the best ever
+    seen (the ceiling)."""
+    precisions = ["fp32", "bf16"] if machine.bf16_native else ["fp32", "fp16"] if machine.is_cuda else ["fp32"]
     now = {p: matmul_flops(machine.device, DTYPES[p]) for p in precisions}
     return max(now.values()), max(best_measured(machine, f"matmul {p}", rate) for p, rate in now.items())
 

@@ -4,14 +4,14 @@ between them a progress bar; and the count of updates skipped for a non-finite
 loss or gradient, which stops a run that keeps diverging.
 
 Between log steps these numbers stay on the device: reading them back is a host synchronisation, made once per
-log step, never inside the training step.
+log step, never inside the training step. Tokens per second and MFU are over the steps since the last log step,
+timed between synchronisations (loop.StepTimer), so they count the device's work and not only its launch.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +38,22 @@ class Metrics:
         self.log, self.t, self.world, self.run_dir, self.start = log, t, world, run_dir, start
         self.sparse = sparse or []  # a mixture of experts' sparse blocks, whose routing is logged
         self.tokens_per_step, self.flops_per_token, self.peak_flops = tokens_per_step, flops_per_token, peak_flops
-        self.recent_seconds: deque[float] = deque(maxlen=t.log_every)  # of the latest steps, for tokens/s
+        self.timed_steps, self.timed_seconds = 0, 0.0  # since the last log step, for tokens/s
         self.skipped_since_log = torch.zeros((), device=device)
         self.skipped_in_a_row = torch.zeros((), device=device)  # kept on the device: no sync in the step
         self.bar = _progress_bar(show_bar, progress)
 
-    def record_step(self, progress: Progress, seconds: float, nonfinite: torch.Tensor) -> None:
-        """Count a step that took `seconds`; `nonfinite` is 1.0 (on the device) when its update was skipped."""
+    def record_step(self, progress: Progress, nonfinite: torch.Tensor) -> None:
+        """Count a step; `nonfinite` is 1.0 (on the device) when its update was skipped."""
         self.skipped_since_log += nonfinite
         self.skipped_in_a_row.add_(nonfinite).mul_(nonfinite)  # counts up while updates are skipped, else 0
-        self.recent_seconds.append(seconds)
         self.bar.total = progress.planned_steps or None  # a time budget plans, and may re-plan, as it goes
         self.bar.update(1)
+
+    def record_time(self, steps: int, seconds: float) -> None:
+        """`steps` steps took `seconds` in all, as timed between two synchronisations."""
+        self.timed_steps += steps
+        self.timed_seconds += seconds
 
     def due(self, progress: Progress) -> bool:
         return progress.step % self.t.log_every == 0 or progress.finished()
@@ -57,7 +61,8 @@ class Metrics:
     def log_step(self, progress: Progress, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> float:
         """Read back what the interval's steps kept on the device and log this step; return its loss."""
         self._count_skipped_updates(progress)
-        tokens_per_s = self.tokens_per_step * len(self.recent_seconds) / sum(self.recent_seconds)
+        tokens_per_s = self.tokens_per_step * self.timed_steps / self.timed_seconds if self.timed_seconds else 0.0
+        self.timed_steps, self.timed_seconds = 0, 0.0
         mfu = self.flops_per_token * tokens_per_s / (self.peak_flops * self.world.size)
         mean_loss = float(self.world.mean(loss))  # each rank's loss is over its own windows
         self.log.write(kind="train", step=progress.step, tokens=progress.tokens, loss=mean_loss, lr=lr,

@@ -11,6 +11,10 @@ written out here (Muon.step) only so that a matrix sharded by FSDP is orthogonal
 Both kinds of parameter sit in one optimizer object (MuonAdamW): one step, one zero_grad, one state_dict that the
 checkpoints store as they store AdamW's. Every parameter group carries `lr_scale`, its peak rate over train.lr, so
 the learning-rate schedule drives both rates with one number (training/step.py).
+
+An update with a non-finite gradient is skipped on the device (step_unless): every optimizer built here reads a
+`found_inf` flag, the tensor torch's fused AdamW kernel takes from GradScaler, and leaves the weights and its state
+as they were where the flag is 1, so the host never waits to read the flag back.
 """
 
 from __future__ import annotations
@@ -47,7 +51,59 @@ def adamw(groups: list[dict], t: TrainConfig) -> torch.optim.AdamW:
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)  # one kernel for all parameters
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+        return ForeachAdamW(groups, **kwargs)
+
+
+def step_unless(optimizer: torch.optim.Optimizer, skip: Tensor) -> None:
+    """optimizer.step(), except where `skip` (a flag on the device) is 1: then the weights and every state tensor,
+    step counts included, stay as they were. The choice is made on the device, so the host does not wait for it."""
+    if not (isinstance(optimizer, (Muon, MuonAdamW, ForeachAdamW)) or optimizer.defaults.get("fused")):
+        raise TypeError(f"{type(optimizer).__name__} cannot skip an update on the device; build it with "
+                        "build_optimizer")
+    optimizer.found_inf = skip
+    try:
+        optimizer.step()
+    finally:
+        optimizer.__dict__.pop("found_inf", None)
+
+
+def _skip_flag(optimizer: torch.optim.Optimizer) -> Tensor | None:
+    """The flag a caller set to skip this step (1.0: skip), under the name torch's fused kernels read it by."""
+    return optimizer.__dict__.get("found_inf")
+
+
+def _unless(skip: Tensor | None, before: Tensor, after: Tensor) -> Tensor:
+    """`after`, or `before` where the step is skipped, chosen on the device (a NaN in `after` is not kept)."""
+    return after if skip is None else torch.where(skip != 0, before, after)
+
+
+class ForeachAdamW(torch.optim.AdamW):
+    """torch's AdamW without its fused kernel (where that is unavailable), skipping an update when `found_inf` is 1
+    as the fused kernel does.
+
+    torch's other AdamW kernels refuse the flag, so here the update is taken and then undone on the device: the
+    weights and moments are copied before it, which costs their memory once more while the step runs (on this
+    fallback only). On a GPU the step count lives on the GPU (capturable), so restoring it needs no copy to the host.
+    """
+
+    def __init__(self, groups: list[dict], **kwargs: Any) -> None:
+        on_gpu = any(p.is_cuda for group in groups for p in group["params"])
+        super().__init__(groups, foreach=True, capturable=on_gpu, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = _loss_of(closure)
+        skip = self.__dict__.pop("found_inf", None)  # torch's own step refuses it
+        stepping = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        before = [(p.clone(), {name: value.clone() for name, value in self.state[p].items()})
+                  for p in stepping] if skip is not None else []
+        super().step()
+        for p, (weight, state) in zip(stepping, before):
+            p.copy_(_unless(skip, weight, p))
+            for name, value in self.state[p].items():
+                # Every AdamW state tensor starts at zero: one made by a skipped first step goes back to zero.
+                value.copy_(_unless(skip, state.get(name, torch.zeros_like(value)), value))
+        return loss
 
 
 def muon(matrices: list[torch.nn.Parameter], t: TrainConfig) -> "Muon":
@@ -78,23 +134,26 @@ class Muon(TorchMuon or torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = _loss_of(closure)
+        skip = _skip_flag(self)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(p, group)
+                    self._update(p, group, skip)
         return loss
 
-    def _update(self, p: Tensor, group: dict[str, Any]) -> None:
-        """torch's _single_tensor_muon for one matrix, with the orthogonalisation on the whole matrix."""
+    def _update(self, p: Tensor, group: dict[str, Any], skip: Tensor | None) -> None:
+        """torch's _single_tensor_muon for one matrix, with the orthogonalisation on the whole matrix; where `skip`
+        is 1, the matrix and its momentum keep their values."""
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p.grad)
         buffer, momentum = state["momentum_buffer"], group["momentum"]
-        buffer.lerp_(p.grad, 1 - momentum)
-        update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+        moved = buffer.lerp(p.grad, 1 - momentum)
+        update = p.grad.lerp(moved, momentum) if group["nesterov"] else moved
         update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update, alpha=-adjusted_lr(group, p.shape))
+        stepped = torch.add(p * (1 - group["lr"] * group["weight_decay"]), update, alpha=-adjusted_lr(group, p.shape))
+        buffer.copy_(_unless(skip, buffer, moved))
+        p.copy_(_unless(skip, p, stepped))
 
 
 def orthogonalise(update: Tensor, coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
@@ -128,8 +187,12 @@ class MuonAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = _loss_of(closure)
-        self.muon.step()
-        self.adamw.step()
+        skip = _skip_flag(self)
+        for part in (self.muon, self.adamw):
+            if skip is None:
+                part.step()
+            else:
+                step_unless(part, skip)
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 import torch
 
 from nextword.config import RunConfig
-from nextword.errors import ConfigError
 from nextword.model import GPT
 from nextword.training.distributed import World
 from nextword.training.machine import DTYPES, Machine, cached
@@ -35,16 +34,14 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
 
 
 def scaler_for(device: torch.device, precision: str) -> torch.amp.GradScaler:
-    """Loss scaling is only needed for fp16, whose narrow exponent underflows small gradients."""
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16" and device.type == "cuda")
+    """Loss scaling is only needed for fp16, whose narrow exponent underflows small gradients. torch scales on a
+    CPU as on a GPU, so the same path runs, and is tested, on both."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def choose_precision(cfg: RunConfig, world: World, machine: Machine, model: GPT) -> tuple[str, str]:
     """The precision to train in and why; where it is measured, copies of the model race on rank 0."""
     t = cfg.train
-    if t.precision == "fp16" and not machine.is_cuda:
-        raise ConfigError("train.precision = fp16 trains on a CUDA GPU only (the model's fused loss has no fp16 CPU "
-                          "kernel); on a CPU use auto, bf16 or fp32")
     racers: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
     race_batch = torch.randint(0, cfg.model.vocab_size, (t.micro_batch, cfg.model.context + 1),
                                device=machine.device)
@@ -76,14 +73,18 @@ def resolve_precision(requested: str, machine: Machine,
     called where the choice is in doubt, a CPU with native bf16, and the verdict is cached per shape.
     """
     if requested != "auto":
-        if requested in ("bf16", "fp16") and not machine.is_cuda and not machine.bf16_native:
-            warnings.warn(f"train.precision = {requested} on a CPU without native bf16/fp16 ({machine.capability}): "
-                          "matrix math is emulated and may run 10–100× slower than fp32", stacklevel=2)
+        if requested == "bf16" and not machine.is_cuda and not machine.bf16_native:
+            warnings.warn(f"train.precision = bf16 on a CPU without native bf16 ({machine.capability}): matrix "
+                          "math is emulated and may run 10–100× slower than fp32", stacklevel=2)
+        if requested == "fp16" and not machine.is_cuda:
+            warnings.warn(f"train.precision = fp16 on a CPU ({machine.capability}): loss scaling runs as on a GPU, "
+                          "but fp16 matrix math is emulated on CPUs without AVX512-FP16 or AMX-FP16 and may run "
+                          "10–100× slower than fp32", stacklevel=2)
         return requested, "set in the config"
-    if machine.is_cuda:
+    if machine.is_cuda:  # auto on a CPU never takes fp16: it is emulated on most CPUs, and loss scaling costs steps
         if machine.bf16_native:
             return "bf16", f"{machine.name} supports bf16"
-        return "fp16", f"{machine.name} has no bf16; fp16 with loss scaling"
+        return "fp16", f"{machine.name} ({machine.capability}) has no native bf16; fp16 with loss scaling"
     if not machine.bf16_native:
         return "fp32", (f"this CPU ({machine.capability}) has no native bf16: bf16 would be emulated, "
                         "about 100× slower per matmul")

@@ -16,7 +16,7 @@ class Progress:
     tokens: int = 0
     planned_steps: int = 0
     replans: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # of training steps alone, without evaluations and saves
     nonfinite_skipped: int = 0
     loader: dict[str, Any] = field(default_factory=dict)
     # With train.spike_rollback: [step, loss] of the latest logged losses that were not spikes, the rollbacks made,
@@ -34,11 +34,10 @@ class Progress:
     def finished(self) -> bool:
         return bool(self.planned_steps) and self.step >= self.planned_steps
 
-    def advance(self, tokens: int, seconds: float) -> None:
-        """Count one optimizer update that trained on `tokens` in `seconds`."""
+    def advance(self, tokens: int) -> None:
+        """Count one optimizer update that trained on `tokens` (its time is counted as the loop measures it)."""
         self.step += 1
         self.tokens += tokens
-        self.train_seconds += seconds
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as trainer.json holds them."""

@@ -13,6 +13,7 @@ import torch
 
 from nextword.model.moe import moe_layers, total_balance_loss
 from nextword.training import distributed
+from nextword.training.optimizer import step_unless
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_batch: Callable[[], tuple],
@@ -25,7 +26,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
     A mixture of experts also learns from its load-balancing loss, times balance_coef (see model/moe.py); the
     loss returned is −log p alone, comparable with a dense model's.
 
-    Nothing here reads a value back to the host, so on a GPU the step runs without a synchronisation.
+    Nothing here reads a value back to the host, so on a GPU the step runs without a synchronisation, except in
+    fp16: GradScaler reads its overflow flag back to decide whether to step (torch's fused AdamW alone takes the
+    flag on the device instead).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -45,21 +48,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, next_ba
     if hasattr(norm, "full_tensor"):  # under FSDP: a DTensor that every rank holds whole
         norm = norm.full_tensor()
     nonfinite = (~torch.isfinite(norm)).float()
-    if not scaler.is_enabled():
-        _skip_update_if(optimizer, nonfinite)
-    scaler.step(optimizer)
-    scaler.update()
+    if scaler.is_enabled():  # fp16: the scaler skips an update whose gradients overflowed, and lowers its scale
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        step_unless(optimizer, nonfinite)  # a non-finite gradient changes nothing, decided on the device
     optimizer.zero_grad(set_to_none=True)
     return total / accumulation, norm, nonfinite
-
-
-def _skip_update_if(optimizer: torch.optim.Optimizer, nonfinite: torch.Tensor) -> None:
-    """Make the next optimizer step a no-op when `nonfinite` is 1, without reading it back to the host.
-
-    The fused AdamW kernel takes a `found_inf` flag and skips the whole update on the device (the same mechanism
-    loss scaling uses); the unfused fallback and Muon have no such flag, so there the flag is read back.
-    """
-    if optimizer.defaults.get("fused"):
-        optimizer.found_inf = nonfinite
-    elif bool(nonfinite):
-        optimizer.zero_grad(set_to_none=True)  # an optimizer step with no gradients changes nothing

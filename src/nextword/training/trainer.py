@@ -36,7 +36,7 @@ from nextword.training.budget import RunLength, TimeBudget, plan_length, reads
 from nextword.training.checkpointer import Checkpointer
 from nextword.training.distributed import World
 from nextword.training.evaluator import DEFAULT_CORPUS_PROMPTS, Evaluator, prompts_from
-from nextword.training.loop import Stopped, Update, train_loop
+from nextword.training.loop import StepTimer, Stopped, Update, train_loop
 from nextword.training.machine import Machine, cpu_bf16_native, detect, measured_peaks
 from nextword.training.metrics import Metrics
 from nextword.training.optimizer import build_optimizer
@@ -155,7 +155,8 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
         with contextlib.closing(metrics), StopRequest(world).installed() as stop:
             stopped = train_loop(
                 progress, _update(setup, loader, batch, cfg, mode, machine), functools.partial(rate_for, t),
-                batch.tokens_per_step, budget=TimeBudget(planner, world, log, train_split.num_tokens), metrics=metrics,
+                batch.tokens_per_step, timer=StepTimer.for_device(machine.device),
+                budget=TimeBudget(planner, world, log, train_split.num_tokens), metrics=metrics,
                 spike_guard=SpikeGuard(t, checkpointer, metrics, world, log, batch.tokens_per_step),
                 evaluator=evaluator, checkpointer=checkpointer, stop=stop, stop_after=stop_after)
         if stopped:
