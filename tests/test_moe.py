@@ -81,7 +81,9 @@ def outputs_and_gradients(moe: MoE, path: str, x: torch.Tensor, autocast: bool) 
 
 
 @needs_cpu_grouped_mm
-@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 2e-2)])  # error relative to the norm
+# Error relative to the norm. On CPU torch's grouped kernel is its own loop of matmuls, so the two agree exactly
+# there; the tolerances allow a kernel that sums in another order (fp32), or rounds each product to bf16 (bf16).
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 2e-2)])
 @pytest.mark.parametrize("changes", [dict(), dict(shared_experts=1, experts_per_token=1)])  # Mixtral, Llama 4
 def test_grouped_mm_and_the_expert_loop_agree_with_an_expert_left_idle(changes, precision, tolerance):
     torch.manual_seed(0)
