@@ -14,7 +14,7 @@ from test_train import continue_from_export, tiny  # noqa: F401  (tiny: a fixtur
 
 from nextword.config import ModelConfig, RunConfig, model_preset, validate
 from nextword.errors import ConfigError
-from nextword.model.moe import MoE, balance_loss, idle_params
+from nextword.model.moe import MoE, _grouped_mm_answers, balance_loss, grouped_mm_runs, idle_params
 from nextword.model.network import GPT
 from nextword.tools.report import write_report
 from nextword.training.checkpoint import latest_checkpoint
@@ -48,11 +48,13 @@ def per_token_reference(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@pytest.mark.parametrize("path", ["auto", "loop"])
 @pytest.mark.parametrize("changes", [dict(), dict(shared_experts=1, experts_per_token=1),
                                      dict(shared_experts=2, experts_per_token=3)])
-def test_the_sparse_block_sums_each_tokens_chosen_experts_and_drops_none(changes):
+def test_the_sparse_block_sums_each_tokens_chosen_experts_and_drops_none(changes, path):
     torch.manual_seed(0)
     moe = MoE(sparse_config(**changes))
+    moe.expert_path = path
     x = torch.randn(3, 5, 32)
     out = moe(x)
     assert torch.allclose(out.view(-1, 32), per_token_reference(moe, x.view(-1, 32)), atol=1e-5)
@@ -60,6 +62,98 @@ def test_the_sparse_block_sums_each_tokens_chosen_experts_and_drops_none(changes
     assert experts.shape == weights.shape == (3, 5, moe.top_k)
     # Every token got its k experts: 15 tokens × k slots, none dropped however uneven the routing.
     assert int(moe.load.sum()) == 15 * moe.top_k
+
+
+CPU = torch.device("cpu")
+needs_cpu_grouped_mm = pytest.mark.skipif(not grouped_mm_runs(CPU, torch.float32),
+                                          reason=f"torch {torch.__version__} runs no grouped matmul on CPU")
+
+
+def outputs_and_gradients(moe: MoE, path: str, x: torch.Tensor, autocast: bool) -> list[torch.Tensor]:
+    """The block's output and the gradients of x and of every routed weight, with the experts run by `path`."""
+    moe.expert_path = path
+    moe.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = moe(x)
+    out.float().backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    return [out.detach().float(), x.grad, moe.gate_up.grad, moe.down.grad, moe.router.weight.grad]
+
+
+@needs_cpu_grouped_mm
+# Error relative to the norm. On CPU torch's grouped kernel is its own loop of matmuls, so the two agree exactly
+# there; the tolerances allow a kernel that sums in another order (fp32), or rounds each product to bf16 (bf16).
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 2e-2)])
+@pytest.mark.parametrize("changes", [dict(), dict(shared_experts=1, experts_per_token=1)])  # Mixtral, Llama 4
+def test_grouped_mm_and_the_expert_loop_agree_with_an_expert_left_idle(changes, precision, tolerance):
+    torch.manual_seed(0)
+    moe = MoE(sparse_config(**changes))
+    # Positive inputs and a strongly negative router row: the last expert gets no token, an empty group.
+    moe.router.weight.data[-1] = -1.0
+    x = torch.rand(3, 5, 32)
+    bf16 = precision == "bf16"
+    assert moe.takes_grouped_path(CPU, torch.bfloat16 if bf16 else torch.float32)
+    grouped = outputs_and_gradients(moe, "grouped", x, autocast=bf16)
+    assert int(moe.routing[0].eq(moe.n_experts - 1).sum()) == 0
+    looped = outputs_and_gradients(moe, "loop", x, autocast=bf16)
+    for name, a, b in zip(["output", "x", "gate_up", "down", "router"], grouped, looped):
+        assert float((a - b).norm() / b.norm()) < tolerance, name
+    assert float(grouped[2][-1].abs().max()) == 0.0  # the idle expert's weights get no gradient
+
+
+@needs_cpu_grouped_mm
+def test_grouped_mm_is_skipped_for_a_shape_it_cannot_align():
+    # d_expert 12: rows of 12 fp32 are 48 bytes, a multiple of 16, but 12 bf16 are 24 bytes, which is not.
+    torch.manual_seed(0)
+    moe = MoE(sparse_config(d_expert=12))
+    assert moe.takes_grouped_path(CPU, torch.float32)
+    assert not moe.takes_grouped_path(CPU, torch.bfloat16)
+    x = torch.randn(3, 5, 32)
+    auto = outputs_and_gradients(moe, "auto", x, autocast=True)
+    looped = outputs_and_gradients(moe, "loop", x, autocast=True)
+    assert all(torch.equal(a, b) for a, b in zip(auto, looped))
+    with pytest.raises(ConfigError, match="d_expert"):
+        outputs_and_gradients(moe, "grouped", x, autocast=True)
+
+
+@needs_cpu_grouped_mm
+def test_grouped_mm_probe_answers_the_same_from_inside_an_evaluation():
+    """A run's first sparse forward may be under no_grad or inference_mode: the probe's backward must still run."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _grouped_mm_answers(CPU, torch.float32)
+    with torch.no_grad():
+        assert _grouped_mm_answers(CPU, torch.bfloat16)
+
+
+def test_grouped_mm_probe_says_no_where_the_kernel_cannot_run_and_the_loop_takes_over():
+    assert not grouped_mm_runs(CPU, torch.float64)  # the kernel takes fp32, bf16 and fp16 only
+    torch.manual_seed(0)
+    moe = MoE(sparse_config()).double()
+    x = torch.randn(3, 5, 32, dtype=torch.float64)
+    assert torch.allclose(moe(x).view(-1, 32), per_token_reference(moe, x.view(-1, 32)), atol=1e-10)
+    moe.expert_path = "grouped"
+    with pytest.raises(ConfigError, match="does not run on cpu in torch.float64"):
+        moe(x)
+    moe.expert_path = "grouped matmul"
+    with pytest.raises(ConfigError, match="auto, grouped, loop"):
+        moe(x)
+
+
+@pytest.mark.slow
+@needs_cpu_grouped_mm
+def test_grouped_mm_compiles_a_sparse_block_into_one_graph():
+    """The loop reads the expert counts on the host, which splits a compiled graph; the grouped path does not."""
+    torch.manual_seed(0)
+    moe = MoE(sparse_config())
+    x = torch.randn(3, 5, 32)
+    breaks = {}
+    for path in ("grouped", "loop"):
+        moe.expert_path = path
+        torch._dynamo.reset()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            breaks[path] = torch._dynamo.explain(moe)(x).graph_break_count
+    torch._dynamo.reset()
+    assert breaks["grouped"] == 0 and breaks["loop"] > 0
 
 
 def test_the_balance_loss_is_one_when_balanced_and_more_when_not():

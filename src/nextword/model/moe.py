@@ -23,6 +23,11 @@ State-dict keys of a sparse block (in place of the dense mlp.gate/up/down):
     blocks.{i}.mlp.shared.gate.weight       [shared·f, d]       shared experts, as one SwiGLU of their total width
     blocks.{i}.mlp.shared.up.weight         [shared·f, d]
     blocks.{i}.mlp.shared.down.weight       [d, shared·f]
+
+The routed experts run as one grouped matmul (torch.nn.functional.grouped_mm: every expert's rows in one call,
+no host sync, one compiled graph) wherever the kernel runs and the shapes are aligned, or else as a loop of one
+matmul per expert. `MoE.expert_path` forces either; "auto" takes the grouped matmul on CUDA and, on CPU, the path
+benchmarks/moe.py measured faster (figures in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nextword.config import ModelConfig
+from nextword.errors import ConfigError
+
+EXPERT_PATHS = ("auto", "grouped", "loop")
+# Devices on which "auto" takes the grouped matmul when it can. On CPU the grouped matmul is torch's loop over
+# experts in C++, backward included: benchmarks/moe.py --paths measured it against the Python loop.
+GROUPED_BY_DEFAULT = ("cuda", "cpu")
 
 
 class SharedExperts(nn.Module):
@@ -54,7 +65,7 @@ class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d, f, n = cfg.d_model, cfg.expert_dim, cfg.n_experts
-        self.n_experts, self.top_k, self.expert_dim = n, cfg.experts_per_token, f
+        self.d_model, self.n_experts, self.top_k, self.expert_dim = d, n, cfg.experts_per_token, f
         self.scale_inputs = cfg.shared_experts > 0  # Llama 4's routing (see the module's docstring)
         self.router = nn.Linear(d, n, bias=False)
         self.gate_up = nn.Parameter(torch.empty(n, d, 2 * f))
@@ -62,6 +73,7 @@ class MoE(nn.Module):
         nn.init.normal_(self.gate_up, std=cfg.init_std)
         nn.init.normal_(self.down, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))  # as every residual output
         self.shared = SharedExperts(d, cfg.shared_experts * f) if cfg.shared_experts else None
+        self.expert_path = "auto"  # or "grouped" or "loop" to force one (see the module's docstring)
         # What the last forward did, for the training loss, the log and `nextword trace`.
         self.balance_loss: Tensor | None = None
         self.routing: tuple[Tensor, Tensor] | None = None  # chosen experts and their weights, [B, T, k] each
@@ -75,7 +87,7 @@ class MoE(nn.Module):
         flat = x.reshape(-1, d)
         logits = self.router(flat).float()
         experts, weights = self.route(logits)
-        counts = torch.bincount(experts.flatten(), minlength=self.n_experts)
+        counts = expert_counts(experts, self.n_experts)
         if self.training:
             self.balance_loss = balance_loss(logits, counts, self.top_k)
             with torch.no_grad():
@@ -105,20 +117,45 @@ class MoE(nn.Module):
         rows = x[token]
         if self.scale_inputs:
             rows = rows * slot_weight
-        if grouped_mm_fits(rows, self.gate_up):
-            # One kernel for all experts; offsets are where each expert's rows end.
-            ends = counts.cumsum(0).to(torch.int32)
-            gate, up = F.grouped_mm(rows, self.gate_up.to(rows.dtype), offs=ends).chunk(2, dim=-1)
-            out = F.grouped_mm(F.silu(gate) * up, self.down.to(rows.dtype), offs=ends)
+        dtype = matmul_dtype(rows)
+        if self.takes_grouped_path(rows.device, dtype):
+            out = self.experts_grouped(rows.to(dtype), counts)
         else:
-            parts = []
-            for e, part in enumerate(rows.split(counts.tolist())):
-                gate, up = (part @ self.gate_up[e].to(part.dtype)).chunk(2, dim=-1)
-                parts.append((F.silu(gate) * up) @ self.down[e].to(part.dtype))
-            out = torch.cat(parts)
+            out = self.experts_looped(rows, counts)
         if not self.scale_inputs:
             out = out * slot_weight
         return torch.zeros_like(x).index_add_(0, token, out.to(x.dtype))
+
+    def takes_grouped_path(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether the experts run as one grouped matmul, by `expert_path` and what this device can do."""
+        if self.expert_path not in EXPERT_PATHS:
+            raise ConfigError(f"MoE.expert_path = {self.expert_path!r}; use one of {', '.join(EXPERT_PATHS)}")
+        if self.expert_path == "loop":
+            return False
+        fits = grouped_mm_fits(device, dtype, self.d_model, self.expert_dim)
+        if self.expert_path == "grouped" and not fits:
+            runs = "runs" if grouped_mm_runs(device, dtype) else "does not run"
+            raise ConfigError(
+                f"MoE.expert_path = 'grouped', but torch {torch.__version__}'s grouped matmul {runs} on "
+                f"{device.type} in {dtype}, and it needs d_model ({self.d_model}) and d_expert ({self.expert_dim}) "
+                f"to be multiples of {16 // dtype.itemsize} there; set it to 'auto' or 'loop'")
+        return fits and (self.expert_path == "grouped" or device.type in GROUPED_BY_DEFAULT)
+
+    def experts_grouped(self, rows: Tensor, counts: Tensor) -> Tensor:
+        """Every expert on its rows in two grouped matmuls; the offsets are where each expert's rows end, so an
+        expert with no rows is an empty group."""
+        ends = counts.cumsum(0).to(torch.int32)
+        gate, up = F.grouped_mm(rows, self.gate_up.to(rows.dtype), offs=ends).chunk(2, dim=-1)
+        return F.grouped_mm(F.silu(gate) * up, self.down.to(rows.dtype), offs=ends)
+
+    def experts_looped(self, rows: Tensor, counts: Tensor) -> Tensor:
+        """Every expert on its rows, one matmul pair at a time. Splitting by the counts reads them on the host:
+        a sync on a GPU, and a graph break under torch.compile."""
+        parts = []
+        for e, part in enumerate(rows.split(counts.tolist())):
+            gate, up = (part @ self.gate_up[e].to(part.dtype)).chunk(2, dim=-1)
+            parts.append((F.silu(gate) * up) @ self.down[e].to(part.dtype))
+        return torch.cat(parts)
 
     def routed_params_per_token(self) -> int:
         """Routed-expert weights one token multiplies by: k experts' worth (the router and shared experts are
@@ -133,10 +170,71 @@ class MoE(nn.Module):
         return stats
 
 
-def grouped_mm_fits(rows: Tensor, weights: Tensor) -> bool:
-    """torch's grouped matmul runs on CUDA in bf16, with every row 16-byte aligned; elsewhere a loop over experts."""
-    return (rows.is_cuda and rows.dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
-            and rows.shape[-1] % 8 == 0 and weights.shape[-1] % 8 == 0)
+def expert_counts(experts: Tensor, n_experts: int) -> Tensor:
+    """Slots routed to each expert, [n_experts]. A scatter, not torch.bincount, whose output length depends on
+    the data and so breaks a compiled graph."""
+    flat = experts.flatten()
+    return torch.zeros(n_experts, dtype=flat.dtype, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
+def matmul_dtype(rows: Tensor) -> torch.dtype:
+    """The dtype the experts' matmuls run in: autocast's where it is on (it does not cast a grouped matmul itself,
+    so the grouped path casts to it), else the rows' own."""
+    device = rows.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else rows.dtype
+
+
+def grouped_mm_fits(device: torch.device, dtype: torch.dtype, d_model: int, expert_dim: int) -> bool:
+    """Whether the experts' two grouped matmuls can run here, now.
+
+    - Every operand's row stride a multiple of 16 bytes, as torch checks of each operand forward and backward
+      ("strides should be multiple of 16 bytes", aten/src/ATen/native/GroupedMMUtils.h). The operands are rows
+      [N, d] @ gate_up [E, d, 2f], then hidden [N, f] @ down [E, f, d], and their transposes backward; so d, f
+      and 2f (which f covers) must each be a multiple of 8 elements in bf16, 4 in fp32.
+    - The offsets are int32 ends of each group (F.grouped_mm's docstring); a group may be empty: only a
+      2D × 2D product with K split by the offsets needs non-empty groups (aten/src/ATen/native/cuda/
+      GroupMMCommon.cuh), and this block's weight gradient is the transposed-rows case that it exempts.
+    - Under torch.compile, bf16 only: the shape function the compiler traces with accepts nothing else
+      ("Expected inputs of BF16 type", torch/_meta_registrations.py, _meta_grouped_mm_common), though the
+      eager CPU kernel takes fp32 too.
+    - The kernel runs on this device in this dtype (`grouped_mm_runs`).
+    """
+    per_16_bytes = 16 // dtype.itemsize
+    aligned = d_model % per_16_bytes == 0 and expert_dim % per_16_bytes == 0
+    traceable = dtype == torch.bfloat16 or not torch.compiler.is_compiling()
+    return aligned and traceable and grouped_mm_runs(device, dtype)
+
+
+_grouped_mm_verdicts: dict[tuple[torch.device, torch.dtype], bool] = {}
+
+
+# Evaluated once while torch.compile traces, its result a constant in the graph: the probe itself runs a backward.
+@torch.compiler.assume_constant_result
+def grouped_mm_runs(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's grouped matmul runs, forward and backward, on `device` in `dtype`: a tiny real call, once
+    per device and dtype. Its reach differs between torch versions and GPUs (its docstring asks for bf16 on CUDA
+    with compute capability 8.0 or newer, yet torch 2.13 also runs it on CPU in bf16 and fp32), so it is tried
+    rather than assumed."""
+    key = (device, dtype)
+    if key not in _grouped_mm_verdicts:
+        _grouped_mm_verdicts[key] = _grouped_mm_answers(device, dtype)
+    return _grouped_mm_verdicts[key]
+
+
+def _grouped_mm_answers(device: torch.device, dtype: torch.dtype) -> bool:
+    """Two groups, the first empty: 16 rows of ones times 8 × 8 ones, and the gradients back. Asked with
+    gradients on and autocast off whatever the caller's mode (the first forward may be an evaluation), so the
+    verdict is about `dtype` itself."""
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            rows = torch.ones(16, 8, device=device, dtype=dtype, requires_grad=True)
+            weights = torch.ones(2, 8, 8, device=device, dtype=dtype, requires_grad=True)
+            out = F.grouped_mm(rows, weights, offs=torch.tensor([0, 16], dtype=torch.int32, device=device))
+            out.backward(torch.ones_like(out))
+    except (AttributeError, RuntimeError, NotImplementedError):  # no grouped_mm in this torch, or not here
+        return False
+    return bool((out == 8).all() and (weights.grad[0] == 0).all() and (weights.grad[1] == 16).all()
+                and (rows.grad == 8).all())
 
 
 def balance_loss(logits: Tensor, counts: Tensor, top_k: int) -> Tensor:
