@@ -26,10 +26,10 @@ from nextword.training.trainer import train
 STEPS, STOP_AT = 8, 4
 # Compiled and eager losses agree this closely (relative). Inductor fuses the model's elementwise ops and norms and
 # reorders their fp32 sums, so each op may differ from eager in its last bits (fp32's epsilon is 1.2e-7); over a
-# few steps AdamW carries those differences into the weights, and the losses move apart by up to about 1e-6 here.
-# The tolerance leaves a margin over that; a wrong graph, or a warm-up that moved the weights or read a batch of
-# the training data, moves the losses by 1e-3 or more.
-COMPILED_REL = 1e-4
+# few steps AdamW carries those differences into the weights. Here the losses part by 1e-7 at most; the tolerance
+# leaves a hundredfold margin for other CPUs' vector widths. A wrong graph, or a warm-up that moved the weights or
+# read a batch of the training data, parts them by 1e-3 or more.
+COMPILED_REL = 1e-5
 
 # `nextword train`, in a process whose compiler fails on the rank named by FAILING_RANK.
 FAILS_ON_ONE_RANK = """
@@ -70,7 +70,8 @@ def tiny_config(tmp: Path) -> RunConfig:
     cfg.data.data_dir = str(tmp / "data")
     cfg.train.micro_batch, cfg.train.log_every, cfg.train.steps, cfg.train.batch_tokens = 4, 1, STEPS, 4 * 32 * 2
     cfg.train.precision, cfg.train.compile, cfg.train.threads, cfg.train.optimizer = "fp32", "off", 1, "adamw"
-    cfg.eval.batches, cfg.eval.every, cfg.eval.sample_tokens, cfg.eval.prompts = 2, 1000, 4, ["def "]
+    # No samples: under FSDP the model's compiled blocks would compile again for every token sampled.
+    cfg.eval.batches, cfg.eval.every, cfg.eval.sample_tokens, cfg.eval.prompts = 2, 1000, 0, ["def "]
     return cfg
 
 
@@ -135,8 +136,8 @@ def test_a_failing_compiler_leaves_one_line_and_the_run_trains_eagerly(runs, tmp
     cfg.train.compile = "on"
     assert train_in(cfg, tmp_path / "run")["steps"] == STEPS
     said = [line for line in capsys.readouterr().out.splitlines() if "torch.compile failed" in line]
-    assert said == [f"torch.compile failed, training eagerly: InductorError: InvalidCxxCompiler: No working C++ "
-                    f"compiler found in torch._inductor.config.cpp.cxx: (None, '{tmp_path / 'no-such-c++'}')"]
+    assert len(said) == 1 and said[0].startswith("torch.compile failed, training eagerly: InductorError: "
+                                                 "InvalidCxxCompiler: No working C++ compiler found"), said
     record = read_log(tmp_path / "run", "run")[0]
     assert record["compile"] is False and record["compile_reason"].startswith("failed, so eager: InductorError")
     # Eager from its first step, and the failed warm-up changed nothing: the eager run's losses, exactly.
@@ -161,9 +162,9 @@ def test_the_warm_up_leaves_the_run_as_it_was(tiny, tmp_path, monkeypatch):
 
 
 def tiny_sparse_model() -> GPT:
-    """The moe-tiny preset made tinier: two blocks, four routed experts (two per token) and a shared one."""
+    """The moe-tiny preset made tinier: one block, four routed experts (two per token) and a shared one."""
     cfg = model_preset("moe-tiny")
-    cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.context, cfg.vocab_size = 2, 32, 2, 1, 16, 64
+    cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.context, cfg.vocab_size = 1, 32, 2, 1, 16, 64
     cfg.n_experts, cfg.experts_per_token, cfg.d_expert, cfg.d_ff = 4, 2, 24, 48
     torch.manual_seed(0)
     return GPT(cfg)
@@ -172,24 +173,20 @@ def tiny_sparse_model() -> GPT:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_compiled_mixture_of_experts_steps_as_the_eager_one(inductor_cache):
+    # One step: each later step whose routing differs compiles the expert loop again, a cost this test need not pay.
     eager = tiny_sparse_model()
     compiled = copy.deepcopy(eager)
-    net = torch.compile(compiled)
-    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (eager, compiled)]
-    batches = torch.randint(0, 64, (3, 4, 17), generator=torch.Generator().manual_seed(1))
-    for batch in batches:  # routing changes from step to step, and with it how many tokens each expert takes
-        results = []
-        for model, run, optimizer in zip((eager, compiled), (eager, net), optimizers):
-            loss = run(batch[:, :-1], batch[:, 1:])
-            (loss + total_balance_loss(moe_layers(model), 0.01)).backward()
-            results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
-            optimizer.step()
-            optimizer.zero_grad()
-        (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
-        assert compiled_loss == pytest.approx(eager_loss, rel=COMPILED_REL)
-        for e, c in zip(eager_grads, compiled_grads):
-            torch.testing.assert_close(c, e, rtol=COMPILED_REL, atol=1e-6)
-    assert [m.load.tolist() for m in moe_layers(compiled)] == [m.load.tolist() for m in moe_layers(eager)]
+    batch = torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(1))
+    stepped = []
+    for model, run in ((eager, eager), (compiled, torch.compile(compiled))):
+        loss = run(batch[:, :-1], batch[:, 1:])
+        (loss + total_balance_loss(moe_layers(model), 0.01)).backward()
+        stepped.append((loss.item(), [p.grad for p in model.parameters()], [m.load.tolist() for m in moe_layers(model)]))
+    (eager_loss, eager_grads, eager_load), (compiled_loss, compiled_grads, compiled_load) = stepped
+    assert compiled_loss == pytest.approx(eager_loss, rel=COMPILED_REL)
+    for e, c in zip(eager_grads, compiled_grads, strict=True):
+        torch.testing.assert_close(c, e, rtol=COMPILED_REL, atol=1e-6)
+    assert compiled_load == eager_load  # the same tokens went to the same experts
 
 
 def torchrun_train(script: Path, config: Path, run_dir: Path, *options: str, env: dict) -> subprocess.CompletedProcess:
@@ -220,17 +217,6 @@ def fsdp_job(runs, inductor_cache):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_fsdp_compiles_each_block_and_gives_the_eager_losses(fsdp_job):
-    tmp, run = fsdp_job
-    done = run(tmp / "fsdp", failing_rank=None)
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = read_log(tmp / "fsdp", "run")[0]
-    assert record["compile"] is True and record["compile_reason"] == "each block on its own under FSDP"
-    assert losses(tmp / "fsdp") == pytest.approx(losses(tmp / "eager"), rel=COMPILED_REL)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
 def test_a_rank_whose_compiler_fails_sends_every_rank_eager(fsdp_job):
     tmp, run = fsdp_job
     done = run(tmp / "fsdp-one-fails", failing_rank=1)
@@ -240,3 +226,15 @@ def test_a_rank_whose_compiler_fails_sends_every_rank_eager(fsdp_job):
     record = read_log(tmp / "fsdp-one-fails", "run")[0]
     assert record["compile"] is False and record["compile_reason"].endswith("(on rank 1)")
     assert losses(tmp / "fsdp-one-fails") == pytest.approx(losses(tmp / "eager"), rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_fsdp_compiles_each_block_and_gives_the_eager_losses(fsdp_job):
+    # After the test above, whose rank 0 compiled the blocks before going eager: both ranks here load them.
+    tmp, run = fsdp_job
+    done = run(tmp / "fsdp", failing_rank=None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = read_log(tmp / "fsdp", "run")[0]
+    assert record["compile"] is True and record["compile_reason"] == "each block on its own under FSDP"
+    assert losses(tmp / "fsdp") == pytest.approx(losses(tmp / "eager"), rel=COMPILED_REL)
