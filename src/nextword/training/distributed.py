@@ -91,6 +91,14 @@ class World:
         dist.all_reduce(votes, op=dist.ReduceOp.MAX)
         return bool(votes.item())
 
+    def gather(self, value: T) -> list[T]:
+        """Every rank's `value`, in rank order, on every rank ([value] in a single process)."""
+        if not self.joined or self.size == 1:
+            return [value]
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
     def barrier(self) -> None:
         if self.joined and self.size > 1:
             dist.barrier()
@@ -244,12 +252,9 @@ def rank_seed(seed: int, world: World, step: int) -> int:
     return seed + 1_000_003 * world.rank + 7919 * step
 
 
-def wrap(model: nn.Module, mode: str, world: World, *, precision: str, activation_checkpointing: bool,
-         compile_blocks: bool) -> nn.Module:
+def wrap(model: nn.Module, mode: str, world: World, *, precision: str) -> nn.Module:
     """The module to train: the model itself (none), a DDP wrapper around it, or the model sharded in place by
     FSDP2, one unit per transformer block plus the root (embeddings, final norm, head)."""
-    if activation_checkpointing:
-        checkpoint_blocks(model)
     if mode == "ddp":
         device_ids = [world.local_rank] if next(model.parameters()).is_cuda else None
         # The model's buffers are constant RoPE tables and each rank's own routing counts (model/moe.py): none
@@ -268,11 +273,21 @@ def wrap(model: nn.Module, mode: str, world: World, *, precision: str, activatio
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if precision == "bf16" else MixedPrecisionPolicy()
     for block in model.blocks:
-        if compile_blocks:
-            block.compile()  # in place, so parameter names stay as they are
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return model
+
+
+def compile_blocks(model: nn.Module, compiled: bool = True) -> None:
+    """Compile each block on its own, in place (parameter names stay as they are), or undo that: how FSDP
+    compiles, so that the gathers between blocks stay outside the compiled graphs. Call it before sharding."""
+    for block in model.blocks:
+        if compiled:
+            block.compile()
+        else:
+            # Module.compile only sets this attribute, which Module.__call__ runs in place of the forward while it
+            # is set (torch/nn/modules/module.py); unset, the block runs eagerly again.
+            block._compiled_call_impl = None
 
 
 def checkpoint_blocks(model: nn.Module) -> None:

@@ -29,7 +29,7 @@ from nextword.data.tokenizer import Tokenizer
 from nextword.errors import ConfigError, NextwordError
 from nextword.files import folder_lock
 from nextword.model import GPT
-from nextword.model.moe import idle_params, moe_layers
+from nextword.model.moe import idle_params, moe_layers, total_balance_loss
 from nextword.training import distributed, precision, sizing
 from nextword.training.batch import GlobalBatch, global_batch, keep_saved_batch
 from nextword.training.budget import RunLength, TimeBudget, plan_length, reads
@@ -268,42 +268,104 @@ def _model_setup(model: GPT, cfg: RunConfig, world: World, mode: str, machine: M
 def _parallel_model(model: GPT, mode: str, world: World, chosen: str, cfg: RunConfig,
                     machine: Machine) -> tuple[torch.nn.Module, bool, str]:
     """The module that runs forward and backward (wrapped for DDP, sharded for FSDP, maybe compiled), whether
-    torch.compile is on, and why."""
-    t = cfg.train
+    torch.compile is on, and why.
+
+    torch.compile compiles at the first forward and backward, not when called: a missing compiler or a failing
+    inductor would end the run at its first step. So a compiled model is warmed up here, and trains eagerly
+    where that fails on any rank.
+    """
+    wanted, why = _compile_choice(cfg.train.compile, machine, mode)
+    if cfg.train.activation_checkpointing:
+        distributed.checkpoint_blocks(model)
+    warm_up = functools.partial(_warm_up, model=model, cfg=cfg, device=machine.device,
+                                autocast=_step_autocast(mode, chosen, machine))
     if mode == "fsdp":
-        # FSDP compiles each block on its own, so the gathers between blocks stay outside the compiled graphs.
-        wanted = t.compile == "on" or (t.compile == "auto" and machine.is_cuda)
-        net = distributed.wrap(model, mode, world, precision=chosen,
-                               activation_checkpointing=t.activation_checkpointing, compile_blocks=wanted)
-        why = "each block on its own under FSDP" if wanted else f"compile = {t.compile} on {machine.device.type}"
-        return net, wanted, why
-    net = distributed.wrap(model, mode, world, precision=chosen,
-                           activation_checkpointing=t.activation_checkpointing, compile_blocks=False)
-    compiled, why = _maybe_compile(net, cfg, machine)
-    # Not `compiled or net`: a compiled module's truth value asks the model for its len(), which a GPT has not.
-    return (net if compiled is None else compiled), compiled is not None, why
+        # Compiled and warmed up before sharding, when the blocks' forward and backward need no other rank (the
+        # warm-up holds the whole model's gradients once, as DDP does at every step). Under FSDP's bf16 weights
+        # the blocks compile once more at the first step, for bf16; a compiler that failed would have failed here.
+        if wanted:
+            distributed.compile_blocks(model)
+        failure = _agreed_failure(world, warm_up(model)) if wanted else None
+        if failure:
+            distributed.compile_blocks(model, compiled=False)
+        net = distributed.wrap(model, mode, world, precision=chosen)
+    else:
+        net = distributed.wrap(model, mode, world, precision=chosen)
+        compiled = torch.compile(net) if wanted else None
+        failure = _agreed_failure(world, warm_up(compiled)) if compiled is not None else None
+        if compiled is not None and not failure:
+            net = compiled
+    if failure:
+        print(f"torch.compile failed, training eagerly: {failure}")
+        return net, False, f"failed, so eager: {failure}"
+    return net, wanted, why
 
 
-def _maybe_compile(model: torch.nn.Module, cfg: RunConfig, machine: Machine) -> tuple[torch.nn.Module | None, str]:
-    choice = cfg.train.compile
+def _compile_choice(choice: str, machine: Machine, mode: str) -> tuple[bool, str]:
+    """Whether the run compiles its model, and why."""
     if choice == "off":
-        return None, "off in the config"
+        return False, "off in the config"
     if choice == "auto" and not machine.is_cuda:
-        return None, "on CPU the compile time does not pay back inside a short run"
+        return False, "on CPU the compile time does not pay back inside a short run"
+    if mode == "fsdp":
+        return True, "each block on its own under FSDP"
+    return True, "set in the config" if choice == "on" else "on a GPU it pays back quickly"
+
+
+def _warm_up(net: torch.nn.Module, *, model: GPT, cfg: RunConfig, device: torch.device,
+             autocast: contextlib.AbstractContextManager) -> str | None:
+    """One forward and backward of the compiled `net` on made-up tokens of a training batch's shape, so that
+    torch.compile compiles both now; why it failed, in one line, or None.
+
+    The run is left as it was: the loader is not read, the gradients are dropped, the buffers (a mixture of
+    experts' routing counts) and the random streams (dropout's) are restored, and no other rank is waited for.
+    """
+    shape = (cfg.train.micro_batch, cfg.model.context)
+    # Random tokens, as a real batch's (all-equal tokens would route every one to the same expert), from a
+    # generator of their own.
+    tokens = torch.randint(0, cfg.model.vocab_size, shape, device=device,
+                           generator=torch.Generator(device=device).manual_seed(0))
+    buffers = [buffer.clone() for buffer in model.buffers()]
     try:
-        return torch.compile(model), "set in the config" if choice == "on" else "on a GPU it pays back quickly"
-    except Exception as e:  # no compiler toolchain: train eagerly rather than not at all
-        return None, f"unavailable here ({type(e).__name__}: {e})"
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                distributed.gradient_sync(net, False):
+            with autocast:
+                loss = net(tokens, tokens)
+                objective = loss + total_balance_loss(moe_layers(model), cfg.model.balance_coef)
+            objective.backward()
+        return None
+    except Exception as error:  # whatever the compiler raised: the run can still train eagerly
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), buffers):
+                buffer.copy_(saved)
+
+
+def _agreed_failure(world: World, failure: str | None) -> str | None:
+    """Why the warm-up failed on the first rank where it did (None where it failed on none), the same on every
+    rank, so that all train compiled or all eagerly."""
+    failures = [(rank, why) for rank, why in enumerate(world.gather(failure)) if why]
+    if not failures:
+        return None
+    rank, why = failures[0]
+    return f"{why} (on rank {rank})" if world.size > 1 else why
+
+
+def _step_autocast(mode: str, chosen: str, machine: Machine) -> contextlib.AbstractContextManager:
+    """The autocast a training step runs under (none where FSDP's bf16 weights already compute in bf16)."""
+    if not distributed.autocast_needed(mode, chosen):
+        return contextlib.nullcontext()
+    return precision.autocast_for(machine.device, chosen)
 
 
 def _update(setup: _ModelSetup, loader: TokenLoader, batch: GlobalBatch, cfg: RunConfig, mode: str,
             machine: Machine) -> Update:
     """One optimizer update of this run at a given learning rate: train_step with everything else bound."""
-    autocast = precision.autocast_for(machine.device, setup.precision)
-    if not distributed.autocast_needed(mode, setup.precision):
-        autocast = contextlib.nullcontext()
     return functools.partial(train_step, setup.net, setup.optimizer, loader.next_batch, batch.accumulation,
-                             grad_clip=cfg.train.grad_clip, autocast=autocast,
+                             grad_clip=cfg.train.grad_clip, autocast=_step_autocast(mode, setup.precision, machine),
                              scaler=precision.scaler_for(machine.device, setup.precision),
                              balance_coef=cfg.model.balance_coef)
 
