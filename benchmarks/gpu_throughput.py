@@ -160,8 +160,10 @@ def fsdp_rows(args: argparse.Namespace, peak: float) -> list[Row]:
     try:
         model = build(cfg, device)
         flops = model.flops_per_token()
-        distributed.wrap(model, "fsdp", world, precision=args.precision, activation_checkpointing=True,
-                         compile_blocks=args.compile)
+        distributed.checkpoint_blocks(model)
+        if args.compile:
+            distributed.compile_blocks(model)
+        distributed.wrap(model, "fsdp", world, precision=args.precision)
         rows: list[Row] = []
         batch = 1
         while batch <= args.max_fsdp_batch:

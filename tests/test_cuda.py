@@ -253,8 +253,7 @@ def test_ddp_over_nccl_at_world_size_one_takes_the_plain_models_steps():
     batches = [fixed_batch(plain, seed) for seed in (1, 2)]
     dist.init_process_group("cpu:gloo,cuda:nccl", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        ddp = distributed.wrap(shared, "ddp", World(), precision="bf16", activation_checkpointing=False,
-                               compile_blocks=False)
+        ddp = distributed.wrap(shared, "ddp", World(), precision="bf16")
         assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
         losses = {}
         for name, net, owner in (("plain", plain, plain), ("ddp", ddp, shared)):

@@ -63,8 +63,7 @@ def test_auto_never_chooses_fp16_on_a_cpu():
 def test_fp16_under_fsdp_is_refused_in_one_line():
     model = GPT(ModelConfig(n_layers=1, d_model=16, n_heads=2, context=8, vocab_size=50))
     with pytest.raises(ConfigError, match="fp16 is not supported under train.parallel = fsdp"):
-        distributed.wrap(model, "fsdp", distributed.World(), precision="fp16", activation_checkpointing=False,
-                         compile_blocks=False)
+        distributed.wrap(model, "fsdp", distributed.World(), precision="fp16")
 
 
 @pytest.mark.parametrize("option", ["--steps", "--stop-after", "--nproc"])
