@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -97,17 +97,8 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     t, run_dir = cfg.train, Path(cfg.train.run_dir)
     machine = detect(device, distributed.cpu_threads(t.threads, world), bf16_probe)
     torch.manual_seed(t.seed)  # the same on every rank: FSDP needs every rank to start from the same weights
-    pretrained = _pretrained(cfg)
-    tokenizer, train_split, val_split = _prepare_data(cfg, world, show_progress)
-    if not cfg.eval.prompts:  # chosen once, and kept in the run's config.toml
-        own_data = any(source != DEFAULT_CORPUS_NAME for source in cfg.data.sources)
-        cfg.eval.prompts = prompts_from(val_split, tokenizer) if own_data else DEFAULT_CORPUS_PROMPTS
-    # One device's matmul FLOP/s: as measured now, which sizes a budgeted model to the compute it will get, and the
-    # best seen here, the ceiling MFU is reported against.
-    peak_now, peak = world.from_main(measured_peaks, machine)
-    length = RunLength.from_config(t)
-    if _sized_by_budget(cfg, length, pretrained) and not _keep_saved_size(cfg):
-        _size_to_budget(cfg, world, peak_now, start + length.limit - time.monotonic(), train_split.num_tokens)
+    pretrained, tokenizer, train_split, val_split, peak, length = _resolve_config(cfg, world, machine, start,
+                                                                                  show_progress)
     model = (pretrained or GPT(cfg.model)).to(machine.device)
     # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
     # single process would.
@@ -162,6 +153,41 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
         if stopped:
             return _close_stopped(stopped, progress, log)
         return _close_finished(run_dir, progress, log, world, start, setup)
+
+
+class _Resolved(NamedTuple):
+    """What resolving the run's config found on the way: the model continued from, the data, the device's speed."""
+
+    pretrained: GPT | None
+    tokenizer: Tokenizer
+    train_split: TokenShards
+    val_split: TokenShards
+    peak: float  # the best matmul rate measured here, the ceiling MFU is reported against
+    length: RunLength
+
+
+def _resolve_config(cfg: RunConfig, world: World, machine: Machine, start: float, show_progress: bool) -> _Resolved:
+    """Fill in, in this one place, every field of `cfg` that the run decides rather than the user; the run's
+    config.toml then records them, so a resume or a repeat of the run decides nothing again:
+
+        model.*, data.tokenizer    a continued model's shape and tokenizer (model.init_from)
+        data.data_dir              the prepared data
+        model.vocab_size           the tokenizer's, where left at 0
+        eval.prompts               the starts of a few validation documents of the user's data
+        model shape, model.size    sized to the budget, or the size the run directory's run already has
+    """
+    pretrained = _pretrained(cfg)
+    tokenizer, train_split, val_split = _prepare_data(cfg, world, show_progress)
+    if not cfg.eval.prompts:
+        own_data = any(source != DEFAULT_CORPUS_NAME for source in cfg.data.sources)
+        cfg.eval.prompts = prompts_from(val_split, tokenizer) if own_data else DEFAULT_CORPUS_PROMPTS
+    # One device's matmul FLOP/s: as measured now, which sizes a budgeted model to the compute it will get, and the
+    # best seen here, the ceiling MFU is reported against.
+    peak_now, peak = world.from_main(measured_peaks, machine)
+    length = RunLength.from_config(cfg.train)
+    if _sized_by_budget(cfg, length, pretrained) and not _keep_saved_size(cfg):
+        _size_to_budget(cfg, world, peak_now, start + length.limit - time.monotonic(), train_split.num_tokens)
+    return _Resolved(pretrained, tokenizer, train_split, val_split, peak, length)
 
 
 @contextlib.contextmanager
