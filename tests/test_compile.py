@@ -239,3 +239,24 @@ def test_fsdp_compiles_each_block_and_gives_the_eager_losses(fsdp_job):
     record = read_log(tmp / "fsdp", "run")[0]
     assert record["compile"] is True and record["compile_reason"] == "each block on its own under FSDP"
     assert losses(tmp / "fsdp") == pytest.approx(losses(tmp / "eager"), rel=COMPILED_REL)
+
+
+def test_samples_from_blocks_compiled_in_place_compile_nothing(tmp_path):
+    """FSDP compiles the blocks in place, so an evaluation samples from compiled blocks; each sampled token grows the
+    cache, which would compile them again at every new length. Samples are drawn eagerly."""
+    from nextword.config import EvalConfig, ModelConfig
+    from nextword.data.tokenizer import Tokenizer
+    from nextword.training.evaluator import samples
+
+    tokenizer = Tokenizer.train(["def add(a, b):\n    return a + b\n"] * 20, 300)
+    model = GPT(ModelConfig(n_layers=1, d_model=32, n_heads=2, context=32, vocab_size=tokenizer.vocab_size))
+    compiled_graphs = []
+
+    def counting_backend(graph, example_inputs):
+        compiled_graphs.append(graph)
+        return graph.forward
+
+    for block in model.blocks:
+        block.compile(backend=counting_backend)
+    texts = samples(model, tokenizer, EvalConfig(prompts=["def "], sample_tokens=12), seed=0)
+    assert texts[0]["text"] and compiled_graphs == []

@@ -88,11 +88,14 @@ def samples(model: torch.nn.Module, tokenizer: Tokenizer, cfg: EvalConfig, seed:
     was_training = model.training
     model.eval()
     out = []
-    for index, prompt in enumerate(cfg.prompts):
-        prompt_ids = tokenizer.document_start + tokenizer.encode(prompt)  # as every document begins in training
-        ids = list(sample(model, prompt_ids, cfg.sample_tokens, temperature=cfg.temperature,
-                          top_k=cfg.top_k, seed=seed + index, stop_id=tokenizer.eos_id))
-        out.append({"prompt": prompt, "text": tokenizer.decode(ids)})
+    # Eagerly, where the blocks are compiled (FSDP compiles them in place): the cache grows by a token at each step
+    # of a sample, and a compiled block would compile again for every new length.
+    with torch.compiler.set_stance("force_eager"):
+        for index, prompt in enumerate(cfg.prompts):
+            prompt_ids = tokenizer.document_start + tokenizer.encode(prompt)  # as every document begins in training
+            ids = list(sample(model, prompt_ids, cfg.sample_tokens, temperature=cfg.temperature,
+                              top_k=cfg.top_k, seed=seed + index, stop_id=tokenizer.eos_id))
+            out.append({"prompt": prompt, "text": tokenizer.decode(ids)})
     model.train(was_training)
     return out
 
