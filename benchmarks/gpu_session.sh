@@ -52,7 +52,7 @@ declare -A NEEDS=(
     [recipes]="torch numpy tokenizers safetensors pyarrow tqdm fsspec"
 )
 # Every module holding a test marked `cuda` (tests/test_gpu_session.py checks that none is left out).
-CUDA_TESTS="tests/test_cuda.py tests/test_plan.py"
+CUDA_TESTS="tests/test_cuda.py tests/test_optimizer.py tests/test_plan.py"
 PART_SECONDS=180
 
 usage="usage: benchmarks/gpu_session.sh [--cpu] PART [PART...] [--out DIR]; parts: smoke throughput recipes"

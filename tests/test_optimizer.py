@@ -142,7 +142,7 @@ def test_an_inf_gradient_changes_no_weight_or_state_and_is_never_read_back(kind,
     assert not torch.equal(weight, kept) and all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["muon", "adamw"])
 def test_a_gpu_step_with_an_inf_gradient_never_waits_for_the_device(kind):
     cfg = tiny_run(optimizer=kind)
