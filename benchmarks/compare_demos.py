@@ -148,7 +148,8 @@ def write_spec(out: Path, text: str) -> None:
 
 def near_copy(text: str, rng: random.Random) -> str:
     """The text with one word in 100 replaced by another word of the text: a small edit that keeps it a near copy
-    (Jaccard similarity of word 5-grams about 0.9, above the MinHash dedup's 0.8 threshold)."""
+    (Jaccard similarity of word 5-grams about 0.9, which MinHash LSH of 14 bands x 8 hashes, the clean step's
+    default, pairs with probability 1 - (1 - 0.9**8)**14 > 0.999)."""
     words = text.split(" ")
     for i in rng.sample(range(len(words)), max(1, len(words) // 100)):
         words[i] = rng.choice(words)
@@ -247,7 +248,7 @@ def main() -> None:
     parser.add_argument("demo", choices=["dedup", "web", "code"])
     parser.add_argument("--out", type=Path, required=True, help="where the corpus and spec.toml go")
     parser.add_argument("--downloads", type=Path, default=Path("/tmp/nextword-demo-downloads"))
-    parser.add_argument("--docs", type=int, default=700, help="distinct prose documents (dedup, code)")
+    parser.add_argument("--docs", type=int, default=600, help="distinct prose documents (dedup, code)")
     args = parser.parse_args()
     unpacked = download(args.downloads)
     args.out.mkdir(parents=True, exist_ok=True)
