@@ -30,6 +30,11 @@ def gpu_machine_env(tmp_path: Path, absent: list[str] = ABSENT_ON_GPU_MACHINES) 
             "NEXTWORD_CACHE": str(tmp_path / "cache")}
 
 
+def cuda_test_modules() -> list[str]:
+    """The test modules the script's smoke part runs for their CUDA tests, as its CUDA_TESTS lists them."""
+    return re.search(r'^CUDA_TESTS="([^"]*)"', SCRIPT.read_text(), re.MULTILINE).group(1).split()
+
+
 def run_script(*args: str, env: dict[str, str], timeout: int = 60) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -49,7 +54,7 @@ def test_the_cpu_rehearsal_of_the_smoke_part_passes_on_a_gpu_machines_packages(t
     done = run_script("--cpu", "smoke", "--out", str(out), env=gpu_machine_env(tmp_path), timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = (out / "smoke.md").read_text()
-    assert re.search(r"CUDA tests \(tests/test_cuda.py tests/test_plan.py\): \d+ skipped", results)
+    assert re.search(rf"CUDA tests \({re.escape(' '.join(cuda_test_modules()))}\): \d+ skipped", results)
     assert re.search(r"^\| run \| .* \| fp32 \| off \| 10 \|", results, re.MULTILINE)
     assert re.search(r"^\| moe \| .* \| fp32 \| off \| 5 \|", results, re.MULTILINE)
     assert "export of run as GPT2LMHeadModel on cpu: largest logit gap" in results
@@ -77,7 +82,7 @@ def test_an_unknown_part_is_refused_with_the_usage(tmp_path):
 def test_the_smoke_part_runs_every_module_that_holds_a_cuda_test():
     mark = re.compile(r"^(@pytest\.mark\.cuda$|pytestmark = .*pytest\.mark\.cuda)", re.MULTILINE)
     marked = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py") if mark.search(p.read_text("utf-8"))}
-    listed = re.search(r'^CUDA_TESTS="([^"]*)"', SCRIPT.read_text(), re.MULTILINE).group(1).split()
+    listed = cuda_test_modules()
     assert "tests/test_cuda.py" in marked
     assert sorted(listed) == sorted(marked)
     # A test that skips itself without CUDA, rather than carrying the marker, would never be run by the smoke part.
