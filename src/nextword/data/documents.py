@@ -56,6 +56,10 @@ class SkipLog:
             else:
                 self._more_names.add(category)
 
+    def unreadable(self, path: str | Path, error: OSError) -> None:
+        """Count a file that could not be read, with the system's reason."""
+        self.skip(path, f"unreadable ({error.strerror or error})")
+
     def summary_lines(self) -> list[str]:
         """e.g. ["skipped 3 files or records: 2 not valid UTF-8 (a.txt, b.txt), 1 empty (c.txt)"]; [] if none."""
         if not self.total:

@@ -137,7 +137,7 @@ def _read_text_file(path: Path | str, skips: SkipLog) -> str | None:
             skips.skip(path, f"too large ({size / 2**20:.1f} MiB, cap {MAX_FILE_BYTES // 2**20} MiB)")
             return None
     except OSError as error:
-        skips.skip(path, f"unreadable ({error.strerror or error})")
+        skips.unreadable(path, error)
         return None
     if b"\0" in data[:BINARY_SNIFF_BYTES]:
         skips.skip(path, "binary (NUL byte in the first 8 KB)")
@@ -198,13 +198,13 @@ def _cut_text_file(path: Path | str, display: str, skips: SkipLog, doc_separator
     try:
         file = open_binary(path)
     except OSError as error:
-        skips.skip(path, f"unreadable ({error.strerror or error})")
+        skips.unreadable(path, error)
         return
     with file:
         try:
             head = file.read(BINARY_SNIFF_BYTES)
         except OSError as error:
-            skips.skip(path, f"unreadable ({error.strerror or error})")
+            skips.unreadable(path, error)
             return
         if b"\0" in head:
             skips.skip(path, "binary (NUL byte in the first 8 KB)")
@@ -368,7 +368,7 @@ def _read_jsonl(path: Path | str, display: str, skips: SkipLog) -> Iterator[Docu
     try:
         file = open_binary(path)
     except OSError as error:
-        skips.skip(path, f"unreadable ({error.strerror or error})")
+        skips.unreadable(path, error)
         return
     with file:
         kind, lines = _raw_lines(path, file)
@@ -495,7 +495,7 @@ def _is_empty(path: Path | str, skips: SkipLog) -> bool:
     try:
         size = file_size(path)
     except OSError as error:
-        skips.skip(path, f"unreadable ({error.strerror or error})")
+        skips.unreadable(path, error)
         return True
     if size == 0:
         skips.skip(path, "empty")

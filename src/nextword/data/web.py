@@ -74,7 +74,7 @@ def read_web(path: Path | str, skips: SkipLog, extractor: str = "resiliparse") -
     try:
         size = file_size(path)
     except OSError as error:  # a broken link, a link loop, a URL gone
-        skips.skip(path, f"unreadable ({error.strerror or error})")
+        skips.unreadable(path, error)
         return
     if size == 0:
         skips.skip(path, "empty file")
