@@ -70,6 +70,19 @@ class ModelConfig:
     mlp_activation: str = ""
     zero_init_projections: bool = False  # attention's and the MLP's output projections start at zero
     logit_softcap: float = 0.0  # 0: off; else logits become cap·tanh(logits / cap), bounded by ±cap
+    # The embedding's output RMS-normalised (no learned scale) before the first block, as modded-nanogpt and nanochat do
+    embedding_norm: bool = False
+    zero_init_head: bool = False  # an untied output head that starts at zero: every first prediction is uniform
+    # A table of per-token vectors added to attention's values in every other block, counted back from the last
+    # (modded-nanogpt's and nanochat's value embeddings): the token's identity reaches late blocks directly.
+    value_embeddings: bool = False
+    # Before block i, x = resid_scale[i]·x + x0_scale[i]·x0, x0 being the embedding's output: two learned scalars
+    # per block (nanochat), starting at 1 and 0, so the network starts as it would without them.
+    residual_scalars: bool = False
+    # Attention stays within a document: a position sees no token before the end-of-document token that precedes it
+    # (document-masked attention). document_end is that token's id, which the run fills in from its tokenizer.
+    doc_masking: bool = False
+    document_end: int = -1
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     dropout: float = 0.0
@@ -631,6 +644,9 @@ def _validate_model(m: ModelConfig) -> None:
                           f"use it with model.arch = llama, or gelu or relu2 with {m.arch}")
     if m.logit_softcap < 0:
         raise ConfigError(f"model.logit_softcap = {m.logit_softcap} must be 0 (off) or more, e.g. 30")
+    if m.zero_init_head and m.tie_embeddings:
+        raise ConfigError("model.zero_init_head = true would start the token embeddings at zero too, since the head "
+                          "is tied to them; set model.tie_embeddings = false with it")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")
 
