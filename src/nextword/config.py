@@ -180,6 +180,9 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward to save memory
     micro_batch: int = 16  # sequences per forward/backward
     batch_tokens: int = 0  # global batch in tokens; 0: one micro-batch (no accumulation)
+    # How the training split is cut into rows (data/loader.py). windows: fixed slots that cross documents anywhere;
+    # documents: every row starts at a document's first token, documents packed by best fit (nanochat's loader).
+    rows: str = "windows"
     # How long: exactly one of these governs (a time budget, a token count, a compute count, a step count).
     budget: str = ""  # e.g. "10m", "90s", "2h"
     tokens: str = ""  # e.g. "20M", "1.5B"
@@ -573,6 +576,7 @@ def _as_float(value: Any) -> float | None:
 
 
 MLP_ACTIVATIONS = ("gelu", "relu2", "swiglu")
+ROWS = ("windows", "documents")  # train.rows: how the loader cuts the training split (data/loader.py)
 CHOICES = {
     "model.arch": tuple(FAMILIES),
     "model.size": ("budget", "fixed"),
@@ -582,6 +586,7 @@ CHOICES = {
     "train.schedule": ("wsd", "cosine", "constant"),
     "train.parallel": ("auto", "none", "ddp", "fsdp"),
     "train.on_nonfinite": ("skip", "stop"),
+    "train.rows": ROWS,
 }
 
 

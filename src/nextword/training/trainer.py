@@ -103,8 +103,9 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
     # single process would.
     loader = TokenLoader(train_split, t.micro_batch, cfg.model.context, rank=world.rank, world_size=world.size,
-                         seed=t.seed, device=machine.device)
+                         seed=t.seed, rows=t.rows, device=machine.device)
     # The validation split must hold a window too: say so now, not after the precision race and the first steps.
+    # It is read as windows whatever train.rows is, so that validation losses compare across the two.
     TokenLoader(val_split, 1, cfg.model.context)
     batch = global_batch(t, cfg.model.context, world.size)
     flops_per_token = model.flops_per_token()
