@@ -432,6 +432,22 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
 # one without such a field ran with the earlier value, and resuming it keeps that value.
 EARLIER_DEFAULTS = {("train", "optimizer"): "adamw"}
 
+# Fields added after runs were keyed by their settings, each with the value that does what runs did before it.
+# A hash of a run's settings (`nextword compare`'s run key) leaves such a field out while it has that value, so a
+# run keyed before the field existed keeps its key, whatever the field's default becomes.
+ADDED_FIELDS = {
+    ("model", "embedding_norm"): False, ("model", "zero_init_head"): False, ("model", "value_embeddings"): False,
+    ("model", "residual_scalars"): False, ("model", "doc_masking"): False, ("model", "document_end"): -1,
+    ("train", "rows"): "windows",
+}
+
+
+def without_added_fields(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A config's sections (`RunConfig.to_dict`) less the ADDED_FIELDS that hold their earlier value."""
+    return {section: {key: value for key, value in fields_.items()
+                      if ADDED_FIELDS.get((section, key), object()) != value}
+            for section, fields_ in settings.items()}
+
 
 def load_saved_run(path: str | Path) -> RunConfig:
     """Read the config.toml a run directory saved, as the run used it (see EARLIER_DEFAULTS)."""
