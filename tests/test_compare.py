@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import random
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nextword import cli
+from nextword.config import ADDED_FIELDS
 from nextword.errors import ConfigError
 from nextword.tools.compare import (SCORES_FILE, Budget, load_spec, progress_line, run_key, seconds_left)
 
@@ -176,6 +178,21 @@ def test_a_runs_key_follows_what_decides_its_result_and_not_where_it_runs(data):
     assert run_key(cfg, "data2") != key
     cfg.train.seed += 1
     assert run_key(cfg, "data1") != key
+
+
+def test_a_field_added_later_keeps_the_keys_of_runs_made_before_it_while_it_is_off(data):
+    cfg = load_spec(write_spec(data)).variants["clean"]
+    settings = cfg.to_dict()
+    for section, key in ADDED_FIELDS:
+        del settings[section][key]  # the config as it was before these fields existed
+    settings.pop("engine")
+    for section, key in (("train", "run_dir"), ("train", "threads"), ("data", "workers"), ("data", "data_dir")):
+        settings[section].pop(key)
+    assert run_key(cfg, "data1") == hashlib.sha256(json.dumps({"config": settings, "data": "data1"},
+                                                              sort_keys=True).encode()).hexdigest()[:16]
+    before = run_key(cfg, "data1")
+    cfg.model.value_embeddings = True  # on, it is part of the key
+    assert run_key(cfg, "data1") != before
 
 
 def test_the_progress_line_counts_runs_and_estimates_the_time_left():

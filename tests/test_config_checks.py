@@ -12,6 +12,7 @@ REFUSED = [
     ({"train.beta2": "1"}, "train.beta2 = 1.0 must be in [0, 1), e.g. 0.9 or 0.95"),
     ({"engine.executor": "mpi"}, "engine.executor = 'mpi' is not one of: local, slurm, ray"),
     ({"train.schedule": "linear"}, "train.schedule = 'linear' is not one of: wsd, cosine, constant"),
+    ({"train.rows": "docs"}, "train.rows = 'docs' is not one of: windows, documents"),
     ({"model.n_layers": "0"}, "model.n_layers = 0 must be greater than 0"),
     ({"eval.batches": "0"}, "eval.batches = 0 must be greater than 0"),
     ({"train.ckpt_every": "-1"}, "train.ckpt_every = -1 must be 0 (automatic) or more"),

@@ -27,6 +27,11 @@ CONFIGS = {
     "gpt2-relu2-qknorm-softcap": tiny("gpt2", mlp_activation="relu2", qk_norm=True, logit_softcap=3.0,
                                       tie_embeddings=False),
     "llama-relu2-softcap": tiny("llama", mlp_activation="relu2", logit_softcap=3.0),
+    # The speedrun's parts: value embeddings, a normed embedding, residual scalars, document-masked attention.
+    "gpt2-speedrun": tiny("gpt2", n_layers=3, value_embeddings=True, embedding_norm=True, residual_scalars=True,
+                          doc_masking=True, document_end=3, tie_embeddings=False),
+    "llama-gqa-speedrun": tiny("llama", n_kv_heads=2, value_embeddings=True, residual_scalars=True,
+                               doc_masking=True, document_end=3),
 }
 
 
@@ -287,3 +292,73 @@ def test_hidden_matrices_are_the_blocks_linear_weights():
     hidden = sorted(names[id(p)] for p in model.hidden_matrices())
     assert hidden == sorted(f"blocks.{i}.{m}.weight" for i in range(2)
                             for m in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj"))
+
+
+def test_value_embeddings_sit_in_every_other_block_from_the_last_and_add_to_the_values():
+    model = build(tiny("llama", n_layers=3, n_kv_heads=2, value_embeddings=True))
+    tables = [b.attn.value_embed for b in model.blocks]
+    assert tables[0] is not None and tables[1] is None and tables[2] is not None
+    assert tables[2].weight.shape == (VOCAB, 2 * 8)  # kv_heads · head_dim: one vector per token and kv head
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        before = model(idx)
+        tables[2].weight.zero_()
+        tables[0].weight.zero_()  # tables of zeros add nothing: the network without value embeddings
+        plain = build(tiny("llama", n_layers=3, n_kv_heads=2))
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if "value_embed" not in k})
+        torch.testing.assert_close(model(idx), plain(idx))
+        assert not torch.allclose(before, plain(idx))
+    # They are embeddings: AdamW's, not Muon's, and out of the non-embedding count
+    hidden = {id(p) for p in model.hidden_matrices()}
+    assert all(id(t.weight) not in hidden for t in tables if t is not None)
+    assert model.num_params(non_embedding=True) == plain.num_params(non_embedding=True)
+
+
+def test_residual_scalars_start_as_the_plain_network_and_learn():
+    plain = build(tiny("gpt2"))
+    scaled = build(tiny("gpt2", residual_scalars=True)).train()
+    scaled.load_state_dict(plain.state_dict(), strict=False)
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(idx), plain(idx))  # 1·x + 0·x0 before every block
+    scaled(idx, idx).backward()
+    assert scaled.resid_scales.grad.abs().min() > 0 and scaled.x0_scales.grad.abs().min() > 0
+    groups = scaled.optimizer_groups(0.1, decay_embeddings=False)
+    assert any(p is scaled.x0_scales for p in groups[1]["params"])  # no weight decay pulls them to 0
+
+
+def test_embedding_norm_gives_the_first_block_unit_rms_input():
+    model = build(tiny("gpt2", embedding_norm=True, init_std=0.5))
+    seen = []
+    model.blocks[0].attn_norm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(15)))
+    torch.testing.assert_close(seen[0].pow(2).mean(-1).sqrt(), torch.ones(2, 16), rtol=1e-3, atol=1e-3)
+
+
+def test_zero_init_head_starts_uniform_and_needs_an_untied_head():
+    model = build(tiny("gpt2", tie_embeddings=False, zero_init_head=True))
+    idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(16))
+    with torch.no_grad():
+        assert model(idx).abs().max() == 0  # every first prediction is uniform: loss ln V exactly
+        torch.testing.assert_close(model(idx, idx), torch.tensor(math.log(VOCAB)))
+    assert model.tok_emb.weight.abs().max() > 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_doc_masking_keeps_attention_within_each_document(arch):
+    end = 3
+    model = build(tiny(arch, doc_masking=True, document_end=end))
+    first = torch.randint(4, VOCAB, (1, 20), generator=torch.Generator().manual_seed(17))
+    first[0, 8] = end  # document one is positions 0-8 (its end token included), document two 9-19
+    other = first.clone()
+    other[0, :8] = torch.randint(4, VOCAB, (8,), generator=torch.Generator().manual_seed(18))
+    with torch.no_grad():
+        a, b = model(first), model(other)
+    torch.testing.assert_close(a[0, 9:], b[0, 9:], rtol=0, atol=1e-6)  # the second document never sees the first
+    assert not torch.allclose(a[0, :9], b[0, :9])
+    # Without an end token in the row it is plain causal attention
+    plain = build(tiny(arch))
+    row = torch.randint(4, VOCAB, (2, 20), generator=torch.Generator().manual_seed(19))
+    with torch.no_grad():
+        torch.testing.assert_close(model(row), plain(row), rtol=0, atol=1e-6)

@@ -183,6 +183,24 @@ def test_a_run_whose_tokenizer_came_out_smaller_than_asked_resumes_from_its_own_
     assert read_log(tmp_path / "run", "summary")[0]["steps"] == 2
 
 
+def test_nextword_train_reads_rows_that_start_at_documents(tiny, tmp_path, monkeypatch):
+    tiny.model.n_layers, tiny.train.steps = 1, 3
+    tiny.save(tmp_path / "config.toml")
+    made, make = [], TokenLoader.__init__
+
+    def noting_rows(loader, shards, *args, **kwargs):
+        make(loader, shards, *args, **kwargs)
+        made.append((shards.split, loader.rows))
+
+    monkeypatch.setattr(TokenLoader, "__init__", noting_rows)
+    assert cli.main(["train", "--config", str(tmp_path / "config.toml"), "--train.rows", "documents", "--quiet"]) == 0
+    # The training split is read as documents; validation keeps its windows.
+    assert ("train", "documents") in made and set(made) == {("train", "documents"), ("val", "windows")}
+    assert 'rows = "documents"' in (tmp_path / "run" / "config.toml").read_text()
+    losses = [r["loss"] for r in read_log(tmp_path / "run", "train")]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+
+
 def test_a_config_that_cannot_work_fails_in_one_line(capsys):
     assert cli.main(["train", "--model.d_model", "250", "--model.n_heads", "4"]) == 2
     err = capsys.readouterr().err.strip()

@@ -92,12 +92,14 @@ def other_corpus(folder):
     return folder
 
 
-@pytest.mark.parametrize("change", ["other data, same tokenizer", "another seed"])
+@pytest.mark.parametrize("change", ["other data, same tokenizer", "another seed", "rows at documents"])
 def test_resuming_on_another_data_stream_is_refused(change, tiny, tmp_path):
     tiny.train.steps = 10
     train(copy.deepcopy(tiny), progress=False, stop_after=5)
     if change == "another seed":
         tiny.train.seed += 1
+    elif change == "rows at documents":
+        tiny.train.rows = "documents"  # the saved loader position counts windows, not packed rows
     else:
         tiny.data.sources = [str(other_corpus(tmp_path / "other"))]
         tiny.data.tokenizer = str(tmp_path / "run" / "tokenizer.json")

@@ -70,6 +70,19 @@ class ModelConfig:
     mlp_activation: str = ""
     zero_init_projections: bool = False  # attention's and the MLP's output projections start at zero
     logit_softcap: float = 0.0  # 0: off; else logits become cap·tanh(logits / cap), bounded by ±cap
+    # The embedding's output RMS-normalised (no learned scale) before the first block, as modded-nanogpt and nanochat do
+    embedding_norm: bool = False
+    zero_init_head: bool = False  # an untied output head that starts at zero: every first prediction is uniform
+    # A table of per-token vectors added to attention's values in every other block, counted back from the last
+    # (modded-nanogpt's and nanochat's value embeddings): the token's identity reaches late blocks directly.
+    value_embeddings: bool = False
+    # Before block i, x = resid_scale[i]·x + x0_scale[i]·x0, x0 being the embedding's output: two learned scalars
+    # per block (nanochat), starting at 1 and 0, so the network starts as it would without them.
+    residual_scalars: bool = False
+    # Attention stays within a document: a position sees no token before the end-of-document token that precedes it
+    # (document-masked attention). document_end is that token's id, which the run fills in from its tokenizer.
+    doc_masking: bool = False
+    document_end: int = -1
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     dropout: float = 0.0
@@ -167,6 +180,9 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward to save memory
     micro_batch: int = 16  # sequences per forward/backward
     batch_tokens: int = 0  # global batch in tokens; 0: one micro-batch (no accumulation)
+    # How the training split is cut into rows (data/loader.py). windows: fixed slots that cross documents anywhere;
+    # documents: every row starts at a document's first token, documents packed by best fit (nanochat's loader).
+    rows: str = "windows"
     # How long: exactly one of these governs (a time budget, a token count, a compute count, a step count).
     budget: str = ""  # e.g. "10m", "90s", "2h"
     tokens: str = ""  # e.g. "20M", "1.5B"
@@ -416,6 +432,22 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
 # one without such a field ran with the earlier value, and resuming it keeps that value.
 EARLIER_DEFAULTS = {("train", "optimizer"): "adamw"}
 
+# Fields added after runs were keyed by their settings, each with the value that does what runs did before it.
+# A hash of a run's settings (`nextword compare`'s run key) leaves such a field out while it has that value, so a
+# run keyed before the field existed keeps its key, whatever the field's default becomes.
+ADDED_FIELDS = {
+    ("model", "embedding_norm"): False, ("model", "zero_init_head"): False, ("model", "value_embeddings"): False,
+    ("model", "residual_scalars"): False, ("model", "doc_masking"): False, ("model", "document_end"): -1,
+    ("train", "rows"): "windows",
+}
+
+
+def without_added_fields(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A config's sections (`RunConfig.to_dict`) less the ADDED_FIELDS that hold their earlier value."""
+    return {section: {key: value for key, value in fields_.items()
+                      if ADDED_FIELDS.get((section, key), object()) != value}
+            for section, fields_ in settings.items()}
+
 
 def load_saved_run(path: str | Path) -> RunConfig:
     """Read the config.toml a run directory saved, as the run used it (see EARLIER_DEFAULTS)."""
@@ -560,6 +592,7 @@ def _as_float(value: Any) -> float | None:
 
 
 MLP_ACTIVATIONS = ("gelu", "relu2", "swiglu")
+ROWS = ("windows", "documents")  # train.rows: how the loader cuts the training split (data/loader.py)
 CHOICES = {
     "model.arch": tuple(FAMILIES),
     "model.size": ("budget", "fixed"),
@@ -569,6 +602,7 @@ CHOICES = {
     "train.schedule": ("wsd", "cosine", "constant"),
     "train.parallel": ("auto", "none", "ddp", "fsdp"),
     "train.on_nonfinite": ("skip", "stop"),
+    "train.rows": ROWS,
 }
 
 
@@ -631,6 +665,9 @@ def _validate_model(m: ModelConfig) -> None:
                           f"use it with model.arch = llama, or gelu or relu2 with {m.arch}")
     if m.logit_softcap < 0:
         raise ConfigError(f"model.logit_softcap = {m.logit_softcap} must be 0 (off) or more, e.g. 30")
+    if m.zero_init_head and m.tie_embeddings:
+        raise ConfigError("model.zero_init_head = true would start the token embeddings at zero too, since the head "
+                          "is tied to them; set model.tie_embeddings = false with it")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout = {m.dropout} must be in [0, 1)")
 

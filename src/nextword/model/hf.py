@@ -392,6 +392,11 @@ def hf_architecture(cfg: ModelConfig) -> str:
         raise ConfigError(f"model.logit_softcap = {cfg.logit_softcap:g}: no GPT-2, Llama or Qwen3 model in "
                           "transformers caps its logits, so this model cannot be exported; train with "
                           "logit_softcap = 0 to export")
+    unmatched = [name for name in ("embedding_norm", "value_embeddings", "residual_scalars", "doc_masking")
+                 if getattr(cfg, name)]
+    if unmatched:
+        raise ConfigError(f"model.{unmatched[0]} = true: no GPT-2, Llama or Qwen3 model in transformers computes it, "
+                          "so this model cannot be exported")
     return layout_for(cfg).architecture(cfg)
 
 

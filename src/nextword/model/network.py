@@ -5,9 +5,14 @@ what each family builds; the code below asks `cfg.family`, never the arch's name
     "llama"  rotary positions (RoPE), RMSNorm, SwiGLU MLP, no biases, grouped-query attention, optional QK-norm
 
 Both are pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)); logits = head(norm(x)). Options on top of either
-family: the MLP's activation (`mlp_activation`, e.g. squared ReLU), QK-norm, an untied head, output projections
-that start at zero, and logits soft-capped to ±cap by cap·tanh(logits / cap) (`logit_softcap`). `model(idx)` gives the
-logits; `model(idx, targets)` the mean cross-entropy, through the fused output layer and loss of loss.py.
+family: the MLP's activation (`mlp_activation`, e.g. squared ReLU), QK-norm, an untied head (which may start at
+zero), output projections that start at zero, and logits soft-capped to ±cap by cap·tanh(logits / cap)
+(`logit_softcap`); and, from the GPT-2 speedrun (modded-nanogpt) and nanochat: the embedding RMS-normalised
+(`embedding_norm`), value embeddings (`value_embeddings`: v = v + ve[token] in every other block, counted back from
+the last), two learned scalars per block that mix the embedding x0 back in (`residual_scalars`:
+x = resid_scale[i]·x + x0_scale[i]·x0 before block i), and attention kept within each document (`doc_masking`).
+`model(idx)` gives the logits; `model(idx, targets)` the mean cross-entropy, through the fused output layer and loss
+of loss.py.
 
 State-dict keys (stable; the Hugging Face exporter maps them one to one):
 
@@ -20,6 +25,7 @@ State-dict keys (stable; the Hugging Face exporter maps them one to one):
     blocks.{i}.attn.o.weight / .bias        [d, heads·hd]
     blocks.{i}.attn.q_norm.weight           [hd]            qk_norm only (RMSNorm over each head)
     blocks.{i}.attn.k_norm.weight           [hd]            qk_norm only
+    blocks.{i}.attn.value_embed.weight      [vocab, kv_heads·hd]  value_embeddings only, in blocks L-1, L-3, ...
     blocks.{i}.mlp_norm.weight / .bias
     blocks.{i}.mlp.fc.weight / .bias        [ffn, d]        gpt2: proj(gelu(fc(x))); relu2: proj(relu(fc(x))²)
     blocks.{i}.mlp.proj.weight / .bias      [d, ffn]
@@ -29,6 +35,7 @@ State-dict keys (stable; the Hugging Face exporter maps them one to one):
     blocks.{i}.mlp.router.weight, .gate_up, .down, .shared.*  a sparse block instead (see moe.py)
     norm.weight / .bias                                     final norm; .bias gpt2 only
     lm_head.weight                          [vocab, d]      only when tie_embeddings is false; never a bias
+    resid_scales, x0_scales                 [n_layers]      residual_scalars only
 
 q, k and v are separate projections (not one fused qkv), so grouped-query attention and the export stay simple.
 RoPE uses the "rotate half" layout (the first and second halves of each head are the pairs), the same layout as
@@ -74,7 +81,7 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         bias = cfg.family.bias
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -87,13 +94,20 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
             self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.value_embed = nn.Embedding(cfg.vocab_size, cfg.kv_heads * cfg.head_dim) if has_value_embedding(cfg, layer) else None
         self.dropout = cfg.dropout
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int,
+                idx: Tensor, allowed: Tensor | None) -> Tensor:
+        """idx: the tokens at these positions (for the value embedding); allowed: which keys each query may see
+        (a document mask, [B, 1, T, keys]), or None for plain causal attention."""
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x)
+        if self.value_embed is not None:
+            v = v + self.value_embed(idx).to(v.dtype)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -111,7 +125,9 @@ class Attention(nn.Module):
         gqa = self.kv_heads != self.n_heads
 
         dropout = self.dropout if self.training else 0.0
-        if start == 0:
+        if allowed is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, enable_gqa=gqa)
+        elif start == 0:
             # No cache, or a prefill into an empty one: plain causal attention.
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa)
         elif T == 1:
@@ -123,6 +139,33 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o(y)
+
+
+def has_value_embedding(cfg: ModelConfig, layer: int) -> bool:
+    """Whether block `layer` has a value embedding: every other block, counted back from the last (as nanochat places
+    them), so the last block always has one and a model of L blocks has ceil(L / 2) tables."""
+    return cfg.value_embeddings and (cfg.n_layers - 1 - layer) % 2 == 0
+
+
+def document_mask(idx: Tensor, document_end: int, cache: KVCache | None) -> Tensor:
+    """Which keys each query may see, [B, 1, T, keys], when attention stays within a document: the earlier
+    positions (causal) whose document number is the query's. A position's document number counts the
+    end-of-document tokens before it, so the end token itself still belongs to the document it ends."""
+    ends = (idx == document_end).long()
+    documents = ends.cumsum(dim=1) - ends
+    start = 0
+    if cache is not None:
+        start = cache.length
+        if start:  # continue the count from the cached positions: the last one's number, plus one if it ended a document
+            documents += cache.documents[:, start - 1:start] + cache.ends_last
+        cache.documents[:, start:start + idx.shape[1]] = documents
+        cache.ends_last = ends[:, -1:]
+        documents_seen = cache.documents[:, :start + idx.shape[1]]
+    else:
+        documents_seen = documents
+    positions = torch.arange(start + idx.shape[1], device=idx.device)
+    causal = positions <= positions[start:, None]
+    return (causal & (documents_seen[:, None, :] == documents[:, :, None])).unsqueeze(1)
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -172,13 +215,14 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.attn_norm = make_norm(cfg, cfg.d_model)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer)
         self.mlp_norm = make_norm(cfg, cfg.d_model)
         self.mlp = MoE(cfg) if cfg.is_sparse(layer) else MLPS[cfg.mlp](cfg)  # MoE: see moe.py
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
-        x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer))
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int,
+                idx: Tensor, allowed: Tensor | None) -> Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer, idx, allowed))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -199,7 +243,12 @@ class GPT(nn.Module):
         self.norm = make_norm(cfg, cfg.d_model)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.residual_scalars:
+            self.resid_scales = nn.Parameter(torch.ones(cfg.n_layers))
+            self.x0_scales = nn.Parameter(torch.zeros(cfg.n_layers))
         self.apply(self._init_weights)
+        if cfg.zero_init_head:
+            nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.cfg.init_std
@@ -231,9 +280,15 @@ class GPT(nn.Module):
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        if self.cfg.embedding_norm:
+            x = F.rms_norm(x, (x.shape[-1],), eps=self.cfg.norm_eps)
         x = self.dropout(x)
+        x0 = x
+        allowed = document_mask(idx, self.cfg.document_end, cache) if self.cfg.doc_masking else None
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, cache, layer)
+            if self.cfg.residual_scalars:
+                x = self.resid_scales[layer] * x + self.x0_scales[layer] * x0
+            x = block(x, rope, cache, layer, idx, allowed)
         x = self.norm(x)
         if cache is not None:
             cache.length = start + T
@@ -254,14 +309,15 @@ class GPT(nn.Module):
         return KVCache(self.cfg, batch_size, max_len or self.cfg.context, device=weight.device, dtype=weight.dtype)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
-        """The lookup tables: token and (learned positions) position embeddings."""
+        """The lookup tables: token, (learned positions) position and value embeddings."""
         tables = [self.tok_emb.weight]
         if self.pos_emb is not None:
             tables.append(self.pos_emb.weight)
+        tables += [block.attn.value_embed.weight for block in self.blocks if block.attn.value_embed is not None]
         return tables
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Unique parameters (a tied embedding counts once). non_embedding leaves out the token and position
+        """Unique parameters (a tied embedding counts once). non_embedding leaves out the token, position and value
         embeddings, and the output head when it is untied."""
         total = sum(p.numel() for p in self.parameters())
         if non_embedding:
@@ -291,8 +347,11 @@ class GPT(nn.Module):
         return n_matmul + self.cfg.vocab_size * self.cfg.d_model
 
     def hidden_matrices(self) -> list[nn.Parameter]:
-        """The blocks' weight matrices (attention's q, k, v, o and the MLP's): what Muon optimizes."""
-        return [p for p in self.blocks.parameters() if p.dim() == 2]
+        """The blocks' weight matrices (attention's q, k, v, o and the MLP's): what Muon optimizes. The value
+        embeddings are lookup tables, not matrices a vector multiplies, so AdamW keeps them with the other
+        embeddings."""
+        tables = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.blocks.parameters() if p.dim() == 2 and id(p) not in tables]
 
     def optimizer_groups(self, weight_decay: float, decay_embeddings: bool) -> list[dict]:
         """Two AdamW parameter groups: weight matrices decay; norms, biases and (unless decay_embeddings)

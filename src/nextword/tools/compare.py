@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
-from nextword.config import SECTIONS, RunConfig, from_dict, parse_count, parse_duration, read_toml
+from nextword.config import (SECTIONS, RunConfig, from_dict, parse_count, parse_duration, read_toml,
+                             without_added_fields)
 from nextword.data.decontaminate import eval_files, read_text
 from nextword.data.engine import Stage, run_stages
 from nextword.data.prepare import Prepared, prepare
@@ -283,7 +284,7 @@ def run_key(cfg: RunConfig, data_key: str) -> str:
     """A hash of what decides a run's result: its resolved config (its seed included) and its data's key. Where
     it runs and on how many threads (the [engine] section, train.threads, data.workers) do not count, nor the
     data's folder, which the data key stands for."""
-    settings = cfg.to_dict()
+    settings = without_added_fields(cfg.to_dict())
     settings.pop("engine")
     for section, key in (("train", "run_dir"), ("train", "threads"), ("data", "workers"), ("data", "data_dir")):
         settings[section].pop(key)

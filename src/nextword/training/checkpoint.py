@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from nextword.config import RunConfig, load_saved_run
+from nextword.config import ADDED_FIELDS, RunConfig, load_saved_run
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import CheckpointError
 from nextword.training.distributed import World
@@ -56,9 +56,10 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 SPARSE_FIELDS = ("n_experts", "experts_per_token", "shared_experts", "moe_every", "d_expert")
 # Fields that do not change which weights fit: where training starts from, and how it goes.
-NOT_SHAPE = ("size", "init_from", "dropout", "balance_coef", "zero_init_projections")
+NOT_SHAPE = ("size", "init_from", "dropout", "balance_coef", "zero_init_projections", "zero_init_head", "document_end")
 # Options added after checkpoints existed, left out while off, so a model without them hashes as it did before.
-OFF_VALUES = {"mlp_activation": "", "logit_softcap": 0.0}
+OFF_VALUES = {"mlp_activation": "", "logit_softcap": 0.0,
+              **{key: value for (section, key), value in ADDED_FIELDS.items() if section == "model"}}
 
 
 def config_hash(cfg: RunConfig) -> str:

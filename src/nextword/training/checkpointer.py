@@ -78,9 +78,10 @@ class Checkpointer:
         progress = self.load(checkpoint)
         if progress.data_stream and progress.data_stream != stream:
             raise CheckpointError(
-                f"{checkpoint}: saved while training on other data or with another train.seed than this config "
-                f"gives (the train split of {cfg.data.data_dir}, seed {cfg.train.seed}); resume with the run's own "
-                f"config ({self.run_dir / 'config.toml'}) or start a new --run-dir")
+                f"{checkpoint}: saved while training on other data or with another train.seed or train.rows than "
+                f"this config gives (the train split of {cfg.data.data_dir}, seed {cfg.train.seed}, rows "
+                f"{cfg.train.rows}); resume with the run's own config ({self.run_dir / 'config.toml'}) or start a new "
+                "--run-dir")
         progress.data_stream = stream  # a checkpoint from before the stream was recorded is taken as it is
         self.loader.load_state_dict(progress.loader)
         return progress
@@ -106,7 +107,11 @@ class Checkpointer:
 
 
 def data_stream(cfg: RunConfig) -> str:
-    """A short hash of what decides the windows the loader reads: the train split's shards and the seed."""
+    """A short hash of what decides the rows the loader reads: the train split's shards, the seed and, where it is
+    not the default windows (so that the hash of a run saved before it existed stays the same), train.rows."""
     train_split = read_index(cfg.data.data_dir)["splits"]["train"]
-    stream = json.dumps({"train": train_split, "seed": cfg.train.seed}, sort_keys=True)
+    what = {"train": train_split, "seed": cfg.train.seed}
+    if cfg.train.rows != "windows":
+        what["rows"] = cfg.train.rows
+    stream = json.dumps(what, sort_keys=True)
     return hashlib.sha256(stream.encode()).hexdigest()[:16]

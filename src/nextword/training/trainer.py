@@ -103,8 +103,9 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     # Every rank reads its own windows of one global stream (see TokenLoader), so together they read what a
     # single process would.
     loader = TokenLoader(train_split, t.micro_batch, cfg.model.context, rank=world.rank, world_size=world.size,
-                         seed=t.seed, device=machine.device)
+                         seed=t.seed, rows=t.rows, device=machine.device)
     # The validation split must hold a window too: say so now, not after the precision race and the first steps.
+    # It is read as windows whatever train.rows is, so that validation losses compare across the two.
     TokenLoader(val_split, 1, cfg.model.context)
     batch = global_batch(t, cfg.model.context, world.size)
     flops_per_token = model.flops_per_token()
@@ -173,6 +174,7 @@ def _resolve_config(cfg: RunConfig, world: World, machine: Machine, start: float
         model.*, data.tokenizer    a continued model's shape and tokenizer (model.init_from)
         data.data_dir              the prepared data
         model.vocab_size           the tokenizer's, where left at 0
+        model.document_end         the tokenizer's end-of-document token, for model.doc_masking
         eval.prompts               the starts of a few validation documents of the user's data
         model shape, model.size    sized to the budget, or the size the run directory's run already has
     """
@@ -219,7 +221,8 @@ def _nothing_to_train(run_dir: Path, progress: Progress, stop_after: int | None)
 
 
 def _prepare_data(cfg: RunConfig, world: World, show_progress: bool) -> tuple[Tokenizer, TokenShards, TokenShards]:
-    """The tokenizer and the train and validation splits; sets the model's vocabulary to the tokenizer's."""
+    """The tokenizer and the train and validation splits; sets the model's vocabulary (and, for document-masked
+    attention, its end-of-document token) to the tokenizer's."""
     # Rank 0 prepares (or finds) the data and says so; the others then find it ready, without a word.
     with world.main_first(), _quiet_unless(world.is_main, stderr=True):
         prepared = prepare(cfg.data, clean=cfg.clean, engine=cfg.engine, progress=show_progress)
@@ -229,6 +232,8 @@ def _prepare_data(cfg: RunConfig, world: World, show_progress: bool) -> tuple[To
         raise ConfigError(f"model.vocab_size = {cfg.model.vocab_size} is smaller than the tokenizer's "
                           f"{tokenizer.vocab_size}; set it to 0 to take the tokenizer's")
     cfg.model.vocab_size = cfg.model.vocab_size or tokenizer.vocab_size
+    if cfg.model.doc_masking and cfg.model.document_end < 0:
+        cfg.model.document_end = tokenizer.eos_id
     return tokenizer, TokenShards(prepared.data_dir, "train"), TokenShards(prepared.data_dir, "val")
 
 
