@@ -12,6 +12,10 @@ more steps would fit, which a warmup–stable–decay schedule allows without be
 The speed is measured by the loop's StepTimer, between synchronisations of the device, so it counts the device's
 work and not the launch of it. Until the first plan every step is timed on its own (a synchronisation each, for
 the first few steps only); after it, the steps between two log steps are timed together, each at their mean.
+
+Under a batch warmup (train.batch_warmup) the first steps are smaller and faster. Their time is scaled up to the
+full batch by their tokens (BatchWarmup.at_full_batch), which overestimates it, so the plan errs short rather than
+past the deadline; revisions grow it back once full-batch steps are timed, before the rate anneals.
 """
 
 from __future__ import annotations
