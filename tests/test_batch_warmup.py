@@ -28,7 +28,13 @@ def test_a_smaller_batch_takes_fewer_micro_steps_where_it_accumulates_else_fewer
     one_micro_step = GlobalBatch(micro_batch=8, context=8, accumulation=1, ranks=2)
     assert [one_micro_step.divided(d).micro_batch for d in (4, 2, 1)] == [2, 4, 8]
     assert GlobalBatch(micro_batch=2, context=8, accumulation=1, ranks=1).divided(4).micro_batch == 1  # never 0
-    assert GlobalBatch(micro_batch=2, context=8, accumulation=2, ranks=1).divided(4).accumulation == 1
+    # Micro-steps that do not divide: fewer windows in the one micro-step left, as 2 ranks of 1 micro-step would.
+    two_micro_steps = GlobalBatch(micro_batch=4, context=8, accumulation=2, ranks=1).divided(4)
+    two_ranks = GlobalBatch(micro_batch=4, context=8, accumulation=1, ranks=2).divided(4)
+    assert (two_micro_steps.accumulation, two_micro_steps.micro_batch) == (1, 2)
+    assert two_micro_steps.tokens_per_step == two_ranks.tokens_per_step == 4 * 8 * 2 // 4
+    three = GlobalBatch(micro_batch=4, context=8, accumulation=3, ranks=1).divided(2)
+    assert (three.accumulation, three.micro_batch) == (2, 3)  # 6 of 12 windows, none more per micro-step than 4
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.6, 0.9])

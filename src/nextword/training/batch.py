@@ -32,13 +32,16 @@ class GlobalBatch:
         return self.micro_batch * self.context * self.accumulation * self.ranks
 
     def divided(self, divisor: int) -> GlobalBatch:
-        """A batch about 1/divisor of this one: fewer micro-steps where an update accumulates several, else fewer
-        windows per micro-step; never less than one of either. Every rank divides alike."""
+        """A batch about 1/divisor of this one, the same on every rank: fewer micro-steps where an update
+        accumulates several, else fewer windows per micro-step, never less than one. Where the micro-steps do not
+        divide evenly (2 micro-steps, a quarter of the batch), the fewer micro-steps also take fewer windows, so
+        the batch is 1/divisor of the whole as nearly as it can be, and the same at any world size that divides
+        the whole alike (2 micro-steps in one process, or one on each of 2 ranks)."""
         if divisor == 1:
             return self
-        if self.accumulation > 1:
-            return replace(self, accumulation=max(1, self.accumulation // divisor))
-        return replace(self, micro_batch=max(1, self.micro_batch // divisor))
+        micro_steps = -(-self.accumulation // divisor)  # rounded up: never more windows in a micro-step than now
+        windows = max(1, self.micro_batch * self.accumulation // (divisor * micro_steps))
+        return replace(self, micro_batch=windows, accumulation=micro_steps)
 
     def describe(self) -> str:
         """16 × 256 × 4 micro-steps × 2 ranks (the factors above 1 only)."""

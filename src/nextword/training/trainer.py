@@ -395,12 +395,14 @@ def _update(setup: _ModelSetup, loader: TokenLoader, cfg: RunConfig, mode: str, 
                              autocast=_step_autocast(mode, setup.precision, machine),
                              scaler=precision.scaler_for(machine.device, setup.precision),
                              balance_coef=cfg.model.balance_coef)
+    # Partials of module-level functions, not a closure: a failed step's traceback keeps each frame's function,
+    # and a closure over the model would keep the model (and its process group) alive past train's clear_frames.
+    return functools.partial(_step_on, step=step, loader=loader)
 
-    def update(lr: float, batch: GlobalBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # The loader moves on by the windows taken, whatever the batch (a batch warmup's are smaller).
-        return step(functools.partial(loader.next_batch, batch.micro_batch), batch.accumulation, lr)
 
-    return update
+def _step_on(lr: float, batch: GlobalBatch, *, step: Callable[..., tuple], loader: TokenLoader) -> tuple:
+    """One update on `batch`; the loader moves on by the windows taken (a batch warmup's are fewer)."""
+    return step(functools.partial(loader.next_batch, batch.micro_batch), batch.accumulation, lr)
 
 
 def _sparsity(model: GPT, cfg: RunConfig) -> dict[str, Any]:
@@ -439,8 +441,9 @@ def _announce(log: RunLog, cfg: RunConfig, world: World, mode: str, machine: Mac
     if world.size > 1 or mode != "none":
         print(f"parallel: {mode} over {world.size} process{'es' if world.size > 1 else ''}")
     planned = f" ({reads(batches.tokens_in(progress.planned_steps), train_tokens)})" if progress.planned_steps else ""
-    growing = (f", from a quarter, then a half of it over the first {batches.fraction:.0%} of the steps"
-               if batches.fraction else "")
+    # A run resumed from before it had a batch warmup keeps its full batch (Progress.batch_warmup_steps is 0).
+    warming = batches.fraction and (progress.batch_warmup_steps or not progress.planned_steps)
+    growing = f", from a quarter, then a half over the first {batches.fraction:.0%} of the steps" if warming else ""
     print(f"batch: {batch.tokens_per_step:,} tokens per step ({batch.describe()}){growing}; "
           f"{length.describe(progress)}{planned}")
     if cfg.train.optimizer == "muon":
