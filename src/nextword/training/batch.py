@@ -123,7 +123,7 @@ class BatchWarmup:
         full, quarter, half = (self.full.divided(d).tokens_per_step for d in (1, 4, 2))
         # With a fraction w of S steps in three equal stages at a quarter, a half and all of the batch B, the run
         # trains S·B·(1 − w) + (w·S/3)·(B/4 + B/2 + B) = S·B·(1 − 5w/12) tokens. The shares are taken as the
-        # divided batches really are (a batch of 2 micro-steps has no quarter: its first stage is a half too).
+        # divided batches really are (a micro-batch of 2 windows has no quarter: its first stage is a half too).
         mean_per_step = full * (1 - self.fraction + self.fraction * (quarter + half + full) / (3 * full))
         steps = max(1, round(tokens / mean_per_step))
         # The stages are whole steps: walk from that estimate to the exact count.
