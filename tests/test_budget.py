@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nextword.config import RunConfig, TrainConfig
+from nextword.training.batch import BatchWarmup, GlobalBatch
 from nextword.training.budget import SAFETY_MARGIN, BudgetPlanner, TimeBudget
 from nextword.training.distributed import World
 from nextword.training.evaluator import Evaluator
@@ -149,9 +150,13 @@ def test_a_resumed_run_does_not_evaluate_again_at_quarters_it_passed():
 # --- step times on a device that runs behind the host ---------------------------------------------------------
 
 
+FULL_BATCH = GlobalBatch(micro_batch=1000, context=1, accumulation=1, ranks=1)
+
+
 class QueuedDevice:
     """A GPU as the host sees it: an update returns once its work is queued, after a millisecond; the work takes
-    `step_seconds`, and the host waits for it only when it synchronises."""
+    `step_seconds` for a batch of FULL_BATCH (in proportion for another), and the host waits for it only when it
+    synchronises."""
 
     def __init__(self, step_seconds: float) -> None:
         self.now, self.done_at, self.step_seconds = 0.0, 0.0, step_seconds
@@ -165,8 +170,9 @@ class QueuedDevice:
         self.synchronised_at.append(self.steps)
         self.now = max(self.now, self.done_at)
 
-    def update(self, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.done_at = max(self.done_at, self.now) + self.step_seconds
+    def update(self, lr: float, batch: GlobalBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        share = batch.tokens_per_step / FULL_BATCH.tokens_per_step
+        self.done_at = max(self.done_at, self.now) + self.step_seconds * share
         self.now += 0.001
         self.steps += 1
         return torch.tensor(2.0), torch.tensor(1.0), torch.tensor(0.0)
@@ -202,7 +208,7 @@ def test_the_budget_and_the_metrics_time_the_devices_work_not_the_launch(tmp_pat
                             log)
         metrics = Metrics(log, t, progress, tokens_per_step=1000, flops_per_token=1.0, peak_flops=1.0, world=World(),
                           device=torch.device("cpu"), run_dir=tmp_path, start=0.0, show_bar=False)
-        train_loop(progress, device.update, lambda step, planned: 1e-3, 1000,
+        train_loop(progress, device.update, lambda step, planned: 1e-3, BatchWarmup(FULL_BATCH),
                    timer=StepTimer(device.synchronize, device.clock), budget=budget, metrics=metrics,
                    spike_guard=never, evaluator=never, checkpointer=never, stop=never, stop_after=None)
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -215,3 +221,24 @@ def test_the_budget_and_the_metrics_time_the_devices_work_not_the_launch(tmp_pat
     # Every step is timed on its own until the plan; after it, the device is waited for at log steps alone.
     after_plan = [step for step in device.synchronised_at if step > plan["step"]]
     assert after_plan and all(step % t.log_every == 0 or step == progress.step for step in after_plan)
+
+
+def test_a_budget_with_batch_warmup_plans_from_full_batch_steps_and_keeps_its_deadline(tmp_path):
+    device = QueuedDevice(step_seconds=0.1)  # a quarter batch takes 0.025 s
+    t = TrainConfig(log_every=10, batch_warmup=0.3)
+    progress, never = Progress(), Never()
+    with RunLog(tmp_path / "log.jsonl") as log:
+        budget = TimeBudget(BudgetPlanner(deadline=30.0, budget=30.0, decay_frac=0.2, batch_warmup=0.3,
+                                          clock=device.clock), World(), log)
+        metrics = Metrics(log, t, progress, tokens_per_step=1000, flops_per_token=1.0, peak_flops=1.0, world=World(),
+                          device=torch.device("cpu"), run_dir=tmp_path, start=0.0, show_bar=False)
+        train_loop(progress, device.update, lambda step, planned: 1e-3, BatchWarmup(FULL_BATCH, 0.3),
+                   timer=StepTimer(device.synchronize, device.clock), budget=budget, metrics=metrics,
+                   spike_guard=never, evaluator=never, checkpointer=never, stop=never, stop_after=None)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    first_plan = next(r for r in records if r["kind"] == "plan")
+    # Timed on quarter batches, planned at what a full one takes: 4 × 0.025 s.
+    assert first_plan["step_seconds"] == pytest.approx(0.1, rel=0.05)
+    assert progress.batch_warmup_steps == round(0.3 * first_plan["planned_steps"])
+    assert device.now <= 30.0  # the run kept its budget
+    assert device.now >= 0.9 * (30 - SAFETY_MARGIN * 30)  # and used it: the plan grew as the warmup's steps ran fast

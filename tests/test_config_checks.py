@@ -43,6 +43,7 @@ REFUSED = [
     ({"train.warmup_frac": "0.5", "train.decay_frac": "0.6"}, "train.warmup_frac and train.decay_frac must be in"),
     ({"train.min_lr_ratio": "2"}, "train.min_lr_ratio = 2.0 must be in [0, 1]"),
     ({"train.keep_last": "0"}, "train.keep_last = 0 must be at least 1"),
+    ({"train.batch_warmup": "1"}, "train.batch_warmup = 1.0 must be in [0, 1)"),
     ({"train.spike_window": "1"}, "train.spike_window = 1 must be at least 2"),
     ({"train.spike_rollback": "true"}, "train.spike_rollback needs checkpoints to go back to"),
 ]

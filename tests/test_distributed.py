@@ -173,11 +173,11 @@ def fails_on_call(next_batch, call: int, message: str):
     """TokenLoader.next_batch, but its `call`-th call raises RuntimeError(message)."""
     calls = []
 
-    def next_batch_or_fail(loader):
+    def next_batch_or_fail(loader, rows=None):
         calls.append(1)
         if len(calls) == call:
             raise RuntimeError(message)
-        return next_batch(loader)
+        return next_batch(loader, rows)
 
     return next_batch_or_fail
 

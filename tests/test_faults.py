@@ -565,10 +565,10 @@ WINDOWS_PER_STEP = 2 * 4  # ranks × micro-batch, or micro-steps × micro-batch 
 def garbage_batches(next_batch, garbage: set[int], served: list[int]):
     """TokenLoader.next_batch, but every training window at a global stream position in `garbage` is random
     tokens, whichever rank or micro-step reads it; the positions served are appended to `served`."""
-    def next_batch_or_garbage(loader):
+    def next_batch_or_garbage(loader, rows=None):
         first = loader.epoch * loader.num_windows + loader.cursor + loader.rank
-        positions = [first + loader.world_size * row for row in range(loader.batch_size)]  # as next_batch reads them
-        x, y = next_batch(loader)
+        positions = [first + loader.world_size * row for row in range(rows or loader.batch_size)]  # as next_batch reads them
+        x, y = next_batch(loader, rows)
         if loader.shards.split != "train":
             return x, y
         served.extend(positions)

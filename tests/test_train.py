@@ -294,9 +294,9 @@ def serve_garbage(monkeypatch, garbage: set[int]) -> list[int]:
     batch n is step n + 1's in a run that never rolls back); return the numbers of the batches it served."""
     served, next_batch = [], TokenLoader.next_batch
 
-    def next_batch_or_garbage(loader):
+    def next_batch_or_garbage(loader, rows=None):
         number = (loader.epoch * loader.num_windows + loader.cursor) // loader.batch_size
-        x, y = next_batch(loader)
+        x, y = next_batch(loader, rows)
         if loader.shards.split != "train":
             return x, y
         served.append(number)

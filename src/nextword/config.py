@@ -183,6 +183,9 @@ class TrainConfig:
     # How the training split is cut into rows (data/loader.py). windows: fixed slots that cross documents anywhere;
     # documents: every row starts at a document's first token, documents packed by best fit (nanochat's loader).
     rows: str = "windows"
+    # The first fraction of the planned steps trains on a quarter of the batch, then a half, then the whole, in three
+    # equal stages (training/batch.py); 0: the full batch from the first step.
+    batch_warmup: float = 0.0
     # How long: exactly one of these governs (a time budget, a token count, a compute count, a step count).
     budget: str = ""  # e.g. "10m", "90s", "2h"
     tokens: str = ""  # e.g. "20M", "1.5B"
@@ -438,7 +441,7 @@ EARLIER_DEFAULTS = {("train", "optimizer"): "adamw"}
 ADDED_FIELDS = {
     ("model", "embedding_norm"): False, ("model", "zero_init_head"): False, ("model", "value_embeddings"): False,
     ("model", "residual_scalars"): False, ("model", "doc_masking"): False, ("model", "document_end"): -1,
-    ("train", "rows"): "windows",
+    ("train", "rows"): "windows", ("train", "batch_warmup"): 0.0,
 }
 
 
@@ -721,7 +724,7 @@ def _validate_length(t: TrainConfig, m: ModelConfig) -> None:
 
 
 def _validate_schedule(t: TrainConfig) -> None:
-    """The learning rate's warmup and decay, and the checkpoints kept."""
+    """The learning rate's warmup and decay, the batch's warmup, and the checkpoints kept."""
     if t.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps = {t.warmup_steps} must be 0 or more")
     if not 0.0 <= t.warmup_frac < 1.0 or not 0.0 <= t.decay_frac <= 1.0 or t.warmup_frac + t.decay_frac > 1.0:
@@ -730,6 +733,9 @@ def _validate_schedule(t: TrainConfig) -> None:
         raise ConfigError(f"train.min_lr_ratio = {t.min_lr_ratio} must be in [0, 1]")
     if t.keep_last < 1:
         raise ConfigError(f"train.keep_last = {t.keep_last} must be at least 1")
+    if not 0.0 <= t.batch_warmup < 1.0:
+        raise ConfigError(f"train.batch_warmup = {t.batch_warmup} must be in [0, 1): the fraction of the planned "
+                          "steps over which the batch grows to its full size; 0 turns it off")
 
 
 def _validate_numbers(cfg: RunConfig) -> None:

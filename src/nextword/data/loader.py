@@ -65,11 +65,14 @@ class TokenLoader:
         little between epochs, with the tokens dropped)."""
         return self._rows_of(self.epoch).count
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next (x, y) of this rank, int64 [batch_size, context], on the loader's device."""
-        positions = self.cursor + self.rank + self.world_size * np.arange(self.batch_size, dtype=np.int64)
+    def next_batch(self, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (x, y) of this rank, int64 [rows, context] (rows: batch_size unless given), on the loader's
+        device. The stream moves on by the rows taken, so a smaller batch skips no data; every rank must take as
+        many rows as the others."""
+        rows = self.batch_size if rows is None else rows
+        positions = self.cursor + self.rank + self.world_size * np.arange(rows, dtype=np.int64)
         windows = self._tokens_at(positions)
-        self.cursor += self.batch_size * self.world_size
+        self.cursor += rows * self.world_size
         while self.cursor >= self._rows_of(self.epoch).count:
             self.cursor -= self._rows_of(self.epoch).count
             self.epoch += 1

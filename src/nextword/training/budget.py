@@ -12,6 +12,10 @@ more steps would fit, which a warmup–stable–decay schedule allows without be
 The speed is measured by the loop's StepTimer, between synchronisations of the device, so it counts the device's
 work and not the launch of it. Until the first plan every step is timed on its own (a synchronisation each, for
 the first few steps only); after it, the steps between two log steps are timed together, each at their mean.
+
+Under a batch warmup (train.batch_warmup) the first steps are smaller and faster. Their time is scaled up to the
+full batch by their tokens (BatchWarmup.at_full_batch), which overestimates it, so the plan errs short rather than
+past the deadline; revisions grow it back once full-batch steps are timed, before the rate anneals.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Callable, Literal
 
 from nextword.config import TrainConfig, parse_count, parse_duration
 from nextword.errors import ConfigError
+from nextword.training.batch import BatchWarmup
 from nextword.training.distributed import World
 from nextword.training.progress import Progress
 from nextword.training.runlog import RunLog
@@ -63,10 +68,14 @@ class RunLength:
     def for_model(self, flops_per_token: float) -> RunLength:
         return replace(self, flops_per_token=flops_per_token)
 
-    def steps(self, tokens_per_step: int) -> int:
-        """The steps that a step, token or FLOPs count comes to; 0 for a time budget, which plans them once timed."""
+    def steps(self, tokens_per_step: int, warmup: BatchWarmup | None = None) -> int:
+        """The steps that a step, token or FLOPs count comes to; 0 for a time budget, which plans them once timed.
+        A batch warmup's smaller first steps train fewer tokens: a token or FLOPs count then takes more steps."""
         if self.governs == "steps":
             return int(self.limit)
+        if warmup and warmup.fraction and self.governs in ("tokens", "flops"):
+            tokens = self.limit if self.governs == "tokens" else self.limit / self.flops_per_token
+            return warmup.steps_for(tokens, at_least=self.governs == "tokens")
         if self.governs == "tokens":
             return math.ceil(self.limit / tokens_per_step)
         if self.governs == "flops":
@@ -86,10 +95,10 @@ class RunLength:
                     f"{self.flops_per_token:,.0f} FLOPs per token)")
         return f"{self.limit:,.0f} {self.governs}"
 
-    def refuse_another(self, progress: Progress, tokens_per_step: int, t: TrainConfig, run_dir: Path) -> None:
+    def refuse_another(self, progress: Progress, warmup: BatchWarmup, t: TrainConfig, run_dir: Path) -> None:
         """A resumed run keeps the length it was planned for, as its learning rate is scheduled over it; a step or
         token count that asks for another would otherwise be written to config.toml and then ignored."""
-        asked = self.steps(tokens_per_step)
+        asked = self.steps(warmup.full.tokens_per_step, warmup)
         if progress.planned_steps and asked and asked != progress.planned_steps:
             raise ConfigError(
                 f"{run_dir}: the run is at step {progress.step:,} of the {progress.planned_steps:,} it was planned "
@@ -97,14 +106,15 @@ class RunLength:
                 f"its length once started: resume with the run's own length, or start another with --run-dir DIR")
 
 
-def plan_length(length: RunLength, progress: Progress, tokens_per_step: int, t: TrainConfig,
+def plan_length(length: RunLength, progress: Progress, warmup: BatchWarmup, t: TrainConfig,
                 start: float) -> BudgetPlanner | None:
     """Set the planned steps of a step or token count; for a new budgeted run, return the planner that will set
     them once a few steps are timed (a resumed run keeps the total it planned)."""
     if not progress.planned_steps:
-        progress.planned_steps = length.steps(tokens_per_step)
+        progress.planned_steps = length.steps(warmup.full.tokens_per_step, warmup)
+        progress.batch_warmup_steps = warmup.warmup_steps(progress.planned_steps)
     if length.governs == "budget" and not progress.planned_steps:
-        return BudgetPlanner(start + length.limit, length.limit, t.decay_frac, t.ckpt_every)
+        return BudgetPlanner(start + length.limit, length.limit, t.decay_frac, t.ckpt_every, t.batch_warmup)
     return None
 
 
@@ -119,6 +129,7 @@ class BudgetPlanner:
     budget: float  # seconds
     decay_frac: float
     ckpt_every: int = 0
+    batch_warmup: float = 0.0  # train.batch_warmup: the fraction of the first plan's steps that grow the batch
     clock: Callable[[], float] = time.monotonic
 
     def plan(self, step: int, step_seconds: float, eval_seconds: float, ckpt_seconds: float) -> int:
@@ -159,7 +170,8 @@ class TimeBudget:
         return self.planner is not None and not self.planned_at
 
     def record_time(self, steps: int, seconds: float) -> None:
-        """`steps` steps took `seconds` in all: each is counted at their mean."""
+        """`steps` steps took `seconds` in all (as they would at the full batch: BatchWarmup.at_full_batch): each is
+        counted at their mean."""
         if self.planner:
             self.step_seconds.extend([seconds / steps] * steps)
 
@@ -172,6 +184,8 @@ class TimeBudget:
         # Planned on rank 0 and shared: every rank must train the same number of steps.
         progress.planned_steps = self.world.from_main(self.planner.plan, progress.step, measured, eval_seconds,
                                                       ckpt_seconds)
+        # Fixed by this first plan: a re-plan that grew the run would otherwise shrink the batch again.
+        progress.batch_warmup_steps = round(self.planner.batch_warmup * progress.planned_steps)
         self.log.write(kind="plan", step=progress.step, step_seconds=measured, planned_steps=progress.planned_steps)
         print(f"\nplan: {progress.planned_steps:,} steps fit in the budget at {measured:.2f} s a step; "
               f"{reads(progress.planned_steps * progress.tokens_per_step, self.train_tokens)}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from nextword.training.batch import BatchWarmup, GlobalBatch
 from nextword.training.budget import TimeBudget
 from nextword.training.checkpointer import Checkpointer
 from nextword.training.evaluator import Evaluator
@@ -26,8 +27,9 @@ from nextword.training.progress import Progress
 from nextword.training.spike_guard import SpikeGuard
 from nextword.training.stop import StopRequest
 
-# One optimizer update at a learning rate: (loss, gradient norm, 1.0 if skipped), all still on the device.
-Update = Callable[[float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# One optimizer update at a learning rate, on a global batch: (loss, gradient norm, 1.0 if skipped), all still on
+# the device.
+Update = Callable[[float, GlobalBatch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class StepTimer:
 
     def __init__(self, synchronize: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> None:
         self.synchronize, self.clock = synchronize, clock
-        self.since, self.since_step = clock(), 0
+        self.since, self.since_step, self.since_tokens = clock(), 0, 0
 
     @classmethod
     def for_device(cls, device: torch.device) -> StepTimer:
@@ -58,21 +60,23 @@ class StepTimer:
             return cls(functools.partial(torch.cuda.synchronize, device))
         return cls(lambda: None)  # a CPU step has finished when it returns
 
-    def restart(self, step: int) -> None:
-        """Time the steps from `step` on, leaving out what came before (work that was not a training step)."""
+    def restart(self, progress: Progress) -> None:
+        """Time the steps from where `progress` is on, leaving out what came before (work that was not a training
+        step)."""
         self.synchronize()
-        self.since, self.since_step = self.clock(), step
+        self.since, self.since_step, self.since_tokens = self.clock(), progress.step, progress.tokens
 
-    def lap(self, step: int) -> tuple[int, float]:
-        """The steps done since the last lap or restart, up to `step`, and the exact seconds they took."""
+    def lap(self, progress: Progress) -> tuple[int, int, float]:
+        """The steps done since the last lap or restart, up to where `progress` is, the tokens they trained on, and
+        the exact seconds they took."""
         self.synchronize()
         now = self.clock()
-        steps, seconds = step - self.since_step, now - self.since
-        self.since, self.since_step = now, step
-        return steps, seconds
+        steps, tokens, seconds = progress.step - self.since_step, progress.tokens - self.since_tokens, now - self.since
+        self.since, self.since_step, self.since_tokens = now, progress.step, progress.tokens
+        return steps, tokens, seconds
 
 
-def train_loop(progress: Progress, update: Update, learning_rate: Callable[[int, int], float], tokens_per_step: int,
+def train_loop(progress: Progress, update: Update, learning_rate: Callable[[int, int], float], batches: BatchWarmup,
                *, timer: StepTimer, budget: TimeBudget, metrics: Metrics, spike_guard: SpikeGuard,
                evaluator: Evaluator, checkpointer: Checkpointer, stop: StopRequest,
                stop_after: int | None) -> Stopped | None:
@@ -80,21 +84,22 @@ def train_loop(progress: Progress, update: Update, learning_rate: Callable[[int,
 
     def time_steps() -> None:
         """Give the steps since the timer was last read their time (a synchronisation on a GPU)."""
-        steps, seconds = timer.lap(progress.step)
+        steps, tokens, seconds = timer.lap(progress)
         if steps:
             progress.train_seconds += seconds
-            metrics.record_time(steps, seconds)
-            budget.record_time(steps, seconds)
+            metrics.record_time(steps, tokens, seconds)
+            budget.record_time(steps, batches.at_full_batch(steps, tokens, seconds))
 
-    timer.restart(progress.step)
+    timer.restart(progress)
     while True:
         budget.plan_once_timed(progress, evaluator.seconds, checkpointer.seconds)
         if progress.finished():
             return None
         lr = learning_rate(progress.step, progress.planned_steps)
-        loss, grad_norm, nonfinite = update(lr)
-        progress.advance(tokens_per_step)
-        metrics.record_step(progress, nonfinite)
+        batch = batches.batch_at(progress)
+        loss, grad_norm, nonfinite = update(lr, batch)
+        progress.advance(batch.tokens_per_step)
+        metrics.record_step(progress, nonfinite, batch.tokens_per_step)
 
         at_end = progress.finished()
         at_log_step = metrics.due(progress)
@@ -105,7 +110,7 @@ def train_loop(progress: Progress, update: Update, learning_rate: Callable[[int,
             logged_loss = metrics.log_step(progress, loss, grad_norm, lr)
             budget.revise_if_due(progress, evaluator.seconds, checkpointer.seconds)
             if spike_guard.rolled_back(progress, logged_loss):
-                timer.restart(progress.step)
+                timer.restart(progress)
                 continue  # from the checkpoint before the spike, past the data trained on since
         evaluating = evaluator.due(progress)
         asked_to_stop = stopping or progress.step == stop_after
@@ -122,4 +127,4 @@ def train_loop(progress: Progress, update: Update, learning_rate: Callable[[int,
             if asked_to_stop and not at_end:  # a stop asked for at the last step: the run is finished
                 return Stopped(path, interrupted=stopping)
         if evaluating or saving:
-            timer.restart(progress.step)
+            timer.restart(progress)

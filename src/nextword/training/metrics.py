@@ -37,22 +37,25 @@ class Metrics:
                  start: float, show_bar: bool, sparse: list[MoE] | None = None) -> None:
         self.log, self.t, self.world, self.run_dir, self.start = log, t, world, run_dir, start
         self.sparse = sparse or []  # a mixture of experts' sparse blocks, whose routing is logged
-        self.tokens_per_step, self.flops_per_token, self.peak_flops = tokens_per_step, flops_per_token, peak_flops
-        self.timed_steps, self.timed_seconds = 0, 0.0  # since the last log step, for tokens/s
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.timed_tokens, self.timed_seconds = 0, 0.0  # since the last log step, for tokens/s
+        # With train.batch_warmup, a train record names the tokens per step where they changed since the last one.
+        self.step_tokens, self.logged_step_tokens = tokens_per_step, 0
         self.skipped_since_log = torch.zeros((), device=device)
         self.skipped_in_a_row = torch.zeros((), device=device)  # kept on the device: no sync in the step
         self.bar = _progress_bar(show_bar, progress)
 
-    def record_step(self, progress: Progress, nonfinite: torch.Tensor) -> None:
-        """Count a step; `nonfinite` is 1.0 (on the device) when its update was skipped."""
+    def record_step(self, progress: Progress, nonfinite: torch.Tensor, tokens: int) -> None:
+        """Count a step that trained on `tokens`; `nonfinite` is 1.0 (on the device) when its update was skipped."""
+        self.step_tokens = tokens
         self.skipped_since_log += nonfinite
         self.skipped_in_a_row.add_(nonfinite).mul_(nonfinite)  # counts up while updates are skipped, else 0
         self.bar.total = progress.planned_steps or None  # a time budget plans, and may re-plan, as it goes
         self.bar.update(1)
 
-    def record_time(self, steps: int, seconds: float) -> None:
-        """`steps` steps took `seconds` in all, as timed between two synchronisations."""
-        self.timed_steps += steps
+    def record_time(self, steps: int, tokens: int, seconds: float) -> None:
+        """`steps` steps trained on `tokens` in `seconds` in all, as timed between two synchronisations."""
+        self.timed_tokens += tokens
         self.timed_seconds += seconds
 
     def due(self, progress: Progress) -> bool:
@@ -61,15 +64,22 @@ class Metrics:
     def log_step(self, progress: Progress, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> float:
         """Read back what the interval's steps kept on the device and log this step; return its loss."""
         self._count_skipped_updates(progress)
-        tokens_per_s = self.tokens_per_step * self.timed_steps / self.timed_seconds if self.timed_seconds else 0.0
-        self.timed_steps, self.timed_seconds = 0, 0.0
+        tokens_per_s = self.timed_tokens / self.timed_seconds if self.timed_seconds else 0.0
+        self.timed_tokens, self.timed_seconds = 0, 0.0
         mfu = self.flops_per_token * tokens_per_s / (self.peak_flops * self.world.size)
         mean_loss = float(self.world.mean(loss))  # each rank's loss is over its own windows
         self.log.write(kind="train", step=progress.step, tokens=progress.tokens, loss=mean_loss, lr=lr,
                        grad_norm=float(grad_norm), tokens_per_s=tokens_per_s, mfu=mfu,
-                       elapsed_s=time.monotonic() - self.start, **self._routing())
+                       elapsed_s=time.monotonic() - self.start, **self._step_tokens(), **self._routing())
         self.bar.set_postfix_str(f"loss {mean_loss:.3f}, {tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
         return mean_loss
+
+    def _step_tokens(self) -> dict[str, Any]:
+        """Under a batch warmup, the tokens per step where they changed since the last train record."""
+        if not self.t.batch_warmup or self.step_tokens == self.logged_step_tokens:
+            return {}
+        self.logged_step_tokens = self.step_tokens
+        return {"tokens_per_step": self.step_tokens}
 
     def _routing(self) -> dict[str, Any]:
         """Since the last log step, over every rank: each sparse block's share of routed tokens per expert

@@ -30,6 +30,8 @@ class Progress:
     # The global batch the run began with: resumed at another world size without train.batch_tokens, one
     # micro-batch per rank would change it under a length and learning rate planned for it.
     tokens_per_step: int = 0
+    # With train.batch_warmup: the steps over which the batch grows, fixed when the run's steps were first planned.
+    batch_warmup_steps: int = 0
 
     def finished(self) -> bool:
         return bool(self.planned_steps) and self.step >= self.planned_steps

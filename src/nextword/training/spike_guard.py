@@ -44,10 +44,9 @@ class SpikeGuard:
     """Judges each logged loss and rolls the run back from a spike (with train.spike_rollback; else it does
     nothing)."""
 
-    def __init__(self, t: TrainConfig, checkpointer: Checkpointer, metrics: Metrics, world: World, log: RunLog,
-                 tokens_per_step: int) -> None:
+    def __init__(self, t: TrainConfig, checkpointer: Checkpointer, metrics: Metrics, world: World,
+                 log: RunLog) -> None:
         self.t, self.checkpointer, self.metrics, self.world, self.log = t, checkpointer, metrics, world, log
-        self.tokens_per_step = tokens_per_step
 
     def rolled_back(self, progress: Progress, loss: float) -> bool:
         """Whether this logged loss was a spike that the run rolled back from; a loss that was not a spike joins
@@ -82,7 +81,7 @@ class SpikeGuard:
         restored = self.checkpointer.load(checkpoint)
         if self.world.size > 1:
             torch.manual_seed(distributed.rank_seed(t.seed, self.world, restored.step))
-        skipped_steps = spike_step - restored.step
+        skipped_steps, skipped_tokens = spike_step - restored.step, progress.tokens - restored.tokens
         progress.step, progress.tokens, progress.recent_losses = restored.step, restored.tokens, restored.recent_losses
         progress.spike_rollbacks += 1
         progress.spike_skipped_steps += skipped_steps
@@ -90,7 +89,7 @@ class SpikeGuard:
         self.checkpointer.remove_after(restored.step)
         self.metrics.rolled_back(progress)
         self.log.write(kind="rollback", step=spike_step, loss=loss, limit=limit, to_step=restored.step,
-                       skipped_steps=skipped_steps, skipped_tokens=skipped_steps * self.tokens_per_step,
+                       skipped_steps=skipped_steps, skipped_tokens=skipped_tokens,
                        rollbacks=progress.spike_rollbacks)
         print(f"\n{spike}; back to {checkpoint.name}, skipping the data of the {skipped_steps} steps since it",
               file=sys.stderr)

@@ -31,7 +31,7 @@ from nextword.files import folder_lock
 from nextword.model import GPT
 from nextword.model.moe import idle_params, moe_layers, total_balance_loss
 from nextword.training import distributed, precision, sizing
-from nextword.training.batch import GlobalBatch, global_batch, keep_saved_batch
+from nextword.training.batch import BatchWarmup, GlobalBatch, global_batch, keep_saved_batch
 from nextword.training.budget import RunLength, TimeBudget, plan_length, reads
 from nextword.training.checkpointer import Checkpointer
 from nextword.training.distributed import World
@@ -121,20 +121,21 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
     early_end = _nothing_to_train(run_dir, progress, stop_after)
     if early_end is not None:
         return early_end
-    length.refuse_another(progress, batch.tokens_per_step, t, run_dir)
+    batches = BatchWarmup(batch, t.batch_warmup)
+    length.refuse_another(progress, batches, t, run_dir)
     if world.size > 1:
         torch.manual_seed(distributed.rank_seed(t.seed, world, progress.step))  # dropout differs between ranks
     if world.is_main:
         with _unwritable_run_dir_is_one_line(run_dir):
             cfg.save(run_dir / "config.toml")
             tokenizer.save(run_dir / "tokenizer.json")
-    planner = plan_length(length, progress, batch.tokens_per_step, t, start)
+    planner = plan_length(length, progress, batches, t, start)
 
     # Training. Rank 0 alone keeps the run's log; the other ranks write theirs nowhere. The log is closed however the run
     # ends, and a log that cannot be written, TensorBoard's included, ends it in one line.
     with (_unwritable_run_dir_is_one_line(run_dir),
           RunLog(run_dir / "log.jsonl" if world.is_main else os.devnull) as log):
-        _announce(log, cfg, world, mode, machine, setup, flops_per_token, peak, batch, length, progress,
+        _announce(log, cfg, world, mode, machine, setup, flops_per_token, peak, batches, length, progress,
                   train_split.num_tokens)
         evaluator = Evaluator(model, tokenizer, val_split, cfg, device=machine.device, world=world,
                               autocast=precision.autocast_for(machine.device, setup.precision), log=log,
@@ -146,10 +147,10 @@ def _train(cfg: RunConfig, world: World, mode: str, device: str, *, start: float
                           show_bar=show_progress, sparse=moe_layers(setup.model))
         with contextlib.closing(metrics), StopRequest(world).installed() as stop:
             stopped = train_loop(
-                progress, _update(setup, loader, batch, cfg, mode, machine), functools.partial(rate_for, t),
-                batch.tokens_per_step, timer=StepTimer.for_device(machine.device),
+                progress, _update(setup, loader, cfg, mode, machine), functools.partial(rate_for, t),
+                batches, timer=StepTimer.for_device(machine.device),
                 budget=TimeBudget(planner, world, log, train_split.num_tokens), metrics=metrics,
-                spike_guard=SpikeGuard(t, checkpointer, metrics, world, log, batch.tokens_per_step),
+                spike_guard=SpikeGuard(t, checkpointer, metrics, world, log),
                 evaluator=evaluator, checkpointer=checkpointer, stop=stop, stop_after=stop_after)
         if stopped:
             return _close_stopped(stopped, progress, log)
@@ -392,13 +393,21 @@ def _step_autocast(mode: str, chosen: str, machine: Machine) -> contextlib.Abstr
     return precision.autocast_for(machine.device, chosen)
 
 
-def _update(setup: _ModelSetup, loader: TokenLoader, batch: GlobalBatch, cfg: RunConfig, mode: str,
-            machine: Machine) -> Update:
-    """One optimizer update of this run at a given learning rate: train_step with everything else bound."""
-    return functools.partial(train_step, setup.net, setup.optimizer, loader.next_batch, batch.accumulation,
-                             grad_clip=cfg.train.grad_clip, autocast=_step_autocast(mode, setup.precision, machine),
+def _update(setup: _ModelSetup, loader: TokenLoader, cfg: RunConfig, mode: str, machine: Machine) -> Update:
+    """One optimizer update of this run at a given learning rate, on a given global batch: train_step with
+    everything else bound."""
+    step = functools.partial(train_step, setup.net, setup.optimizer, grad_clip=cfg.train.grad_clip,
+                             autocast=_step_autocast(mode, setup.precision, machine),
                              scaler=precision.scaler_for(machine.device, setup.precision),
                              balance_coef=cfg.model.balance_coef)
+    # Partials of module-level functions, not a closure: a failed step's traceback keeps each frame's function,
+    # and a closure over the model would keep the model (and its process group) alive past train's clear_frames.
+    return functools.partial(_step_on, step=step, loader=loader)
+
+
+def _step_on(lr: float, batch: GlobalBatch, *, step: Callable[..., tuple], loader: TokenLoader) -> tuple:
+    """One update on `batch`; the loader moves on by the windows taken (a batch warmup's are fewer)."""
+    return step(functools.partial(loader.next_batch, batch.micro_batch), batch.accumulation, lr)
 
 
 def _sparsity(model: GPT, cfg: RunConfig) -> dict[str, Any]:
@@ -409,10 +418,10 @@ def _sparsity(model: GPT, cfg: RunConfig) -> dict[str, Any]:
 
 
 def _announce(log: RunLog, cfg: RunConfig, world: World, mode: str, machine: Machine, setup: _ModelSetup,
-              flops_per_token: float, peak: float, batch: GlobalBatch, length: RunLength, progress: Progress,
+              flops_per_token: float, peak: float, batches: BatchWarmup, length: RunLength, progress: Progress,
               train_tokens: int) -> None:
     """Log the run's record and print what is about to train, on what, how."""
-    model = setup.model
+    model, batch = setup.model, batches.full
     log.write(kind="run", **machine.describe(), cpu=machine.name, precision=setup.precision,
               precision_reason=setup.precision_reason, compile=setup.compiled,
               compile_reason=setup.compile_reason, parallel=mode, world_size=world.size,
@@ -436,10 +445,12 @@ def _announce(log: RunLog, cfg: RunConfig, world: World, mode: str, machine: Mac
           f"{'on' if setup.compiled else 'off'} ({setup.compile_reason})")
     if world.size > 1 or mode != "none":
         print(f"parallel: {mode} over {world.size} process{'es' if world.size > 1 else ''}")
-    planned = f" ({reads(progress.planned_steps * batch.tokens_per_step, train_tokens)})" \
-        if progress.planned_steps else ""
-    print(f"batch: {batch.tokens_per_step:,} tokens per step ({batch.describe()}); {length.describe(progress)}"
-          f"{planned}")
+    planned = f" ({reads(batches.tokens_in(progress.planned_steps), train_tokens)})" if progress.planned_steps else ""
+    # A run resumed from before it had a batch warmup keeps its full batch (Progress.batch_warmup_steps is 0).
+    warming = batches.fraction and (progress.batch_warmup_steps or not progress.planned_steps)
+    growing = f", from a quarter, then a half over the first {batches.fraction:.0%} of the steps" if warming else ""
+    print(f"batch: {batch.tokens_per_step:,} tokens per step ({batch.describe()}){growing}; "
+          f"{length.describe(progress)}{planned}")
     if cfg.train.optimizer == "muon":
         print(f"optimizer: Muon at lr {cfg.train.muon_lr:g} for the blocks' {len(model.hidden_matrices())} weight "
               f"matrices, AdamW at lr {cfg.train.lr:g} for the rest")
