@@ -543,7 +543,8 @@ def inside_lines(result: TraceResult) -> list[str]:
         lines += [f"Value embeddings: in these blocks attention's values are v = W_v·x + ve[token], ve[token] being "
                   f"the row of {shown(token.text)} (id {token.id}) in the block's own table. Their sizes (L2 norms), "
                   "and the table's share of the two:",
-                  f"{'block':>5}  {'‖ve[token]‖':>11}  {'‖W_v·x‖':>9}  {'share':>6}  after the step: ‖ve‖, ‖W_v·x‖"]
+                  f"{'block':>5}  {'‖ve[token]‖':>11}  {'‖W_v·x‖':>9}  {'share':>6}  "
+                  "after the step: ‖ve‖, ‖W_v·x‖"]
         for v in inside.value_embeddings:
             share = v.table_before / (v.table_before + v.computed_before)
             lines.append(f"{v.block:>5}  {v.table_before:>11.4g}  {v.computed_before:>9.4g}  {share:>6.1%}  "
