@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -358,3 +360,94 @@ def test_muon_state_is_counted_on_the_matrices_it_optimizes(cfg):
     muon = memory_plan(cfg, params, None, "bf16", 1, 1, 80, True, "muon").rows[0]
     assert adamw.optimizer - muon.optimizer == 4 * params.muon_matrices
     assert "Muon: one fp32 momentum" in render(plan_run(cfg, 1e6, optimizer="muon"))
+
+
+OPTIONED = {
+    "value-embeddings-3-layers": tiny("llama", n_layers=3, n_kv_heads=2, value_embeddings=True),
+    "value-embeddings-scalars-gpt2": tiny("gpt2", value_embeddings=True, residual_scalars=True),
+    "everything-untied-zero-head": tiny("llama", n_layers=4, n_kv_heads=1, value_embeddings=True,
+                                        residual_scalars=True, tie_embeddings=False, zero_init_head=True,
+                                        logit_softcap=15.0, embedding_norm=True, doc_masking=True),
+    "scalars-only-1-layer": tiny("llama", n_layers=1, residual_scalars=True),
+}
+
+
+@pytest.mark.parametrize("name", OPTIONED)
+def test_counts_follow_the_networks_options_exactly(name):
+    cfg = OPTIONED[name]
+    model = GPT(cfg)
+    params = count_params(cfg)
+    assert params.total == model.num_params()
+    assert params.non_embedding == model.num_params(non_embedding=True)
+    tables = [b.attn.value_embed.weight for b in model.blocks if b.attn.value_embed is not None]
+    assert params.value_embeddings == sum(t.numel() for t in tables)
+    assert len(tables) == math.ceil(cfg.n_layers / 2) * cfg.value_embeddings
+    assert params.residual_scalars == (2 * cfg.n_layers if cfg.residual_scalars else 0)
+    assert params.muon_matrices == sum(p.numel() for p in model.hidden_matrices())  # no table is Muon's
+    # The tables and scalars are elementwise: the same FLOPs as the model without them.
+    assert count_flops(cfg, params, tokens=1).per_token == model.flops_per_token()
+    bare = dataclasses.replace(cfg, value_embeddings=False, residual_scalars=False)
+    assert count_flops(bare, count_params(bare), tokens=1).per_token == model.flops_per_token()
+
+
+def state_bytes(state) -> int:
+    """The bytes of the tensors (more than a step count) in a state dict, however nested."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size() if state.numel() > 1 else 0
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_memory_and_checkpoint_follow_value_embeddings_and_scalars(optimizer):
+    import io
+
+    from nextword.config import TrainConfig
+    from nextword.training.optimizer import build_optimizer
+
+    cfg = OPTIONED["everything-untied-zero-head"]
+    model = GPT(cfg)
+    opt = build_optimizer(model, TrainConfig(optimizer=optimizer))
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.context))
+    model(x, x).backward()
+    opt.step()
+    params = count_params(cfg)
+    mem = memory_plan(cfg, params, None, "fp32", 2, 1, 80, True, optimizer)
+    row = mem.rows[0]
+    assert row.weights == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert row.grads == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
+    # AdamW's two moments for every table and scalar, even under Muon (which keeps one momentum per matrix).
+    assert row.optimizer == state_bytes(opt.state_dict())
+    saved = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, saved)
+    assert mem.checkpoint == pytest.approx(len(saved.getvalue()), rel=0.1)
+
+
+def test_document_masking_adds_its_mask_to_the_activations_and_a_note():
+    cfg = tiny("llama", n_layers=2)
+    masked = dataclasses.replace(cfg, doc_masking=True)
+    plain_rows = memory_plan(cfg, count_params(cfg), None, "bf16", 4, 1, 80, True).rows
+    masked_rows = memory_plan(masked, count_params(masked), None, "bf16", 4, 1, 80, True).rows
+    for plain, with_mask in zip(plain_rows, masked_rows):
+        assert with_mask.activations - plain.activations == 4 * cfg.context**2  # [4, 1, T, T] booleans
+    text = render(plan_run(masked, 1e6, micro_batch=4))
+    assert "flash kernel" in text and "[micro-batch, 1, T, T] boolean mask" in text
+    assert "flash kernel" not in render(plan_run(cfg, 1e6))
+    optioned = render(plan_run(OPTIONED["value-embeddings-scalars-gpt2"], 1e6))
+    assert "no matmul FLOPs" in optioned and "of which value embeddings" in optioned
+    assert "of which residual scalars" in optioned and "no matmul FLOPs" not in render(plan_run(cfg, 1e6))
+
+
+def test_cli_plans_a_model_with_the_new_options(capsys):
+    args = ["plan", "--arch", "llama", "--layers", "3", "--d-model", "64", "--heads", "4", "--kv-heads", "2",
+            "--vocab", "500", "--context", "32", "--tokens", "1M", "--model.value_embeddings", "true",
+            "--model.residual_scalars", "true", "--model.tie_embeddings", "false", "--json"]
+    assert cli.main(args) == 0
+    plan = json.loads(capsys.readouterr().out)
+    cfg = tiny("llama", n_layers=3, d_model=64, n_heads=4, n_kv_heads=2, vocab_size=500, context=32,
+               value_embeddings=True, residual_scalars=True, tie_embeddings=False)
+    assert plan["params"]["total"] == GPT(cfg).num_params()
+    assert plan["params"]["value_embeddings"] == 2 * 500 * 32

@@ -326,3 +326,85 @@ def test_a_sparse_model_shows_which_experts_each_position_went_to(tokenizer):
     assert "experts (block: expert×weight)" in text
     assert f"1: {first['experts'][0]}×{first['weights'][0]:.2f}" in text
     assert "experts (block" in render_html(result)
+
+
+def optioned_model(tokenizer: Tokenizer, **options) -> GPT:
+    torch.manual_seed(0)
+    return GPT(ModelConfig(arch="llama", n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, context=32,
+                           vocab_size=tokenizer.vocab_size, **options))
+
+
+def test_the_networks_optional_parts_are_shown_with_the_models_own_numbers(tokenizer):
+    cap, focus = 0.5, 5
+    model = optioned_model(tokenizer, value_embeddings=True, residual_scalars=True, logit_softcap=cap,
+                           embedding_norm=True, tie_embeddings=False)
+    before = copy.deepcopy(model).eval()
+    x, _ = batch(tokenizer)
+    token = int(x[0, focus])
+    result = trace_step(model, tokenizer, TEXT, lr=0.05, position=focus)
+    inside = result.inside
+    assert inside.position == focus
+
+    # The embedding: its RMS as looked up, and after F.rms_norm (about 1, less the eps's share).
+    looked_up = before.tok_emb.weight[token].double()
+    normed = F.rms_norm(looked_up, (32,), eps=model.cfg.norm_eps)
+    assert inside.embedding_norm.raw_before == pytest.approx(looked_up.pow(2).mean().sqrt().item(), rel=1e-6)
+    assert inside.embedding_norm.normed_before == pytest.approx(normed.pow(2).mean().sqrt().item(), rel=1e-6)
+    assert inside.embedding_norm.raw_after != inside.embedding_norm.raw_before  # the table moved
+
+    # Value embeddings in blocks 2 and 0 (every other one, counted back from the last), sized by the model's own
+    # table and, in block 0 (whose input is the normed embedding while the scalars start at 1 and 0), its own v.
+    assert [v.block for v in inside.value_embeddings] == [0, 2]
+    for v in inside.value_embeddings:
+        table = before.blocks[v.block].attn.value_embed.weight[token]
+        assert v.table_before == pytest.approx(table.norm().item(), rel=1e-6)
+        assert v.table_after == pytest.approx(model.blocks[v.block].attn.value_embed.weight[token].norm().item(),
+                                              rel=1e-6)
+    with torch.no_grad():
+        x0 = F.rms_norm(before.tok_emb(x), (32,), eps=model.cfg.norm_eps)
+        computed = before.blocks[0].attn.v(before.blocks[0].attn_norm(x0))[0, focus]
+    assert inside.value_embeddings[0].computed_before == pytest.approx(computed.norm().item(), rel=1e-5)
+
+    # The residual scalars are the parameters, before and after the step.
+    assert [r.resid_before for r in inside.residual_scalars] == before.resid_scales.tolist()
+    assert [r.x0_before for r in inside.residual_scalars] == before.x0_scales.tolist()
+    assert [r.resid_after for r in inside.residual_scalars] == model.resid_scales.tolist()
+    assert [r.x0_after for r in inside.residual_scalars] == model.x0_scales.tolist()
+    assert any(r.x0_after != 0 for r in inside.residual_scalars)
+
+    # The soft-cap: the target's logit and the top predictions', raw and capped; the capped ones are the model's.
+    assert inside.softcap == cap
+    assert [c.id for c in inside.capped_logits][:1] == [result.positions[focus].target.id]
+    with torch.no_grad():
+        logits = before(x)[0, focus]
+    for c in inside.capped_logits:
+        assert c.capped == pytest.approx(cap * math.tanh(c.raw / cap), rel=1e-9)
+        assert c.capped == pytest.approx(logits[c.id].item(), rel=1e-4, abs=1e-6)
+    assert max(abs(c.raw - c.capped) for c in inside.capped_logits) > 1e-3  # a cap this low does bend them
+
+    text, page = render_text(result), render_html(result)
+    assert f"6. Inside the network at position {focus}" in text and "Inside the network" in page
+    for shown_number in (f"{inside.residual_scalars[1].x0_after:.6g}", f"{inside.value_embeddings[1].table_before:.4g}",
+                         f"{inside.capped_logits[0].capped:.4f}", f"{inside.embedding_norm.raw_before:.4g}"):
+        assert shown_number in text and shown_number in page
+    assert "cap = 0.5" in text and "W_v·x" in text and "resid_scale" in text
+    record = json.loads(json.dumps(result.to_dict()))
+    assert record["inside"]["residual_scalars"][2]["x0_after"] == inside.residual_scalars[2].x0_after
+    assert "document" not in text.lower()  # document masking is off
+
+
+def test_document_masking_shows_where_the_positions_document_starts(tokenizer):
+    model = optioned_model(tokenizer, doc_masking=True, document_end=tokenizer.eos_id)
+    text = "The quick fox.<|endoftext|>The lazy dog sleeps."
+    first = tokenizer.encode("The quick fox.")
+    end_at = len(first)  # the end token's position
+    result = trace_step(copy.deepcopy(model), tokenizer, text, lr=1e-3, position=end_at + 2)
+    assert [t.id for t in result.tokens] == first + [tokenizer.eos_id] + tokenizer.encode("The lazy dog sleeps.")
+    document = result.inside.document
+    assert document.end_token == tokenizer.eos_id and document.start == end_at + 1
+    assert document.visible == [end_at + 1, end_at + 2]
+    assert (f"starts at position {end_at + 1}" in render_text(result)
+            and f"positions 0 to {end_at} belong to earlier documents" in render_text(result))
+    # The end token itself still belongs to the document it ends; the text before any end token is one document.
+    assert trace_step(copy.deepcopy(model), tokenizer, text, lr=1e-3, position=end_at).inside.document.start == 0
+    assert trace_step(copy.deepcopy(model), tokenizer, TEXT, lr=1e-3).inside is None

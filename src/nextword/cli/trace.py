@@ -10,7 +10,11 @@ moves the weights a very small step that way. `nextword trace` does one such ste
   3. the mean of those losses: the training loss of this one-sequence batch;
   4. one optimizer step (SGD: every weight moves by exactly −lr × its gradient), and how small it is; with
      --optimizer muon, each hidden matrix's gradient and step by their singular values;
-  5. the same predictions after the step: p before → after.
+  5. the same predictions after the step: p before → after;
+  6. with the network's optional parts on (embedding norm, value embeddings, residual scalars, logit soft-cap,
+     document masking), each one's numbers at the chosen --position (else the last).
+
+`<|endoftext|>` written in the text ends a document there, as in the training data.
 
 Without RUN it uses a freshly initialised model, which gives every token about the same probability 1/V, so
 its loss is about ln V. With RUN it uses that run's newest checkpoint and tokenizer.
@@ -36,7 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", nargs="?", help="a run directory (default: a freshly initialised "
                         "model with the default tokenizer)")
     text = parser.add_mutually_exclusive_group()
-    text.add_argument("--text", help=f"the text to train on (default: {DEFAULT_TEXT!r})")
+    text.add_argument("--text", help=f"the text to train on (default: {DEFAULT_TEXT!r}); <|endoftext|> in it ends "
+                      "a document")
     text.add_argument("--file", metavar="FILE", help="read the text from a UTF-8 file")
     parser.add_argument("--lr", type=float, help=f"learning rate (default: {DEFAULT_SGD_LR} for sgd, the run's "
                         "train.lr for adamw and for muon's AdamW part; muon's own rate is the run's train.muon_lr)")

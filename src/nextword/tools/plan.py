@@ -3,9 +3,12 @@
 plan_run takes a model shape (dense, or a mixture of experts), a token count and the hardware, and works out:
 parameters; training FLOPs (6·N·D plus attention, each term shown); GPU-hours, days and cost; memory per GPU under
 DDP and FSDP, with and without activation checkpointing; the Chinchilla-optimal split of the same compute and the
-loss the Hoffmann et al. (2022) fit predicts. A published run (RUNS) is compared with its published GPU-hours,
-with the MFU those hours imply; a nextword run directory gives the speed measured there. render writes the plan
-for a terminal; `nextword plan` (nextword.cli.plan) is its command line.
+loss the Hoffmann et al. (2022) fit predicts; the size of one checkpoint. The network's options count where they
+belong: value embeddings as embedding tables (AdamW's state even under Muon), residual scalars as 2·L parameters,
+neither in the matmul FLOPs; document masking's [micro-batch, 1, T, T] mask in the activations. A published run
+(RUNS) is compared with its published GPU-hours, with the MFU those hours imply; a nextword run directory gives the
+speed measured there. render writes the plan for a terminal; `nextword plan` (nextword.cli.plan) is its command
+line.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from nextword.config import FAMILIES, ModelConfig
 from nextword.errors import ConfigError, DataError
+from nextword.model.network import has_value_embedding
 from nextword.training.runlog import read_log
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,17 +178,23 @@ RUNS: dict[str, PublishedRun] = {
 @dataclass
 class Params:
     total: int  # every parameter, a tied embedding counted once
-    embedding: int  # token (and gpt2 position) lookup tables
+    embedding: int  # lookup tables: token, gpt2's positions, and value embeddings
     head: int  # an untied output head (0 when tied)
     non_embedding: int  # total − embedding − head, as GPT.num_params(non_embedding=True)
     active: int  # used for each token: total less the experts a token does not visit (= total when dense)
     matmul: int  # weights in a matrix multiply per token: block linears (active experts), router, V·d head
     muon_matrices: int = 0  # the blocks' 2-D weights (attention, dense MLPs, routers, shared experts): Muon's
+    value_embeddings: int = 0  # value-embedding tables (part of `embedding`): ceil(L/2) of vocab × kv_heads·head_dim
+    residual_scalars: int = 0  # resid_scales and x0_scales: 2·L (part of `non_embedding`)
 
 
 def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
     """Parameter counts of nextword's GPT (see model/network.py for the layer list), from the shape alone; `moe`
-    (default: the config's own, if sparse) makes every moe.every-th block a mixture of experts."""
+    (default: the config's own, if sparse) makes every moe.every-th block a mixture of experts.
+
+    Value embeddings are lookup tables: counted with the embeddings, never as matmul weights (a token's row is added
+    to v, elementwise), and left out of Muon's matrices (AdamW trains them). Residual scalars are two numbers a
+    block, multiplied elementwise: no matmul weights either."""
     moe = moe or moe_of(cfg)
     d, f, V = cfg.d_model, cfg.ffn_dim, cfg.vocab_size
     family = cfg.family
@@ -206,9 +216,11 @@ def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
     dense = cfg.n_layers - sparse
     blocks = (cfg.n_layers * (attn_weights + attn_other + 2 * norm) + dense * (mlp_weights + mlp_biases)
               + sparse * (experts * (expert_weights + expert_biases) + router))
-    embedding = V * d + (cfg.context * d if family.positions == "learned" else 0)
+    value_embeddings = sum(has_value_embedding(cfg, layer) for layer in range(cfg.n_layers)) * V * kv_out
+    residual_scalars = 2 * cfg.n_layers if cfg.residual_scalars else 0
+    embedding = V * d + (cfg.context * d if family.positions == "learned" else 0) + value_embeddings
     head = 0 if cfg.tie_embeddings else V * d
-    total = blocks + norm + embedding + head
+    total = blocks + norm + embedding + head + residual_scalars
     inactive = sparse * (experts - active) * (expert_weights + expert_biases)
     matmul = (cfg.n_layers * attn_weights + dense * mlp_weights + sparse * (active * expert_weights + router)
               + V * d)
@@ -216,7 +228,8 @@ def count_params(cfg: ModelConfig, moe: Moe | None = None) -> Params:
     muon_matrices = (cfg.n_layers * attn_weights + dense * mlp_weights
                      + sparse * ((moe.shared * expert_weights + router) if moe else 0))
     return Params(total=total, embedding=embedding, head=head, non_embedding=total - embedding - head,
-                  active=total - inactive, matmul=matmul, muon_matrices=muon_matrices)
+                  active=total - inactive, matmul=matmul, muon_matrices=muon_matrices,
+                  value_embeddings=value_embeddings, residual_scalars=residual_scalars)
 
 
 def shape_for_params(target: float, arch: str, vocab_size: int, context: int) -> ModelConfig:
@@ -256,6 +269,9 @@ class Flops:
 
 
 def count_flops(cfg: ModelConfig, params: Params, tokens: float) -> Flops:
+    """Matrix-multiply FLOPs, as GPT.flops_per_token counts them. The elementwise parts add none: a value
+    embedding's row added to v, the residual scalars' multiplies, the embedding norm and the soft-cap's tanh are a
+    few operations per activation, not per weight."""
     dense = 6.0 * params.matmul
     attention = 12.0 * cfg.n_layers * cfg.context * cfg.n_heads * cfg.head_dim
     return Flops(dense_per_token=dense, attention_per_token=attention, per_token=dense + attention,
@@ -344,6 +360,12 @@ def layer_activation_bytes(cfg: ModelConfig, moe: Moe | None, micro_batch: int, 
     return act_bytes * elements + scores + masks
 
 
+def document_mask_bytes(cfg: ModelConfig, micro_batch: int) -> float:
+    """With document masking, the boolean mask attention takes ([micro_batch, 1, T, T], a byte per element), made
+    once per forward pass and shared by every block; nothing without it."""
+    return float(micro_batch * cfg.context**2) if cfg.doc_masking else 0.0
+
+
 def output_activation_bytes(cfg: ModelConfig, micro_batch: int, act_bytes: int) -> float:
     """Outside the blocks: the embedding output and final-norm input (h each), the logits (V), and the fp32
     log-probabilities the cross-entropy keeps (4 bytes × V)."""
@@ -374,6 +396,7 @@ class Memory:
     gpu_memory_gib: float
     usable_fraction: float
     rows: list[MemoryRow]
+    checkpoint: float = 0.0  # bytes of one saved checkpoint: fp32 weights and the optimizer's fp32 state
 
 
 MUON_SAVES = 4  # bytes per Muon matrix weight: one fp32 momentum where AdamW keeps two moments
@@ -386,12 +409,14 @@ def memory_plan(cfg: ModelConfig, params: Params, moe: Moe | None, precision: st
     states = {"weights": p.weights * params.total, "grads": p.grads * params.total,
               "optimizer": p.optimizer * params.total - muon_saves}
     per_layer = layer_activation_bytes(cfg, moe, micro_batch, p.activations, flash)
-    output = output_activation_bytes(cfg, micro_batch, p.activations)
+    output = output_activation_bytes(cfg, micro_batch, p.activations) + document_mask_bytes(cfg, micro_batch)
     full = cfg.n_layers * per_layer + output
     # Checkpointing keeps each block's input and recomputes one block at a time in the backward pass.
     checkpointed = cfg.n_layers * p.activations * cfg.context * micro_batch * cfg.d_model + per_layer + output
+    # FSDP holds two blocks gathered; with value embeddings one of any two neighbours has a table (vocab × kv).
     layer_params = (params.total - params.embedding - params.head) / cfg.n_layers
-    gathered = 2 * layer_params * (p.weights + p.grads)
+    table = cfg.vocab_size * cfg.kv_heads * cfg.head_dim if cfg.value_embeddings else 0
+    gathered = (2 * layer_params + table) * (p.weights + p.grads)
     usable = USABLE_MEMORY * gpu_memory_gib * 2**30
 
     rows = []
@@ -409,8 +434,11 @@ def memory_plan(cfg: ModelConfig, params: Params, moe: Moe | None, precision: st
             min_gpus = max(1, math.ceil(sum(states.values()) / room)) if room > 0 else None
         rows.append(MemoryRow(strategy=strategy, activations=activations, buffers=buffers, total=total,
                               fits=total <= usable, min_gpus=min_gpus, **parts))
+    # nextword saves the model's fp32 weights and the optimizer's state: AdamW's two moments, Muon's one momentum.
+    checkpoint = 4 * params.total + 8 * params.total - muon_saves
     return Memory(precision=precision, precision_meaning=p.meaning, optimizer=optimizer, micro_batch=micro_batch,
-                  flash_attention=flash, gpu_memory_gib=gpu_memory_gib, usable_fraction=USABLE_MEMORY, rows=rows)
+                  flash_attention=flash, gpu_memory_gib=gpu_memory_gib, usable_fraction=USABLE_MEMORY, rows=rows,
+                  checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -579,7 +607,27 @@ def plan_run(cfg: ModelConfig, tokens: float, *, gpu: Gpu | str = "h100", gpus: 
     if moe:
         plan.notes.append("MoE: FLOPs use the active parameters, memory the total; the Chinchilla fit was made on "
                           "dense models and is applied to active N.")
+    plan.notes += option_notes(cfg, micro_batch)
     return plan
+
+
+def option_notes(cfg: ModelConfig, micro_batch: int) -> list[str]:
+    """What the network's optional parts change in the plan, for those that are on."""
+    notes = []
+    elementwise = [name for name, on in (("value embeddings", cfg.value_embeddings),
+                                         ("residual scalars", cfg.residual_scalars),
+                                         ("the embedding norm", cfg.embedding_norm),
+                                         ("the logit soft-cap", cfg.logit_softcap > 0)) if on]
+    if elementwise:
+        notes.append(f"{', '.join(elementwise)}: elementwise adds, multiplies or a tanh, so no matmul FLOPs; their "
+                     "parameters count in memory (value embeddings are embedding tables: weights, gradients and "
+                     "AdamW's two moments, even under Muon)")
+    if cfg.doc_masking:
+        notes.append(f"document masking: attention takes an explicit [micro-batch, 1, T, T] boolean mask "
+                     f"({gib(document_mask_bytes(cfg, micro_batch))} per micro-batch, counted in the activations); "
+                     "on a GPU, SDPA cannot use its flash kernel with an arbitrary mask and runs the memory-efficient "
+                     "one (or the math one), which is slower: expect a lower MFU than without it")
+    return notes
 
 
 def gpu_spec(gpu: Gpu | str) -> Gpu:
@@ -670,8 +718,12 @@ def render(plan: Plan) -> str:
            f"({m['n_kv_heads'] or m['n_heads']} kv), d_ff {m['d_ff'] or 'default'}, context {m['context']}, "
            f"vocab {m['vocab_size']}{moe}",
            "", "parameters"]
-    rows = [["total", si(p.total)], ["embedding tables", si(p.embedding)], ["untied output head", si(p.head)],
-            ["non-embedding", si(p.non_embedding)]]
+    rows = [["total", si(p.total)], ["embedding tables", si(p.embedding)]]
+    if p.value_embeddings:
+        rows.append(["  of which value embeddings", si(p.value_embeddings)])
+    rows += [["untied output head", si(p.head)], ["non-embedding", si(p.non_embedding)]]
+    if p.residual_scalars:
+        rows.append(["  of which residual scalars", si(p.residual_scalars)])
     if plan.moe:
         rows.append(["active per token", si(p.active)])
     rows += [["in matmuls per token (N)", si(p.matmul)], ["tokens (D)", si(plan.tokens)],
@@ -718,6 +770,7 @@ def render(plan: Plan) -> str:
                                      "total", "fits", "min GPUs"], rows)]
     out.append("  (no tensor or pipeline parallelism; activations per Korthikanti et al. 2022, see "
                "layer_activation_bytes)")
+    out.append(f"  one checkpoint on disk: {gib(mem.checkpoint)} (fp32 weights and the optimizer's fp32 state)")
 
     ch = plan.chinchilla
     out += ["", f"Chinchilla view (Hoffmann et al. 2022: L = {ch.constants['E']} + {ch.constants['A']}/N^"

@@ -16,6 +16,13 @@ render_text (a terminal) and render_html (a page) to show:
 In a mixture of experts, each position also shows which experts each sparse block's router chose for it, and
 with what weights (model/moe.py).
 
+With the network's optional parts on (model/network.py), one position (the chosen one, else the last) also shows
+each of them with its numbers: the embedding's RMS before and after embedding_norm; in each block with a value
+embedding, the size of the token's table vector against the v computed from x; each block's residual scalars
+before and after the step; the soft-cap's raw and capped logits; and with document masking, which earlier
+positions it attends to. `<|endoftext|>` (the tokenizer's end-of-document token) in the text ends a document, as
+the shard writer ends each one.
+
 A freshly initialised model gives every token about the same probability 1/V, so its loss is about ln V.
 """
 
@@ -23,6 +30,8 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -30,7 +39,9 @@ import torch
 from nextword.config import TrainConfig
 from nextword.errors import ConfigError, DataError
 from nextword.model import GPT
+from nextword.model.loss import softcap
 from nextword.model.moe import MoE
+from nextword.model.network import document_mask
 from nextword.training.optimizer import build_optimizer
 
 DEFAULT_TEXT = "The function returns a new list of the keys in the dictionary."
@@ -80,6 +91,73 @@ class Routing:
 
 
 @dataclass
+class ValueEmbeddingSize:
+    """One block with a value embedding, at the shown position: attention's values there are v = W_v·x + ve[token],
+    the second part read from the token's own row of the block's table. Their sizes (L2 norms) say how much of v
+    comes from the token itself rather than from its context."""
+
+    block: int
+    table_before: float  # ‖ve[token]‖
+    computed_before: float  # ‖W_v·x‖ (with its bias in gpt2)
+    table_after: float
+    computed_after: float
+
+
+@dataclass
+class ResidualScalars:
+    """One block's learned scalars: before it, x = resid_scale·x + x0_scale·x0, x0 being the embedding's output."""
+
+    block: int
+    resid_before: float
+    resid_after: float
+    x0_before: float
+    x0_after: float
+
+
+@dataclass
+class CappedLogit:
+    """One token's logit at the shown position before the step: the head's raw output, and cap·tanh(raw / cap)."""
+
+    id: int
+    text: str
+    raw: float
+    capped: float
+
+
+@dataclass
+class EmbeddingNorm:
+    """The RMS of the embedding (token, plus position in gpt2) at the shown position, as looked up and after
+    RMS-normalising it, before and after the step."""
+
+    raw_before: float
+    normed_before: float
+    raw_after: float
+    normed_after: float
+
+
+@dataclass
+class DocumentView:
+    """With document masking: the positions the shown position attends to, those of its own document."""
+
+    end_token: int
+    start: int  # the first position of its document
+    visible: list[int]
+
+
+@dataclass
+class Inside:
+    """The network's optional parts at one position, each present only when its option is on."""
+
+    position: int
+    embedding_norm: EmbeddingNorm | None = None
+    value_embeddings: list[ValueEmbeddingSize] = field(default_factory=list)
+    residual_scalars: list[ResidualScalars] = field(default_factory=list)
+    softcap: float = 0.0
+    capped_logits: list[CappedLogit] = field(default_factory=list)  # the target's first, then the top predictions'
+    document: DocumentView | None = None
+
+
+@dataclass
 class PositionTrace:
     """Predicting the token at `index + 1` from the tokens 0..index."""
 
@@ -109,13 +187,17 @@ class TraceResult:
     text_tokens: int = 0  # the whole text's length in tokens; more than len(tokens) when it outgrew one window
     muon_lr: float = 0.0  # with Muon: its rate for the hidden matrices (lr is AdamW's, for the rest)
     matrices: list[MatrixStep] = field(default_factory=list)  # with Muon: each hidden matrix's step
+    inside: Inside | None = None  # the network's optional parts at one position; None when none is on
 
     def to_dict(self) -> dict:
-        """The JSON other tools read (the fields of issue #4, and with Muon its rate and matrices)."""
+        """The JSON other tools read (the fields of issue #4, with Muon its rate and matrices, and with the network's
+        optional parts on, `inside`)."""
         record = asdict(self)
         del record["focus"], record["text_tokens"]
         if not self.matrices:
             del record["muon_lr"], record["matrices"]
+        if self.inside is None:
+            del record["inside"]
         for position in record["positions"]:
             if not position["routing"]:  # a dense model routes nothing
                 del position["routing"]
@@ -154,7 +236,7 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
         raise ConfigError(f"--optimizer {optimizer!r}: choose sgd, adamw or muon")
     if not 0 < lr < math.inf or top_k < 1:  # written so that a nan lr fails it too
         raise ConfigError(f"--lr {lr} must be a finite number above 0 and --top-k {top_k} at least 1")
-    text_ids = tokenizer.encode(text)
+    text_ids = _encode(tokenizer, text)
     ids = text_ids[: model.cfg.context + 1]  # one training window at most
     if len(ids) < 2:
         raise DataError(f"the text {text!r} is {len(ids)} token(s); a training step needs at least 2 "
@@ -168,9 +250,11 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
 
+    shown_at = focus if focus is not None else len(ids) - 2  # where the optional parts are shown: else the last
     model.zero_grad(set_to_none=True)
-    with torch.no_grad():
+    with _watch(model, shown_at) as seen, torch.no_grad():
         logits = model(x)
+    inside_before = _moment(model, seen)
     routing = _routing(model)
     loss = model(x, y)  # the training loop's own loss and gradient
     loss.backward()
@@ -181,8 +265,9 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
     update_ratio = _norm(p.detach() - b for p, b in zip(params, before)) / _norm(before)
     steps = {id(p): p.detach() - b for p, b in zip(params, before)}
     model.zero_grad(set_to_none=True)
-    with torch.no_grad():
+    with _watch(model, shown_at) as seen, torch.no_grad():
         logits_after = model(x)
+    inside_after = _moment(model, seen)
 
     log_p_before = torch.log_softmax(logits[0].detach().double(), dim=-1)
     log_p_after = torch.log_softmax(logits_after[0].double(), dim=-1)
@@ -199,7 +284,118 @@ def trace_step(model: GPT, tokenizer, text: str, *, lr: float, optimizer: str = 
         muon_lr=train.muon_lr if optimizer == "muon" else 0.0,
         matrices=[_matrix_step(name, p, gradients[id(p)], steps[id(p)], train.muon_lr)
                   for name, p in model.named_parameters() if id(p) in gradients],
+        inside=_inside(model, tokenizer, x, positions[shown_at], inside_before, inside_after),
     )
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """The text's tokens, with each `<|endoftext|>` in it (the tokenizer's end-of-document token, written out) read as
+    that token, as the shard writer puts it after every document. The tokenizer alone encodes it as ordinary text."""
+    documents = [tokenizer.encode(part) for part in text.split(tokenizer.eos_token)]
+    ids = documents[0]
+    for document in documents[1:]:
+        ids += [tokenizer.eos_id, *document]
+    return ids
+
+
+# ---- The network's optional parts at one position --------------------------------------------------------------
+
+@contextmanager
+def _watch(model: GPT, position: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks that keep, from the forward pass inside, what the optional parts worked on at `position`: each
+    block's value embedding ("table3") and v projection ("computed3"), the embedding as looked up ("token", plus
+    "place" in gpt2) and as normalised ("normed": the input of the embedding's dropout), and the final norm's
+    output ("final"), which the head turns into the raw logits."""
+    cfg = model.cfg
+    watched: list[tuple[str, torch.nn.Module]] = []
+    for index, block in enumerate(model.blocks):
+        if block.attn.value_embed is not None:
+            watched += [(f"table{index}", block.attn.value_embed), (f"computed{index}", block.attn.v)]
+    if cfg.embedding_norm:
+        watched.append(("token", model.tok_emb))
+        if model.pos_emb is not None:
+            watched.append(("place", model.pos_emb))
+    if cfg.logit_softcap:
+        watched.append(("final", model.norm))
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(module, args, output=None):  # a forward hook gets the output; a pre-hook only the inputs
+            tensor = args[0] if output is None else output
+            seen[name] = tensor[..., position, :].detach().double().reshape(-1)
+        return hook
+
+    handles = [module.register_forward_hook(keep(name)) for name, module in watched]
+    if cfg.embedding_norm:
+        handles.append(model.dropout.register_forward_pre_hook(keep("normed")))
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class _Moment:
+    """The optional parts' numbers at the shown position at one moment, before or after the step."""
+
+    tables: dict[int, float]  # block → ‖ve[token]‖
+    computed: dict[int, float]  # block → ‖W_v·x‖
+    resid_scales: list[float]
+    x0_scales: list[float]
+    raw_logits: torch.Tensor | None  # before the soft-cap
+    embedding_rms: tuple[float, float] | None  # as looked up, as normalised
+
+
+def _rms(vector: torch.Tensor) -> float:
+    return float(vector.pow(2).mean().sqrt())
+
+
+def _moment(model: GPT, seen: dict[str, torch.Tensor]) -> _Moment:
+    blocks = [index for index, block in enumerate(model.blocks) if block.attn.value_embed is not None]
+    raw_logits = embedding_rms = None
+    if "final" in seen:
+        head = model.tok_emb.weight if model.cfg.tie_embeddings else model.lm_head.weight
+        raw_logits = head.detach().double() @ seen["final"]
+    if "token" in seen:
+        embedding_rms = (_rms(seen["token"] + seen.get("place", 0)), _rms(seen["normed"]))
+    scalars = model.cfg.residual_scalars
+    return _Moment(tables={i: float(seen[f"table{i}"].norm()) for i in blocks},
+                   computed={i: float(seen[f"computed{i}"].norm()) for i in blocks},
+                   resid_scales=model.resid_scales.tolist() if scalars else [],
+                   x0_scales=model.x0_scales.tolist() if scalars else [],
+                   raw_logits=raw_logits, embedding_rms=embedding_rms)
+
+
+def _inside(model: GPT, tokenizer, x: torch.Tensor, shown: PositionTrace, before: _Moment,
+            after: _Moment) -> Inside | None:
+    """The optional parts at the shown position; None when the network has none of them on."""
+    cfg = model.cfg
+    inside = Inside(position=shown.index, document=_document_view(cfg.doc_masking, cfg.document_end, x, shown.index))
+    if before.embedding_rms is not None:
+        inside.embedding_norm = EmbeddingNorm(*before.embedding_rms, *after.embedding_rms)
+    inside.value_embeddings = [ValueEmbeddingSize(block, before.tables[block], before.computed[block],
+                                                  after.tables[block], after.computed[block])
+                               for block in before.tables]
+    inside.residual_scalars = [ResidualScalars(block, before.resid_scales[block], after.resid_scales[block],
+                                               before.x0_scales[block], after.x0_scales[block])
+                               for block in range(len(before.resid_scales))]
+    if before.raw_logits is not None:
+        inside.softcap = cfg.logit_softcap
+        capped = softcap(before.raw_logits, cfg.logit_softcap)
+        ids = [shown.target.id] + [c.id for c in shown.top_k if c.id != shown.target.id]
+        inside.capped_logits = [CappedLogit(i, tokenizer.token_text(i), float(before.raw_logits[i]), float(capped[i]))
+                                for i in ids]
+    return None if inside == Inside(position=shown.index) else inside
+
+
+def _document_view(doc_masking: bool, document_end: int, x: torch.Tensor, position: int) -> DocumentView | None:
+    """The positions `position` attends to, by the network's own document mask; None without document masking or
+    when the text holds no end-of-document token (then it is one document, and attention plainly causal)."""
+    if not doc_masking or not bool((x == document_end).any()):
+        return None
+    visible = document_mask(x, document_end, None)[0, 0, position].nonzero().flatten().tolist()
+    return DocumentView(end_token=document_end, start=visible[0], visible=visible)
 
 
 def _routing(model: GPT) -> list[list[Routing]]:
@@ -331,6 +527,50 @@ def routing_text(routing: list[Routing]) -> str:
                      for r in routing)
 
 
+def inside_lines(result: TraceResult) -> list[str]:
+    """The network's optional parts at the shown position, each with its numbers; empty when none is on."""
+    inside = result.inside
+    if inside is None:
+        return []
+    token = result.tokens[inside.position]
+    lines = []
+    if inside.embedding_norm:
+        e = inside.embedding_norm
+        lines += ["Embedding norm: the embedding is RMS-normalised before the first block. Its RMS at this position, "
+                  f"as looked up → normalised: {e.raw_before:.4g} → {e.normed_before:.4g} (after the step: "
+                  f"{e.raw_after:.4g} → {e.normed_after:.4g})", ""]
+    if inside.value_embeddings:
+        lines += [f"Value embeddings: in these blocks attention's values are v = W_v·x + ve[token], ve[token] being "
+                  f"the row of {shown(token.text)} (id {token.id}) in the block's own table. Their sizes (L2 norms), "
+                  "and the table's share of the two:",
+                  f"{'block':>5}  {'‖ve[token]‖':>11}  {'‖W_v·x‖':>9}  {'share':>6}  "
+                  "after the step: ‖ve‖, ‖W_v·x‖"]
+        for v in inside.value_embeddings:
+            share = v.table_before / (v.table_before + v.computed_before)
+            lines.append(f"{v.block:>5}  {v.table_before:>11.4g}  {v.computed_before:>9.4g}  {share:>6.1%}  "
+                         f"{v.table_after:.4g}, {v.computed_after:.4g}")
+        lines.append("")
+    if inside.residual_scalars:
+        lines += ["Residual scalars: before block i, x = resid_scale·x + x0_scale·x0 (x0: the embedding's output)",
+                  f"{'block':>5}  {'resid_scale before → after':<28}  x0_scale before → after"]
+        lines += [f"{r.block:>5}  {f'{r.resid_before:.6g} → {r.resid_after:.6g}':<28}  "
+                  f"{r.x0_before:.6g} → {r.x0_after:.6g}" for r in inside.residual_scalars]
+        lines.append("")
+    if inside.capped_logits:
+        lines += [f"Logit soft-cap: each logit becomes cap·tanh(raw / cap), cap = {inside.softcap:g}, before the "
+                  "softmax (the target first, then the top predictions):",
+                  f"{'token':<16}  {'raw logit':>10}  {'capped':>10}"]
+        lines += [f"{shown(c.text, 16):<16}  {c.raw:>10.4f}  {c.capped:>10.4f}" for c in inside.capped_logits]
+        lines.append("")
+    if inside.document:
+        d = inside.document
+        hidden = f"; positions 0 to {d.start - 1} belong to earlier documents and are masked" if d.start else ""
+        lines += [f"Document masking: attention stays within a document (the end-of-document token is id "
+                  f"{d.end_token}). This position's document starts at position {d.start}, so it attends to "
+                  f"positions {d.visible[0]} to {d.visible[-1]}{hidden}.", ""]
+    return lines[:-1]
+
+
 def render_text(result: TraceResult, style: Style | None = None) -> str:
     s = style or Style(False)
     r = result
@@ -382,6 +622,10 @@ def render_text(result: TraceResult, style: Style | None = None) -> str:
     summary = (f"   mean loss {r.loss_before:.4f} → {r.loss_after:.4f} ({delta:+.4f} nats); "
                f"{r.improved} of {len(r.positions)} positions improved")
     out.append((s.good if delta < 0 else s.bad)(summary))
+    inside = inside_lines(r)
+    if inside:
+        out += ["", s.bold(f"6. Inside the network at position {r.inside.position} (the options this model has on)")]
+        out += [f"   {line}" if line else "" for line in inside]
     return "\n".join(out)
 
 
@@ -433,6 +677,9 @@ def render_html(result: TraceResult) -> str:
     explanation = "".join(f"<p>{esc(line)}</p>" for line in explain_loss(r))
     matrices = matrix_lines(r)
     matrix_table = f"<p>{esc(matrices[0])}</p><pre>{esc(chr(10).join(matrices[1:]))}</pre>" if matrices else ""
+    inside = inside_lines(r)
+    inside_section = (f"<h2>Inside the network at position {r.inside.position}</h2>\n<pre>{esc(chr(10).join(inside))}"
+                      "</pre>") if inside else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>nextword trace</title><style>{PAGE_CSS}</style></head>
 <body>
@@ -454,6 +701,7 @@ Hover over a token for its numbers.</p>
 <th>experts (block: expert×weight)</th><th>p before</th>
 <th>loss before</th><th>p after</th><th>loss after</th></tr>
 {"".join(position_rows)}</table>
+{inside_section}
 <h2>The tokens</h2>
 <table><tr><th>#</th><th>id</th><th>token</th></tr>{token_rows}</table>
 </body></html>
