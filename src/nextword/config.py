@@ -431,13 +431,11 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
     return cfg
 
 
-# Defaults that have changed. A run directory's config.toml holds every field there was when it was written, so
-# one without such a field ran with the earlier value, and resuming it keeps that value.
-EARLIER_DEFAULTS = {("train", "optimizer"): "adamw"}
-
-# Fields added after runs were keyed by their settings, each with the value that does what runs did before it.
-# A hash of a run's settings (`nextword compare`'s run key) leaves such a field out while it has that value, so a
-# run keyed before the field existed keeps its key, whatever the field's default becomes.
+# Fields added after runs were saved and keyed by their settings, each with the value that does what runs did before
+# it. A run directory's config.toml holds every field there was when it was written, so one without such a field
+# ran with this value, and resuming it keeps it (load_saved_run); a hash of a run's settings (`nextword compare`'s
+# run key) leaves the field out while it has this value, so a run keyed before the field existed keeps its key.
+# Either way the field's default may change without changing an older run.
 ADDED_FIELDS = {
     ("model", "embedding_norm"): False, ("model", "zero_init_head"): False, ("model", "value_embeddings"): False,
     ("model", "residual_scalars"): False, ("model", "doc_masking"): False, ("model", "document_end"): -1,
@@ -452,8 +450,14 @@ def without_added_fields(settings: dict[str, dict[str, Any]]) -> dict[str, dict[
             for section, fields_ in settings.items()}
 
 
+# Fields whose default changed after they existed, with their value before: a config.toml written before them
+# ran with it (train.optimizer became muon, as a field of its own, in one change).
+EARLIER_DEFAULTS = {("train", "optimizer"): "adamw", **ADDED_FIELDS}
+
+
 def load_saved_run(path: str | Path) -> RunConfig:
-    """Read the config.toml a run directory saved, as the run used it (see EARLIER_DEFAULTS)."""
+    """Read the config.toml a run directory saved, as the run used it: a field it lacks takes the value runs had
+    before the field existed (EARLIER_DEFAULTS), not today's default."""
     raw = read_toml(Path(path))
     cfg = from_dict(raw, where=str(path))
     for (section, key), value in EARLIER_DEFAULTS.items():
