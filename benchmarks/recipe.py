@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 from common import header, markdown_table
 from nextword.config import RunConfig, apply_overrides
 from nextword.data.prepare import prepare
+from nextword.tools.stats import holm, paired_t_test
 from nextword.training.machine import usable_cores
 
 RECIPES = {
@@ -78,26 +80,10 @@ def model_size(records: list[dict]) -> str:
     return f"{run['params'] / 1e6:.2f}M"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=60, help="time budget of each run (default 60)")
-    parser.add_argument("--recipes", default="today,new", help=f"named recipes, in order: {', '.join(RECIPES)}")
-    parser.add_argument("--recipe", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
-                        help="a further recipe: config fields changed from the defaults")
-    parser.add_argument("--source", action="append", default=[], metavar="PATH",
-                        help="train on this text instead of the embedded corpus (repeatable)")
-    parser.add_argument("--precision", default="auto", help="train.precision of every run (default auto)")
-    parser.add_argument("--preset", help="a model shape by name for every recipe (default: the default model)")
-    parser.add_argument("--one-at-a-time", action="store_true",
-                        help="run the recipes one after another, each on the whole machine (one GPU, say)")
-    parser.add_argument("--seed", type=int, default=1337, help="train.seed of every run (default 1337, the default)")
-    args = parser.parse_args()
-
-    recipes = {name: RECIPES[name] for name in args.recipes.split(",") if name}
-    recipes.update(parse_recipe(text) for text in args.recipe)
-    data = apply_overrides(RunConfig(), {"data.sources": ",".join(args.source)} if args.source else {}).data
-    prepare(data)  # once, outside every budget
-    threads = 0 if args.one_at_a_time else max(1, usable_cores() // len(recipes))  # 0: every core
+def run_seed(recipes: dict[str, dict[str, str]], args: argparse.Namespace, seed: int,
+             threads: int) -> dict[str, list[dict]]:
+    """Every recipe's log records for one seed, the recipes trained side by side (or one at a time)."""
+    args.seed = seed
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -110,10 +96,14 @@ def main() -> None:
             if process.wait() != 0:
                 sys.exit(f"{name} failed:\n{(folder / f'{name}.out').read_text()[-3000:]}")
             results[name] = [json.loads(line) for line in (folder / name / "log.jsonl").read_text().splitlines()]
+    return results
 
+
+def seed_table(recipes: dict[str, dict[str, str]], results: dict[str, list[dict]], args: argparse.Namespace,
+               seed: int, threads: int) -> list[str]:
     corpus = ", ".join(args.source) or "the embedded corpus"
     share = "one at a time" if args.one_at_a_time else f"side by side, {threads} thread(s) each"
-    lines = header(f"Recipes at equal wall clock ({args.seconds:g} s each, {share}, seed {args.seed}), "
+    lines = header(f"Recipes at equal wall clock ({args.seconds:g} s each, {share}, seed {seed}), "
                    f"{args.preset or 'default'} model, {corpus}")
     for name, records in results.items():
         run = next(r for r in records if r["kind"] == "run")
@@ -124,10 +114,62 @@ def main() -> None:
              for name, records in results.items()]
     lines += ["", "At the end of each budget:"]
     lines += markdown_table(["recipe", "model", "steps", "val loss", "bits per byte"], final)
-    first = float(final[0][4])
-    lines += [f"# {row[0]}: bits per byte {100 * (1 - float(row[4]) / first):.1f}% lower than {final[0][0]}'s"
-              for row in final[1:]]
-    print("\n".join(lines))
+    return lines
+
+
+def seeds_summary(bpb: dict[str, list[float]], seeds: list[int]) -> list[str]:
+    """Each recipe against the first over the seeds: mean bits per byte, the paired difference, Student's t
+    p-value paired by seed, and the p-values Holm-adjusted for the number of recipes compared."""
+    names = list(bpb)
+    first = names[0]
+    p_values = [paired_t_test(bpb[name], bpb[first]) for name in names[1:]]
+    rows = [[first, f"{statistics.fmean(bpb[first]):.4f}", "", "", "", ""]]
+    for name, p, adjusted in zip(names[1:], p_values, holm(p_values)):
+        mean, base = statistics.fmean(bpb[name]), statistics.fmean(bpb[first])
+        rows.append([name, f"{mean:.4f}", f"{mean - base:+.4f}", f"{100 * (1 - mean / base):.1f}%", f"{p:.3g}",
+                     f"{adjusted:.3g}"])
+    lines = ["", f"Over seeds {', '.join(map(str, seeds))} (bits per byte at the end of each budget; each seed's "
+             f"values: {json.dumps({k: [round(v, 4) for v in vs] for k, vs in bpb.items()})}):"]
+    return lines + markdown_table(["recipe", "mean bpb", f"minus {first}", f"lower than {first}", "p (paired t)",
+                                   "p (Holm)"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60, help="time budget of each run (default 60)")
+    parser.add_argument("--recipes", default="round1,new", help=f"named recipes, in order: {', '.join(RECIPES)}")
+    parser.add_argument("--recipe", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
+                        help="a further recipe: config fields changed from the defaults")
+    parser.add_argument("--source", action="append", default=[], metavar="PATH",
+                        help="train on this text instead of the embedded corpus (repeatable)")
+    parser.add_argument("--precision", default="auto", help="train.precision of every run (default auto)")
+    parser.add_argument("--preset", help="a model shape by name for every recipe (default: the default model)")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="run the recipes one after another, each on the whole machine (one GPU, say)")
+    parser.add_argument("--seed", type=int, default=1337, help="train.seed of the first run (default 1337)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="seeds to run, from --seed up; with two or more, a table of means, paired "
+                             "differences and p-values (Student's t paired by seed, Holm-adjusted) ends the output")
+    args = parser.parse_args()
+
+    recipes = {name: RECIPES[name] for name in args.recipes.split(",") if name}
+    recipes.update(parse_recipe(text) for text in args.recipe)
+    data = apply_overrides(RunConfig(), {"data.sources": ",".join(args.source)} if args.source else {}).data
+    prepare(data)  # once, outside every budget
+    threads = 0 if args.one_at_a_time else max(1, usable_cores() // len(recipes))  # 0: every core
+    seeds = [args.seed + k for k in range(args.seeds)]
+    bpb: dict[str, list[float]] = {name: [] for name in recipes}
+    for seed in seeds:
+        results = run_seed(recipes, args, seed, threads)
+        print("\n".join(seed_table(recipes, results, args, seed, threads)), flush=True)
+        for name, records in results.items():
+            bpb[name].append(float(curve(records)[-1][4]))
+    if len(seeds) > 1:
+        print("\n".join(seeds_summary(bpb, seeds)))
+    else:
+        first = next(iter(bpb))
+        print("\n".join(f"# {name}: bits per byte {100 * (1 - values[0] / bpb[first][0]):.1f}% lower than {first}'s"
+                        for name, values in bpb.items() if name != first))
 
 
 if __name__ == "__main__":

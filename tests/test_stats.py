@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from nextword.tools.stats import incomplete_beta, paired_t_test, summarize, t_cdf, t_quantile
+from nextword.tools.stats import holm, incomplete_beta, paired_t_test, summarize, t_cdf, t_quantile
 
 # Two-sided 95% and 99% critical values of Student's t (any printed t table, e.g. NIST/SEMATECH e-Handbook of
 # Statistical Methods, section 1.3.6.7.2).
@@ -51,3 +51,12 @@ def test_summary_is_the_mean_with_its_t_interval():
     assert summary.mean == 2.0
     half = 4.303 * 1.0 / math.sqrt(3)
     assert summary.ci95 == pytest.approx((2.0 - half, 2.0 + half), abs=1e-3)
+
+
+def test_holm_multiplies_the_kth_smallest_by_the_tests_left_and_keeps_the_order():
+    # m = 4: 0.01·4 = 0.04; 0.02·3 = 0.06; 0.03·2 = 0.06; 0.5·1 = 0.5, each back in its own place
+    assert holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
+    # A later, smaller product never undercuts an earlier one, and nothing exceeds 1
+    assert holm([0.02, 0.021]) == pytest.approx([0.04, 0.04])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+    assert holm([0.004]) == [0.004]

@@ -101,3 +101,16 @@ def paired_t_test(values: list[float], baseline: list[float]) -> float:
         return 1.0 if mean == 0.0 else 0.0
     t = mean / (spread / math.sqrt(len(differences)))
     return 2.0 * t_cdf(-abs(t), len(differences) - 1)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment (Holm 1979) of p-values from several tests made together, in their order: the
+    k-th smallest is multiplied by (m - k + 1) and the adjusted values are kept non-decreasing, so that rejecting
+    every adjusted p below alpha keeps the chance of any false finding at most alpha."""
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
