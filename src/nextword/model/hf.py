@@ -5,6 +5,7 @@
     llama arch              ↔ LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
     llama arch with qk_norm ↔ Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
     llama mixture of experts ↔ Llama4ForCausalLM, MixtralForCausalLM or Qwen3MoeForCausalLM (see SparseLayout)
+    any other dense model    → NextwordForCausalLM, custom code (modeling_nextword.py), read back as nextword's own
 
 Each family's Hugging Face layout (its architecture names, config fields and weight names, both ways) is one
 class below, GPT2Layout or LlamaLayout, found from `ModelConfig.arch` in LAYOUTS. `load_hf_model(path)` also reads
