@@ -198,13 +198,15 @@ class Block(nn.Module):
 def attention_allowed(ids: Tensor, real: Tensor, config: NextwordConfig) -> Tensor:
     """Which keys each query may see, [B, 1, T, T]: earlier real (unpadded) positions, and with doc_masking only
     those of the query's own document. A position's document number counts the document ends before it, so the
-    end token belongs to the document it ends. A padded position sees itself alone, so that its attention is
-    defined; nothing reads what it computes."""
+    end token belongs to the document it ends; padding on the left (even with end tokens) adds the same count to
+    every real position, and padding on the right comes after them. A padded position sees itself alone: a row with no
+    key at all is NaN in some attention kernels, and NaN would reach the real positions through the padded values
+    they weigh by zero. Nothing reads what a padded position computes."""
     T = ids.shape[1]
     positions = torch.arange(T, device=ids.device)
     allowed = (positions[None, :] <= positions[:, None])[None] & real[:, None, :]
     if config.doc_masking:
-        ends = ((ids == config.document_end) & real).long()
+        ends = (ids == config.document_end).long()
         documents = ends.cumsum(dim=1) - ends
         allowed = allowed & (documents[:, None, :] == documents[:, :, None])
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=ids.device)
