@@ -207,6 +207,9 @@ LLAMA = dict(architectures=["LlamaForCausalLM"], hidden_size=64, num_attention_h
     (dict(LLAMA, hidden_act="gelu"), "activation"),
     (dict(LLAMA, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "RoPE scaling"),
     (dict(LLAMA, architectures=["FalconForCausalLM"]), "only GPT2LMHeadModel"),
+    (dict(architectures=["NextwordForCausalLM"], model_type="nextword"), "without its \"nextword_config\""),
+    (dict(architectures=["NextwordForCausalLM"], model_type="nextword", nextword_config={"d_model": 32, "warp": 1}),
+     "does not know \\(warp\\)"),
 ])
 def test_import_refuses_what_nextword_cannot_represent(tmp_path, config, reason):
     with pytest.raises(CheckpointError, match=reason):

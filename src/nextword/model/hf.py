@@ -477,13 +477,10 @@ def load_hf_model(path: str | Path) -> GPT:
     anything nextword's blocks cannot compute exactly is refused with the reason."""
     path = Path(path)
     raw = read_hf_config(path)
+    custom = raw.get("model_type") == CUSTOM_MODEL_TYPE
+    cfg = custom_model_config(raw, path) if custom else model_config_from_hf(raw, path)
     weights = read_hf_weights(path)
-    if raw.get("model_type") == CUSTOM_MODEL_TYPE:
-        cfg = custom_model_config(raw, path)
-        state = {k: v.float() for k, v in weights.items()}
-    else:
-        cfg = model_config_from_hf(raw, path)
-        state = from_hf_state_dict(cfg, weights)
+    state = {k: v.float() for k, v in weights.items()} if custom else from_hf_state_dict(cfg, weights)
     model = GPT(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
