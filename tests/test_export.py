@@ -83,19 +83,98 @@ def test_export_loads_in_transformers_with_the_same_logits(family, tokenizer, tm
         assert (back(ids) - ours).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("options, named", [
-    (dict(arch="llama", logit_softcap=30.0), "model.logit_softcap = 30"),
-    (dict(arch="gpt2", logit_softcap=15.0), "model.logit_softcap = 15"),
-    (dict(arch="llama", mlp_activation="relu2"), "model.mlp_activation = relu2"),
-    (dict(arch="llama", mlp_activation="gelu"), "model.mlp_activation = gelu"),
-    (dict(arch="gpt2", qk_norm=True), "qk_norm"),
-])
-def test_export_refuses_a_model_transformers_cannot_compute_naming_the_option(tokenizer, tmp_path, options, named):
-    model = GPT(small(vocab=tokenizer.vocab_size, **options))
-    with pytest.raises(ConfigError, match=named) as refused:
+# Dense models no built-in transformers architecture computes: they export as custom code (modeling_nextword.py).
+CUSTOM_CODE = {
+    "softcap-gpt2": dict(arch="gpt2", logit_softcap=3.0),
+    "softcap-llama": dict(arch="llama", logit_softcap=5.0),
+    "speedrun-gpt2": dict(arch="gpt2", value_embeddings=True, residual_scalars=True, embedding_norm=True),
+    "speedrun-llama-gqa": dict(arch="llama", n_kv_heads=2, value_embeddings=True, residual_scalars=True,
+                               embedding_norm=True, logit_softcap=5.0),
+    "doc-masking": dict(arch="llama", doc_masking=True),
+    "qknorm-gpt2": dict(arch="gpt2", qk_norm=True, n_kv_heads=2),
+    "zero-head-relu2-llama": dict(arch="llama", tie_embeddings=False, zero_init_head=True, mlp_activation="relu2"),
+}
+
+
+def custom_model(tokenizer, options: dict) -> GPT:
+    """A tiny model with `options`, every learned scalar and the head moved off their starting values (as training
+    would move them), so that each one has to travel for the logits to agree."""
+    cfg = small(vocab=tokenizer.vocab_size + 4, d_model=32, **options)
+    if cfg.doc_masking:
+        cfg.document_end = tokenizer.eos_id
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        if cfg.residual_scalars:
+            model.resid_scales.uniform_(0.5, 1.5)
+            model.x0_scales.uniform_(-0.5, 0.5)
+        if cfg.zero_init_head:
+            model.lm_head.weight.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("options", CUSTOM_CODE.values(), ids=CUSTOM_CODE.keys())
+def test_a_model_no_transformers_architecture_computes_exports_as_custom_code(options, tokenizer, tmp_path):
+    model = custom_model(tokenizer, options)
+    cfg = model.cfg
+    out = export_model(model, tokenizer, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "modeling_nextword.NextwordConfig",
+                                  "AutoModelForCausalLM": "modeling_nextword.NextwordForCausalLM"}
+    assert "import nextword" not in (out / "modeling_nextword.py").read_text()  # it travels without nextword
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+    assert type(hf).__name__ == "NextwordForCausalLM"
+    ids = torch.randint(0, tokenizer.vocab_size, (2, cfg.context), generator=torch.Generator().manual_seed(1))
+    ids[:, [6, 17]] = tokenizer.eos_id  # documents end inside the rows
+    with torch.no_grad():
+        ours = model(ids)
+        assert (ours - hf(ids).logits).abs().max().item() < 1e-4
+        assert hf(ids, labels=ids).loss.item() == pytest.approx(model(ids[:, :-1], ids[:, 1:]).item(), abs=1e-5)
+
+        # A row left-padded (with the end token, as lm-eval pads) computes what it computes alone.
+        pad = 3
+        padded = torch.cat([torch.full((1, pad), tokenizer.eos_id), ids[:1, :-pad]], dim=1)
+        mask = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones(1, cfg.context - pad, dtype=torch.long)], 1)
+        assert (hf(padded, attention_mask=mask).logits[:, pad:] - model(ids[:1, :-pad])).abs().max().item() < 1e-4
+
+        prompt = ids[:1, :10]  # holds an end token
+        generated = hf.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                attention_mask=torch.ones_like(prompt), pad_token_id=tokenizer.eos_id)
+        assert generated[0, 10:].tolist() == greedy(model, prompt, 6)
+
+        back = load_hf_model(out)
+        assert back.cfg == cfg
+        assert torch.equal(back(ids), ours)
+
+
+def test_a_mixture_of_experts_no_transformers_architecture_computes_is_refused_naming_the_option(tokenizer, tmp_path):
+    model = GPT(small(vocab=tokenizer.vocab_size, arch="llama", n_experts=4, d_expert=48, logit_softcap=30.0))
+    with pytest.raises(ConfigError, match="model.logit_softcap") as refused:
         export_model(model, tokenizer, tmp_path / "hf")
     assert len(str(refused.value).splitlines()) == 1
     assert not (tmp_path / "hf").exists()
+
+
+def test_lm_eval_loads_a_custom_code_export_and_scores_as_nextword_does(tokenizer, tmp_path):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model = custom_model(tokenizer, CUSTOM_CODE["speedrun-llama-gqa"])
+    out = export_model(model, tokenizer, tmp_path / "hf")
+    hflm = HFLM(pretrained=str(out), trust_remote_code=True, batch_size=2, device="cpu", dtype="float32")
+    requests = [("def add(a, b):", "\n    return a + b"), ("The quick brown", " fox jumps over the lazy dog.")]
+    theirs = hflm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(requests)])
+    for (context, continuation), (logprob, is_greedy) in zip(requests, theirs, strict=True):
+        whole = tokenizer.encode(context + continuation)
+        first = len(tokenizer.encode(context))
+        ids = torch.tensor([whole])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids[:, :-1])[0].double(), dim=-1)
+        rows = range(first - 1, len(whole) - 1)
+        assert logprob == pytest.approx(sum(logprobs[i, whole[i + 1]].item() for i in rows), abs=1e-4)
+        assert is_greedy == all(logprobs[i].argmax().item() == whole[i + 1] for i in rows)
 
 
 def test_exported_tokenizer_is_a_fast_tokenizer_with_eos(tokenizer, tmp_path):
@@ -128,6 +207,9 @@ LLAMA = dict(architectures=["LlamaForCausalLM"], hidden_size=64, num_attention_h
     (dict(LLAMA, hidden_act="gelu"), "activation"),
     (dict(LLAMA, rope_scaling={"rope_type": "llama3", "factor": 8.0}), "RoPE scaling"),
     (dict(LLAMA, architectures=["FalconForCausalLM"]), "only GPT2LMHeadModel"),
+    (dict(architectures=["NextwordForCausalLM"], model_type="nextword"), "without its \"nextword_config\""),
+    (dict(architectures=["NextwordForCausalLM"], model_type="nextword", nextword_config={"d_model": 32, "warp": 1}),
+     "does not know \\(warp\\)"),
 ])
 def test_import_refuses_what_nextword_cannot_represent(tmp_path, config, reason):
     with pytest.raises(CheckpointError, match=reason):

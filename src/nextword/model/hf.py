@@ -5,17 +5,24 @@
     llama arch              ↔ LlamaForCausalLM (same rotate-half RoPE layout: no weight permutation)
     llama arch with qk_norm ↔ Qwen3ForCausalLM (Llama plus an RMSNorm on each head's queries and keys)
     llama mixture of experts ↔ Llama4ForCausalLM, MixtralForCausalLM or Qwen3MoeForCausalLM (see SparseLayout)
+    any other dense model    → NextwordForCausalLM, custom code (modeling_nextword.py), read back as nextword's own
 
 Each family's Hugging Face layout (its architecture names, config fields and weight names, both ways) is one
 class below, GPT2Layout or LlamaLayout, found from `ModelConfig.arch` in LAYOUTS. `load_hf_model(path)` also reads
-MistralForCausalLM without a sliding window, with safetensors alone, for `[model] init_from`. A model that no
-transformers architecture computes exactly (soft-capped logits, a llama block without its gated MLP, QK-norm or
-grouped-query attention in a gpt2 block) is refused by name rather than exported as something else. Writing a whole
-model directory (with its tokenizer) is `nextword export`'s job.
+MistralForCausalLM without a sliding window, with safetensors alone, for `[model] init_from`.
+
+A dense model that no built-in architecture computes exactly (soft-capped logits, value embeddings, the embedding
+norm, residual scalars, document masking, a llama block without its gated MLP, QK-norm or grouped-query attention in
+a gpt2 block) exports as custom code instead: NextwordForCausalLM of modeling_nextword.py, a file that travels with
+the weights and that transformers runs with trust_remote_code=True. Its weights keep nextword's own names, and its
+config.json keeps nextword's model settings under "nextword_config", from which `load_hf_model` reads it back
+without running that file. A mixture of experts with one of those options is refused by name. Writing a whole model
+directory (with its tokenizer) is `nextword export`'s job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +38,13 @@ from nextword.model.network import GPT
 
 Refusal = Callable[[str], CheckpointError]  # a reason → the error that says nextword cannot read the model
 
+# The custom-code route: the architecture named in config.json, its model_type, and the file shipped beside the
+# weights (this package's modeling_nextword.py, copied as it is).
+CUSTOM_CODE = "NextwordForCausalLM"
+CUSTOM_MODEL_TYPE = "nextword"
+# Options that no built-in transformers architecture computes: a dense model with any of them exports as custom code.
+CUSTOM_OPTIONS = ("logit_softcap", "embedding_norm", "value_embeddings", "residual_scalars", "doc_masking")
+
 
 class GPT2Layout:
     """The gpt2 family as GPT2LMHeadModel."""
@@ -43,10 +57,10 @@ class GPT2Layout:
     ACTIVATIONS = {"gelu": "gelu_new", "relu2": "relu2"}
 
     @staticmethod
-    def architecture(cfg: ModelConfig) -> str:
+    def architecture(cfg: ModelConfig) -> str | None:
+        """None where GPT-2 computes something else: grouped-query attention or QK-norm in the block."""
         if cfg.kv_heads != cfg.n_heads or cfg.qk_norm:
-            raise ConfigError("a gpt2-arch model with grouped-query attention or qk_norm has no GPT-2 equivalent "
-                              "in transformers; train it as arch = \"llama\" to export it")
+            return None
         return "GPT2LMHeadModel"
 
     @staticmethod
@@ -130,10 +144,10 @@ class LlamaLayout:
     }
 
     @staticmethod
-    def architecture(cfg: ModelConfig) -> str:
+    def architecture(cfg: ModelConfig) -> str | None:
+        """None where the MLP is not the gated SwiGLU that Llama's and Qwen3's are."""
         if cfg.mlp != "swiglu":
-            raise ConfigError(f"model.mlp_activation = {cfg.mlp}: Llama's and Qwen3's MLP in transformers is the gated "
-                              "SwiGLU, so this llama-arch model has no equivalent there and cannot be exported")
+            return None
         return "Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"
 
     @staticmethod
@@ -384,20 +398,22 @@ def layout_for(cfg: ModelConfig):
 
 
 def hf_architecture(cfg: ModelConfig) -> str:
-    """The transformers architecture that computes exactly what this model does; ConfigError naming the option
-    when there is none."""
-    if cfg.logit_softcap:
-        # Gemma 2 caps its logits too, but its blocks differ from both families (norms around each sublayer,
-        # scaled embeddings, capped attention scores), so no export would compute the same function.
-        raise ConfigError(f"model.logit_softcap = {cfg.logit_softcap:g}: no GPT-2, Llama or Qwen3 model in "
-                          "transformers caps its logits, so this model cannot be exported; train with "
-                          "logit_softcap = 0 to export")
-    unmatched = [name for name in ("embedding_norm", "value_embeddings", "residual_scalars", "doc_masking")
-                 if getattr(cfg, name)]
-    if unmatched:
-        raise ConfigError(f"model.{unmatched[0]} = true: no GPT-2, Llama or Qwen3 model in transformers computes it, "
-                          "so this model cannot be exported")
-    return layout_for(cfg).architecture(cfg)
+    """The transformers architecture that computes exactly what this model does: a built-in one where there is one,
+    else CUSTOM_CODE (modeling_nextword.py). A mixture of experts has no custom code: ConfigError naming the option."""
+    custom = [name for name in CUSTOM_OPTIONS if getattr(cfg, name)]
+    if cfg.n_experts:
+        if custom:
+            raise ConfigError(f"model.{custom[0]} with a mixture of experts cannot be exported: no transformers "
+                              "architecture computes it and the custom-code export is for dense models only; train "
+                              f"with model.{custom[0]} off (or model.n_experts = 0) to export")
+        return SparseLayout.architecture(cfg)
+    native = None if custom else LAYOUTS[cfg.arch].architecture(cfg)
+    return native or CUSTOM_CODE
+
+
+def is_custom_code(cfg: ModelConfig) -> bool:
+    """Whether the model exports as custom code, which transformers loads with trust_remote_code=True."""
+    return hf_architecture(cfg) == CUSTOM_CODE
 
 
 def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None):
@@ -405,12 +421,44 @@ def hf_config(cfg: ModelConfig, eos_id: int, bos_id: int | None = None):
     the end of the one before, as GPT-2's do."""
     common = dict(vocab_size=cfg.vocab_size, bos_token_id=eos_id if bos_id is None else bos_id, eos_token_id=eos_id,
                   tie_word_embeddings=cfg.tie_embeddings, architectures=[hf_architecture(cfg)])
+    if common["architectures"] == [CUSTOM_CODE]:
+        return custom_config(cfg, common)
     return layout_for(cfg).config(cfg, common)
 
 
+def custom_config(cfg: ModelConfig, common: dict):
+    """modeling_nextword's NextwordConfig: every choice resolved (the file knows no family defaults), and
+    nextword's own settings kept whole for reading the model back."""
+    from nextword.model.modeling_nextword import NextwordConfig
+
+    family = cfg.family
+    return NextwordConfig(
+        hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.kv_heads, intermediate_size=cfg.ffn_dim, max_position_embeddings=cfg.context,
+        norm_type=family.norm, linear_bias=family.bias, positions=family.positions, mlp_activation=cfg.mlp,
+        rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps, qk_norm=cfg.qk_norm, logit_softcap=cfg.logit_softcap,
+        embedding_norm=cfg.embedding_norm, value_embeddings=cfg.value_embeddings,
+        residual_scalars=cfg.residual_scalars, doc_masking=cfg.doc_masking, document_end=cfg.document_end,
+        nextword_config=dataclasses.asdict(cfg), **common)
+
+
+def hf_model_class(architecture: str):
+    """The transformers model class of an architecture hf_architecture names."""
+    if architecture == CUSTOM_CODE:
+        from nextword.model.modeling_nextword import NextwordForCausalLM
+
+        return NextwordForCausalLM
+    import transformers
+
+    return getattr(transformers, architecture)
+
+
 def to_hf_state_dict(model: GPT) -> dict[str, Tensor]:
-    """nextword's weights under Hugging Face's names (see the key list in network.py)."""
+    """nextword's weights under Hugging Face's names (see the key list in network.py); the custom code keeps
+    nextword's names."""
     cfg, sd = model.cfg, {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    if is_custom_code(cfg):
+        return sd
     out = layout_for(cfg).to_hf(cfg, sd)
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
@@ -425,19 +473,34 @@ def load_hf_model(path: str | Path) -> GPT:
     """A transformers model directory (safetensors weights) as a nextword GPT, in eval mode, fp32.
 
     Reads GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM and MistralForCausalLM without a sliding window,
-    and the mixtures of experts SparseLayout reads;
+    the mixtures of experts SparseLayout reads, and nextword's own custom-code export (without running its code);
     anything nextword's blocks cannot compute exactly is refused with the reason."""
     path = Path(path)
     raw = read_hf_config(path)
-    cfg = model_config_from_hf(raw, path)
+    custom = raw.get("model_type") == CUSTOM_MODEL_TYPE
+    cfg = custom_model_config(raw, path) if custom else model_config_from_hf(raw, path)
     weights = read_hf_weights(path)
+    state = {k: v.float() for k, v in weights.items()} if custom else from_hf_state_dict(cfg, weights)
     model = GPT(cfg)
-    state = from_hf_state_dict(cfg, weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the config: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}")
     return model.eval()
+
+
+def custom_model_config(raw: dict, path: Path) -> ModelConfig:
+    """The ModelConfig a custom-code export keeps under "nextword_config"."""
+    settings = raw.get("nextword_config")
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}/config.json: model_type {CUSTOM_MODEL_TYPE!r} without its \"nextword_config\" "
+                              "settings; export the run again with `nextword export`")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise CheckpointError(f"{path}/config.json: nextword_config has settings this nextword does not know "
+                              f"({', '.join(unknown)}); read it with the nextword version that exported it")
+    return ModelConfig(**settings)
 
 
 def read_hf_config(path: Path) -> dict:

@@ -1,6 +1,8 @@
 """A trained model and its tokenizer as a Hugging Face transformers model directory, which AutoModelForCausalLM and
-AutoTokenizer load with no custom code (`nextword export --help` lists what it holds and which architecture each
-family becomes). The weight names and config fields, both ways, live in `nextword.model.hf`.
+AutoTokenizer load (`nextword export --help` lists what it holds and which architecture each family becomes): with
+no custom code where a built-in architecture computes the model, else with trust_remote_code=True and the
+modeling_nextword.py written beside the weights. The weight names and config fields, both ways, live in
+`nextword.model.hf`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 from nextword.data.tokenizer import Tokenizer
 from nextword.errors import CheckpointError, ConfigError
 from nextword.model import GPT
-from nextword.model.hf import hf_config, to_hf_state_dict
+from nextword.model.hf import CUSTOM_CODE, hf_config, hf_model_class, to_hf_state_dict
 
 
 def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
@@ -26,7 +28,12 @@ def export_model(model: GPT, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
                               f"{cfg.vocab_size}; they do not belong together")
     out = Path(out_dir)
     config = hf_config(cfg, tokenizer.eos_id, tokenizer.bos_id)
-    hf_model = getattr(transformers, config.architectures[0])(config)
+    model_class = hf_model_class(config.architectures[0])
+    if config.architectures[0] == CUSTOM_CODE:
+        # save_pretrained then copies the classes' file beside the weights and names them in config.json's auto_map.
+        type(config).register_for_auto_class("AutoConfig")
+        model_class.register_for_auto_class("AutoModelForCausalLM")
+    hf_model = model_class(config)
     missing, unexpected = hf_model.load_state_dict(to_hf_state_dict(model), strict=False)
     # Tied heads and GPT-2's causal-mask buffers are not weights of their own.
     missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_embeddings) and not k.endswith(".attn.bias")]
