@@ -1,6 +1,6 @@
 """Today's recipe against a newer one, side by side at equal wall clock, on the default corpus or another.
 
-    .venv/bin/python benchmarks/recipe.py --seconds 120
+    .venv/bin/python benchmarks/recipe.py --seconds 120 --seeds 3
     .venv/bin/python benchmarks/recipe.py --seconds 120 --source ~/corpora/shakespeare
     .venv/bin/python benchmarks/recipe.py --seconds 90 --recipes today,muon \\
         --recipe "muon-relu2:train.optimizer=muon,model.mlp_activation=relu2"
@@ -30,12 +30,21 @@ from nextword.data.prepare import prepare
 from nextword.tools.stats import holm, paired_t_test
 from nextword.training.machine import usable_cores
 
+# The network of the first round of the recipe (#21): GPT-2's blocks, a tied head, a plain embedding. Named field by
+# field, so that the recipe stays the same whatever today's defaults are.
+ROUND1 = {"model.arch": "gpt2", "model.tie_embeddings": "true", "model.embedding_norm": "false",
+          "model.zero_init_head": "false"}
+# The second round's winners (benchmarks/RESULTS.md, "Recipe, second round"): llama blocks (RoPE, RMSNorm, SwiGLU),
+# an untied head that starts at zero, and the embedding RMS-normalised.
+ROUND2 = {"model.arch": "llama", "model.tie_embeddings": "false", "model.embedding_norm": "true",
+          "model.zero_init_head": "true"}
+
 RECIPES = {
-    # GPT-2's: AdamW, GELU, learned positions, a tied head, at the default model's fixed shape (4 layers of 256)
-    "today": {"train.optimizer": "adamw", "model.size": "fixed"},
-    "muon": {"model.size": "fixed"},  # Muon at that same fixed shape
-    # The defaults: Muon, and a model sized to the budget (training/sizing.py)
-    "new": {},
+    # GPT-2's: AdamW, GELU, learned positions, a tied head, at the first default model's fixed shape (4 layers of 256)
+    "today": {**ROUND1, "train.optimizer": "adamw", "model.size": "fixed"},
+    "muon": {**ROUND1, "model.size": "fixed"},  # Muon at that same fixed shape
+    "round1": ROUND1,  # Muon, and a model sized to the budget (training/sizing.py): the first round's defaults
+    "new": ROUND2,  # the same with the second round's network: today's defaults
 }
 
 
