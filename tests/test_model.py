@@ -13,7 +13,10 @@ VOCAB = 97
 
 
 def tiny(arch: str, **overrides) -> ModelConfig:
-    shape = dict(arch=arch, n_layers=2, d_model=32, n_heads=4, context=24, vocab_size=VOCAB)
+    """A small network of the family, with a tied head and a plain embedding (the defaults' untied head starts at
+    zero, which would hide what these tests look at) unless the test asks otherwise."""
+    shape = dict(arch=arch, n_layers=2, d_model=32, n_heads=4, context=24, vocab_size=VOCAB, tie_embeddings=True,
+                 embedding_norm=False, zero_init_head=False)
     return ModelConfig(**(shape | overrides))
 
 
@@ -336,13 +339,15 @@ def test_embedding_norm_gives_the_first_block_unit_rms_input():
     torch.testing.assert_close(seen[0].pow(2).mean(-1).sqrt(), torch.ones(2, 16), rtol=1e-3, atol=1e-3)
 
 
-def test_zero_init_head_starts_uniform_and_needs_an_untied_head():
+def test_zero_init_head_starts_an_untied_head_uniform_and_leaves_a_tied_one_as_the_embedding():
     model = build(tiny("gpt2", tie_embeddings=False, zero_init_head=True))
     idx = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(16))
     with torch.no_grad():
         assert model(idx).abs().max() == 0  # every first prediction is uniform: loss ln V exactly
         torch.testing.assert_close(model(idx, idx), torch.tensor(math.log(VOCAB)))
     assert model.tok_emb.weight.abs().max() > 0
+    tied = build(tiny("gpt2", tie_embeddings=True, zero_init_head=True))
+    assert tied.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -362,3 +367,15 @@ def test_doc_masking_keeps_attention_within_each_document(arch):
     row = torch.randint(4, VOCAB, (2, 20), generator=torch.Generator().manual_seed(19))
     with torch.no_grad():
         torch.testing.assert_close(model(row), plain(row), rtol=0, atol=1e-6)
+
+
+def test_the_default_network_is_the_second_recipe_rounds():
+    """llama blocks, an untied head that starts at zero and a normed embedding (benchmarks/RESULTS.md, recipe round
+    2); a named GPT-2 keeps GPT-2's own network."""
+    from nextword.config import model_preset
+
+    model = build(ModelConfig(vocab_size=VOCAB, n_layers=2, d_model=32, n_heads=4, context=24))
+    assert model.pos_emb is None and isinstance(model.norm, torch.nn.RMSNorm)  # RoPE, RMSNorm
+    assert model.lm_head.weight.abs().max() == 0 and model.cfg.embedding_norm
+    gpt2 = model_preset("gpt2-124m")
+    assert gpt2.arch == "gpt2" and gpt2.tie_embeddings and not gpt2.embedding_norm

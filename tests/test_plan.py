@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nextword import cli
-from nextword.config import ModelConfig, RunConfig, load
+from nextword.config import ModelConfig, RunConfig, load, model_preset
 from nextword.errors import ConfigError, DataError
 from nextword.model import GPT
 from nextword.tools.plan import (
@@ -17,7 +17,7 @@ from nextword.model.moe import idle_params
 
 
 def tiny(arch: str, **overrides) -> ModelConfig:
-    shape = dict(arch=arch, n_layers=2, d_model=32, n_heads=4, context=24, vocab_size=97)
+    shape = dict(arch=arch, n_layers=2, d_model=32, n_heads=4, context=24, vocab_size=97, embedding_norm=False)
     return ModelConfig(**(shape | overrides))
 
 
@@ -41,7 +41,7 @@ def test_analytic_counts_match_the_real_model(name):
 
 
 def test_gpt2_124m_flops_by_hand():
-    cfg = ModelConfig(arch="gpt2", n_layers=12, d_model=768, n_heads=12, context=1024, vocab_size=50257)
+    cfg = model_preset("gpt2-124m")
     params = count_params(cfg)
     # Per block: attention 4·768² + MLP 2·768·3072 weights; plus the 50257×768 output head (tied, still a matmul).
     assert params.matmul == 12 * (4 * 768**2 + 2 * 768 * 3072) + 50257 * 768 == 123_532_032

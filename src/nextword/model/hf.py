@@ -120,7 +120,7 @@ class GPT2Layout:
         return ModelConfig(arch="gpt2", n_layers=raw["n_layer"], d_model=d, n_heads=raw["n_head"],
                            d_ff=raw.get("n_inner") or 4 * d, context=raw["n_positions"],
                            vocab_size=raw["vocab_size"], tie_embeddings=raw.get("tie_word_embeddings", True),
-                           norm_eps=raw.get("layer_norm_epsilon", 1e-5),
+                           embedding_norm=False, norm_eps=raw.get("layer_norm_epsilon", 1e-5),
                            mlp_activation="relu2" if activation == "relu2" else "")
 
 
@@ -210,6 +210,7 @@ def llama_shape(raw: dict, refuse: Refusal) -> dict[str, Any]:
     return dict(arch="llama", n_layers=raw["num_hidden_layers"], d_model=d, n_heads=heads,
                 n_kv_heads=raw.get("num_key_value_heads") or heads, context=raw.get("max_position_embeddings", 2048),
                 vocab_size=raw["vocab_size"], tie_embeddings=raw.get("tie_word_embeddings", False),
+                embedding_norm=False,  # no transformers architecture normalises its embedding
                 rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
                 norm_eps=raw.get("rms_norm_eps", 1e-6))
 

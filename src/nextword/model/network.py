@@ -247,7 +247,7 @@ class GPT(nn.Module):
             self.resid_scales = nn.Parameter(torch.ones(cfg.n_layers))
             self.x0_scales = nn.Parameter(torch.zeros(cfg.n_layers))
         self.apply(self._init_weights)
-        if cfg.zero_init_head:
+        if cfg.zero_init_head and not cfg.tie_embeddings:
             nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module: nn.Module) -> None:

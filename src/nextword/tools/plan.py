@@ -120,7 +120,8 @@ class PublishedRun:
 
 RUNS: dict[str, PublishedRun] = {
     "gpt2-124m-llmc": PublishedRun(
-        model=dict(arch="gpt2", n_layers=12, d_model=768, n_heads=12, context=1024, vocab_size=50257),
+        model=dict(arch="gpt2", n_layers=12, d_model=768, n_heads=12, context=1024, vocab_size=50257,
+                   tie_embeddings=True),
         tokens=10e9, gpu="a100", gpus=8, gpu_hours=8 * 1.5, mfu=0.50,
         source="Karpathy, llm.c discussion #481 (May 2024): GPT-2 124M on 10B FineWeb tokens, 8×A100 80GB SXM, "
                "about 90 minutes, about $20",
