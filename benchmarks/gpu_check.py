@@ -9,6 +9,7 @@ the part's results file, or one line saying what is wrong and exits 1.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -56,7 +57,11 @@ def check_parity(args: argparse.Namespace) -> str:
 
     model, tokenizer, cfg = load_for_inference(args.run_dir, device=args.device)
     out = export_model(model, tokenizer, args.out_dir)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(args.device).eval()
+    # The export was written just now, so its own modelling file (a network no built-in architecture computes) is
+    # code this run made, safe to run.
+    custom = "auto_map" in json.loads((out / "config.json").read_text())
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=custom)
+    hf = hf.to(args.device).eval()
     ids = torch.randint(0, tokenizer.vocab_size, (2, cfg.model.context), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, theirs = model(ids.to(args.device)), hf(ids.to(args.device)).logits

@@ -10,7 +10,8 @@
 #               transformers' logits for the export compared with the run's on the GPU
 #   throughput  benchmarks/gpu_throughput.py --only gpt2: gpt2-124m beside transformers' GPT2LMHeadModel, eager and
 #               compiled (tokens/s, MFU, peak memory)
-#   recipes     benchmarks/recipe.py: today's recipe and the new one at gpt2-124m, 70 s each, one after the other
+#   recipes     benchmarks/recipe.py: the first round's network (round1) and the second's (new, the defaults) at the gpt2-124m
+#               shape, 70 s each, one after the other
 #
 # `smoke throughput recipes` in one command takes about 8 minutes, inside a 10-minute command and a quarter hour
 # with the machine's start. OUT (default $OUT, else /tmp/nextword-gpu) gets every step's output as

@@ -46,9 +46,11 @@ from nextword.training.optimizer import build_optimizer
 from nextword.training.precision import autocast_for, scaler_for
 from nextword.training.step import train_step
 
-TINY = {"gpt2": {"arch": "gpt2", "n_layers": 2, "d_model": 64, "n_heads": 4, "context": 64, "vocab_size": 512},
+# The presets' networks (tied heads, plain embeddings: what transformers' classes compute) at a tiny shape
+TINY = {"gpt2": {"arch": "gpt2", "n_layers": 2, "d_model": 64, "n_heads": 4, "context": 64, "vocab_size": 512,
+                 "tie_embeddings": True, "embedding_norm": False},
         "llama": {"arch": "llama", "n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 2, "d_ff": 128,
-                  "context": 64, "vocab_size": 512, "tie_embeddings": True}}
+                  "context": 64, "vocab_size": 512, "tie_embeddings": True, "embedding_norm": False}}
 
 
 @dataclass

@@ -182,9 +182,11 @@ def test_a_runs_key_follows_what_decides_its_result_and_not_where_it_runs(data):
 
 def test_a_field_added_later_keeps_the_keys_of_runs_made_before_it_while_it_is_off(data):
     cfg = load_spec(write_spec(data)).variants["clean"]
+    for (section, key), earlier in ADDED_FIELDS.items():
+        setattr(getattr(cfg, section), key, earlier)  # a run as runs were before these fields existed
     settings = cfg.to_dict()
     for section, key in ADDED_FIELDS:
-        del settings[section][key]  # the config as it was before these fields existed
+        del settings[section][key]  # its config as it was written then
     settings.pop("engine")
     for section, key in (("train", "run_dir"), ("train", "threads"), ("data", "workers"), ("data", "data_dir")):
         settings[section].pop(key)

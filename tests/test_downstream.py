@@ -111,7 +111,8 @@ def fitted_model(tokenizer: Tokenizer, arch: str, steps: int = 300) -> GPT:
     """A tiny model trained a little on the passages, so that it prefers some answers and the figures say
     something: documents as the shard writer lays them out, each after the token a document follows."""
     torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, n_layers=2, d_model=48, n_heads=2, context=CONTEXT, vocab_size=tokenizer.vocab_size)
+    cfg = ModelConfig(arch=arch, n_layers=2, d_model=48, n_heads=2, context=CONTEXT, vocab_size=tokenizer.vocab_size,
+                      tie_embeddings=True, embedding_norm=False)  # a network transformers has built in
     model = GPT(cfg)
     stream = []
     for passage in PASSAGES:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -23,7 +24,9 @@ def tokenizer():
 
 def small(arch: str, vocab: int, **overrides) -> ModelConfig:
     # A larger init spread than training uses, so random logits are far apart and greedy choices are clear.
-    shape = dict(arch=arch, n_layers=2, d_model=64, n_heads=4, context=32, vocab_size=vocab, init_std=0.2)
+    # A tied head and a plain embedding unless a case asks otherwise: the networks transformers has built in.
+    shape = dict(arch=arch, n_layers=2, d_model=64, n_heads=4, context=32, vocab_size=vocab, init_std=0.2,
+                 tie_embeddings=True, embedding_norm=False, zero_init_head=False)
     return ModelConfig(**(shape | overrides))
 
 
@@ -93,6 +96,9 @@ CUSTOM_CODE = {
     "doc-masking": dict(arch="llama", doc_masking=True),
     "qknorm-gpt2": dict(arch="gpt2", qk_norm=True, n_kv_heads=2),
     "zero-head-relu2-llama": dict(arch="llama", tie_embeddings=False, zero_init_head=True, mlp_activation="relu2"),
+    # The default network: llama blocks, an untied head that starts at zero, the embedding RMS-normalised
+    "default": {field.name: getattr(ModelConfig(), field.name) for field in dataclasses.fields(ModelConfig)
+                if field.name in ("arch", "tie_embeddings", "zero_init_head", "embedding_norm")},
 }
 
 

@@ -16,7 +16,8 @@ CONTEXT = 16
 def tiny_model(arch: str = "gpt2", vocab: int = VOCAB) -> GPT:
     torch.manual_seed(0)
     cfg = ModelConfig(arch=arch, n_layers=2, d_model=32, n_heads=4, context=CONTEXT, vocab_size=vocab,
-                      n_kv_heads=2 if arch == "llama" else 0, init_std=0.2)  # a wide init: peaky, varied logits
+                      n_kv_heads=2 if arch == "llama" else 0, init_std=0.2,  # a wide init: peaky, varied logits
+                      tie_embeddings=True, embedding_norm=False)  # (a head at zero would make every logit equal)
     return GPT(cfg).eval()
 
 

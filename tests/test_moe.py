@@ -195,6 +195,7 @@ def test_the_moe_tiny_preset_is_sparse_with_a_dense_blocks_active_width():
 def make_sparse(cfg: RunConfig) -> RunConfig:
     m = cfg.model
     m.arch, m.n_experts, m.experts_per_token, m.shared_experts, m.d_expert = "llama", 4, 1, 1, 32
+    m.embedding_norm = False  # as the sparse architectures transformers has (Llama 4, Mixtral, Qwen3-MoE): exportable
     return cfg
 
 
@@ -279,12 +280,13 @@ def test_a_dense_runs_checkpoints_match_as_before_and_a_sparse_shape_is_its_own(
     from nextword.training.checkpoint import config_hash
 
     dense = RunConfig()
-    # The hash a dense default config had before sparse fields and the recipe options existed: old checkpoints
+    dense.model.arch, dense.model.tie_embeddings, dense.model.embedding_norm = "gpt2", True, False
+    # The hash the first default config had before sparse fields and the recipe options existed: old checkpoints
     # still resume. An option that changes the function changes it; one that only changes the start does not.
     assert config_hash(dense) == "9a4dc357562827d2"
     for field, value, changes in (("mlp_activation", "relu2", True), ("logit_softcap", 30.0, True),
                                   ("zero_init_projections", True, False)):
-        option = RunConfig()
+        option = copy.deepcopy(dense)
         setattr(option.model, field, value)
         assert (config_hash(option) != config_hash(dense)) == changes, field
     sparse = make_sparse(RunConfig())

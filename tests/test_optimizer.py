@@ -19,7 +19,8 @@ from nextword.training.step import train_step
 def tiny_run(**train) -> RunConfig:
     cfg = RunConfig()
     cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.context, cfg.model.vocab_size = 2, 32, 2, 16, 64
-    cfg.model.tie_embeddings = False
+    # GPT-2's blocks (biases, learned positions: every kind of parameter the optimizers split), an untied head
+    cfg.model.arch, cfg.model.tie_embeddings, cfg.model.zero_init_head = "gpt2", False, False
     for name, value in train.items():
         setattr(cfg.train, name, value)
     return cfg.validate()
@@ -267,6 +268,7 @@ def test_a_torch_without_muon_is_a_one_line_config_error(monkeypatch):
 ])
 def test_the_recipe_options_refuse_values_that_cannot_work(section, field, value, message):
     cfg = RunConfig()
+    cfg.model.arch = "gpt2"
     setattr(getattr(cfg, section), field, value)
     with pytest.raises(ConfigError, match=message):
         cfg.validate()

@@ -394,6 +394,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # Sparse: a shared expert plus one of eight routed ones, each half the dense width, so a token passes
     # through as many MLP weights as in a dense block of d_ff 384.
     "moe-tiny": dict(
+        embedding_norm=False,  # a sparse model exports only as a transformers architecture, and none has the norm
         arch="llama", n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, d_ff=384, context=128,
         n_experts=8, experts_per_token=1, shared_experts=1, d_expert=192,
     ),
