@@ -27,8 +27,11 @@ def tokenizer() -> Tokenizer:
 
 def tiny_model(tokenizer: Tokenizer, arch: str = "gpt2", seed: int = 0) -> GPT:
     torch.manual_seed(seed)
+    # A tied head and a plain embedding: a head at zero would start every prediction uniform, and the trace's
+    # first step would move nothing these tests look at.
     return GPT(ModelConfig(arch=arch, n_layers=2, d_model=32, n_heads=4, context=32,
-                           vocab_size=tokenizer.vocab_size, n_kv_heads=2 if arch == "llama" else 0))
+                           vocab_size=tokenizer.vocab_size, n_kv_heads=2 if arch == "llama" else 0,
+                           tie_embeddings=True, embedding_norm=False))
 
 
 def batch(tokenizer: Tokenizer, text: str = TEXT) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,8 +333,10 @@ def test_a_sparse_model_shows_which_experts_each_position_went_to(tokenizer):
 
 def optioned_model(tokenizer: Tokenizer, **options) -> GPT:
     torch.manual_seed(0)
+    # Each test turns on the options it looks at; the rest off, the head tied, so the first step moves the table.
+    plain = dict(tie_embeddings=True, embedding_norm=False, zero_init_head=False)
     return GPT(ModelConfig(arch="llama", n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, context=32,
-                           vocab_size=tokenizer.vocab_size, **options))
+                           vocab_size=tokenizer.vocab_size, **(plain | options)))
 
 
 def test_the_networks_optional_parts_are_shown_with_the_models_own_numbers(tokenizer):
