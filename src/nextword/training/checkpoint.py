@@ -59,7 +59,8 @@ SPARSE_FIELDS = ("n_experts", "experts_per_token", "shared_experts", "moe_every"
 NOT_SHAPE = ("size", "init_from", "dropout", "balance_coef", "zero_init_projections", "zero_init_head", "document_end")
 # Options added after checkpoints existed, left out while off, so a model without them hashes as it did before.
 OFF_VALUES = {"mlp_activation": "", "logit_softcap": 0.0,
-              **{key: value for (section, key), value in ADDED_FIELDS.items() if section == "model"}}
+              **{key: value for (section, key), value in ADDED_FIELDS.items()
+                 if section == "model" and key not in NOT_SHAPE}}
 
 
 def config_hash(cfg: RunConfig) -> str:
