@@ -127,7 +127,7 @@ def test_a_muon_step_is_the_training_loops_step_and_shows_the_orthogonalised_upd
     x, y = batch(tokenizer)
     reference(x, y).backward()
     torch.nn.utils.clip_grad_norm_(reference.parameters(), train.grad_clip)
-    build_optimizer(reference, train).step()
+    build_optimizer(reference, train, "fp32").step()  # the loop's step in an fp32 run, which the trace is
     result = trace_step(model, tokenizer, TEXT, lr=train.lr, optimizer="muon", train=train)
 
     after = dict(model.named_parameters())

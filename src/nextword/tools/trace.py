@@ -421,7 +421,7 @@ def _optimizer_step(model: GPT, params: list[torch.nn.Parameter], name: str, lr:
     if name == "sgd":
         torch.optim.SGD(params, lr=lr).step()
         return
-    optimizer = build_optimizer(model, replace(train, lr=lr, optimizer=name))
+    optimizer = build_optimizer(model, replace(train, lr=lr, optimizer=name), "fp32")  # the trace computes in fp32
     if train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
     optimizer.step()

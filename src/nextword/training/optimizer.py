@@ -5,8 +5,10 @@ Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/) keeps SGD 
 and replaces the update by its nearest semi-orthogonal matrix (about U·Vᵀ of the momentum's SVD U·S·Vᵀ, by five
 Newton–Schulz iterations), so every direction of the matrix moves by the same amount however small its gradient.
 It is meant for the hidden matrices only: embeddings, the output head, norms and biases keep AdamW. torch's own
-Muon (torch.optim.Muon) gives the hyperparameters, the Newton–Schulz routine and the scaling by shape; its step is
-written out here (Muon.step) only so that a matrix sharded by FSDP is orthogonalised whole.
+Muon (torch.optim.Muon) gives the hyperparameters and the scaling by shape; its step is written out here
+(Muon.step) so that a matrix sharded by FSDP is orthogonalised whole, and its Newton–Schulz iterations
+(`orthogonalise`) so that they run in the run's own precision: torch's run in bf16 always, which on a CPU without
+native bf16 (AVX2 only) takes 20–60 times as long as fp32 (benchmarks/RESULTS.md, "Muon's Newton–Schulz").
 
 Both kinds of parameter sit in one optimizer object (MuonAdamW): one step, one zero_grad, one state_dict that the
 checkpoints store as they store AdamW's. Every parameter group carries `lr_scale`, its peak rate over train.lr, so
@@ -29,20 +31,22 @@ from nextword.errors import ConfigError
 from nextword.model import GPT
 
 try:  # torch 2.9 and later
-    from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
+    from torch.optim._muon import _adjust_lr
     TorchMuon = torch.optim.Muon
 except (ImportError, AttributeError):
     TorchMuon = None
 
 
-def build_optimizer(model: GPT, t: TrainConfig) -> torch.optim.Optimizer:
-    """The run's optimizer over `model`'s parameters (after FSDP has sharded them, when it does)."""
+def build_optimizer(model: GPT, t: TrainConfig, precision: str = "bf16") -> torch.optim.Optimizer:
+    """The run's optimizer over `model`'s parameters (after FSDP has sharded them, when it does). `precision` is
+    the one the run computes in: Muon orthogonalises in bf16 where the run trains in bf16, in fp32 otherwise."""
     groups = model.optimizer_groups(t.weight_decay, t.decay_embeddings)
     if t.optimizer == "adamw":
         return adamw(groups, t)
     hidden = {id(p) for p in model.hidden_matrices()}
     rest = [{**group, "params": [p for p in group["params"] if id(p) not in hidden]} for group in groups]
-    return MuonAdamW(muon(model.hidden_matrices(), t), adamw([g for g in rest if g["params"]], t))
+    orthogonal_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return MuonAdamW(muon(model.hidden_matrices(), t, orthogonal_dtype), adamw([g for g in rest if g["params"]], t))
 
 
 def adamw(groups: list[dict], t: TrainConfig) -> torch.optim.AdamW:
@@ -106,7 +110,8 @@ class ForeachAdamW(torch.optim.AdamW):
         return loss
 
 
-def muon(matrices: list[torch.nn.Parameter], t: TrainConfig) -> "Muon":
+def muon(matrices: list[torch.nn.Parameter], t: TrainConfig,
+         orthogonal_dtype: torch.dtype = torch.bfloat16) -> "Muon":
     """Muon over the hidden matrices at train.muon_lr, with torch's defaults otherwise: Nesterov momentum 0.95 and
     the update scaled by √max(1, rows/columns), as in Keller Jordan's Muon (github.com/KellerJordan/Muon, whose
     README pairs lr 0.02 with momentum 0.95 for the hidden weights and AdamW for the rest).
@@ -117,8 +122,10 @@ def muon(matrices: list[torch.nn.Parameter], t: TrainConfig) -> "Muon":
     if TorchMuon is None:
         raise ConfigError(f"train.optimizer = muon needs torch.optim.Muon (torch 2.9 or later; this is torch "
                           f"{torch.__version__}); upgrade torch or set train.optimizer = adamw")
-    return Muon([{"params": matrices, "lr_scale": t.muon_lr / t.lr}], lr=t.muon_lr,
-                weight_decay=t.weight_decay * t.lr / t.muon_lr, momentum=t.muon_momentum)
+    optimizer = Muon([{"params": matrices, "lr_scale": t.muon_lr / t.lr}], lr=t.muon_lr,
+                     weight_decay=t.weight_decay * t.lr / t.muon_lr, momentum=t.muon_momentum)
+    optimizer.orthogonal_dtype = orthogonal_dtype
+    return optimizer
 
 
 class Muon(TorchMuon or torch.optim.Optimizer):
@@ -130,6 +137,8 @@ class Muon(TorchMuon or torch.optim.Optimizer):
     run Newton–Schulz on the shards instead would be exact in principle, but it sums bf16 partial products across
     ranks at every iteration and drifted by 3% of the update from the single-process result (CPU, 2 ranks).
     """
+
+    orthogonal_dtype = torch.bfloat16  # the precision of Newton–Schulz; `muon` sets the run's
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -150,23 +159,41 @@ class Muon(TorchMuon or torch.optim.Optimizer):
         buffer, momentum = state["momentum_buffer"], group["momentum"]
         moved = buffer.lerp(p.grad, 1 - momentum)
         update = p.grad.lerp(moved, momentum) if group["nesterov"] else moved
-        update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                               self.orthogonal_dtype)
         stepped = torch.add(p * (1 - group["lr"] * group["weight_decay"]), update, alpha=-adjusted_lr(group, p.shape))
         buffer.copy_(_unless(skip, buffer, moved))
         p.copy_(_unless(skip, p, stepped))
 
 
 def orthogonalise(update: Tensor, coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
-                  steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Newton–Schulz orthogonalisation of a matrix (torch's, in bf16), whole even when it is a sharded DTensor:
-    the result has the input's layout."""
+                  steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Newton–Schulz orthogonalisation of a matrix in `dtype`, whole even when it is a sharded DTensor: the result
+    has the input's layout."""
     if not hasattr(update, "full_tensor"):
-        return _zeropower_via_newtonschulz(update, coefficients, steps, eps)
+        return newton_schulz(update, coefficients, steps, eps, dtype)
     from torch.distributed.tensor import distribute_tensor
 
-    whole = _zeropower_via_newtonschulz(update.full_tensor(), coefficients, steps, eps)
+    whole = newton_schulz(update.full_tensor(), coefficients, steps, eps, dtype)
     # Every rank holds the same whole result; src_data_rank=None keeps its own slice without communicating.
     return distribute_tensor(whole, update.device_mesh, update.placements, src_data_rank=None)
+
+
+def newton_schulz(matrix: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> Tensor:
+    """torch.optim.Muon's quintic iteration (Keller Jordan's coefficients), the same operations in the same order,
+    in `dtype` instead of always bf16: X ← a·X + (b·A + c·A²)·X with A = X·Xᵀ, from X = G/‖G‖, taken on the wide
+    side."""
+    a, b, c = coefficients
+    tall = matrix.size(0) > matrix.size(1)
+    x = matrix.to(dtype)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
 
 
 def adjusted_lr(group: dict[str, Any], shape: torch.Size) -> float:

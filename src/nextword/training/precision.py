@@ -49,7 +49,7 @@ def choose_precision(cfg: RunConfig, world: World, machine: Machine, model: GPT)
     def time_precision(precision: str) -> float:
         """CPU seconds of one step of a copy of this model in `precision` (the real model and data are untouched)."""
         if precision not in racers:
-            racers[precision] = (net := copy.deepcopy(model)), build_optimizer(net, t)
+            racers[precision] = (net := copy.deepcopy(model)), build_optimizer(net, t, precision)
         net, opt = racers[precision]
         rng = torch.get_rng_state()
         began = time.process_time()

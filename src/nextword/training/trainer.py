@@ -293,7 +293,7 @@ def _model_setup(model: GPT, cfg: RunConfig, world: World, mode: str, machine: M
     """Choose the precision, wrap the model for the run's parallelism (maybe compiled), and build its optimizer."""
     chosen, why = precision.choose_precision(cfg, world, machine, model)
     net, compiled, compile_reason = _parallel_model(model, mode, world, chosen, cfg, machine)
-    optimizer = build_optimizer(model, cfg.train)  # after FSDP has sharded the parameters it optimizes
+    optimizer = build_optimizer(model, cfg.train, chosen)  # after FSDP has sharded the parameters it optimizes
     return _ModelSetup(model, net, optimizer, chosen, why, compiled, compile_reason)
 
 
