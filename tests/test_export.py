@@ -1,4 +1,3 @@
-import dataclasses
 import json
 
 import pytest
@@ -97,8 +96,8 @@ CUSTOM_CODE = {
     "qknorm-gpt2": dict(arch="gpt2", qk_norm=True, n_kv_heads=2),
     "zero-head-relu2-llama": dict(arch="llama", tie_embeddings=False, zero_init_head=True, mlp_activation="relu2"),
     # The default network: llama blocks, an untied head that starts at zero, the embedding RMS-normalised
-    "default": {field.name: getattr(ModelConfig(), field.name) for field in dataclasses.fields(ModelConfig)
-                if field.name in ("arch", "tie_embeddings", "zero_init_head", "embedding_norm")},
+    "default": {name: getattr(ModelConfig(), name)
+                for name in ("arch", "tie_embeddings", "zero_init_head", "embedding_norm")},
 }
 
 

@@ -122,10 +122,9 @@ def muon(matrices: list[torch.nn.Parameter], t: TrainConfig,
     if TorchMuon is None:
         raise ConfigError(f"train.optimizer = muon needs torch.optim.Muon (torch 2.9 or later; this is torch "
                           f"{torch.__version__}); upgrade torch or set train.optimizer = adamw")
-    optimizer = Muon([{"params": matrices, "lr_scale": t.muon_lr / t.lr}], lr=t.muon_lr,
-                     weight_decay=t.weight_decay * t.lr / t.muon_lr, momentum=t.muon_momentum)
-    optimizer.orthogonal_dtype = orthogonal_dtype
-    return optimizer
+    return Muon([{"params": matrices, "lr_scale": t.muon_lr / t.lr}], lr=t.muon_lr,
+                weight_decay=t.weight_decay * t.lr / t.muon_lr, momentum=t.muon_momentum,
+                orthogonal_dtype=orthogonal_dtype)
 
 
 class Muon(TorchMuon or torch.optim.Optimizer):
@@ -138,7 +137,10 @@ class Muon(TorchMuon or torch.optim.Optimizer):
     ranks at every iteration and drifted by 3% of the update from the single-process result (CPU, 2 ranks).
     """
 
-    orthogonal_dtype = torch.bfloat16  # the precision of Newton–Schulz; `muon` sets the run's
+    def __init__(self, params: Any, orthogonal_dtype: torch.dtype = torch.bfloat16, **kwargs: Any):
+        """orthogonal_dtype: the precision Newton–Schulz runs in; kwargs are torch.optim.Muon's."""
+        super().__init__(params, **kwargs)
+        self.orthogonal_dtype = orthogonal_dtype
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
